@@ -1,0 +1,2 @@
+Axolotl.Runtime.TorchRuntime.EnsureLoaded();
+System.Console.WriteLine(TorchSharp.torch.ones(2).sum().item<float>());

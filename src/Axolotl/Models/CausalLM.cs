@@ -1,0 +1,188 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Axolotl.IO;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using F = TorchSharp.torch.nn.functional;
+
+namespace Axolotl.Models;
+
+#pragma warning disable IDE1006 // HF state-dict names, see Layers.cs
+
+/// <summary>The transformer body: HF's "model" prefix.</summary>
+public sealed class DecoderModel : nn.Module<Tensor, Tensor>
+{
+    public Embedding embed_tokens;
+    public ModuleList<DecoderLayer> layers;
+    public RmsNorm norm;
+    readonly DecoderConfig _config;
+
+    public DecoderModel(DecoderConfig c, ScalarType dtype, ScalarType computeType) : base("model")
+    {
+        _config = c;
+        embed_tokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, computeType);
+        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(_ => new DecoderLayer(c, dtype)).ToArray());
+        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype);
+        RegisterComponents();
+    }
+
+    /// <summary>ids [batch, seq] → final hidden states [batch, seq, hidden] in the compute dtype.</summary>
+    public override Tensor forward(Tensor ids)
+    {
+        var h = embed_tokens.forward(ids);
+        var (cos, sin) = Rope.Angles(ids.shape[1], _config.HeadDim, _config.RopeTheta, h.dtype, h.device);
+        foreach (var layer in layers) h = layer.forward(h, cos, sin);
+        return norm.forward(h);
+    }
+}
+
+/// <summary>A decoder-only language model with a head, as HF's *ForCausalLM.</summary>
+public sealed class CausalLM : nn.Module<Tensor, Tensor>
+{
+    public DecoderModel model;
+    public Linear? lm_head;
+    public DecoderConfig Config { get; }
+    public ScalarType ComputeType { get; }
+
+    /// <summary>Rows of hidden states sent through the head at once: full [tokens x vocab] fp32 logits dominate memory and time.</summary>
+    const int LossChunkRows = 256;
+
+    CausalLM(DecoderConfig config, ScalarType dtype, ScalarType computeType) : base("CausalLM")
+    {
+        Config = config;
+        ComputeType = computeType;
+        model = new DecoderModel(config, dtype, computeType);
+        lm_head = config.TieWordEmbeddings ? null : new Linear(config.HiddenSize, config.VocabSize, false, dtype);
+        RegisterComponents();
+    }
+
+    Tensor Head(Tensor hidden) =>
+        lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
+
+    /// <summary>ids [batch, seq] → logits [batch, seq, vocab] in fp32.</summary>
+    public override Tensor forward(Tensor ids) => Head(model.forward(ids)).to(ScalarType.Float32);
+
+    /// <summary>
+    /// Summed cross-entropy of next-token predictions over labels != -100 (HF's shift: logits[:, :-1] vs labels[:, 1:]),
+    /// and how many tokens it covers. Callers divide by the token count of the whole accumulation window.
+    /// </summary>
+    public (Tensor Sum, long Tokens) LossSum(Tensor ids, Tensor labels)
+    {
+        var hidden = model.forward(ids);
+        long seq = ids.shape[1];
+        var h = hidden.narrow(1, 0, seq - 1).reshape(-1, hidden.shape[^1]);
+        var y = labels.narrow(1, 1, seq - 1).reshape(-1);
+        var keep = y.ne(-100).nonzero().squeeze(1);
+        long tokens = keep.shape[0];
+        if (tokens == 0) return (zeros(1, dtype: ScalarType.Float32).sum(), 0);
+        h = h.index_select(0, keep);
+        y = y.index_select(0, keep);
+        Tensor? total = null;
+        for (long start = 0; start < tokens; start += LossChunkRows)
+        {
+            long n = Math.Min(LossChunkRows, tokens - start);
+            var logits = Head(h.narrow(0, start, n)).to(ScalarType.Float32);
+            var part = F.cross_entropy(logits, y.narrow(0, start, n), reduction: nn.Reduction.Sum);
+            total = total is null ? part : total + part;
+        }
+        return (total!, tokens);
+    }
+
+    public static CausalLM Create(DecoderConfig config, ScalarType dtype, ScalarType computeType) => new(config, dtype, computeType);
+
+    /// <summary>HF's _init_weights: normal(0, initializer_range) for linear and embedding weights, zero biases, unit norms.</summary>
+    public void InitializeWeights(long seed)
+    {
+        using var _ = no_grad();
+        var generator = new Generator((ulong)seed);
+        foreach (var (name, p) in named_parameters())
+        {
+            if (name.EndsWith("layernorm.weight") || name == "model.norm.weight") p.fill_(1);
+            else if (name.EndsWith(".bias")) p.zero_();
+            else p.normal_(0, Config.InitializerRange, generator);
+        }
+    }
+
+    public static CausalLM FromPretrained(string modelDir, ScalarType dtype, ScalarType computeType)
+    {
+        var config = DecoderConfig.FromFolder(modelDir);
+        var lm = new CausalLM(config, dtype, computeType);
+        lm.LoadWeights(modelDir);
+        return lm;
+    }
+
+    /// <summary>Copies weights from model.safetensors (or the shards of model.safetensors.index.json) by HF key.</summary>
+    public void LoadWeights(string modelDir)
+    {
+        var files = WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
+        var byKey = new Dictionary<string, SafetensorsFile>();
+        foreach (var f in files)
+            foreach (var key in f.Entries.Keys) byKey[key] = f;
+        var expected = named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        var missing = expected.Keys.Where(k => !byKey.ContainsKey(k)).ToList();
+        if (missing.Count > 0)
+            throw new UserError($"{modelDir}: the weights lack {missing.Count} tensor(s) that config.json implies, e.g. {string.Join(", ", missing.Take(3))}.");
+        // Older checkpoints carry rotary inv_freq buffers; they are recomputed, not loaded.
+        var unexpected = byKey.Keys.Where(k => !expected.ContainsKey(k) && !k.EndsWith("rotary_emb.inv_freq")
+                                               && !(Config.TieWordEmbeddings && k == "lm_head.weight")).ToList();
+        if (unexpected.Count > 0)
+            throw new UserError($"{modelDir}: the weights hold {unexpected.Count} tensor(s) this architecture does not use, e.g. {string.Join(", ", unexpected.Take(3))}.");
+        using var _ = no_grad();
+        foreach (var (name, parameter) in expected)
+        {
+            var file = byKey[name];
+            var entry = file.Entries[name];
+            if (!entry.Shape.SequenceEqual(parameter.shape))
+                throw new UserError($"{file.Path}: tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] but config.json implies [{string.Join(", ", parameter.shape)}].");
+            using var loaded = file.Read(name);
+            parameter.copy_(loaded);
+        }
+    }
+
+    static IEnumerable<string> WeightFiles(string modelDir)
+    {
+        var single = Path.Combine(modelDir, "model.safetensors");
+        if (File.Exists(single)) return [single];
+        var index = Path.Combine(modelDir, "model.safetensors.index.json");
+        if (File.Exists(index))
+        {
+            try
+            {
+                var map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"] as JsonObject
+                          ?? throw new UserError($"{index}: no weight_map.");
+                return map.Select(kv => kv.Value!.GetValue<string>()).Distinct().Select(f => Path.Combine(modelDir, f)).ToList();
+            }
+            catch (JsonException e) { throw new UserError($"{index}: invalid JSON ({e.Message})."); }
+        }
+        if (File.Exists(Path.Combine(modelDir, "pytorch_model.bin")))
+            throw new UserError($"{modelDir}: only pytorch_model.bin found; convert it to safetensors (pickle files are not loaded).");
+        throw new UserError($"{modelDir}: no model.safetensors or model.safetensors.index.json.");
+    }
+
+    /// <summary>Base-model weights under HF keys, whatever adapters wrap the layers.</summary>
+    public IEnumerable<KeyValuePair<string, Tensor>> BaseStateDict() =>
+        named_parameters()
+            .Where(p => !p.name.Contains(".lora_"))
+            .Select(p => new KeyValuePair<string, Tensor>(p.name.Replace(".base_layer.", "."), p.parameter));
+
+    /// <summary>Writes model.safetensors, config.json and generation_config.json as transformers reads them.</summary>
+    public void SavePretrained(string dir, ScalarType? saveType = null)
+    {
+        Directory.CreateDirectory(dir);
+        var type = saveType ?? model.embed_tokens.weight.dtype;
+        using (var scope = NewDisposeScope())
+        {
+            var tensors = BaseStateDict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().to(type))).ToList();
+            SafetensorsFile.Write(Path.Combine(dir, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        }
+        var config = (JsonObject)Config.Raw.DeepClone();
+        config["torch_dtype"] = type == ScalarType.BFloat16 ? "bfloat16" : type == ScalarType.Float16 ? "float16" : "float32";
+        var options = new JsonSerializerOptions { WriteIndented = true };
+        AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(options));
+        var generation = new JsonObject { ["_from_model_config"] = true };
+        if (Config.BosTokenId is int bos) generation["bos_token_id"] = bos;
+        if (Config.EosTokenId is int eos) generation["eos_token_id"] = eos;
+        AtomicFile.WriteAllText(Path.Combine(dir, "generation_config.json"), generation.ToJsonString(options));
+    }
+}
