@@ -1,2 +1,4 @@
-Axolotl.Runtime.TorchRuntime.EnsureLoaded();
-System.Console.WriteLine(TorchSharp.torch.ones(2).sum().item<float>());
+using Axolotl;
+using Axolotl.Cli;
+
+return Cli.Run(args);

@@ -1,0 +1,94 @@
+using Axolotl.Config;
+using Axolotl.Recipes;
+using Axolotl.Runtime;
+using Spectre.Console;
+
+namespace Axolotl.Cli;
+
+/// <summary>
+/// The command line: a few lines per command over the library. User mistakes (UserError) print one sentence and exit
+/// with 2; anything else is a bug: one line here, the details in a log file, exit 1.
+/// </summary>
+public static class Cli
+{
+    const string Usage = """
+        usage: axolotl <command> <config.yml> [--key value ...]
+
+        commands:
+          train     fine-tune as the config says (LoRA or full), save to output_dir
+          validate  load and check the config without touching model or data; print the resolved values
+
+        Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
+        """;
+
+    public static int Run(string[] args)
+    {
+        if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
+        {
+            Console.WriteLine(Usage);
+            return args.Length == 0 ? 2 : 0;
+        }
+        var command = args[0];
+        try
+        {
+            if (command is not ("train" or "validate"))
+                throw new UserError($"unknown command '{command}'. Commands: train, validate.");
+            if (args.Length < 2 || args[1].StartsWith("--"))
+                throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
+            var config = ConfigLoader.Load(args[1], args[2..]);
+            return command switch
+            {
+                "validate" => Validate(config),
+                _ => Train(config),
+            };
+        }
+        catch (UserError e)
+        {
+            Console.Error.WriteLine($"error: {e.Message}");
+            return 2;
+        }
+        catch (Exception e)
+        {
+            var log = Path.Combine(Path.GetTempPath(), $"axolotl-crash-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}.log");
+            try { File.WriteAllText(log, e.ToString()); } catch (IOException) { log = "(could not write a log file)"; }
+            Console.Error.WriteLine($"internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]}. This is a bug in Axolotl.NET; details: {log}");
+            return 1;
+        }
+    }
+
+    static int Validate(AxolotlConfig config)
+    {
+        var table = new Table().AddColumn("key").AddColumn("value");
+        foreach (var p in typeof(AxolotlConfig).GetProperties().Where(p => p.CanWrite && p.Name != nameof(AxolotlConfig.SourcePath)))
+        {
+            var value = p.GetValue(config);
+            var text = value switch
+            {
+                null => "~",
+                List<DatasetConfig> ds => string.Join("; ", ds.Select(d => $"{d.Path} ({d.Type ?? "pre-tokenized"})")),
+                List<string> list => "[" + string.Join(", ", list) + "]",
+                _ => value.ToString() ?? "",
+            };
+            table.AddRow(ConfigLoader.SnakeCase(p.Name), Markup.Escape(text));
+        }
+        AnsiConsole.Write(table);
+        Console.WriteLine($"{config.SourcePath}: valid.");
+        return 0;
+    }
+
+    static int Train(AxolotlConfig config)
+    {
+        TorchRuntime.EnsureLoaded();
+        var interactive = AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+        if (!interactive)
+        {
+            FinetuneRecipe.Run(config, new PlainReporter());
+            return 0;
+        }
+        AnsiConsole.Progress()
+            .AutoClear(false)
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
+            .Start(ctx => FinetuneRecipe.Run(config, new ProgressReporter(ctx)));
+        return 0;
+    }
+}

@@ -1,0 +1,77 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Axolotl.Recipes;
+using Axolotl.Training;
+using Spectre.Console;
+
+namespace Axolotl.Cli;
+
+/// <summary>Line-per-log output for pipes and CI logs.</summary>
+sealed class PlainReporter : IRecipeReporter
+{
+    TrainingPlan? _plan;
+    TimeSpan _elapsed;
+
+    public void Info(string message) => Console.WriteLine(message);
+    public void Warn(string message) => Console.WriteLine($"warning: {message}");
+
+    public void OnStart(TrainingPlan plan)
+    {
+        _plan = plan;
+        Console.WriteLine(Format.Plan(plan));
+    }
+
+    public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) => _elapsed = elapsed;
+
+    public void OnLog(JsonObject entry) => Console.WriteLine(Format.LogLine(entry, _plan!, _elapsed));
+}
+
+/// <summary>A live progress bar with the latest loss, learning rate, throughput and ETA.</summary>
+sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
+{
+    ProgressTask? _tokenizing, _training;
+    TrainingPlan? _plan;
+    TimeSpan _elapsed;
+
+    public void Info(string message) => AnsiConsole.MarkupLine(Markup.Escape(message));
+    public void Warn(string message) => AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(message)}");
+
+    public void OnTokenizing(int rowsDone)
+    {
+        _tokenizing ??= context.AddTask("tokenizing", maxValue: double.MaxValue);
+        _tokenizing.Description = $"tokenizing: {rowsDone} rows";
+    }
+
+    public void OnStart(TrainingPlan plan)
+    {
+        if (_tokenizing != null) { _tokenizing.MaxValue = 1; _tokenizing.Value = 1; _tokenizing.StopTask(); }
+        _plan = plan;
+        AnsiConsole.MarkupLine(Markup.Escape(Format.Plan(plan)));
+        _training = context.AddTask("training", maxValue: plan.TotalSteps);
+    }
+
+    public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed)
+    {
+        _elapsed = elapsed;
+        _training!.Value = step;
+        _training.Description = Markup.Escape(
+            $"step {step}/{_plan!.TotalSteps}  loss {loss:F4}  lr {learningRate.ToString("0.00e+0", CultureInfo.InvariantCulture)}  {tokensPerSecond:F0} tok/s");
+    }
+
+    public void OnLog(JsonObject entry) => AnsiConsole.MarkupLine(Markup.Escape(Format.LogLine(entry, _plan!, _elapsed)));
+}
+
+static class Format
+{
+    public static string Plan(TrainingPlan p) =>
+        $"Training: {p.TotalSteps} steps ({p.Epochs} epoch(s) of {p.StepsPerEpoch}), warmup {p.WarmupSteps}, logging every {p.LoggingSteps}; " +
+        $"{p.TrainableParameters:N0} of {p.TotalParameters:N0} parameters trainable ({100.0 * p.TrainableParameters / p.TotalParameters:F2}%).";
+
+    public static string LogLine(JsonObject e, TrainingPlan plan, TimeSpan elapsed)
+    {
+        int step = (int)e["step"]!;
+        var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, step) * (plan.TotalSteps - step));
+        return string.Create(CultureInfo.InvariantCulture,
+            $"step {step}/{plan.TotalSteps} | loss {(double)e["loss"]!:F4} | grad_norm {(double)e["grad_norm"]!:F4} | lr {(double)e["learning_rate"]!:0.000e+0} | epoch {(double)e["epoch"]!:F2} | {(double)e["tokens_per_second"]!:F0} tok/s | ETA {eta:hh\\:mm\\:ss}");
+    }
+}

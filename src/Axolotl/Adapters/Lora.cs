@@ -1,0 +1,200 @@
+using System.Reflection;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.RegularExpressions;
+using Axolotl.IO;
+using TorchSharp;
+using static TorchSharp.torch;
+using Linear = Axolotl.Models.Linear;
+
+namespace Axolotl.Adapters;
+
+/// <summary>What a LoRA adapter is: the fields of PEFT's LoraConfig we implement.</summary>
+public sealed record LoraSettings
+{
+    public required int Rank { get; init; }
+    public required double Alpha { get; init; }
+    public double Dropout { get; init; }
+    /// <summary>Module names (matched as PEFT does: the whole path or its last components) or one regex.</summary>
+    public IReadOnlyList<string> TargetModules { get; init; } = [];
+    public string? TargetRegex { get; init; }
+    public bool UseRsLora { get; init; }
+}
+
+/// <summary>Wraps a model's Linear layers in LoRA and moves adapters to and from PEFT's files.</summary>
+public static class Lora
+{
+    public const string ConfigFile = "adapter_config.json";
+    public const string WeightsFile = "adapter_model.safetensors";
+    /// <summary>PEFT saves adapter weights under this prefix (PeftModel → LoraModel → the HF model).</summary>
+    const string PeftPrefix = "base_model.model.";
+
+    /// <summary>All Linear layers but the output head: Axolotl's lora_target_linear.</summary>
+    public static IReadOnlyList<string> LinearModuleNames(nn.Module model) =>
+        model.named_modules().Where(m => m.module is Linear && m.name != "lm_head")
+            .Select(m => m.name.Split('.')[^1]).Distinct().Order(StringComparer.Ordinal).ToList();
+
+    /// <summary>Replaces each targeted Linear with a LoraLinear around it and freezes everything else. Returns the wrapped paths.</summary>
+    public static IReadOnlyList<string> Apply(nn.Module model, LoraSettings settings)
+    {
+        foreach (var p in model.parameters()) p.requires_grad = false;
+        var targets = model.named_modules()
+            .Where(m => m.module is Linear && Matches(m.name, settings))
+            .Select(m => m.name).ToList();
+        if (targets.Count == 0)
+            throw new UserError($"lora_target_modules [{string.Join(", ", settings.TargetModules)}] match no Linear layer of the model " +
+                                $"(its Linear layers: {string.Join(", ", LinearModuleNames(model))}).");
+        foreach (var path in targets)
+        {
+            var (parent, leaf) = Parent(model, path);
+            var inner = (Linear)parent.named_children().First(c => c.name == leaf).module;
+            ReplaceChild(parent, leaf, new LoraLinear(inner, settings.Rank, settings.Alpha, settings.Dropout, settings.UseRsLora));
+        }
+        return targets;
+    }
+
+    static bool Matches(string path, LoraSettings s) =>
+        s.TargetRegex != null
+            ? Regex.IsMatch(path, $"^(?:{s.TargetRegex})$")
+            : s.TargetModules.Any(t => path == t || path.EndsWith("." + t, StringComparison.Ordinal));
+
+    static (nn.Module Parent, string Leaf) Parent(nn.Module root, string path)
+    {
+        var parts = path.Split('.');
+        nn.Module current = root;
+        foreach (var part in parts[..^1])
+            current = current.named_children().First(c => c.name == part).module;
+        return (current, parts[^1]);
+    }
+
+    /// <summary>TorchSharp keeps a submodule both in its registry and in the field forward() reads: swap both.</summary>
+    static void ReplaceChild(nn.Module parent, string name, nn.Module replacement)
+    {
+        var field = parent.GetType().GetField(name, BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
+                    ?? throw new InvalidOperationException($"{parent.GetType().Name} has no field '{name}' to wrap");
+        parent.register_module(name, null!);
+        parent.register_module(name, replacement);
+        field.SetValue(parent, replacement);
+    }
+
+    public static IEnumerable<(string Name, LoraLinear Layer)> Layers(nn.Module model) =>
+        model.named_modules().Where(m => m.module is LoraLinear).Select(m => (m.name, (LoraLinear)m.module));
+
+    /// <summary>Writes adapter_model.safetensors and adapter_config.json exactly as PEFT 0.10 lays them out.</summary>
+    public static void Save(nn.Module model, LoraSettings settings, string dir, string baseModelNameOrPath)
+    {
+        Directory.CreateDirectory(dir);
+        var tensors = new List<KeyValuePair<string, Tensor>>();
+        foreach (var (name, layer) in Layers(model))
+        {
+            tensors.Add(new(PeftPrefix + name + ".lora_A.weight", layer.lora_A.weight));
+            tensors.Add(new(PeftPrefix + name + ".lora_B.weight", layer.lora_B.weight));
+        }
+        SafetensorsFile.Write(Path.Combine(dir, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
+        var wrappedLeaves = Layers(model).Select(l => l.Name.Split('.')[^1]).Distinct().ToList();
+        var config = new JsonObject
+        {
+            ["alpha_pattern"] = new JsonObject(),
+            ["auto_mapping"] = null,
+            ["base_model_name_or_path"] = baseModelNameOrPath,
+            ["bias"] = "none",
+            ["fan_in_fan_out"] = false,
+            ["inference_mode"] = true,
+            ["init_lora_weights"] = true,
+            ["layer_replication"] = null,
+            ["layers_pattern"] = null,
+            ["layers_to_transform"] = null,
+            ["loftq_config"] = new JsonObject(),
+            ["lora_alpha"] = JsonNumber(settings.Alpha),
+            ["lora_dropout"] = settings.Dropout,
+            ["megatron_config"] = null,
+            ["megatron_core"] = "megatron.core",
+            ["modules_to_save"] = null,
+            ["peft_type"] = "LORA",
+            ["r"] = settings.Rank,
+            ["rank_pattern"] = new JsonObject(),
+            ["revision"] = null,
+            ["target_modules"] = settings.TargetRegex != null
+                ? JsonValue.Create(settings.TargetRegex)
+                : new JsonArray(wrappedLeaves.Select(l => (JsonNode)JsonValue.Create(l)!).ToArray()),
+            ["task_type"] = "CAUSAL_LM",
+            ["use_dora"] = false,
+            ["use_rslora"] = settings.UseRsLora,
+        };
+        AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    static JsonNode JsonNumber(double value) => value == Math.Floor(value) && Math.Abs(value) < 1e9 ? JsonValue.Create((long)value) : JsonValue.Create(value);
+
+    /// <summary>Reads a PEFT adapter_config.json; options we do not implement are refused by name.</summary>
+    public static LoraSettings ReadSettings(string dir)
+    {
+        var path = Path.Combine(dir, ConfigFile);
+        if (!Directory.Exists(dir)) throw new UserError($"lora_model_dir: folder '{dir}' does not exist.");
+        if (!File.Exists(path)) throw new UserError($"lora_model_dir: '{dir}' has no {ConfigFile}; it is not a PEFT adapter folder.");
+        JsonObject json;
+        try { json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new UserError($"{path}: not a JSON object."); }
+        catch (JsonException e) { throw new UserError($"{path}: invalid JSON ({e.Message})."); }
+        var peftType = json["peft_type"]?.GetValue<string>();
+        if (peftType != null && peftType != "LORA") throw new UserError($"{path}: peft_type {peftType} is not supported (LORA is).");
+        void Refuse(string key, Func<JsonNode?, bool> isDefault)
+        {
+            if (!isDefault(json[key])) throw new UserError($"{path}: {key} = {json[key]?.ToJsonString()} is not supported yet.");
+        }
+        Refuse("use_dora", n => n == null || !n.GetValue<bool>());
+        Refuse("fan_in_fan_out", n => n == null || !n.GetValue<bool>());
+        Refuse("modules_to_save", n => n == null || (n is JsonArray a && a.Count == 0));
+        Refuse("layers_to_transform", n => n == null);
+        Refuse("rank_pattern", n => n == null || (n is JsonObject o && o.Count == 0));
+        Refuse("alpha_pattern", n => n == null || (n is JsonObject o && o.Count == 0));
+        Refuse("bias", n => n == null || n.GetValue<string>() == "none");
+        try
+        {
+            var targets = json["target_modules"];
+            return new LoraSettings
+            {
+                Rank = json["r"]?.GetValue<int>() ?? 8,
+                Alpha = json["lora_alpha"]?.GetValue<double>() ?? 8,
+                Dropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
+                UseRsLora = json["use_rslora"]?.GetValue<bool>() ?? false,
+                TargetModules = targets is JsonArray a ? a.Select(x => x!.GetValue<string>()).ToList() : [],
+                TargetRegex = targets is JsonValue v ? v.GetValue<string>() : null,
+            };
+        }
+        catch (Exception e) when (e is InvalidOperationException or FormatException)
+        {
+            throw new UserError($"{path}: a value has the wrong type ({e.Message}).");
+        }
+    }
+
+    /// <summary>Wraps the model as the adapter folder says and loads its weights (PeftModel.from_pretrained).</summary>
+    public static LoraSettings Load(nn.Module model, string dir)
+    {
+        var settings = ReadSettings(dir);
+        Apply(model, settings);
+        var weightsPath = Path.Combine(dir, WeightsFile);
+        if (!File.Exists(weightsPath))
+            throw new UserError($"lora_model_dir: '{dir}' has no {WeightsFile} (adapter_model.bin is not read).");
+        var file = SafetensorsFile.Open(weightsPath);
+        var expected = new Dictionary<string, Tensor>();
+        foreach (var (name, layer) in Layers(model))
+        {
+            expected[PeftPrefix + name + ".lora_A.weight"] = layer.lora_A.weight;
+            expected[PeftPrefix + name + ".lora_B.weight"] = layer.lora_B.weight;
+        }
+        var missing = expected.Keys.Where(k => !file.Entries.ContainsKey(k)).ToList();
+        var unexpected = file.Entries.Keys.Where(k => !expected.ContainsKey(k)).ToList();
+        if (missing.Count > 0 || unexpected.Count > 0)
+            throw new UserError($"{weightsPath}: adapter tensors do not fit the model: " +
+                                $"{missing.Count} missing (e.g. {string.Join(", ", missing.Take(2))}), {unexpected.Count} unexpected (e.g. {string.Join(", ", unexpected.Take(2))}).");
+        using var _ = no_grad();
+        foreach (var (key, parameter) in expected)
+        {
+            using var loaded = file.Read(key);
+            if (!loaded.shape.SequenceEqual(parameter.shape))
+                throw new UserError($"{weightsPath}: '{key}' has shape [{string.Join(", ", loaded.shape)}], the model needs [{string.Join(", ", parameter.shape)}] (r = {settings.Rank}).");
+            parameter.copy_(loaded);
+        }
+        return settings;
+    }
+}

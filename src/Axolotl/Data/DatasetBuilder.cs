@@ -1,0 +1,57 @@
+using Axolotl.Config;
+using Axolotl.Tokenization;
+
+namespace Axolotl.Data;
+
+public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort)
+{
+    public long TotalTokens => Examples.Sum(e => (long)e.InputIds.Length);
+    public long TrainableTokens => Examples.Sum(e => (long)e.TrainableTokens);
+}
+
+/// <summary>
+/// Axolotl's data preparation for the supported formats: read each dataset, apply its prompt strategy, concatenate,
+/// shuffle with the seed, drop sequences longer than sequence_len (excess_length_strategy: drop) and shorter than 2.
+/// </summary>
+public static class DatasetBuilder
+{
+    const int MinSampleLen = 2;
+
+    public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null)
+    {
+        var examples = new List<Example>();
+        int rowsRead = 0;
+        foreach (var dataset in config.Datasets)
+        {
+            var rows = RowReader.Read(dataset.Path, dataset.DsType);
+            var strategy = PromptStrategies.For(dataset.Type, tokenizer, config.SequenceLen, config.TrainOnInputs, dataset.Field);
+            var perRow = new Example[rows.Count][];
+            int done = 0;
+            Parallel.For(0, rows.Count, i =>
+            {
+                perRow[i] = strategy.Tokenize(rows[i]).ToArray();
+                int n = Interlocked.Increment(ref done);
+                if (progress != null && (n % 256 == 0 || n == rows.Count)) progress(rowsRead + n);
+            });
+            rowsRead += rows.Count;
+            foreach (var part in perRow) examples.AddRange(part);
+        }
+        if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
+        int tooLong = examples.RemoveAll(e => e.InputIds.Length > config.SequenceLen);
+        int tooShort = examples.RemoveAll(e => e.InputIds.Length < MinSampleLen);
+        if (examples.Count == 0)
+            throw new UserError($"no training examples are left: {tooLong} were longer than sequence_len {config.SequenceLen} and {tooShort} shorter than {MinSampleLen} tokens; raise sequence_len or check the data.");
+        return new PreparedDataset(examples, rowsRead, tooLong, tooShort);
+    }
+
+    /// <summary>Fisher-Yates with a seeded generator: the same seed gives the same order on every machine.</summary>
+    public static void Shuffle<T>(IList<T> items, int seed)
+    {
+        var random = new Random(seed);
+        for (int i = items.Count - 1; i > 0; i--)
+        {
+            int j = random.Next(i + 1);
+            (items[i], items[j]) = (items[j], items[i]);
+        }
+    }
+}

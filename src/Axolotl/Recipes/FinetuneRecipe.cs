@@ -1,0 +1,153 @@
+using Axolotl.Adapters;
+using Axolotl.Config;
+using Axolotl.Data;
+using Axolotl.IO;
+using Axolotl.Models;
+using Axolotl.Runtime;
+using Axolotl.Tokenization;
+using Axolotl.Training;
+using static TorchSharp.torch;
+
+namespace Axolotl.Recipes;
+
+/// <summary>What a run reports as it prepares, for the CLI to show.</summary>
+public interface IRecipeReporter : ITrainingObserver
+{
+    void Info(string message) { }
+    void Warn(string message) { }
+    /// <summary>Rows tokenized so far (for a progress bar).</summary>
+    void OnTokenizing(int rowsDone) { }
+}
+
+public sealed record FinetuneResult(string OutputDir, TrainerState State, PreparedDataset Data);
+
+/// <summary>
+/// <c>axolotl train</c>: config → tokenizer → data → model (+ adapter) → trainer → saved outputs. Each step is a call
+/// into a layer; this file only wires them.
+/// </summary>
+public static class FinetuneRecipe
+{
+    public static FinetuneResult Run(AxolotlConfig config, IRecipeReporter reporter)
+    {
+        TorchRuntime.EnsureLoaded();
+        var outputDir = PrepareOutputDir(config.OutputDir);
+        manual_seed(config.Seed);
+
+        var tokenizerDir = config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel;
+        Tokenizer? tokenizer = null;
+        Tokenizer GetTokenizer() => tokenizer ??= Tokenizer.FromFolder(tokenizerDir);
+
+        var data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing);
+        reporter.Info($"Data: {data.RowsRead} rows → {data.Examples.Count} examples, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
+                      (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
+                      (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than 2 tokens" : ""));
+
+        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
+        var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
+        var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
+        var model = LoadModel(config, weightType, computeType, reporter);
+        if (tokenizer != null && tokenizer.VocabSize > model.Config.VocabSize)
+            throw new UserError($"the tokenizer in '{tokenizerDir}' has {tokenizer.VocabSize} tokens but the model's vocab_size is {model.Config.VocabSize}; they do not belong together.");
+        int maxId = data.Examples.Max(e => e.InputIds.Max());
+        if (maxId >= model.Config.VocabSize)
+            throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
+
+        LoraSettings? lora = null;
+        if (config.Adapter == "lora")
+        {
+            manual_seed(config.Seed);
+            if (config.LoraModelDir != null)
+            {
+                lora = Lora.Load(model, config.LoraModelDir);
+                reporter.Info($"LoRA: loaded adapter from {config.LoraModelDir} (r {lora.Rank}, alpha {lora.Alpha}; its adapter_config.json wins over lora_* keys).");
+            }
+            else
+            {
+                var targets = new List<string>(config.LoraTargetModules ?? []);
+                if (config.LoraTargetLinear) targets.AddRange(Lora.LinearModuleNames(model));
+                lora = new LoraSettings
+                {
+                    Rank = config.LoraR!.Value, Alpha = config.LoraAlpha!.Value, Dropout = config.LoraDropout,
+                    TargetModules = targets.Distinct().ToList(),
+                };
+                var wrapped = Lora.Apply(model, lora);
+                reporter.Info($"LoRA: r {lora.Rank}, alpha {lora.Alpha} on {wrapped.Count} layers ({string.Join(", ", lora.TargetModules)}).");
+            }
+        }
+        reporter.Info($"Precision: {(bf16 ? "bf16 compute, fp32 trainable weights" : "fp32")} (bf16: {config.Bf16}).");
+
+        var options = new TrainingOptions
+        {
+            MicroBatchSize = config.MicroBatchSize,
+            GradientAccumulationSteps = config.GradientAccumulationSteps,
+            NumEpochs = config.NumEpochs,
+            MaxSteps = config.MaxSteps,
+            LearningRate = config.LearningRate!.Value,
+            LrScheduler = config.LrScheduler,
+            WarmupSteps = config.WarmupSteps,
+            WarmupRatio = config.WarmupRatio,
+            WeightDecay = config.WeightDecay,
+            MaxGradNorm = config.MaxGradNorm ?? 1.0,
+            Beta1 = config.AdamBeta1 ?? 0.9,
+            Beta2 = config.AdamBeta2 ?? 0.999,
+            Epsilon = config.AdamEpsilon ?? 1e-8,
+            LoggingSteps = config.LoggingSteps,
+            Seed = config.Seed,
+            PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
+        };
+        var state = new Trainer(model, options, reporter).Train(data.Examples);
+
+        if (lora != null) Lora.Save(model, lora, outputDir, config.BaseModel);
+        else model.SavePretrained(outputDir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
+        state.Save(outputDir);
+        if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir);
+        reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
+        return new FinetuneResult(outputDir, state, data);
+    }
+
+    static CausalLM LoadModel(AxolotlConfig config, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
+    {
+        var configDir = config.BaseModelConfig ?? config.BaseModel;
+        if (config.RandomInitWeights)
+        {
+            var model = CausalLM.Create(DecoderConfig.FromFolder(configDir), weightType, computeType);
+            model.InitializeWeights(config.Seed);
+            reporter.Info($"Model: {configDir} architecture with random weights (random_init_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
+            return model;
+        }
+        var architecture = DecoderConfig.FromFolder(configDir);
+        var loaded = CausalLM.Create(architecture, weightType, computeType);
+        loaded.LoadWeights(config.BaseModel);
+        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()):N0} parameters).");
+        return loaded;
+    }
+
+    static string PrepareOutputDir(string dir)
+    {
+        try
+        {
+            Directory.CreateDirectory(dir);
+            var probe = Path.Combine(dir, $".write-test-{Environment.ProcessId}");
+            File.WriteAllText(probe, "");
+            File.Delete(probe);
+            return Path.GetFullPath(dir);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UserError($"output_dir '{dir}' is not writable ({e.Message}).");
+        }
+    }
+
+    static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"];
+
+    static void CopyTokenizerFiles(string from, string to)
+    {
+        if (Path.GetFullPath(from) == Path.GetFullPath(to)) return;
+        foreach (var name in TokenizerFiles)
+        {
+            var source = Path.Combine(from, name);
+            if (File.Exists(source)) AtomicFile.Write(Path.Combine(to, name), s => { using var f = File.OpenRead(source); f.CopyTo(s); });
+        }
+    }
+}

@@ -1,0 +1,191 @@
+using System.Diagnostics;
+using System.Text.Json.Nodes;
+using Axolotl.Data;
+using Axolotl.Models;
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Axolotl.Training;
+
+public sealed record TrainingOptions
+{
+    public int MicroBatchSize { get; init; } = 1;
+    public int GradientAccumulationSteps { get; init; } = 1;
+    public double NumEpochs { get; init; } = 1;
+    public int? MaxSteps { get; init; }
+    public double LearningRate { get; init; } = 2e-4;
+    public string LrScheduler { get; init; } = "cosine";
+    public int? WarmupSteps { get; init; }
+    public double? WarmupRatio { get; init; }
+    public double WeightDecay { get; init; }
+    /// <summary>0 turns clipping off; the norm is still measured and logged.</summary>
+    public double MaxGradNorm { get; init; } = 1.0;
+    public double Beta1 { get; init; } = 0.9;
+    public double Beta2 { get; init; } = 0.999;
+    public double Epsilon { get; init; } = 1e-8;
+    public int? LoggingSteps { get; init; }
+    public int Seed { get; init; } = 42;
+    public int PadTokenId { get; init; }
+}
+
+/// <summary>The numbers fixed before the first step.</summary>
+public sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters);
+
+/// <summary>Receives progress; the CLI draws it, tests ignore it.</summary>
+public interface ITrainingObserver
+{
+    void OnStart(TrainingPlan plan) { }
+    void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) { }
+    void OnLog(JsonObject entry) { }
+}
+
+/// <summary>
+/// The training loop, with transformers Trainer's semantics: per-epoch seeded shuffling, gradient accumulation with the
+/// loss normalised by the trainable tokens of the whole accumulation window, grad-norm measured before clipping,
+/// the scheduler's value at step k used for update k+1, and HF's log_history. It knows nothing of model families.
+/// </summary>
+public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingObserver? observer = null)
+{
+    readonly ITrainingObserver _observer = observer ?? new NullObserver();
+    sealed class NullObserver : ITrainingObserver;
+
+    public TrainerState State { get; } = new();
+
+    public TrainerState Train(IReadOnlyList<Example> examples)
+    {
+        var o = options;
+        var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
+        if (trainable.Count == 0) throw new InvalidOperationException("no trainable parameters");
+        int batchesPerEpoch = (examples.Count + o.MicroBatchSize - 1) / o.MicroBatchSize;
+        int stepsPerEpoch = Math.Max(1, (batchesPerEpoch + o.GradientAccumulationSteps - 1) / o.GradientAccumulationSteps);
+        int totalSteps = o.MaxSteps ?? (int)Math.Ceiling(o.NumEpochs * stepsPerEpoch);
+        int epochs = (totalSteps + stepsPerEpoch - 1) / stepsPerEpoch;
+        int warmup = LrSchedule.ResolveWarmup(o.WarmupSteps, o.WarmupRatio, totalSteps);
+        int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
+        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps);
+        var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
+            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()));
+        _observer.OnStart(plan);
+
+        var optimizer = BuildOptimizer(trainable);
+        var parameters = trainable.Select(p => p.parameter).ToList();
+        model.train();
+        State.MaxSteps = totalSteps; State.LoggingSteps = loggingSteps; State.NumTrainEpochs = epochs;
+        State.TrainBatchSize = o.MicroBatchSize;
+
+        var clock = Stopwatch.StartNew();
+        var sinceLog = Stopwatch.StartNew();
+        double lossSinceLog = 0, gradNormSinceLog = 0, lossTotal = 0;
+        long tokensSinceLog = 0;
+        int stepsSinceLog = 0, step = 0;
+        for (int epoch = 0; epoch < epochs && step < totalSteps; epoch++)
+        {
+            var batches = Batches(examples, epoch).ToList();
+            for (int first = 0; first < batches.Count && step < totalSteps; first += o.GradientAccumulationSteps)
+            {
+                var window = batches.Skip(first).Take(o.GradientAccumulationSteps).ToList();
+                long windowTokens = window.Sum(b => b.TrainableTokens);
+                double windowLoss = 0;
+                foreach (var batch in window)
+                {
+                    using var scope = NewDisposeScope();
+                    using var ids = tensor(batch.InputIds, [batch.Rows, batch.Length]);
+                    using var labels = tensor(batch.Labels, [batch.Rows, batch.Length]);
+                    var (sum, _) = model.LossSum(ids, labels);
+                    var loss = sum / Math.Max(1, windowTokens);
+                    loss.backward();
+                    windowLoss += loss.item<float>();
+                    tokensSinceLog += batch.RealTokens;
+                }
+                double gradNorm;
+                using (var scope = NewDisposeScope())
+                {
+                    gradNorm = nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : double.PositiveInfinity);
+                    double lr = o.LearningRate * schedule.Multiplier(step);
+                    foreach (var group in optimizer.ParamGroups) ((ParamGroup)group).LearningRate = lr;
+                    optimizer.step();
+                    optimizer.zero_grad();
+                }
+                step++;
+                lossSinceLog += windowLoss; lossTotal += windowLoss; gradNormSinceLog += gradNorm; stepsSinceLog++;
+                double epochProgress = epoch + Math.Min(1.0, (double)(first + window.Count) / batches.Count);
+                double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, sinceLog.Elapsed.TotalSeconds);
+                // Like HF, the logged learning rate is the scheduler's value after this step.
+                double nextLr = o.LearningRate * schedule.Multiplier(step);
+                _observer.OnStep(step, windowLoss, nextLr, tokensPerSecond, clock.Elapsed);
+                if (step % loggingSteps == 0 || step == totalSteps)
+                {
+                    var entry = new JsonObject
+                    {
+                        ["loss"] = lossSinceLog / stepsSinceLog,
+                        ["grad_norm"] = gradNormSinceLog / stepsSinceLog,
+                        ["learning_rate"] = nextLr,
+                        ["epoch"] = Math.Round(epochProgress, 6),
+                        ["step"] = step,
+                        ["tokens_per_second"] = Math.Round(tokensPerSecond, 2),
+                    };
+                    State.LogHistory.Add(entry);
+                    _observer.OnLog(entry);
+                    lossSinceLog = gradNormSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0;
+                    sinceLog.Restart();
+                }
+                State.GlobalStep = step;
+                State.Epoch = epochProgress;
+            }
+        }
+        model.eval();
+        State.LogHistory.Add(new JsonObject
+        {
+            ["epoch"] = Math.Round(State.Epoch, 6),
+            ["step"] = step,
+            ["train_loss"] = lossTotal / Math.Max(1, step),
+            ["train_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4),
+            ["train_steps_per_second"] = Math.Round(step / Math.Max(1e-9, clock.Elapsed.TotalSeconds), 3),
+        });
+        return State;
+    }
+
+    /// <summary>AdamW with HF's grouping: biases and norm weights get no weight decay.</summary>
+    optim.Optimizer BuildOptimizer(List<(string name, Parameter parameter)> trainable)
+    {
+        var o = options;
+        static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
+        var groups = new List<AdamW.ParamGroup>();
+        var decay = trainable.Where(p => !NoDecay(p.name)).Select(p => p.parameter).ToList();
+        var noDecay = trainable.Where(p => NoDecay(p.name)).Select(p => p.parameter).ToList();
+        if (decay.Count > 0) groups.Add(new AdamW.ParamGroup(decay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay));
+        if (noDecay.Count > 0) groups.Add(new AdamW.ParamGroup(noDecay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, 0.0));
+        return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
+    }
+
+    sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length, long TrainableTokens, long RealTokens);
+
+    /// <summary>Micro-batches of one epoch in a seeded order, right-padded to the longest row.</summary>
+    IEnumerable<Batch> Batches(IReadOnlyList<Example> examples, int epoch)
+    {
+        var order = Enumerable.Range(0, examples.Count).ToList();
+        DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
+        foreach (var chunk in order.Chunk(options.MicroBatchSize))
+        {
+            int length = chunk.Max(i => examples[i].InputIds.Length);
+            var ids = new long[chunk.Length * length];
+            var labels = new long[chunk.Length * length];
+            long trainable = 0, real = 0;
+            for (int r = 0; r < chunk.Length; r++)
+            {
+                var e = examples[chunk[r]];
+                for (int t = 0; t < length; t++)
+                {
+                    bool inside = t < e.InputIds.Length;
+                    ids[r * length + t] = inside ? e.InputIds[t] : options.PadTokenId;
+                    labels[r * length + t] = inside ? e.Labels[t] : Example.IgnoreIndex;
+                    // The first label is never predicted (the shift), so it is not a trainable token.
+                    if (inside && t > 0 && e.Labels[t] != Example.IgnoreIndex) trainable++;
+                }
+                real += e.InputIds.Length;
+            }
+            yield return new Batch(ids, labels, chunk.Length, length, trainable, real);
+        }
+    }
+}
