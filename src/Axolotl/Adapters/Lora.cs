@@ -106,7 +106,7 @@ public static class Lora
             ["layers_to_transform"] = null,
             ["loftq_config"] = new JsonObject(),
             ["lora_alpha"] = JsonNumber(settings.Alpha),
-            ["lora_dropout"] = settings.Dropout,
+            ["lora_dropout"] = PythonFloat(settings.Dropout),
             ["megatron_config"] = null,
             ["megatron_core"] = "megatron.core",
             ["modules_to_save"] = null,
@@ -122,6 +122,13 @@ public static class Lora
             ["use_rslora"] = settings.UseRsLora,
         };
         AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
+    }
+
+    /// <summary>A float as Python's json writes it (0.0, not 0), so the file reads back as a float there too.</summary>
+    static JsonNode PythonFloat(double value)
+    {
+        var text = value.ToString("R", System.Globalization.CultureInfo.InvariantCulture);
+        return JsonNode.Parse(text.Contains('.') || text.Contains('E') ? text : text + ".0")!;
     }
 
     static JsonNode JsonNumber(double value) => value == Math.Floor(value) && Math.Abs(value) < 1e9 ? JsonValue.Create((long)value) : JsonValue.Create(value);

@@ -21,12 +21,25 @@ public static class RowReader
         var type = dsType ?? Path.GetExtension(path).TrimStart('.').ToLowerInvariant() switch
         {
             "json" or "jsonl" => "json",
+            "txt" => "text",
             var other => throw new UserError($"dataset '{path}': files of type '.{other}' are not read yet (.json and .jsonl are); set ds_type if the extension is misleading."),
         };
-        if (type != "json") throw new UserError($"dataset '{path}': ds_type '{type}' is not supported yet (json is).");
+        if (type is not ("json" or "text")) throw new UserError($"dataset '{path}': ds_type '{type}' is not supported yet (json and text are).");
         var text = File.ReadAllText(path);
+        if (type == "text") return ReadText(path, text);
         var rows = text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path, text);
         if (rows.Count == 0) throw new UserError($"dataset '{path}' has no rows.");
+        return rows;
+    }
+
+    /// <summary>HF's text loader: one row per line, in a column named "text".</summary>
+    static List<Row> ReadText(string path, string text)
+    {
+        var lines = text.Split('\n');
+        int count = lines.Length > 0 && lines[^1].Length == 0 ? lines.Length - 1 : lines.Length;
+        var rows = new List<Row>(count);
+        for (int i = 0; i < count; i++)
+            rows.Add(new Row(new JsonObject { ["text"] = lines[i].TrimEnd('\r') }, path, i + 1, IsLine: true));
         return rows;
     }
 

@@ -32,6 +32,8 @@ public static class FinetuneRecipe
         TorchRuntime.EnsureLoaded();
         var outputDir = PrepareOutputDir(config.OutputDir);
         manual_seed(config.Seed);
+        // Read the architecture first: a wrong model path should fail before minutes of tokenization.
+        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
 
         var tokenizerDir = config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel;
         Tokenizer? tokenizer = null;
@@ -46,7 +48,7 @@ public static class FinetuneRecipe
         var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
         // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
         var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
-        var model = LoadModel(config, weightType, computeType, reporter);
+        var model = LoadModel(config, architecture, weightType, computeType, reporter);
         if (tokenizer != null && tokenizer.VocabSize > model.Config.VocabSize)
             throw new UserError($"the tokenizer in '{tokenizerDir}' has {tokenizer.VocabSize} tokens but the model's vocab_size is {model.Config.VocabSize}; they do not belong together.");
         int maxId = data.Examples.Max(e => e.InputIds.Max());
@@ -106,17 +108,15 @@ public static class FinetuneRecipe
         return new FinetuneResult(outputDir, state, data);
     }
 
-    static CausalLM LoadModel(AxolotlConfig config, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
+    static CausalLM LoadModel(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
     {
-        var configDir = config.BaseModelConfig ?? config.BaseModel;
         if (config.RandomInitWeights)
         {
-            var model = CausalLM.Create(DecoderConfig.FromFolder(configDir), weightType, computeType);
+            var model = CausalLM.Create(architecture, weightType, computeType);
             model.InitializeWeights(config.Seed);
-            reporter.Info($"Model: {configDir} architecture with random weights (random_init_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
+            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (random_init_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
             return model;
         }
-        var architecture = DecoderConfig.FromFolder(configDir);
         var loaded = CausalLM.Create(architecture, weightType, computeType);
         loaded.LoadWeights(config.BaseModel);
         reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()):N0} parameters).");
