@@ -5,7 +5,7 @@ namespace Axolotl.Tests;
 static class TestSetup
 {
     [ModuleInitializer]
-    internal static void LoadTorch() => Runtime.TorchRuntime.EnsureLoaded();
+    internal static void LoadTorch() => Axolotl.Runtime.TorchRuntime.EnsureLoaded();
 
     public static string Data(params string[] parts) => Path.Combine([AppContext.BaseDirectory, "testdata", .. parts]);
 

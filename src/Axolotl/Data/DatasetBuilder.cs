@@ -27,12 +27,16 @@ public static class DatasetBuilder
             var strategy = PromptStrategies.For(dataset.Type, tokenizer, config.SequenceLen, config.TrainOnInputs, dataset.Field);
             var perRow = new Example[rows.Count][];
             int done = 0;
+            var errors = new UserError?[rows.Count];
             Parallel.For(0, rows.Count, i =>
             {
-                perRow[i] = strategy.Tokenize(rows[i]).ToArray();
+                try { perRow[i] = strategy.Tokenize(rows[i]).ToArray(); }
+                catch (UserError e) { errors[i] = e; perRow[i] = []; }
                 int n = Interlocked.Increment(ref done);
                 if (progress != null && (n % 256 == 0 || n == rows.Count)) progress(rowsRead + n);
             });
+            // Report the first bad row in file order, whichever thread met it first.
+            if (errors.FirstOrDefault(e => e != null) is { } firstError) throw firstError;
             rowsRead += rows.Count;
             foreach (var part in perRow) examples.AddRange(part);
         }
