@@ -29,13 +29,14 @@ public static class Cli
             return args.Length == 0 ? 2 : 0;
         }
         var command = args[0];
+        AxolotlConfig? config = null;
         try
         {
             if (command is not ("train" or "validate"))
                 throw new UserError($"unknown command '{command}'. Commands: train, validate.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
-            var config = ConfigLoader.Load(args[1], args[2..]);
+            config = ConfigLoader.Load(args[1], args[2..]);
             return command switch
             {
                 "validate" => Validate(config),
@@ -49,11 +50,20 @@ public static class Cli
         }
         catch (Exception e)
         {
-            var log = Path.Combine(Path.GetTempPath(), $"axolotl-crash-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}.log");
-            try { File.WriteAllText(log, e.ToString()); } catch (IOException) { log = "(could not write a log file)"; }
+            var log = CrashLogPath(config);
+            try { File.WriteAllText(log, e.ToString()); }
+            catch (Exception) { log = "(could not write a log file)"; }
             Console.Error.WriteLine($"internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]}. This is a bug in Axolotl.NET; details: {log}");
             return 1;
         }
+    }
+
+    /// <summary>In output_dir when the config got that far, so the details sit beside the run they belong to.</summary>
+    static string CrashLogPath(AxolotlConfig? config)
+    {
+        var name = $"axolotl-crash-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}.log";
+        if (config != null && Directory.Exists(config.OutputDir)) return Path.Combine(config.OutputDir, name);
+        return Path.Combine(Path.GetTempPath(), name);
     }
 
     static int Validate(AxolotlConfig config)

@@ -139,9 +139,7 @@ public static class Lora
         var path = Path.Combine(dir, ConfigFile);
         if (!Directory.Exists(dir)) throw new UserError($"lora_model_dir: folder '{dir}' does not exist.");
         if (!File.Exists(path)) throw new UserError($"lora_model_dir: '{dir}' has no {ConfigFile}; it is not a PEFT adapter folder.");
-        JsonObject json;
-        try { json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new UserError($"{path}: not a JSON object."); }
-        catch (JsonException e) { throw new UserError($"{path}: invalid JSON ({e.Message})."); }
+        var json = JsonFiles.ReadObject(path);
         var peftType = json["peft_type"]?.GetValue<string>();
         if (peftType != null && peftType != "LORA") throw new UserError($"{path}: peft_type {peftType} is not supported (LORA is).");
         void Refuse(string key, Func<JsonNode?, bool> isDefault)

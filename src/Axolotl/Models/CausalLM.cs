@@ -147,13 +147,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         var index = Path.Combine(modelDir, "model.safetensors.index.json");
         if (File.Exists(index))
         {
-            try
-            {
-                var map = JsonNode.Parse(File.ReadAllText(index))?["weight_map"] as JsonObject
-                          ?? throw new UserError($"{index}: no weight_map.");
-                return map.Select(kv => kv.Value!.GetValue<string>()).Distinct().Select(f => Path.Combine(modelDir, f)).ToList();
-            }
-            catch (JsonException e) { throw new UserError($"{index}: invalid JSON ({e.Message})."); }
+            var map = JsonFiles.ReadObject(index)["weight_map"] as JsonObject ?? throw new UserError($"{index}: no weight_map.");
+            try { return map.Select(kv => kv.Value!.GetValue<string>()).Distinct().Select(f => Path.Combine(modelDir, f)).ToList(); }
+            catch (InvalidOperationException) { throw new UserError($"{index}: weight_map values must be file names."); }
         }
         if (File.Exists(Path.Combine(modelDir, "pytorch_model.bin")))
             throw new UserError($"{modelDir}: only pytorch_model.bin found; convert it to safetensors (pickle files are not loaded).");

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using System.Text.Json.Nodes;
 
 namespace Axolotl.Models;
@@ -38,10 +37,7 @@ public sealed record DecoderConfig
         var path = Path.Combine(modelDir, "config.json");
         if (!Directory.Exists(modelDir)) throw new UserError($"base_model: folder '{modelDir}' does not exist.");
         if (!File.Exists(path)) throw new UserError($"{modelDir}: no config.json; base_model must be a Hugging Face model folder.");
-        JsonObject json;
-        try { json = JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new UserError($"{path}: not a JSON object."); }
-        catch (JsonException e) { throw new UserError($"{path}: invalid JSON ({e.Message})."); }
-        return FromJson(json, path);
+        return FromJson(IO.JsonFiles.ReadObject(path), path);
     }
 
     public static DecoderConfig FromJson(JsonObject json, string source)

@@ -26,10 +26,19 @@ public static class TorchRuntime
         lock (Gate)
         {
             if (_ready) return;
-            if (OperatingSystem.IsLinux() && !SystemLibStdCxxHas(NeededVersion))
-                foreach (var path in CandidateLibraryPaths())
-                    if (File.Exists(path))
-                        ElfVersionPatcher.MarkVersionNeedWeak(path, NeededVersion);
+            var library = CandidateLibraryPaths().FirstOrDefault(File.Exists);
+            if (library != null && OperatingSystem.IsLinux())
+            {
+                if (!SystemLibStdCxxHas(NeededVersion)) ElfVersionPatcher.MarkVersionNeedWeak(library, NeededVersion);
+                // Load it ourselves first: the loader's own reason (a missing symbol version, a missing libtorch file)
+                // is the sentence a user needs; TorchSharp would hide it behind a generic message and a retry from a
+                // second folder. TorchSharp's later load of the same path reuses this handle.
+                try { NativeLibrary.Load(library); }
+                catch (DllNotFoundException e)
+                {
+                    throw new UserError($"TorchSharp's native library cannot be loaded: {e.Message.Split('\n')[0].Trim()}");
+                }
+            }
             try
             {
                 TorchSharp.torch.InitializeDeviceType(TorchSharp.DeviceType.CPU);

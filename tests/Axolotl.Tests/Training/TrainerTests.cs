@@ -80,4 +80,27 @@ public class TrainerTests
         Assert.Equal(2.0, (double)logs[1]["epoch"]!, 6);
         Assert.NotNull(state.LogHistory[^1]["train_runtime"]);
     }
+
+    sealed class LiveTensorProbe : ITrainingObserver
+    {
+        public List<long> LiveAfterStep { get; } = [];
+        public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) =>
+            LiveAfterStep.Add(DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Training_steps_leak_no_tensors(bool lora)
+    {
+        using var scope = NewDisposeScope();
+        var model = Model();
+        if (lora) Axolotl.Adapters.Lora.Apply(model, new Axolotl.Adapters.LoraSettings { Rank = 4, Alpha = 8, Dropout = 0.1, TargetModules = ["q_proj", "v_proj"] });
+        var probe = new LiveTensorProbe();
+        var options = new TrainingOptions { MicroBatchSize = 1, GradientAccumulationSteps = 2, NumEpochs = 4, LearningRate = 1e-3, MaxGradNorm = 1.0 };
+        new Trainer(model, options, probe).Train(Examples());
+        Assert.Equal(8, probe.LiveAfterStep.Count);
+        // After the first step (optimizer state created), every step must leave exactly as many live tensors as it found.
+        Assert.All(probe.LiveAfterStep.Skip(2), n => Assert.Equal(probe.LiveAfterStep[1], n));
+    }
 }

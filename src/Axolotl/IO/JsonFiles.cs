@@ -1,0 +1,18 @@
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Axolotl.IO;
+
+public static class JsonFiles
+{
+    /// <summary>Reads a JSON object from a file; a missing or malformed file is a <see cref="UserError"/> naming it.</summary>
+    public static JsonObject ReadObject(string path)
+    {
+        if (!File.Exists(path)) throw new UserError($"{path}: file not found.");
+        try
+        {
+            return JsonNode.Parse(File.ReadAllText(path)) as JsonObject ?? throw new UserError($"{path}: expected a JSON object.");
+        }
+        catch (JsonException e) { throw new UserError($"{path}: invalid JSON at line {e.LineNumber + 1} ({e.Message.Split('.')[0]})."); }
+    }
+}
