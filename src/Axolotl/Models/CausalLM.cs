@@ -69,24 +69,52 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// </summary>
     public (Tensor Sum, long Tokens) LossSum(Tensor ids, Tensor labels)
     {
+        var (hidden, targets) = Predicted(ids, labels);
+        long tokens = targets.shape[0];
+        var total = zeros(1, dtype: ScalarType.Float32).sum();
+        for (long start = 0; start < tokens; start += LossChunkRows)
+            total = total + ChunkLoss(hidden, targets, start);
+        return (total, tokens);
+    }
+
+    /// <summary>
+    /// <see cref="LossSum"/> and its backward pass (gradients of scale × sum), one head chunk at a time: each chunk's
+    /// [rows × vocab] logits are freed as soon as its gradient is taken, instead of all living until one backward.
+    /// </summary>
+    public (double Sum, long Tokens) LossSumBackward(Tensor ids, Tensor labels, double scale)
+    {
+        var (hidden, targets) = Predicted(ids, labels);
+        long tokens = targets.shape[0];
+        if (tokens == 0) return (0, 0);
+        using var detached = hidden.detach().requires_grad_(true);
+        double total = 0;
+        for (long start = 0; start < tokens; start += LossChunkRows)
+        {
+            using var scope = NewDisposeScope();
+            var part = ChunkLoss(detached, targets, start);
+            (part * scale).backward();
+            total += part.item<float>();
+        }
+        hidden.backward([detached.grad!]);
+        return (total, tokens);
+    }
+
+    /// <summary>Final hidden states at positions whose next token is trained on, and those next tokens.</summary>
+    (Tensor Hidden, Tensor Targets) Predicted(Tensor ids, Tensor labels)
+    {
         var hidden = model.forward(ids);
         long seq = ids.shape[1];
         var h = hidden.narrow(1, 0, seq - 1).reshape(-1, hidden.shape[^1]);
         var y = labels.narrow(1, 1, seq - 1).reshape(-1);
         var keep = y.ne(-100).nonzero().squeeze(1);
-        long tokens = keep.shape[0];
-        if (tokens == 0) return (zeros(1, dtype: ScalarType.Float32).sum(), 0);
-        h = h.index_select(0, keep);
-        y = y.index_select(0, keep);
-        Tensor? total = null;
-        for (long start = 0; start < tokens; start += LossChunkRows)
-        {
-            long n = Math.Min(LossChunkRows, tokens - start);
-            var logits = Head(h.narrow(0, start, n)).to(ScalarType.Float32);
-            var part = F.cross_entropy(logits, y.narrow(0, start, n), reduction: nn.Reduction.Sum);
-            total = total is null ? part : total + part;
-        }
-        return (total!, tokens);
+        return (h.index_select(0, keep), y.index_select(0, keep));
+    }
+
+    Tensor ChunkLoss(Tensor hidden, Tensor targets, long start)
+    {
+        long n = Math.Min(LossChunkRows, targets.shape[0] - start);
+        var logits = Head(hidden.narrow(0, start, n)).to(ScalarType.Float32);
+        return F.cross_entropy(logits, targets.narrow(0, start, n), reduction: nn.Reduction.Sum);
     }
 
     public static CausalLM Create(DecoderConfig config, ScalarType dtype, ScalarType computeType) => new(config, dtype, computeType);

@@ -92,10 +92,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     using var scope = NewDisposeScope();
                     using var ids = tensor(batch.InputIds, [batch.Rows, batch.Length]);
                     using var labels = tensor(batch.Labels, [batch.Rows, batch.Length]);
-                    var (sum, _) = model.LossSum(ids, labels);
-                    var loss = sum / Math.Max(1, windowTokens);
-                    loss.backward();
-                    windowLoss += loss.item<float>();
+                    var (sum, _) = model.LossSumBackward(ids, labels, 1.0 / Math.Max(1, windowTokens));
+                    windowLoss += sum / Math.Max(1, windowTokens);
                     tokensSinceLog += batch.RealTokens;
                 }
                 double gradNorm;
