@@ -18,7 +18,7 @@ public class QuickstartTests
 
     [Fact]
     [Trait("Category", "Slow")]
-    public void Quickstart_trains_a_lora_with_clearly_falling_loss()
+    public async Task Quickstart_trains_a_lora_with_clearly_falling_loss()
     {
         using var dir = TestSetup.TempDir();
         var start = new ProcessStartInfo("dotnet") { WorkingDirectory = RepoRoot(), RedirectStandardOutput = true, RedirectStandardError = true };
@@ -26,9 +26,9 @@ public class QuickstartTests
             start.ArgumentList.Add(a);
         using var process = Process.Start(start)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {stderr}\n{stdout.Result}");
+        var stderr = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.True(process.ExitCode == 0, $"exit {process.ExitCode}: {stderr}\n{await stdout}");
 
         var losses = JsonNode.Parse(File.ReadAllText(dir["out/trainer_state.json"]))!["log_history"]!.AsArray()
             .Where(e => e!["loss"] != null).Select(e => (double)e!["loss"]!).ToArray();

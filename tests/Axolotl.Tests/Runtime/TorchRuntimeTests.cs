@@ -30,7 +30,7 @@ public class TorchRuntimeTests
         // One byte changed: the low byte of that entry's vna_flags.
         var patched = File.ReadAllBytes(copy);
         Assert.Equal(original.Length, patched.Length);
-        Assert.Single(Enumerable.Range(0, original.Length).Where(i => original[i] != patched[i]));
+        Assert.Single(Enumerable.Range(0, original.Length), i => original[i] != patched[i]);
         Assert.False(ElfVersionPatcher.IsVersionNeedWeak(copy, "GLIBCXX_3.4"));
     }
 
