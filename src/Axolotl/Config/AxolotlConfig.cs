@@ -68,6 +68,16 @@ public sealed class AxolotlConfig
     public int Seed { get; set; } = 42;
     public string OutputDir { get; set; } = "./model-out";
     public bool SaveSafetensors { get; set; } = true;
+
+    // checkpoints and resume
+    /// <summary>Checkpoint every N steps, or a fraction (&lt; 1) of the total; transformers' default is 500.</summary>
+    public double? SaveSteps { get; set; }
+    public int? SavesPerEpoch { get; set; }
+    /// <summary>steps (default) or no; epoch means once per epoch.</summary>
+    public string SaveStrategy { get; set; } = "steps";
+    public int? SaveTotalLimit { get; set; }
+    public string? ResumeFromCheckpoint { get; set; }
+    public bool AutoResumeFromCheckpoints { get; set; }
     public bool Strict { get; set; }
 
     /// <summary>The YAML file this came from ("" when built in code).</summary>

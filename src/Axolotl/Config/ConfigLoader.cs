@@ -32,13 +32,12 @@ public static class ConfigLoader
         "sample_packing_sequentially", "multipack_real_batches", "curriculum_sampling", "batch_size", "eval_batch_size",
         "lr_scheduler_kwargs", "cosine_min_lr_ratio", "neftune_noise_alpha", "group_by_length", "gradient_checkpointing",
         "gradient_checkpointing_kwargs", "special_tokens", "tokens", "added_tokens_overrides", "chat_template",
-        "chat_template_jinja", "eot_tokens", "default_system_message", "save_steps", "saves_per_epoch", "save_strategy",
-        "save_total_limit", "save_only_model", "save_first_step", "hub_model_id", "eval_steps", "evals_per_epoch",
+        "chat_template_jinja", "eot_tokens", "default_system_message", "save_only_model", "save_first_step", "hub_model_id", "eval_steps", "evals_per_epoch",
         "eval_strategy", "eval_table_size", "eval_max_new_tokens", "do_causal_lm_eval", "metric_for_best_model",
         "load_best_model_at_end", "early_stopping_patience", "use_wandb", "wandb_project", "wandb_entity",
         "wandb_watch", "wandb_name", "wandb_run_id", "wandb_log_model", "use_mlflow", "mlflow_tracking_uri",
         "mlflow_experiment_name", "use_tensorboard", "loss_watchdog_threshold", "loss_watchdog_patience", "include_tkps",
-        "resume_from_checkpoint", "auto_resume_from_checkpoints", "deepspeed", "fsdp", "fsdp_config", "fsdp_version",
+        "deepspeed", "fsdp", "fsdp_config", "fsdp_version",
         "context_parallel_size", "tensor_parallel_size", "rl", "rl_beta", "dpo_loss_type", "orpo_alpha", "trl",
         "relora_steps", "relora_warmup_steps", "relora_cpu_offload", "local_rank", "debug", "early_stopping",
         "hf_use_auth_token", "torch_compile", "gpu_memory_limit", "plugins", "liger_rope", "liger_rms_norm",
@@ -216,6 +215,13 @@ public static class ConfigLoader
         if (c.WarmupRatio is < 0 or > 1) Fail("'warmup_ratio' must be in [0, 1].");
         if (c.ValSetSize != 0) Fail("'val_set_size' > 0 (evaluation) is not implemented yet; set it to 0.");
         if (c.SamplePacking) Fail("'sample_packing: true' is not implemented yet; set it to false.");
+        if (c.SaveStrategy is not ("steps" or "epoch" or "no")) Fail($"save_strategy '{c.SaveStrategy}' is not supported (steps, epoch, no are).");
+        if (c.SaveSteps is not null && c.SavesPerEpoch is not null) Fail("set either 'save_steps' or 'saves_per_epoch', not both.");
+        if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
+        if (c.SavesPerEpoch is <= 0) Fail("'saves_per_epoch' must be positive.");
+        if (c.SaveTotalLimit is <= 0) Fail("'save_total_limit' must be positive.");
+        if (c.ResumeFromCheckpoint != null && !Directory.Exists(c.ResumeFromCheckpoint))
+            Fail($"resume_from_checkpoint: folder '{c.ResumeFromCheckpoint}' does not exist.");
         if (!c.SaveSafetensors) Fail("'save_safetensors: false' is not supported: weights are always saved as safetensors.");
         foreach (var d in c.Datasets)
         {

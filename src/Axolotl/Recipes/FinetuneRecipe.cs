@@ -55,11 +55,14 @@ public static class FinetuneRecipe
         if (maxId >= model.Config.VocabSize)
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
+        var resumeFrom = ResolveCheckpoint(config, reporter);
         LoraSettings? lora = null;
         if (config.Adapter == "lora")
         {
             manual_seed(config.Seed);
-            if (config.LoraModelDir != null)
+            if (resumeFrom != null)
+                lora = Lora.Load(model, resumeFrom);
+            else if (config.LoraModelDir != null)
             {
                 lora = Lora.Load(model, config.LoraModelDir);
                 reporter.Info($"LoRA: loaded adapter from {config.LoraModelDir} (r {lora.Rank}, alpha {lora.Alpha}; its adapter_config.json wins over lora_* keys).");
@@ -77,6 +80,7 @@ public static class FinetuneRecipe
                 reporter.Info($"LoRA: r {lora.Rank}, alpha {lora.Alpha} on {wrapped.Count} layers ({string.Join(", ", lora.TargetModules)}).");
             }
         }
+        else if (resumeFrom != null) model.LoadWeights(resumeFrom);
         reporter.Info($"Precision: {(bf16 ? "bf16 compute, fp32 trainable weights" : "fp32")} (bf16: {config.Bf16}).");
 
         var options = new TrainingOptions
@@ -98,14 +102,34 @@ public static class FinetuneRecipe
             Seed = config.Seed,
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
         };
-        var state = new Trainer(model, options, reporter).Train(data.Examples);
+        void SaveWeights(string dir)
+        {
+            if (lora != null) Lora.Save(model, lora, dir, config.BaseModel);
+            else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
+        }
+        var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)
+        {
+            SaveSteps = config.SaveSteps ?? 500,
+            SavesPerEpoch = config.SavesPerEpoch ?? (config.SaveStrategy == "epoch" ? 1 : null),
+            SaveTotalLimit = config.SaveTotalLimit,
+        };
+        var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom);
 
-        if (lora != null) Lora.Save(model, lora, outputDir, config.BaseModel);
-        else model.SavePretrained(outputDir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
+        SaveWeights(outputDir);
         state.Save(outputDir);
         if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
+    }
+
+    /// <summary>resume_from_checkpoint, or with auto_resume_from_checkpoints the newest complete checkpoint in output_dir.</summary>
+    static string? ResolveCheckpoint(AxolotlConfig config, IRecipeReporter reporter)
+    {
+        var checkpoint = config.ResumeFromCheckpoint;
+        if (checkpoint == null && config.AutoResumeFromCheckpoints)
+            checkpoint = Trainer.Checkpoints(config.OutputDir).Select(c => c.Path).LastOrDefault();
+        if (checkpoint != null) reporter.Info($"Resuming from {checkpoint}.");
+        return checkpoint;
     }
 
     static CausalLM LoadModel(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)

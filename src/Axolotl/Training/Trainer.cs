@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Axolotl.Data;
+using Axolotl.IO;
 using Axolotl.Models;
 using TorchSharp;
 using TorchSharp.Modules;
@@ -29,6 +30,19 @@ public sealed record TrainingOptions
     public int PadTokenId { get; init; }
 }
 
+/// <summary>
+/// When and where checkpoints go. <see cref="SaveWeights"/> writes the trained weights (adapter or model) into a
+/// folder: the trainer does not know which kind it trains.
+/// </summary>
+public sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeights)
+{
+    /// <summary>Save every N optimizer steps; a value below 1 is a fraction of the total steps (transformers' rule).</summary>
+    public double SaveSteps { get; init; } = 500;
+    /// <summary>When set, wins over SaveSteps: that many evenly spaced saves per epoch.</summary>
+    public int? SavesPerEpoch { get; init; }
+    public int? SaveTotalLimit { get; init; }
+}
+
 /// <summary>The numbers fixed before the first step.</summary>
 public sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters);
 
@@ -45,14 +59,17 @@ public interface ITrainingObserver
 /// loss normalised by the trainable tokens of the whole accumulation window, grad-norm measured before clipping,
 /// the scheduler's value at step k used for update k+1, and HF's log_history. It knows nothing of model families.
 /// </summary>
-public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingObserver? observer = null)
+public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingObserver? observer = null, CheckpointOptions? checkpoints = null)
 {
+    public const string OptimizerFile = "optimizer.bin";
+    public const string RngFile = "rng_state.bin";
     readonly ITrainingObserver _observer = observer ?? new NullObserver();
     sealed class NullObserver : ITrainingObserver;
 
     public TrainerState State { get; } = new();
 
-    public TrainerState Train(IReadOnlyList<Example> examples)
+    /// <summary>Trains to the planned step count; with <paramref name="resumeFrom"/> it continues a checkpoint exactly.</summary>
+    public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null)
     {
         var o = options;
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
@@ -74,15 +91,31 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         State.MaxSteps = totalSteps; State.LoggingSteps = loggingSteps; State.NumTrainEpochs = epochs;
         State.TrainBatchSize = o.MicroBatchSize;
 
+        int saveSteps = checkpoints switch
+        {
+            null => 0,
+            { SavesPerEpoch: int perEpoch } => Math.Max(1, stepsPerEpoch / perEpoch),
+            { SaveSteps: < 1 } => (int)Math.Ceiling(checkpoints.SaveSteps * totalSteps),
+            _ => (int)checkpoints.SaveSteps,
+        };
+        int step = 0;
+        if (resumeFrom != null)
+        {
+            step = Restore(resumeFrom, optimizer);
+            if (step >= totalSteps) throw new UserError($"{resumeFrom} is at step {step}; this run plans {totalSteps} steps, so there is nothing left to train.");
+        }
+
         var clock = Stopwatch.StartNew();
         var sinceLog = Stopwatch.StartNew();
         double lossSinceLog = 0, gradNormSinceLog = 0, lossTotal = 0;
         long tokensSinceLog = 0;
-        int stepsSinceLog = 0, step = 0;
-        for (int epoch = 0; epoch < epochs && step < totalSteps; epoch++)
+        int stepsSinceLog = 0, stepsThisRun = 0;
+        for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps; epoch++)
         {
             var batches = Batches(examples, epoch).ToList();
-            for (int first = 0; first < batches.Count && step < totalSteps; first += o.GradientAccumulationSteps)
+            // Batch order depends only on (seed, epoch), so skipping the windows already trained resumes the same stream.
+            int firstWindow = epoch == step / stepsPerEpoch ? step % stepsPerEpoch : 0;
+            for (int first = firstWindow * o.GradientAccumulationSteps; first < batches.Count && step < totalSteps; first += o.GradientAccumulationSteps)
             {
                 var window = batches.Skip(first).Take(o.GradientAccumulationSteps).ToList();
                 long windowTokens = window.Sum(b => b.TrainableTokens);
@@ -105,7 +138,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     optimizer.step();
                     optimizer.zero_grad();
                 }
-                step++;
+                step++; stepsThisRun++;
                 lossSinceLog += windowLoss; lossTotal += windowLoss; gradNormSinceLog += gradNorm; stepsSinceLog++;
                 double epochProgress = epoch + Math.Min(1.0, (double)(first + window.Count) / batches.Count);
                 double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, sinceLog.Elapsed.TotalSeconds);
@@ -130,6 +163,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 }
                 State.GlobalStep = step;
                 State.Epoch = epochProgress;
+                if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer);
             }
         }
         model.eval();
@@ -137,15 +171,64 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         {
             ["epoch"] = Math.Round(State.Epoch, 6),
             ["step"] = step,
-            ["train_loss"] = lossTotal / Math.Max(1, step),
+            ["train_loss"] = lossTotal / Math.Max(1, stepsThisRun),
             ["train_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4),
-            ["train_steps_per_second"] = Math.Round(step / Math.Max(1e-9, clock.Elapsed.TotalSeconds), 3),
+            ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, clock.Elapsed.TotalSeconds), 3),
         });
         return State;
     }
 
+    /// <summary>
+    /// checkpoint-N/ as transformers lays it out (weights, optimizer and RNG state, trainer_state.json), written into a
+    /// temporary folder and renamed into place, so a kill mid-save never leaves a checkpoint that looks complete.
+    /// </summary>
+    void SaveCheckpoint(int step, OptimizerHelper optimizer)
+    {
+        var c = checkpoints!;
+        var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
+        var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
+        if (Directory.Exists(temp)) Directory.Delete(temp, true);
+        Directory.CreateDirectory(temp);
+        c.SaveWeights(temp);
+        AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.save_state_dict(w); });
+        using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
+        State.Save(temp);
+        if (Directory.Exists(final)) Directory.Delete(final, true);
+        Directory.Move(temp, final);
+        if (c.SaveTotalLimit is int limit and > 0)
+            foreach (var old in Checkpoints(c.OutputDir).SkipLast(limit)) Directory.Delete(old.Path, true);
+    }
+
+    /// <summary>Complete checkpoint-N folders in output_dir, oldest first.</summary>
+    public static IEnumerable<(int Step, string Path)> Checkpoints(string outputDir) =>
+        !Directory.Exists(outputDir) ? [] :
+        Directory.GetDirectories(outputDir, "checkpoint-*")
+            .Select(d => (Ok: int.TryParse(System.IO.Path.GetFileName(d)["checkpoint-".Length..], out var n), Step: n, Path: d))
+            .Where(x => x.Ok && File.Exists(System.IO.Path.Combine(x.Path, TrainerState.FileName)))
+            .OrderBy(x => x.Step)
+            .Select(x => (x.Step, x.Path));
+
+    int Restore(string dir, OptimizerHelper optimizer)
+    {
+        foreach (var file in new[] { OptimizerFile, RngFile, TrainerState.FileName })
+            if (!File.Exists(Path.Combine(dir, file))) throw new UserError($"resume_from_checkpoint: '{dir}' has no {file}; it is not a complete checkpoint.");
+        using (var stream = File.OpenRead(Path.Combine(dir, OptimizerFile)))
+        using (var reader = new BinaryReader(stream))
+            optimizer.load_state_dict(reader);
+        using (var rng = random.get_rng_state())
+        {
+            rng.bytes = File.ReadAllBytes(Path.Combine(dir, RngFile));
+            random.set_rng_state(rng);
+        }
+        var saved = TrainerState.Load(dir);
+        State.LogHistory.AddRange(saved.LogHistory);
+        State.GlobalStep = saved.GlobalStep;
+        State.Epoch = saved.Epoch;
+        return saved.GlobalStep;
+    }
+
     /// <summary>AdamW with HF's grouping: biases and norm weights get no weight decay.</summary>
-    optim.Optimizer BuildOptimizer(List<(string name, Parameter parameter)> trainable)
+    OptimizerHelper BuildOptimizer(List<(string name, Parameter parameter)> trainable)
     {
         var o = options;
         static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");

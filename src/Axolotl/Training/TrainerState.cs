@@ -38,6 +38,19 @@ public sealed class TrainerState
         ["trial_params"] = null,
     };
 
+    public static TrainerState Load(string dir)
+    {
+        var json = JsonFiles.ReadObject(Path.Combine(dir, FileName));
+        var state = new TrainerState
+        {
+            GlobalStep = json["global_step"]?.GetValue<int>() ?? 0,
+            Epoch = json["epoch"]?.GetValue<double>() ?? 0,
+        };
+        if (json["log_history"] is JsonArray history)
+            state.LogHistory.AddRange(history.OfType<JsonObject>().Select(e => (JsonObject)e.DeepClone()));
+        return state;
+    }
+
     public void Save(string dir) =>
         AtomicFile.WriteAllText(Path.Combine(dir, FileName), ToJson().ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
 }
