@@ -69,6 +69,9 @@ static class Format
 
     public static string LogLine(JsonObject e, TrainingPlan plan, TimeSpan elapsed)
     {
+        if (e["eval_loss"] is { } evalLoss)
+            return string.Create(CultureInfo.InvariantCulture,
+                $"eval at step {(int)e["step"]!}/{plan.TotalSteps} | eval_loss {(double)evalLoss:F4} | perplexity {(double)e["eval_perplexity"]!:F2} | {(double)e["eval_runtime"]!:F1} s");
         int step = (int)e["step"]!;
         var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, step) * (plan.TotalSteps - step));
         return string.Create(CultureInfo.InvariantCulture,

@@ -35,7 +35,13 @@ public sealed class AxolotlConfig
     public List<DatasetConfig> Datasets { get; set; } = [];
     public int SequenceLen { get; set; } = 512;
     public bool TrainOnInputs { get; set; }
+    /// <summary>Validation split: a fraction of the examples, or a count when above 1.</summary>
     public double ValSetSize { get; set; }
+    /// <summary>Evaluate every N steps (or a fraction of the run below 1).</summary>
+    public double? EvalSteps { get; set; }
+    public int? EvalsPerEpoch { get; set; }
+    /// <summary>steps, epoch or no; with a validation split and nothing set, once per epoch.</summary>
+    public string? EvalStrategy { get; set; }
     public bool SamplePacking { get; set; }
     public bool ShuffleMergedDatasets { get; set; } = true;
 

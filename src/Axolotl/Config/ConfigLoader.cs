@@ -32,8 +32,7 @@ public static class ConfigLoader
         "sample_packing_sequentially", "multipack_real_batches", "curriculum_sampling", "batch_size", "eval_batch_size",
         "lr_scheduler_kwargs", "cosine_min_lr_ratio", "neftune_noise_alpha", "group_by_length", "gradient_checkpointing",
         "gradient_checkpointing_kwargs", "special_tokens", "tokens", "added_tokens_overrides", "chat_template",
-        "chat_template_jinja", "eot_tokens", "default_system_message", "save_only_model", "save_first_step", "hub_model_id", "eval_steps", "evals_per_epoch",
-        "eval_strategy", "eval_table_size", "eval_max_new_tokens", "do_causal_lm_eval", "metric_for_best_model",
+        "chat_template_jinja", "eot_tokens", "default_system_message", "save_only_model", "save_first_step", "hub_model_id", "eval_table_size", "eval_max_new_tokens", "do_causal_lm_eval", "metric_for_best_model",
         "load_best_model_at_end", "early_stopping_patience", "use_wandb", "wandb_project", "wandb_entity",
         "wandb_watch", "wandb_name", "wandb_run_id", "wandb_log_model", "use_mlflow", "mlflow_tracking_uri",
         "mlflow_experiment_name", "use_tensorboard", "loss_watchdog_threshold", "loss_watchdog_patience", "include_tkps",
@@ -213,7 +212,11 @@ public static class ConfigLoader
             Fail($"lr_scheduler '{c.LrScheduler}' is not implemented yet (cosine, linear, constant, constant_with_warmup are).");
         if (c.WarmupSteps is not null && c.WarmupRatio is not null) Fail("set either 'warmup_steps' or 'warmup_ratio', not both.");
         if (c.WarmupRatio is < 0 or > 1) Fail("'warmup_ratio' must be in [0, 1].");
-        if (c.ValSetSize != 0) Fail("'val_set_size' > 0 (evaluation) is not implemented yet; set it to 0.");
+        if (c.ValSetSize < 0) Fail("'val_set_size' must be 0 (no validation), a fraction below 1, or a row count.");
+        if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
+        if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
+        if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");
+        if (c.EvalsPerEpoch is <= 0) Fail("'evals_per_epoch' must be positive.");
         if (c.SamplePacking) Fail("'sample_packing: true' is not implemented yet; set it to false.");
         if (c.SaveStrategy is not ("steps" or "epoch" or "no")) Fail($"save_strategy '{c.SaveStrategy}' is not supported (steps, epoch, no are).");
         if (c.SaveSteps is not null && c.SavesPerEpoch is not null) Fail("set either 'save_steps' or 'saves_per_epoch', not both.");

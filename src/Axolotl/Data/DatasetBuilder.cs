@@ -5,6 +5,8 @@ namespace Axolotl.Data;
 
 public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort)
 {
+    /// <summary>The validation split (val_set_size), empty when there is none.</summary>
+    public IReadOnlyList<Example> Eval { get; init; } = [];
     public long TotalTokens => Examples.Sum(e => (long)e.InputIds.Length);
     public long TrainableTokens => Examples.Sum(e => (long)e.TrainableTokens);
 }
@@ -43,9 +45,26 @@ public static class DatasetBuilder
         if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
         int tooLong = examples.RemoveAll(e => e.InputIds.Length > config.SequenceLen);
         int tooShort = examples.RemoveAll(e => e.InputIds.Length < MinSampleLen);
+        var eval = SplitOffValidation(examples, config.ValSetSize);
         if (examples.Count == 0)
-            throw new UserError($"no training examples are left: {tooLong} were longer than sequence_len {config.SequenceLen} and {tooShort} shorter than {MinSampleLen} tokens; raise sequence_len or check the data.");
-        return new PreparedDataset(examples, rowsRead, tooLong, tooShort);
+            throw new UserError($"no training examples are left: {tooLong} were longer than sequence_len {config.SequenceLen}, {tooShort} shorter than {MinSampleLen} tokens" +
+                                (eval.Count > 0 ? $" and {eval.Count} went to the validation split" : "") + "; raise sequence_len or check the data.");
+        return new PreparedDataset(examples, rowsRead, tooLong, tooShort) { Eval = eval };
+    }
+
+    /// <summary>
+    /// datasets' train_test_split(test_size, shuffle=False) as Axolotl calls it: the last rows become the validation set,
+    /// ceil(fraction × rows) of them for a fraction, or that many rows for a size above 1.
+    /// </summary>
+    static List<Example> SplitOffValidation(List<Example> examples, double valSetSize)
+    {
+        if (valSetSize <= 0) return [];
+        int count = valSetSize < 1 ? (int)Math.Ceiling(valSetSize * examples.Count) : (int)valSetSize;
+        if (count >= examples.Count)
+            throw new UserError($"val_set_size {valSetSize} takes {count} of the {examples.Count} examples, leaving none to train on.");
+        var eval = examples.GetRange(examples.Count - count, count);
+        examples.RemoveRange(examples.Count - count, count);
+        return eval;
     }
 
     /// <summary>Fisher-Yates with a seeded generator: the same seed gives the same order on every machine.</summary>

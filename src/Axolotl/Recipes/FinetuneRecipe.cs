@@ -42,7 +42,8 @@ public static class FinetuneRecipe
         var data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing);
         reporter.Info($"Data: {data.RowsRead} rows → {data.Examples.Count} examples, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
-                      (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than 2 tokens" : ""));
+                      (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than 2 tokens" : "") +
+                      (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for validation (val_set_size {config.ValSetSize})" : ""));
 
         bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
         var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
@@ -101,6 +102,8 @@ public static class FinetuneRecipe
             LoggingSteps = config.LoggingSteps,
             Seed = config.Seed,
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
+            EvalSteps = config.EvalSteps,
+            EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
         };
         void SaveWeights(string dir)
         {
@@ -113,7 +116,7 @@ public static class FinetuneRecipe
             SavesPerEpoch = config.SavesPerEpoch ?? (config.SaveStrategy == "epoch" ? 1 : null),
             SaveTotalLimit = config.SaveTotalLimit,
         };
-        var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom);
+        var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval);
 
         SaveWeights(outputDir);
         state.Save(outputDir);

@@ -28,6 +28,9 @@ public sealed record TrainingOptions
     public int? LoggingSteps { get; init; }
     public int Seed { get; init; } = 42;
     public int PadTokenId { get; init; }
+    /// <summary>Evaluate every N steps (a fraction of the run below 1); EvalsPerEpoch wins when set.</summary>
+    public double? EvalSteps { get; init; }
+    public int? EvalsPerEpoch { get; init; }
 }
 
 /// <summary>
@@ -69,7 +72,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     public TrainerState State { get; } = new();
 
     /// <summary>Trains to the planned step count; with <paramref name="resumeFrom"/> it continues a checkpoint exactly.</summary>
-    public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null)
+    public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null, IReadOnlyList<Example>? eval = null)
     {
         var o = options;
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
@@ -98,6 +101,10 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             { SaveSteps: < 1 } => (int)Math.Ceiling(checkpoints.SaveSteps * totalSteps),
             _ => (int)checkpoints.SaveSteps,
         };
+        int evalSteps = eval is not { Count: > 0 } ? 0
+            : o.EvalsPerEpoch is int evalsPerEpoch ? Math.Max(1, stepsPerEpoch / evalsPerEpoch)
+            : o.EvalSteps is double every ? (every < 1 ? (int)Math.Ceiling(every * totalSteps) : (int)every)
+            : stepsPerEpoch;
         int step = 0;
         if (resumeFrom != null)
         {
@@ -163,6 +170,12 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 }
                 State.GlobalStep = step;
                 State.Epoch = epochProgress;
+                if (evalSteps > 0 && step % evalSteps == 0)
+                {
+                    var evaluation = Evaluate(eval!, step, epochProgress);
+                    State.LogHistory.Add(evaluation);
+                    _observer.OnLog(evaluation);
+                }
                 if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer);
             }
         }
@@ -240,14 +253,55 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
     }
 
+    /// <summary>
+    /// Loss on the validation split as transformers' evaluation loop reports it: each batch's mean token loss, averaged
+    /// over batches weighted by their rows. Batches go in order, unshuffled.
+    /// </summary>
+    JsonObject Evaluate(IReadOnlyList<Example> eval, int step, double epoch)
+    {
+        var clock = Stopwatch.StartNew();
+        model.eval();
+        double weighted = 0;
+        int rows = 0, batches = 0;
+        using (no_grad())
+            foreach (var batch in Collate(eval, Enumerable.Range(0, eval.Count).Chunk(options.MicroBatchSize)))
+            {
+                using var scope = NewDisposeScope();
+                var (sum, tokens) = model.LossSum(tensor(batch.InputIds, [batch.Rows, batch.Length]), tensor(batch.Labels, [batch.Rows, batch.Length]));
+                batches++;
+                if (tokens == 0) continue;
+                weighted += sum.item<float>() / tokens * batch.Rows;
+                rows += batch.Rows;
+            }
+        model.train();
+        double loss = weighted / Math.Max(1, rows);
+        double seconds = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
+        return new JsonObject
+        {
+            ["eval_loss"] = loss,
+            ["eval_perplexity"] = Math.Exp(loss),
+            ["eval_runtime"] = Math.Round(seconds, 4),
+            ["eval_samples_per_second"] = Math.Round(eval.Count / seconds, 3),
+            ["eval_steps_per_second"] = Math.Round(batches / seconds, 3),
+            ["epoch"] = Math.Round(epoch, 6),
+            ["step"] = step,
+        };
+    }
+
     sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length, long TrainableTokens, long RealTokens);
 
-    /// <summary>Micro-batches of one epoch in a seeded order, right-padded to the longest row.</summary>
+    /// <summary>Micro-batches of one epoch in a seeded order.</summary>
     IEnumerable<Batch> Batches(IReadOnlyList<Example> examples, int epoch)
     {
         var order = Enumerable.Range(0, examples.Count).ToList();
         DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
-        foreach (var chunk in order.Chunk(options.MicroBatchSize))
+        return Collate(examples, order.Chunk(options.MicroBatchSize));
+    }
+
+    /// <summary>Each group of example indices as one batch, right-padded to its longest row.</summary>
+    IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups)
+    {
+        foreach (var chunk in groups)
         {
             int length = chunk.Max(i => examples[i].InputIds.Length);
             var ids = new long[chunk.Length * length];

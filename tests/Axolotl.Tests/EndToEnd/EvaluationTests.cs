@@ -1,0 +1,87 @@
+using System.Text.Json.Nodes;
+using Axolotl.Config;
+using Axolotl.Data;
+using Axolotl.Models;
+using static TorchSharp.torch;
+
+namespace Axolotl.Tests.EndToEnd;
+
+public class EvaluationTests
+{
+    static string WriteData(TempDir dir)
+    {
+        var rows = JsonNode.Parse(File.ReadAllText(TestSetup.Data("reference", "step3_batch.json")))!["input_ids"]!.AsArray();
+        File.WriteAllLines(dir["data.jsonl"], rows.Select((r, i) => new JsonObject
+        {
+            ["input_ids"] = new JsonArray(r!.AsArray().Take(30 + 8 * i).Select(x => (JsonNode)(int)x!).ToArray()),
+        }.ToJsonString()));
+        return dir["data.jsonl"];
+    }
+
+    [Fact]
+    public void Eval_loss_is_the_mean_loss_of_the_held_out_rows_under_the_trained_model()
+    {
+        using var dir = TestSetup.TempDir();
+        File.WriteAllText(dir["c.yml"], $"""
+            base_model: {TestSetup.Data("reference", "models", "tiny-llama")}
+            datasets:
+              - path: {WriteData(dir)}
+            sequence_len: 64
+            val_set_size: 2
+            eval_steps: 3
+            micro_batch_size: 1
+            num_epochs: 3
+            learning_rate: 0.001
+            logging_steps: 1
+            bf16: false
+            save_strategy: "no"
+            output_dir: {dir["out"]}
+            """);
+        Assert.Equal(0, Cli.Cli.Run(["train", dir["c.yml"]]));
+
+        var history = JsonNode.Parse(File.ReadAllText(dir["out/trainer_state.json"]))!["log_history"]!.AsArray();
+        var evals = history.Where(e => e!["eval_loss"] != null).ToList();
+        Assert.Equal([3, 6], evals.Select(e => (int)e!["step"]!));
+        Assert.Equal(6, history.Count(e => e!["loss"] != null)); // 2 training rows x 3 epochs
+
+        // Recompute: the same split, scored row by row with the saved final model.
+        var config = ConfigLoader.Load(dir["c.yml"]);
+        var held = DatasetBuilder.Build(config, () => throw new InvalidOperationException("pre-tokenized")).Eval;
+        Assert.Equal(2, held.Count);
+        using var scope = NewDisposeScope();
+        var model = CausalLM.FromPretrained(dir["out"], ScalarType.Float32, ScalarType.Float32);
+        using var _ = no_grad();
+        double mean = held.Average(e =>
+        {
+            var ids = tensor(e.InputIds.Select(i => (long)i).ToArray()).unsqueeze(0);
+            var (sum, tokens) = model.LossSum(ids, ids);
+            return sum.item<float>() / tokens;
+        });
+        double logged = (double)evals[^1]!["eval_loss"]!;
+        Assert.True(Math.Abs(mean - logged) < 1e-5, $"eval_loss {logged} vs recomputed {mean}");
+        Assert.Equal(Math.Exp(logged), (double)evals[^1]!["eval_perplexity"]!, 9);
+    }
+
+    [Theory]
+    [InlineData(0.25, 1)]   // ceil(0.25 x 4)
+    [InlineData(0.3, 2)]    // ceil(1.2)
+    [InlineData(3.0, 3)]    // a row count
+    public void Validation_split_sizes_follow_train_test_split(double valSetSize, int expected)
+    {
+        using var dir = TestSetup.TempDir();
+        var config = new AxolotlConfig { BaseModel = "m", LearningRate = 1e-3, SequenceLen = 64, ValSetSize = valSetSize, Datasets = [new DatasetConfig { Path = WriteData(dir) }] };
+        var prepared = DatasetBuilder.Build(config, () => throw new InvalidOperationException());
+        Assert.Equal(expected, prepared.Eval.Count);
+        Assert.Equal(4 - expected, prepared.Examples.Count);
+        var all = prepared.Examples.Concat(prepared.Eval).Select(e => e.InputIds.Length).Order();
+        Assert.Equal(new[] { 30, 38, 46, 54 }, all);
+    }
+
+    [Fact]
+    public void A_split_that_leaves_nothing_to_train_is_refused()
+    {
+        using var dir = TestSetup.TempDir();
+        var config = new AxolotlConfig { BaseModel = "m", LearningRate = 1e-3, ValSetSize = 4, Datasets = [new DatasetConfig { Path = WriteData(dir) }] };
+        Assert.Contains("leaving none to train on", Assert.Throws<UserError>(() => DatasetBuilder.Build(config, () => throw new InvalidOperationException())).Message);
+    }
+}
