@@ -19,3 +19,13 @@ sealed class TempDir : IDisposable
     public string this[string name] => System.IO.Path.Combine(Path, name);
     public void Dispose() { try { Directory.Delete(Path, true); } catch (IOException) { } }
 }
+
+/// <summary>
+/// Tests that need torch's global random generator to themselves (dropout masks, seeded inits): run alone, since any
+/// test running beside them would draw from the same generator.
+/// </summary>
+[CollectionDefinition(Name, DisableParallelization = true)]
+public sealed class GlobalTorchRng
+{
+    public const string Name = "global torch RNG";
+}

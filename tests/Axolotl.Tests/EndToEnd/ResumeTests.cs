@@ -5,6 +5,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Tests.EndToEnd;
 
 /// <summary>Checkpoints and exact resume: a resumed run continues the same loss stream and ends on the same weights.</summary>
+[Collection(GlobalTorchRng.Name)]
 public class ResumeTests
 {
     static string Config(TempDir dir, string outputDir, string extra, bool lora = true) => $"""
