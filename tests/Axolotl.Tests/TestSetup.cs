@@ -9,6 +9,20 @@ static class TestSetup
 
     public static string Data(params string[] parts) => Path.Combine([AppContext.BaseDirectory, "testdata", .. parts]);
 
+    /// <summary>
+    /// The reference batch (step3_batch.json) as pre-tokenized JSONL rows, row i cut to <paramref name="length"/>(i)
+    /// tokens so that rows differ in length. Returns the file's path.
+    /// </summary>
+    public static string WriteReferenceRows(TempDir dir, Func<int, int> length)
+    {
+        var rows = System.Text.Json.Nodes.JsonNode.Parse(File.ReadAllText(Data("reference", "step3_batch.json")))!["input_ids"]!.AsArray();
+        File.WriteAllLines(dir["data.jsonl"], rows.Select((r, i) => new System.Text.Json.Nodes.JsonObject
+        {
+            ["input_ids"] = new System.Text.Json.Nodes.JsonArray(r!.AsArray().Take(length(i)).Select(x => (System.Text.Json.Nodes.JsonNode)(int)x!).ToArray()),
+        }.ToJsonString()));
+        return dir["data.jsonl"];
+    }
+
     /// <summary>A fresh folder under the system temp dir, removed when disposed.</summary>
     public static TempDir TempDir() => new();
 }

@@ -8,15 +8,7 @@ namespace Axolotl.Tests.EndToEnd;
 
 public class EvaluationTests
 {
-    static string WriteData(TempDir dir)
-    {
-        var rows = JsonNode.Parse(File.ReadAllText(TestSetup.Data("reference", "step3_batch.json")))!["input_ids"]!.AsArray();
-        File.WriteAllLines(dir["data.jsonl"], rows.Select((r, i) => new JsonObject
-        {
-            ["input_ids"] = new JsonArray(r!.AsArray().Take(30 + 8 * i).Select(x => (JsonNode)(int)x!).ToArray()),
-        }.ToJsonString()));
-        return dir["data.jsonl"];
-    }
+    static string WriteData(TempDir dir) => TestSetup.WriteReferenceRows(dir, i => 30 + 8 * i);
 
     [Fact]
     public void Eval_loss_is_the_mean_loss_of_the_held_out_rows_under_the_trained_model()

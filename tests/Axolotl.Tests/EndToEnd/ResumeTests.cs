@@ -27,16 +27,7 @@ public class ResumeTests
         {extra}
         """;
 
-    static string WriteData(TempDir dir)
-    {
-        var path = dir["data.jsonl"];
-        if (!File.Exists(path))
-        {
-            var rows = JsonNode.Parse(File.ReadAllText(TestSetup.Data("reference", "step3_batch.json")))!["input_ids"]!.AsArray();
-            File.WriteAllLines(path, rows.Select((r, i) => new JsonObject { ["input_ids"] = r!.AsArray().Take(20 + 10 * i).Select(x => (JsonNode)(int)x!).Aggregate(new JsonArray(), (a, x) => { a.Add(x); return a; }) }.ToJsonString()));
-        }
-        return path;
-    }
+    static string WriteData(TempDir dir) => TestSetup.WriteReferenceRows(dir, i => 20 + 10 * i);
 
     static double[] Losses(string outputDir) =>
         JsonNode.Parse(File.ReadAllText(Path.Combine(outputDir, "trainer_state.json")))!["log_history"]!.AsArray()
