@@ -48,6 +48,11 @@ public static class Cli
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
+        catch (Training.TrainingInterrupted e)
+        {
+            Console.Error.WriteLine(e.Message);
+            return 130;
+        }
         catch (Exception e)
         {
             var log = CrashLogPath(config);
@@ -89,16 +94,27 @@ public static class Cli
     static int Train(AxolotlConfig config)
     {
         TorchRuntime.EnsureLoaded();
+        // Ctrl-C or a scheduler's SIGTERM: finish the step in flight, checkpoint, exit, instead of dying mid-write.
+        using var stop = new CancellationTokenSource();
+        void Stop(System.Runtime.InteropServices.PosixSignalContext context)
+        {
+            context.Cancel = true;
+            if (stop.IsCancellationRequested) return;
+            Console.Error.WriteLine("stopping after the current step, then saving a checkpoint (SIGKILL aborts at once)...");
+            stop.Cancel();
+        }
+        using var sigint = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGINT, Stop);
+        using var sigterm = System.Runtime.InteropServices.PosixSignalRegistration.Create(System.Runtime.InteropServices.PosixSignal.SIGTERM, Stop);
         var interactive = AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
         if (!interactive)
         {
-            FinetuneRecipe.Run(config, new PlainReporter());
+            FinetuneRecipe.Run(config, new PlainReporter(), stop.Token);
             return 0;
         }
         AnsiConsole.Progress()
             .AutoClear(false)
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
-            .Start(ctx => FinetuneRecipe.Run(config, new ProgressReporter(ctx)));
+            .Start(ctx => FinetuneRecipe.Run(config, new ProgressReporter(ctx), stop.Token));
         return 0;
     }
 }

@@ -27,7 +27,7 @@ public sealed record FinetuneResult(string OutputDir, TrainerState State, Prepar
 /// </summary>
 public static class FinetuneRecipe
 {
-    public static FinetuneResult Run(AxolotlConfig config, IRecipeReporter reporter)
+    public static FinetuneResult Run(AxolotlConfig config, IRecipeReporter reporter, CancellationToken stop = default)
     {
         TorchRuntime.EnsureLoaded();
         var outputDir = PrepareOutputDir(config.OutputDir);
@@ -116,7 +116,7 @@ public static class FinetuneRecipe
             SavesPerEpoch = config.SavesPerEpoch ?? (config.SaveStrategy == "epoch" ? 1 : null),
             SaveTotalLimit = config.SaveTotalLimit,
         };
-        var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval);
+        var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
 
         SaveWeights(outputDir);
         state.Save(outputDir);

@@ -46,6 +46,16 @@ public sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeig
     public int? SaveTotalLimit { get; init; }
 }
 
+/// <summary>A stop asked for from outside (SIGINT, SIGTERM), honoured after a whole optimizer step.</summary>
+public sealed class TrainingInterrupted(int step, string? checkpoint)
+    : Exception(checkpoint != null
+        ? $"interrupted after step {step}; saved {checkpoint}. Run the same command with auto_resume_from_checkpoints: true (or resume_from_checkpoint: {checkpoint}) to continue."
+        : $"interrupted after step {step}; nothing was saved (save_strategy is no).")
+{
+    public int Step { get; } = step;
+    public string? Checkpoint { get; } = checkpoint;
+}
+
 /// <summary>The numbers fixed before the first step.</summary>
 public sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters);
 
@@ -72,7 +82,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     public TrainerState State { get; } = new();
 
     /// <summary>Trains to the planned step count; with <paramref name="resumeFrom"/> it continues a checkpoint exactly.</summary>
-    public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null, IReadOnlyList<Example>? eval = null)
+    public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null, IReadOnlyList<Example>? eval = null,
+                              CancellationToken stop = default)
     {
         var o = options;
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
@@ -136,6 +147,9 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     windowLoss += sum / Math.Max(1, windowTokens);
                     tokensSinceLog += batch.RealTokens;
                 }
+                if (!double.IsFinite(windowLoss))
+                    throw new UserError($"the loss became {windowLoss} at step {step + 1} (learning rate {o.LearningRate * schedule.Multiplier(step):G3}); " +
+                                        "training stopped before the update, so the weights and the last checkpoint are intact. Lower learning_rate or check the data.");
                 double gradNorm;
                 using (var scope = NewDisposeScope())
                 {
@@ -177,6 +191,16 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     _observer.OnLog(evaluation);
                 }
                 if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer);
+                if (stop.IsCancellationRequested && step < totalSteps)
+                {
+                    string? saved = null;
+                    if (checkpoints != null)
+                    {
+                        if (step % saveSteps != 0) SaveCheckpoint(step, optimizer);
+                        saved = Path.Combine(checkpoints.OutputDir, $"checkpoint-{step}");
+                    }
+                    throw new TrainingInterrupted(step, saved);
+                }
             }
         }
         model.eval();
