@@ -16,6 +16,7 @@ public static class Cli
 
         commands:
           train     fine-tune as the config says (LoRA or full), save to output_dir
+          preprocess  tokenize the datasets as train would and report; --debug shows examples as token(label, id)
           validate  load and check the config without touching model or data; print the resolved values
 
         Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
@@ -32,14 +33,17 @@ public static class Cli
         AxolotlConfig? config = null;
         try
         {
-            if (command is not ("train" or "validate"))
-                throw new UserError($"unknown command '{command}'. Commands: train, validate.");
+            if (command is not ("train" or "validate" or "preprocess"))
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
-            config = ConfigLoader.Load(args[1], args[2..]);
+            var overrides = args[2..].ToList();
+            int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
+            config = ConfigLoader.Load(args[1], overrides);
             return command switch
             {
                 "validate" => Validate(config),
+                "preprocess" => Preprocess(config, debugExamples),
                 _ => Train(config),
             };
         }
@@ -69,6 +73,49 @@ public static class Cli
         var name = $"axolotl-crash-{DateTime.UtcNow:yyyyMMdd-HHmmss}-{Environment.ProcessId}.log";
         if (config != null && Directory.Exists(config.OutputDir)) return Path.Combine(config.OutputDir, name);
         return Path.Combine(Path.GetTempPath(), name);
+    }
+
+    /// <summary>Removes preprocess's own flags (--debug, --debug-num-examples N) from the overrides; returns how many examples to show.</summary>
+    static int TakeDebugFlags(List<string> args)
+    {
+        int shown = 0;
+        for (int i = 0; i < args.Count; i++)
+        {
+            if (args[i] == "--debug") { shown = Math.Max(shown, 5); args.RemoveAt(i--); }
+            else if (args[i].StartsWith("--debug-num-examples"))
+            {
+                var value = args[i].Contains('=') ? args[i][(args[i].IndexOf('=') + 1)..] : i + 1 < args.Count ? args[i + 1] : "";
+                if (!int.TryParse(value, out shown) || shown < 0) throw new UserError($"--debug-num-examples needs a whole number, not '{value}'.");
+                args.RemoveRange(i, args[i].Contains('=') ? 1 : 2);
+                i--;
+            }
+        }
+        return shown;
+    }
+
+    /// <summary>
+    /// Tokenizes the datasets as train would and reports what came out; with --debug, shows examples token by token as
+    /// token(label, id), masked tokens in red and trained ones in green, so a masking or template mistake is seen
+    /// before any compute is spent.
+    /// </summary>
+    static int Preprocess(AxolotlConfig config, int debugExamples)
+    {
+        Runtime.TorchRuntime.EnsureLoaded();
+        var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter());
+        foreach (var example in data.Examples.Take(debugExamples))
+        {
+            var line = new System.Text.StringBuilder();
+            for (int i = 0; i < example.InputIds.Length; i++)
+            {
+                int id = example.InputIds[i], label = example.Labels[i];
+                var token = (tokenizer?.Decode([id]) ?? id.ToString()).Replace("\n", "\\n").Replace("\t", "\\t");
+                var color = label == Data.Example.IgnoreIndex ? "red" : label == id ? "green" : "yellow";
+                line.Append($"[{color}]{Markup.Escape(token)}({label}, {id})[/] ");
+            }
+            AnsiConsole.MarkupLine(line.ToString().TrimEnd());
+            AnsiConsole.WriteLine();
+        }
+        return 0;
     }
 
     static int Validate(AxolotlConfig config)

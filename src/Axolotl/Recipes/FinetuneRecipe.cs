@@ -35,15 +35,7 @@ public static class FinetuneRecipe
         // Read the architecture first: a wrong model path should fail before minutes of tokenization.
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
 
-        var tokenizerDir = config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel;
-        Tokenizer? tokenizer = null;
-        Tokenizer GetTokenizer() => tokenizer ??= Tokenizer.FromFolder(tokenizerDir);
-
-        var data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing);
-        reporter.Info($"Data: {data.RowsRead} rows → {data.Examples.Count} examples, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
-                      (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
-                      (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than 2 tokens" : "") +
-                      (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for validation (val_set_size {config.ValSetSize})" : ""));
+        var (data, tokenizer, tokenizerDir) = PreprocessRecipe.Run(config, reporter);
 
         bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
         var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;

@@ -74,4 +74,19 @@ public class BadInputTests
         (code, _, stderr) = RunCli("trian", "x.yml");
         AssertUserError(code, stderr, "unknown command 'trian'");
     }
+
+    [Fact]
+    public void Preprocess_debug_shows_masked_prompt_and_trained_response()
+    {
+        using var dir = TestSetup.TempDir();
+        File.WriteAllText(dir["data.json"], """[{"instruction": "Name a colour.", "input": "", "output": "Blue."}]""");
+        File.WriteAllText(dir["c.yml"], ValidConfig(dir, dir["data.json"]));
+        var (code, stdout, stderr) = RunCli("preprocess", dir["c.yml"], "--debug");
+        Assert.True(code == 0, stderr);
+        Assert.Contains("1 rows → 1 examples", stdout);
+        Assert.Contains("<s>(-100, 1)", stdout);          // BOS of the masked prompt
+        Assert.Contains("Response(-100,", stdout);         // the prompt's last words are masked
+        Assert.Contains("</s>(2, 2)", stdout);             // EOS appended to the response and trained on
+        Assert.Contains("\\n(-100, 13)", stdout);         // newlines shown escaped
+    }
 }
