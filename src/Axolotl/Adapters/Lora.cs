@@ -67,11 +67,16 @@ public static class Lora
         return (current, parts[^1]);
     }
 
-    /// <summary>TorchSharp keeps a submodule both in its registry and in the field forward() reads: swap both.</summary>
+    /// <summary>
+    /// TorchSharp keeps a submodule both in its registry and in the field forward() reads: swap both. The field is the
+    /// one holding the old instance, since a module may register a child under an HF name that is not its field name.
+    /// </summary>
     static void ReplaceChild(nn.Module parent, string name, nn.Module replacement)
     {
-        var field = parent.GetType().GetField(name, BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
-                    ?? throw new InvalidOperationException($"{parent.GetType().Name} has no field '{name}' to wrap");
+        var old = parent.named_children().First(c => c.name == name).module;
+        var field = parent.GetType().GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
+                        .FirstOrDefault(f => ReferenceEquals(f.GetValue(parent), old))
+                    ?? throw new InvalidOperationException($"{parent.GetType().Name} has no field holding '{name}' to wrap");
         parent.register_module(name, null!);
         parent.register_module(name, replacement);
         field.SetValue(parent, replacement);

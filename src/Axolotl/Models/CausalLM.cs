@@ -15,7 +15,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
 {
     public Embedding embed_tokens;
     public ModuleList<DecoderLayer> layers;
-    public RmsNorm norm;
+    public nn.Module<Tensor, Tensor> norm;
     readonly DecoderConfig _config;
 
     public DecoderModel(DecoderConfig c, ScalarType dtype, ScalarType computeType) : base("model")
@@ -23,17 +23,37 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         _config = c;
         embed_tokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, computeType);
         layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(_ => new DecoderLayer(c, dtype)).ToArray());
-        norm = new RmsNorm(c.HiddenSize, c.RmsNormEps, dtype);
-        RegisterComponents();
+        norm = Parts.Norm(c, dtype);
+        register_module("embed_tokens", embed_tokens);
+        register_module("layers", layers);
+        register_module(c.Names.FinalNorm, norm);
     }
+
+    protected override void RegisterComponents() { } // children are registered by HF name in the constructor
 
     /// <summary>ids [batch, seq] → final hidden states [batch, seq, hidden] in the compute dtype.</summary>
     public override Tensor forward(Tensor ids)
     {
         var h = embed_tokens.forward(ids);
-        var (cos, sin) = Rope.Angles(ids.shape[1], _config.HeadDim, _config.RopeTheta, h.dtype, h.device);
-        foreach (var layer in layers) h = layer.forward(h, cos, sin);
+        // HF makes the normalizer a tensor of the hidden dtype, so sqrt(hidden) is rounded to bf16 in bf16 runs.
+        if (_config.ScaleEmbeddings) h = h * tensor(Math.Sqrt(_config.HiddenSize), dtype: h.dtype, device: h.device);
+        h = Parts.Dropout(h, _config.EmbeddingDropout, training);
+        var (cos, sin) = Rope.Angles(ids.shape[1], _config.RotaryDim, _config.RopeTheta, h.dtype, h.device);
+        var positions = new Positions(cos, sin, SlidingWindowMask(ids.shape[1], h.device));
+        foreach (var layer in layers) h = layer.forward(h, positions);
         return norm.forward(h);
+    }
+
+    /// <summary>
+    /// Mistral's window as transformers 4.40 masks it (tril with diagonal -window-1, as flash-attn's window (w, w)):
+    /// position i sees j when i - window &lt;= j &lt;= i, so window + 1 keys. Null when plain causal masking is the same.
+    /// </summary>
+    Tensor? SlidingWindowMask(long seq, Device device)
+    {
+        if (_config.SlidingWindow is not int window || window + 1 >= seq) return null;
+        var i = arange(seq, device: device).unsqueeze(1);
+        var j = arange(seq, device: device).unsqueeze(0);
+        return j.le(i).logical_and(j.ge(i - window));
     }
 }
 
@@ -53,7 +73,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         Config = config;
         ComputeType = computeType;
         model = new DecoderModel(config, dtype, computeType);
-        lm_head = config.TieWordEmbeddings ? null : new Linear(config.HiddenSize, config.VocabSize, false, dtype);
+        lm_head = config.TieWordEmbeddings ? null : new Linear(config.HiddenSize, config.VocabSize, config.LmHeadBias, dtype);
         RegisterComponents();
     }
 
@@ -119,16 +139,27 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
 
     public static CausalLM Create(DecoderConfig config, ScalarType dtype, ScalarType computeType) => new(config, dtype, computeType);
 
-    /// <summary>HF's _init_weights: normal(0, initializer_range) for linear and embedding weights, zero biases, unit norms.</summary>
+    /// <summary>
+    /// HF's _init_weights: normal(0, initializer_range) for linear and embedding weights, zero biases; norms keep
+    /// their identity (weight 1, or 0 where the norm scales by 1 + w; LayerNorm bias 0).
+    /// </summary>
     public void InitializeWeights(long seed)
     {
         using var _ = no_grad();
         var generator = new Generator((ulong)seed);
+        var modules = named_modules().ToDictionary(m => m.name, m => m.module);
         foreach (var (name, p) in named_parameters())
         {
-            if (name.EndsWith("layernorm.weight") || name == "model.norm.weight") p.fill_(1);
-            else if (name.EndsWith(".bias")) p.zero_();
-            else p.normal_(0, Config.InitializerRange, generator);
+            bool isBias = name.EndsWith(".bias");
+            switch (modules[name[..name.LastIndexOf('.')]])
+            {
+                case RmsNorm norm: p.fill_(1 - norm.Offset); break;
+                case LayerNorm: p.fill_(isBias ? 0 : 1); break;
+                default:
+                    if (isBias) p.zero_();
+                    else p.normal_(0, Config.InitializerRange, generator);
+                    break;
+            }
         }
     }
 
