@@ -56,7 +56,7 @@ public class InterruptTests
     {
         using var scope = NewDisposeScope();
         var model = CausalLM.FromPretrained(TestSetup.Data("reference", "models", "tiny-llama"), ScalarType.Float32, ScalarType.Float32);
-        using (no_grad()) model.model.norm.weight[0] = float.NaN;
+        using (no_grad()) ((RmsNorm)model.model.norm).weight[0] = float.NaN;
         var before = model.model.embed_tokens.weight.clone();
         var examples = new[] { new Example([1, 5, 9, 200, 17], [1, 5, 9, 200, 17]) };
         var e = Assert.Throws<UserError>(() => new Trainer(model, new TrainingOptions { LearningRate = 1e-3 }).Train(examples));
