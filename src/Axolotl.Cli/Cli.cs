@@ -15,8 +15,9 @@ public static class Cli
         usage: axolotl <command> <config.yml> [--key value ...]
 
         commands:
-          train     fine-tune as the config says (LoRA or full), save to output_dir
-          validate  load and check the config without touching model or data; print the resolved values
+          train       fine-tune as the config says (LoRA or full), save to output_dir
+          validate    load and check the config without touching model or data; print the resolved values
+          merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
 
         Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
         """;
@@ -32,14 +33,15 @@ public static class Cli
         AxolotlConfig? config = null;
         try
         {
-            if (command is not ("train" or "validate"))
-                throw new UserError($"unknown command '{command}'. Commands: train, validate.");
+            if (command is not ("train" or "validate" or "merge-lora"))
+                throw new UserError($"unknown command '{command}'. Commands: train, validate, merge-lora.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             config = ConfigLoader.Load(args[1], args[2..]);
             return command switch
             {
                 "validate" => Validate(config),
+                "merge-lora" => MergeLora(config),
                 _ => Train(config),
             };
         }
@@ -83,6 +85,12 @@ public static class Cli
         }
         AnsiConsole.Write(table);
         Console.WriteLine($"{config.SourcePath}: valid.");
+        return 0;
+    }
+
+    static int MergeLora(AxolotlConfig config)
+    {
+        MergeRecipe.Run(config, new PlainReporter());
         return 0;
     }
 
