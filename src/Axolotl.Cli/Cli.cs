@@ -15,9 +15,10 @@ public static class Cli
         usage: axolotl <command> <config.yml> [--key value ...]
 
         commands:
-          train     fine-tune as the config says (LoRA or full), save to output_dir
+          train       fine-tune as the config says (LoRA or full), save to output_dir
           preprocess  tokenize the datasets as train would and report; --debug shows examples as token(label, id)
-          validate  load and check the config without touching model or data; print the resolved values
+          validate    load and check the config without touching model or data; print the resolved values
+          merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
 
         Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
         """;
@@ -33,8 +34,8 @@ public static class Cli
         AxolotlConfig? config = null;
         try
         {
-            if (command is not ("train" or "validate" or "preprocess"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate.");
+            if (command is not ("train" or "validate" or "preprocess" or "merge-lora"))
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, merge-lora.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
@@ -44,6 +45,7 @@ public static class Cli
             {
                 "validate" => Validate(config),
                 "preprocess" => Preprocess(config, debugExamples),
+                "merge-lora" => MergeLora(config),
                 _ => Train(config),
             };
         }
@@ -135,6 +137,12 @@ public static class Cli
         }
         AnsiConsole.Write(table);
         Console.WriteLine($"{config.SourcePath}: valid.");
+        return 0;
+    }
+
+    static int MergeLora(AxolotlConfig config)
+    {
+        MergeRecipe.Run(config, new PlainReporter());
         return 0;
     }
 

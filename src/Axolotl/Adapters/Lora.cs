@@ -82,6 +82,27 @@ public static class Lora
         field.SetValue(parent, replacement);
     }
 
+    /// <summary>
+    /// PEFT's merge_and_unload: W += scale * B @ A (computed in fp32, rounded once to W's dtype), then each LoraLinear is
+    /// replaced by its base layer, so the model is a plain one again. Returns the merged paths.
+    /// </summary>
+    public static IReadOnlyList<string> MergeAndUnload(nn.Module model)
+    {
+        var layers = Layers(model).ToList();
+        using (no_grad())
+        {
+            foreach (var (path, layer) in layers)
+            {
+                var weight = layer.base_layer.weight;
+                using var merged = weight.to(ScalarType.Float32) + layer.Delta().to(ScalarType.Float32);
+                weight.copy_(merged);
+                var (parent, leaf) = Parent(model, path);
+                ReplaceChild(parent, leaf, layer.base_layer);
+            }
+        }
+        return layers.Select(l => l.Name).ToList();
+    }
+
     public static IEnumerable<(string Name, LoraLinear Layer)> Layers(nn.Module model) =>
         model.named_modules().Where(m => m.module is LoraLinear).Select(m => (m.name, (LoraLinear)m.module));
 

@@ -199,6 +199,14 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         }
     }
 
+    /// <summary>The dtype a checkpoint stores its weights in (that of model.embed_tokens.weight).</summary>
+    public static ScalarType StoredWeightType(string modelDir)
+    {
+        foreach (var file in WeightFiles(modelDir).Select(SafetensorsFile.Open))
+            if (file.Entries.TryGetValue("model.embed_tokens.weight", out var entry)) return SafetensorsFile.ToScalarType(entry.DType);
+        throw new UserError($"{modelDir}: the weights have no model.embed_tokens.weight.");
+    }
+
     static IEnumerable<string> WeightFiles(string modelDir)
     {
         var single = Path.Combine(modelDir, "model.safetensors");

@@ -160,7 +160,7 @@ public static class FinetuneRecipe
 
     static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"];
 
-    static void CopyTokenizerFiles(string from, string to)
+    internal static void CopyTokenizerFiles(string from, string to)
     {
         if (Path.GetFullPath(from) == Path.GetFullPath(to)) return;
         foreach (var name in TokenizerFiles)

@@ -1,0 +1,40 @@
+using Axolotl.Adapters;
+using Axolotl.Config;
+using Axolotl.IO;
+using Axolotl.Models;
+using Axolotl.Runtime;
+using static TorchSharp.torch;
+
+namespace Axolotl.Recipes;
+
+/// <summary>
+/// <c>axolotl merge-lora</c>: base_model + the adapter in lora_model_dir (default output_dir, as in Axolotl) folded into
+/// one plain model, saved to {output_dir}/merged in the base checkpoint's dtype with its config and tokenizer files.
+/// </summary>
+public static class MergeRecipe
+{
+    public static string Run(AxolotlConfig config, IRecipeReporter reporter)
+    {
+        TorchRuntime.EnsureLoaded();
+        var adapterDir = config.LoraModelDir ?? config.OutputDir;
+        if (!Directory.Exists(adapterDir))
+            throw new UserError($"merge-lora: the adapter folder '{adapterDir}' does not exist (set lora_model_dir or --lora-model-dir).");
+        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var storedType = CausalLM.StoredWeightType(config.BaseModel);
+        // Merge in fp32 whatever the checkpoint holds, and round to its dtype once, when saving.
+        var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
+        model.LoadWeights(config.BaseModel);
+        var settings = Lora.Load(model, adapterDir);
+        var merged = Lora.MergeAndUnload(model);
+        reporter.Info($"Merged LoRA from {adapterDir} (r {settings.Rank}, alpha {settings.Alpha}) into {merged.Count} layers of {config.BaseModel}.");
+
+        var outputDir = Path.Combine(config.OutputDir, "merged");
+        model.SavePretrained(outputDir, storedType);
+        // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
+        var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
+        if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
+        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel, outputDir);
+        reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
+        return outputDir;
+    }
+}
