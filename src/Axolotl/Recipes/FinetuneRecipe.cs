@@ -114,7 +114,7 @@ public static class FinetuneRecipe
         {
             var model = CausalLM.Create(architecture, weightType, computeType);
             model.InitializeWeights(config.Seed);
-            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (random_init_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
+            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (reinit_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
             return model;
         }
         var loaded = CausalLM.Create(architecture, weightType, computeType);
