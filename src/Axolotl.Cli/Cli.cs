@@ -41,6 +41,8 @@ public static class Cli
             var overrides = args[2..].ToList();
             int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
             config = ConfigLoader.Load(args[1], overrides);
+            // Before anything runs: a mapped key changes what the user gets, so it is said up front.
+            foreach (var warning in config.Warnings) PrintWarning(warning);
             return command switch
             {
                 "validate" => Validate(config),
@@ -120,23 +122,42 @@ public static class Cli
         return 0;
     }
 
+    static void PrintWarning(string message)
+    {
+        if (Console.IsOutputRedirected) Console.WriteLine($"warning: {message}");
+        else AnsiConsole.MarkupLine($"[yellow]warning:[/] {Markup.Escape(message)}");
+    }
+
+    /// <summary>The resolved values, each with where it came from: the file (line:col), a --flag, a derivation or the default.</summary>
     static int Validate(AxolotlConfig config)
     {
-        var table = new Table().AddColumn("key").AddColumn("value");
-        foreach (var p in typeof(AxolotlConfig).GetProperties().Where(p => p.CanWrite && p.Name != nameof(AxolotlConfig.SourcePath)))
+        var rows = typeof(AxolotlConfig).GetProperties().Where(p => p.CanWrite && p.Name != nameof(AxolotlConfig.SourcePath)).Select(p =>
         {
-            var value = p.GetValue(config);
-            var text = value switch
+            var key = ConfigLoader.KeyOf(p);
+            var text = p.GetValue(config) switch
             {
                 null => "~",
-                List<DatasetConfig> ds => string.Join("; ", ds.Select(d => $"{d.Path} ({d.Type ?? "pre-tokenized"})")),
+                List<DatasetConfig> ds => string.Join("; ", ds.Select(d => $"{d.Path} ({d.Strategy ?? "pre-tokenized"}{(d.Variant != null ? ":" + d.Variant : "")})")),
                 List<string> list => "[" + string.Join(", ", list) + "]",
-                _ => value.ToString() ?? "",
+                bool b => b ? "true" : "false",
+                double d => d.ToString("0.##########", System.Globalization.CultureInfo.InvariantCulture),
+                var v => v.ToString() ?? "",
             };
-            table.AddRow(ConfigLoader.SnakeCase(p.Name), Markup.Escape(text));
+            return (Key: key, Value: text, From: config.Sources.GetValueOrDefault(key, "default"));
+        }).ToList();
+        if (Console.IsOutputRedirected)
+        {
+            // Plain lines: a table would wrap at the 80 columns assumed for pipes.
+            int width = rows.Max(r => r.Key.Length);
+            foreach (var r in rows) Console.WriteLine($"{r.Key.PadRight(width)}  {r.Value}  ({r.From})");
         }
-        AnsiConsole.Write(table);
-        Console.WriteLine($"{config.SourcePath}: valid.");
+        else
+        {
+            var table = new Table().AddColumn("key").AddColumn("value").AddColumn("from");
+            foreach (var r in rows) table.AddRow(Markup.Escape(r.Key), Markup.Escape(r.Value), Markup.Escape(r.From));
+            AnsiConsole.Write(table);
+        }
+        Console.WriteLine($"{config.SourcePath}: valid" + (config.Warnings.Count > 0 ? $", with {config.Warnings.Count} warning(s) above." : "."));
         return 0;
     }
 

@@ -1,7 +1,15 @@
 namespace Axolotl.Config;
 
-// The config schema: one property per Axolotl key, named as the key in PascalCase (the loader maps snake_case to it).
-// Defaults are Axolotl's. A key Axolotl knows that is not a property here is refused by name when set (ConfigLoader).
+// The config schema: one property per Axolotl key that Axolotl.NET implements, named as the key in PascalCase (the
+// loader maps snake_case to it). Defaults are Axolotl's. Every other Axolotl key is known by name in AxolotlKeys and is
+// either warned about or refused (ConfigLoader).
+
+/// <summary>The Axolotl key of a property whose C# name does not spell it.</summary>
+[AttributeUsage(AttributeTargets.Property)]
+sealed class AxolotlKeyAttribute(string key) : Attribute
+{
+    public string Key => key;
+}
 
 /// <summary>One entry of <c>datasets:</c>.</summary>
 public sealed class DatasetConfig
@@ -16,6 +24,9 @@ public sealed class DatasetConfig
     public string? Field { get; set; }
     /// <summary>Where this entry sits in the YAML file, for messages about its rows.</summary>
     internal string Origin { get; set; } = "";
+    /// <summary><c>type</c> split as Axolotl splits it: "alpaca:chat" is strategy alpaca, prompt style chat.</summary>
+    public string? Strategy { get; internal set; }
+    public string? Variant { get; internal set; }
 }
 
 public sealed class AxolotlConfig
@@ -28,8 +39,12 @@ public sealed class AxolotlConfig
     public string? TokenizerType { get; set; }
     /// <summary>"auto" (bf16 where the CPU computes it natively), true or false.</summary>
     public string Bf16 { get; set; } = "auto";
+    public bool TokenizerUseFast { get; set; } = true;
     /// <summary>Start from config.json with fresh weights instead of the checkpoint (pretraining from scratch).</summary>
+    [AxolotlKey("reinit_weights")]
     public bool RandomInitWeights { get; set; }
+    /// <summary>What runs is always PyTorch SDPA; other values are GPU kernels for the same math (warned).</summary>
+    public string? AttnImplementation { get; set; }
 
     // data
     public List<DatasetConfig> Datasets { get; set; } = [];
@@ -43,6 +58,8 @@ public sealed class AxolotlConfig
     /// <summary>steps, epoch or no; with a validation split and nothing set, once per epoch.</summary>
     public string? EvalStrategy { get; set; }
     public bool SamplePacking { get; set; }
+    /// <summary>Unset follows sample_packing, as in Axolotl.</summary>
+    public bool? EvalSamplePacking { get; set; }
     public bool ShuffleMergedDatasets { get; set; } = true;
 
     // adapter
@@ -57,6 +74,10 @@ public sealed class AxolotlConfig
     // training
     public int MicroBatchSize { get; set; } = 1;
     public int GradientAccumulationSteps { get; set; } = 1;
+    /// <summary>micro_batch_size × gradient_accumulation_steps; when given instead, gradient_accumulation_steps is derived.</summary>
+    public int? BatchSize { get; set; }
+    /// <summary>Unset means micro_batch_size, as in Axolotl.</summary>
+    public int? EvalBatchSize { get; set; }
     public double NumEpochs { get; set; } = 1;
     public int? MaxSteps { get; set; }
     public double? LearningRate { get; set; }
@@ -89,6 +110,9 @@ public sealed class AxolotlConfig
     /// <summary>The YAML file this came from ("" when built in code).</summary>
     public string SourcePath { get; set; } = "";
 
-    /// <summary>micro_batch_size × gradient_accumulation_steps, as Axolotl derives batch_size.</summary>
-    public int BatchSize => MicroBatchSize * GradientAccumulationSteps;
+    /// <summary>One line each: a key that was mapped to what Axolotl.NET does instead, or that has no effect here.</summary>
+    public List<string> Warnings { get; } = [];
+
+    /// <summary>Where each resolved value came from, by key: "12:1" in the file, "--flag", or how it was derived.</summary>
+    public Dictionary<string, string> Sources { get; } = [];
 }

@@ -1,4 +1,4 @@
-using System.Collections;
+using System.Collections.Frozen;
 using System.Globalization;
 using System.Reflection;
 using System.Text;
@@ -7,51 +7,39 @@ using YamlDotNet.RepresentationModel;
 
 namespace Axolotl.Config;
 
+/// <summary>A config that sets Axolotl keys Axolotl.NET does not implement yet; the message names each with its place.</summary>
+public sealed class UnsupportedKeysError(string message, IReadOnlyList<string> keys) : UserError(message)
+{
+    /// <summary>The refused keys, as "load_in_8bit" or "datasets[0].type".</summary>
+    public IReadOnlyList<string> Keys { get; } = keys;
+}
+
 /// <summary>
-/// Reads an Axolotl YAML file into <see cref="AxolotlConfig"/>. Policy, key by key: a key we implement is applied;
-/// a key Axolotl knows but we do not implement yet is refused by name unless left empty; any other key is an error
-/// that suggests the closest known key. Nothing is silently ignored.
+/// Reads an Axolotl YAML file into <see cref="AxolotlConfig"/>. Policy, key by key: a key we implement runs as Axolotl
+/// runs it; a key that only tunes speed or memory on other hardware runs as our nearest equivalent, with a one-line
+/// warning (<see cref="AxolotlConfig.Warnings"/>); a key Axolotl knows whose semantics we lack is refused by name,
+/// all such keys in one error; an unknown key is an error that suggests the closest known key. Nothing is silently ignored.
 /// </summary>
 public static class ConfigLoader
 {
     static readonly Dictionary<string, PropertyInfo> TopLevel = Properties(typeof(AxolotlConfig));
-    static readonly Dictionary<string, PropertyInfo> DatasetKeys = Properties(typeof(DatasetConfig));
+    static readonly Dictionary<string, PropertyInfo> DatasetProperties = Properties(typeof(DatasetConfig));
 
-    /// <summary>Axolotl keys that are valid there but have no implementation here yet (left empty they are fine).</summary>
-    static readonly HashSet<string> KnownUnsupported = new(StringComparer.Ordinal)
-    {
-        "revision_of_model", "tokenizer_use_fast", "tokenizer_legacy", "trust_remote_code", "overrides_of_model_config",
-        "load_in_8bit", "load_in_4bit", "gptq", "bnb_config_kwargs", "fp16", "tf32", "device_map", "max_memory",
-        "low_cpu_mem_usage", "resize_token_embeddings_to_32x", "unfrozen_parameters", "attn_implementation",
-        "flash_attention", "sdp_attention", "xformers_attention", "flex_attention", "lora_modules_to_save",
-        "lora_fan_in_fan_out", "lora_rank_pattern", "lora_alpha_pattern", "peft_layers_to_transform", "peft_use_dora",
-        "peft_use_rslora", "peft_init_lora_weights", "loraplus_lr_ratio", "loraplus_lr_embedding", "lora_on_cpu",
-        "merge_method", "test_datasets", "dataset_prepared_path", "dataset_num_proc", "dataset_exact_deduplication",
-        "eval_sequence_len", "excess_length_strategy", "min_sample_len", "pretraining_dataset", "streaming",
-        "eval_sample_packing", "pad_to_sequence_len", "sample_packing_group_size", "sample_packing_bin_size",
-        "sample_packing_sequentially", "multipack_real_batches", "curriculum_sampling", "batch_size", "eval_batch_size",
-        "lr_scheduler_kwargs", "cosine_min_lr_ratio", "neftune_noise_alpha", "group_by_length", "gradient_checkpointing",
-        "gradient_checkpointing_kwargs", "special_tokens", "tokens", "added_tokens_overrides", "chat_template",
-        "chat_template_jinja", "eot_tokens", "default_system_message", "save_only_model", "save_first_step", "hub_model_id", "eval_table_size", "eval_max_new_tokens", "do_causal_lm_eval", "metric_for_best_model",
-        "load_best_model_at_end", "early_stopping_patience", "use_wandb", "wandb_project", "wandb_entity",
-        "wandb_watch", "wandb_name", "wandb_run_id", "wandb_log_model", "use_mlflow", "mlflow_tracking_uri",
-        "mlflow_experiment_name", "use_tensorboard", "loss_watchdog_threshold", "loss_watchdog_patience", "include_tkps",
-        "deepspeed", "fsdp", "fsdp_config", "fsdp_version",
-        "context_parallel_size", "tensor_parallel_size", "rl", "rl_beta", "dpo_loss_type", "orpo_alpha", "trl",
-        "relora_steps", "relora_warmup_steps", "relora_cpu_offload", "local_rank", "debug", "early_stopping",
-        "hf_use_auth_token", "torch_compile", "gpu_memory_limit", "plugins", "liger_rope", "liger_rms_norm",
-        "liger_glu_activation", "liger_layer_norm", "liger_fused_linear_cross_entropy", "chat_template_kwargs",
-        "dataset_processes", "warmup_steps_ratio", "evals_per_step", "save_total", "logging_dir",
-    };
+    // Keys without a property whose treatment depends on their value; handled in Reader.
+    static readonly string[] ByValue = ["bfloat16", "plugins", .. AxolotlKeys.LegacyAttentionFlags.Select(f => f.Flag)];
 
-    static readonly HashSet<string> KnownUnsupportedDatasetKeys = new(StringComparer.Ordinal)
-    {
-        "name", "data_files", "revision", "shards", "shards_idx", "field_messages", "message_property_mappings",
-        "message_field_role", "message_field_content", "message_field_training", "message_field_training_detail",
-        "field_tools", "roles", "roles_to_train", "train_on_eos", "train_on_eot", "drop_system_message", "chat_template",
-        "chat_template_jinja", "conversation", "field_system", "field_instruction", "field_input", "field_output",
-        "format", "no_input_format", "system_format", "system_prompt", "preprocess_shards", "trust_remote_code",
-    };
+    /// <summary>Axolotl keys Axolotl.NET does not implement yet: set to anything but empty or false, each is refused.</summary>
+    public static readonly FrozenSet<string> Unsupported =
+        AxolotlKeys.All.Except(TopLevel.Keys).Except(AxolotlKeys.Warned.Keys).Except(ByValue).ToFrozenSet(StringComparer.Ordinal);
+
+    public static readonly FrozenSet<string> UnsupportedDatasetKeys =
+        AxolotlKeys.DatasetKeys.Except(DatasetProperties.Keys).ToFrozenSet(StringComparer.Ordinal);
+
+    static readonly FrozenSet<string> KnownTopLevel =
+        TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
+
+    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused" }.ToFrozenSet();
+    static readonly FrozenSet<string> ImplementedSchedulers = new[] { "cosine", "linear", "constant", "constant_with_warmup" }.ToFrozenSet();
 
     public static AxolotlConfig Load(string path, IReadOnlyList<string>? overrides = null)
     {
@@ -74,86 +62,343 @@ public static class ConfigLoader
         if (yamlStream.Documents.Count == 0 || yamlStream.Documents[0].RootNode is not YamlMappingNode root)
             throw new UserError($"{path}: the config must be a YAML mapping of keys to values.");
 
-        var config = new AxolotlConfig { SourcePath = path };
+        // An override replaces the file's value in place, so it goes through exactly the same checks.
+        var entries = new Dictionary<string, Entry>(StringComparer.Ordinal);
         foreach (var (keyNode, valueNode) in root.Children)
+            entries[((YamlScalarNode)keyNode).Value ?? ""] = new Entry(valueNode, Spot.In(path, keyNode), Spot.In(path, valueNode));
+        int order = 0;
+        foreach (var (flag, key, value) in ParseOverrides(overrides ?? []))
         {
-            var key = ((YamlScalarNode)keyNode).Value ?? "";
-            Apply(config, TopLevel, KnownUnsupported, key, valueNode, path);
+            if (key.StartsWith("datasets", StringComparison.Ordinal) || key is "test_datasets" or "pretraining_dataset")
+                throw new UserError($"{flag}: dataset keys cannot be overridden from the command line; edit the YAML file.");
+            var spot = new Spot(flag, flag, int.MaxValue / 2 + order++); // after the file's lines, in command-line order
+            entries[key] = new Entry(value, spot, spot);
         }
-        foreach (var (key, value) in ParseOverrides(overrides ?? []))
-        {
-            if (key.StartsWith("datasets", StringComparison.Ordinal))
-                throw new UserError($"--{key.Replace('_', '-')}: nested dataset keys cannot be overridden from the command line; edit the YAML file.");
-            Apply(config, TopLevel, KnownUnsupported, key, value, "command line");
-        }
-        Validate(config, path);
-        return config;
+        return new Reader(path).Read(entries);
     }
 
     /// <summary>Axolotl's CLI form: --learning-rate 1e-4, --lora_model_dir=DIR, --load-in-4bit, --no-load-in-4bit.</summary>
-    static IEnumerable<(string Key, YamlNode Value)> ParseOverrides(IReadOnlyList<string> args)
+    static IEnumerable<(string Flag, string Key, YamlNode Value)> ParseOverrides(IReadOnlyList<string> args)
     {
         for (int i = 0; i < args.Count; i++)
         {
             var arg = args[i];
             if (!arg.StartsWith("--")) throw new UserError($"unexpected argument '{arg}': overrides look like --key value or --key=value.");
-            var body = arg[2..];
-            string? value = null;
-            int eq = body.IndexOf('=');
-            if (eq >= 0) { value = body[(eq + 1)..]; body = body[..eq]; }
-            var key = body.Replace('-', '_');
+            var flag = arg.Split('=')[0];
+            string? value = arg.Length > flag.Length ? arg[(flag.Length + 1)..] : null;
+            var key = flag[2..].Replace('-', '_');
             if (value == null)
             {
                 if (i + 1 < args.Count && !args[i + 1].StartsWith("--")) value = args[++i];
                 else if (key.StartsWith("no_")) { key = key[3..]; value = "false"; }
                 else value = "true";
             }
-            yield return (key, new YamlScalarNode(value));
+            yield return (flag, key, new YamlScalarNode(value) { Style = ScalarStyle.Plain });
         }
     }
 
-    static void Apply(object target, Dictionary<string, PropertyInfo> schema, HashSet<string> unsupported, string key, YamlNode value, string path)
+    /// <summary>Where a value was set: "cfg.yml:12:1" in full, "12:1" inside a message that names the file once.</summary>
+    sealed record Spot(string Full, string Short, int Line)
     {
-        string where = Where(path, value);
-        if (schema.TryGetValue(key, out var property))
-        {
-            if (IsNull(value)) return; // an empty key means "use the default", as in Axolotl
-            property.SetValue(target, Convert(value, property.PropertyType, key, path));
-            return;
-        }
-        if (unsupported.Contains(key))
-        {
-            if (IsNull(value) || value is YamlScalarNode { Value: "false" }) return;
-            throw new UserError($"{where}: '{key}' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.");
-        }
-        var suggestion = Closest(key, schema.Keys.Concat(unsupported));
-        throw new UserError($"{where}: unknown key '{key}'" + (suggestion != null ? $"; did you mean '{suggestion}'?" : "."));
+        public static Spot In(string path, YamlNode node) => node.Start.Line > 0
+            ? new Spot($"{path}:{node.Start.Line}:{node.Start.Column}", $"{node.Start.Line}:{node.Start.Column}", (int)node.Start.Line)
+            : new Spot(path, path, int.MaxValue);
     }
 
-    static object? Convert(YamlNode node, Type type, string key, string path)
+    /// <summary>A key's value; At is where the key is (for messages about the key), ValueAt where its value is.</summary>
+    sealed record Entry(YamlNode Node, Spot At, Spot ValueAt);
+
+    sealed record Refusal(string Key, string Shown, Spot At);
+
+    /// <summary>One load: collects unknown and refused keys so that one error can name them all.</summary>
+    sealed class Reader(string path)
     {
-        var underlying = Nullable.GetUnderlyingType(type) ?? type;
-        string where = Where(path, node);
-        if (underlying == typeof(List<DatasetConfig>))
+        readonly AxolotlConfig c = new() { SourcePath = path };
+        readonly Dictionary<string, Entry> spots = new(StringComparer.Ordinal);   // every top-level key given a value
+        readonly Dictionary<string, Entry> set = new(StringComparer.Ordinal);     // keys without a property, set (not empty/false)
+        readonly List<Refusal> refused = [];
+        readonly List<(string Key, Spot At, string? Suggestion)> unknown = [];
+        readonly List<(int Line, string Text)> warnings = [];
+
+        void Warn(Spot at, string text) => warnings.Add((at.Line, $"{at.Full}: {text}"));
+
+        public AxolotlConfig Read(Dictionary<string, Entry> entries)
         {
-            if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{key}' must be a list of datasets.");
+            foreach (var (key, entry) in entries) Take(key, entry);
+            ThrowUnknown();
+            if (c.Adapter == "") c.Adapter = null;
+            CheckContradictions();
+            RefuseByValue();
+            ThrowRefused();
+            Validate(c, path);
+            Resolve();
+            c.Warnings.AddRange(warnings.OrderBy(w => w.Line).Select(w => w.Text));
+            return c;
+        }
+
+        void Take(string given, Entry e)
+        {
+            var key = AxolotlKeys.Renamed.GetValueOrDefault(given, given);
+            if (key != given && IsSet(e.Node))
+                Warn(e.At, $"'{given}' is Axolotl's older name for '{key}'; read as '{key}'.");
+            if (TopLevel.TryGetValue(key, out var property))
+            {
+                if (IsNull(e.Node)) return; // an empty key means "use the default", as in Axolotl
+                property.SetValue(c, key == "datasets" ? ReadDatasets(e.Node) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
+                spots[key] = e;
+                c.Sources[key] = e.At.Short;
+                return;
+            }
+            if (!KnownTopLevel.Contains(key))
+            {
+                unknown.Add((given, e.At, Closest(given, KnownTopLevel)));
+                return;
+            }
+            if (key is "test_datasets" or "pretraining_dataset")
+                CheckEntryKeys(e.Node, key == "test_datasets" ? AxolotlKeys.DatasetKeys : AxolotlKeys.PretrainingDatasetKeys);
+            if (!IsSet(e.Node)) return;
+            spots[key] = set[key] = e;
+            if (Unsupported.Contains(key)) refused.Add(new Refusal(key, Shown(key, e.Node), e.At));
+        }
+
+        List<DatasetConfig> ReadDatasets(YamlNode node)
+        {
+            var where = Spot.In(path, node).Full;
+            if (node is not YamlSequenceNode seq) throw new UserError($"{where}: 'datasets' must be a list of datasets.");
             var list = new List<DatasetConfig>();
             foreach (var item in seq.Children)
             {
-                if (item is not YamlMappingNode map) throw new UserError($"{Where(path, item)}: each entry of '{key}' must be a mapping with at least 'path'.");
-                var dataset = new DatasetConfig { Origin = Where(path, item) };
+                var at = Spot.In(path, item);
+                if (item is not YamlMappingNode map) throw new UserError($"{at.Full}: each entry of 'datasets' must be a mapping with at least 'path'.");
+                var d = new DatasetConfig { Origin = at.Full };
+                string name(string k) => $"datasets[{list.Count}].{k}";
+                var valueSpots = new Dictionary<string, Spot>();
                 foreach (var (k, v) in map.Children)
-                    Apply(dataset, DatasetKeys, KnownUnsupportedDatasetKeys, ((YamlScalarNode)k).Value ?? "", v, path);
-                if (string.IsNullOrWhiteSpace(dataset.Path)) throw new UserError($"{dataset.Origin}: dataset entry has no 'path'.");
-                list.Add(dataset);
+                {
+                    var key = ((YamlScalarNode)k).Value ?? "";
+                    var spot = Spot.In(path, k);
+                    if (key == "type" && v is YamlMappingNode)
+                        refused.Add(new Refusal(name("type"), $"{name("type")}: {{user-defined prompt format}}", spot));
+                    else if (DatasetProperties.TryGetValue(key, out var property))
+                    {
+                        if (!IsNull(v)) property.SetValue(d, Convert(v, property.PropertyType, key, Spot.In(path, v).Full));
+                        valueSpots[key] = spot;
+                    }
+                    else if (!AxolotlKeys.DatasetKeys.Contains(key)) unknown.Add((key, spot, Closest(key, AxolotlKeys.DatasetKeys)));
+                    else if (IsSet(v)) refused.Add(new Refusal(name(key), Shown(name(key), v), spot));
+                }
+                // A typo such as 'pth' makes the better message, so a missing path waits for the unknown keys.
+                if (string.IsNullOrWhiteSpace(d.Path) && unknown.Count == 0) throw new UserError($"{d.Origin}: dataset entry has no 'path'.");
+
+                if (d.Type == "") d.Type = null;
+                if (d.Type != null)
+                {
+                    // Axolotl's split: "alpaca:chat" is strategy alpaca in prompt style chat; instruct is alpaca's default style.
+                    var parts = d.Type.Split(':', 2);
+                    d.Strategy = parts[0];
+                    d.Variant = parts.Length > 1 ? parts[1] : null;
+                    bool implemented = d.Variant is null ? d.Strategy is "alpaca" or "completion" : d.Strategy == "alpaca" && d.Variant == "instruct";
+                    if (implemented) d.Type = d.Strategy;
+                    else refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
+                }
+                if (d.Split is not (null or "train"))
+                    refused.Add(new Refusal(name("split"), $"{name("split")}: {d.Split}", valueSpots["split"]));
+                if (d.DsType is not (null or "json" or "text"))
+                    refused.Add(new Refusal(name("ds_type"), $"{name("ds_type")}: {d.DsType}", valueSpots["ds_type"]));
+                list.Add(d);
             }
             return list;
         }
+
+        /// <summary>Entries of keys that are refused as a whole still get their typos caught.</summary>
+        void CheckEntryKeys(YamlNode node, FrozenSet<string> known)
+        {
+            IEnumerable<YamlNode> items = node is YamlSequenceNode seq ? seq.Children : [node];
+            foreach (var item in items.OfType<YamlMappingNode>())
+                foreach (var k in item.Children.Keys.OfType<YamlScalarNode>())
+                    if (!known.Contains(k.Value ?? "")) unknown.Add((k.Value ?? "", Spot.In(path, k), Closest(k.Value ?? "", known)));
+        }
+
+        void ThrowUnknown()
+        {
+            static string Hint(string? s) => s != null ? $"did you mean '{s}'?" : "";
+            if (unknown.Count == 1)
+            {
+                var (key, at, suggestion) = unknown[0];
+                throw new UserError($"{at.Full}: unknown key '{key}'" + (suggestion != null ? $"; {Hint(suggestion)}" : "."));
+            }
+            if (unknown.Count > 1)
+                throw new UserError($"{path}: unknown keys " + string.Join(", ", unknown.OrderBy(u => u.At.Line).Select(u =>
+                    $"'{u.Key}' at {u.At.Short}" + (u.Suggestion != null ? $" ({Hint(u.Suggestion)})" : ""))) + ".");
+        }
+
+        bool IsGiven(string key) => set.ContainsKey(key);
+
+        string At(string key) => spots.TryGetValue(key, out var e) ? e.At.Full : path;
+
+        /// <summary>Configs Axolotl itself rejects, in its terms; checked before anything is refused as unsupported.</summary>
+        void CheckContradictions()
+        {
+            void Fail(string key, string message) => throw new UserError($"{At(key)}: {message}");
+            if (string.IsNullOrWhiteSpace(c.BaseModel)) Fail("", "'base_model' is required (a Hugging Face model folder).");
+            if (c.Datasets.Count == 0 && !IsGiven("pretraining_dataset")) Fail("", "either 'datasets' or 'pretraining_dataset' is required.");
+            if (c.LearningRate is null) Fail("", "'learning_rate' is required.");
+            if (c.Adapter == "qlora" && IsGiven("load_in_8bit")) Fail("load_in_8bit", "adapter: qlora loads the model in 4 bits, not with load_in_8bit; use load_in_4bit: true.");
+            if (c.Adapter == "qlora" && !IsGiven("load_in_4bit")) Fail("adapter", "adapter: qlora requires load_in_4bit: true.");
+            if (IsGiven("load_in_4bit") && IsGiven("load_in_8bit")) Fail("load_in_8bit", "load_in_4bit and load_in_8bit are both set; a model loads with one of them.");
+            if (c.Adapter is null && (IsGiven("load_in_4bit") || IsGiven("load_in_8bit")))
+                Fail(IsGiven("load_in_4bit") ? "load_in_4bit" : "load_in_8bit", "load_in_8bit and load_in_4bit need an adapter (lora or qlora); for a full fine-tune turn them off.");
+            if (c.Adapter is not (null or "lora" or "qlora" or "llama-adapter"))
+                Fail("adapter", $"adapter '{c.Adapter}' is not one Axolotl has (lora, qlora, llama-adapter), nor unset for a full fine-tune.");
+            if (c.Adapter is null && c.LoraModelDir is not null) Fail("lora_model_dir", "'lora_model_dir' is set but 'adapter' is not; add 'adapter: lora'.");
+            if (c.WarmupSteps is not null && c.WarmupRatio is not null) Fail("warmup_ratio", "warmup_steps and warmup_ratio are mutually exclusive; set one.");
+            if (c.BatchSize is not null && spots.ContainsKey("gradient_accumulation_steps"))
+                Fail("batch_size", "set only one of gradient_accumulation_steps or batch_size (batch_size = micro_batch_size × gradient_accumulation_steps).");
+            if (IsGiven("streaming") && c.MaxSteps is null) Fail("streaming", "max_steps must be set when streaming: the length of a stream is unknown, so the schedule needs it.");
+            if (IsGiven("pretraining_dataset") && c.MaxSteps is null) Fail("pretraining_dataset", "max_steps must be set with pretraining_dataset: the length of a stream is unknown, so the schedule needs it.");
+            if (c.ValSetSize != 0 && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
+                Fail("val_set_size", "val_set_size is not supported with streaming or pretraining_dataset; use test_datasets for evaluation.");
+            if (c.ValSetSize != 0 && IsGiven("test_datasets")) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
+            if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
+            if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
+            if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
+            if (IsGiven("max_memory") && IsGiven("gpu_memory_limit")) Fail("gpu_memory_limit", "max_memory and gpu_memory_limit are mutually exclusive.");
+            if (set.TryGetValue("chat_template", out var template) && template.Node is YamlScalarNode { Value: "jinja" } && !IsGiven("chat_template_jinja"))
+                Fail("chat_template", "chat_template: jinja needs the template itself in chat_template_jinja.");
+
+            var legacy = AxolotlKeys.LegacyAttentionFlags.Where(f => IsGiven(f.Flag)).Select(f => f.Flag).ToList();
+            if (c.AttnImplementation is { } impl)
+            {
+                if (legacy.Count > 0)
+                    Fail("attn_implementation", $"attn_implementation cannot be combined with the legacy attention flags ({string.Join(", ", legacy)}); set only attn_implementation.");
+                if (AxolotlKeys.AttentionShortForms.TryGetValue(impl, out var canonical))
+                    Fail("attn_implementation", $"attn_implementation '{impl}' is not accepted; use the canonical name '{canonical}'.");
+                if (!AxolotlKeys.AttentionImplementations.Contains(impl) && !impl.Contains('/'))
+                    Fail("attn_implementation", $"attn_implementation '{impl}' is not a recognized backend ({string.Join(", ", AxolotlKeys.AttentionImplementations.Order())}, or a hub-kernel path containing '/').");
+            }
+        }
+
+        /// <summary>Keys we implement, set to values we do not.</summary>
+        void RefuseByValue()
+        {
+            void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
+            if (c.SamplePacking) Refuse("sample_packing");
+            if (c.EvalSamplePacking == true) Refuse("eval_sample_packing");
+            if (c.Adapter is "qlora" or "llama-adapter") Refuse("adapter");
+            if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer)) Refuse("optimizer");
+            if (!ImplementedSchedulers.Contains(c.LrScheduler)) Refuse("lr_scheduler");
+            if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal)) Refuse("model_type"); // e.g. a reward model's classifier head
+            if (!c.TokenizerUseFast) Refuse("tokenizer_use_fast");
+            if (!c.SaveSafetensors) Refuse("save_safetensors");
+            if (set.TryGetValue("plugins", out var plugins) && !Plugins(plugins.Node).All(IsSpeedOnlyPlugin))
+                refused.Add(new Refusal("plugins", "plugins: " + string.Join(", ", Plugins(plugins.Node).Where(p => !IsSpeedOnlyPlugin(p))), plugins.At));
+        }
+
+        void ThrowRefused()
+        {
+            if (refused.Count == 0) return;
+            var ordered = refused.OrderBy(r => r.At.Line).ToList();
+            var keys = ordered.Select(r => r.Key).ToList();
+            if (ordered.Count == 1)
+                throw new UnsupportedKeysError($"{ordered[0].At.Full}: '{ordered[0].Shown}' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.", keys);
+            throw new UnsupportedKeysError($"{path}: Axolotl options that Axolotl.NET does not implement yet: " +
+                string.Join(", ", ordered.Select(r => $"'{r.Shown}' ({r.At.Short})")) + "; remove them or leave them empty.", keys);
+        }
+
+        /// <summary>Axolotl's derived values, and what runs instead of each speed-only key.</summary>
+        void Resolve()
+        {
+            void WarnKey(Entry e, string key, string note) => Warn(e.At, $"'{Shown(key, e.Node)}' {note}.");
+
+            foreach (var (key, e) in set)
+                if (AxolotlKeys.Warned.TryGetValue(key, out var note)) WarnKey(e, key, note);
+
+            // Legacy flags mean an attn_implementation (the first set one in Axolotl's priority order wins).
+            string? requested = c.AttnImplementation, from = requested != null ? "attn_implementation" : null;
+            foreach (var (flag, implementation) in AxolotlKeys.LegacyAttentionFlags.Where(f => IsGiven(f.Flag)))
+            {
+                if (from == null) (requested, from) = (implementation, flag);
+                WarnKey(set[flag], flag, $"is Axolotl's legacy flag for attn_implementation: {implementation}; " +
+                    (implementation == "sdpa" ? "that is what runs" : "PyTorch SDPA attention runs instead (same math)"));
+            }
+            if (from == "attn_implementation" && requested != "sdpa")
+                WarnKey(spots[from], from, "is a GPU attention kernel; PyTorch SDPA attention runs instead (same math)");
+            c.AttnImplementation = "sdpa";
+            if (from == null) c.Sources["attn_implementation"] = "what runs";
+            else if (requested != "sdpa") c.Sources["attn_implementation"] = (from == "attn_implementation" ? "" : $"{from} → ") + $"{requested} → sdpa";
+
+            if (AxolotlKeys.AdamWVariants.Contains(c.Optimizer))
+            {
+                WarnKey(spots["optimizer"], "optimizer", "is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead (AdamW with fp32 state)");
+                c.Sources["optimizer"] = $"{c.Optimizer} → adamw_torch";
+                c.Optimizer = "adamw_torch";
+            }
+            if (set.TryGetValue("bfloat16", out var bfloat16))
+            {
+                WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 compute with fp32 trainable weights runs instead (bf16: true)");
+                c.Bf16 = "true";
+                c.Sources["bf16"] = "bfloat16";
+            }
+            if (set.TryGetValue("plugins", out var plugins))
+                foreach (var plugin in Plugins(plugins.Node))
+                    Warn(plugins.At, $"plugin '{plugin}' only swaps in faster GPU kernels; PyTorch's standard ops run instead (same math).");
+
+            int micro = c.MicroBatchSize;
+            if (c.BatchSize is int batch)
+            {
+                if (batch < micro) throw new UserError($"{At("batch_size")}: batch_size {batch} is smaller than micro_batch_size {micro}.");
+                c.GradientAccumulationSteps = batch / micro;
+                c.Sources["gradient_accumulation_steps"] = "batch_size ÷ micro_batch_size";
+                if (batch % micro != 0)
+                    Warn(spots["batch_size"].At, $"batch_size {batch} is not a multiple of micro_batch_size {micro}; gradient_accumulation_steps is {c.GradientAccumulationSteps}, rounded down as in Axolotl.");
+            }
+            else
+            {
+                c.BatchSize = micro * c.GradientAccumulationSteps;
+                c.Sources["batch_size"] = "micro_batch_size × gradient_accumulation_steps";
+            }
+            void Follow(string key, string source) => c.Sources[key] = $"follows {source}";
+            if (c.EvalBatchSize is null) { c.EvalBatchSize = micro; Follow("eval_batch_size", "micro_batch_size"); }
+            if (c.EvalSamplePacking is null) { c.EvalSamplePacking = c.SamplePacking; Follow("eval_sample_packing", "sample_packing"); }
+            if (c.BaseModelConfig is null) { c.BaseModelConfig = c.BaseModel; Follow("base_model_config", "base_model"); }
+            if (c.TokenizerConfig is null) { c.TokenizerConfig = c.BaseModelConfig; Follow("tokenizer_config", "base_model_config"); }
+            void Default(string key) => c.Sources[key] = "transformers' default";
+            if (c.MaxGradNorm is null) { c.MaxGradNorm = 1.0; Default("max_grad_norm"); }
+            if (c.AdamBeta1 is null) { c.AdamBeta1 = 0.9; Default("adam_beta1"); }
+            if (c.AdamBeta2 is null) { c.AdamBeta2 = 0.999; Default("adam_beta2"); }
+            if (c.AdamEpsilon is null) { c.AdamEpsilon = 1e-8; Default("adam_epsilon"); }
+            // These need the step count, known once the data is tokenized.
+            if (c.WarmupSteps is null && c.WarmupRatio is null) c.Sources["warmup_steps"] = "min(int(0.03 × total steps), 100) at train time";
+            if (c.LoggingSteps is null) c.Sources["logging_steps"] = "max(min(int(0.005 × total steps), 10), 1) at train time";
+        }
+    }
+
+    static IEnumerable<string> Plugins(YamlNode node) =>
+        (node is YamlSequenceNode seq ? seq.Children : [node]).OfType<YamlScalarNode>().Select(s => s.Value ?? "");
+
+    static bool IsSpeedOnlyPlugin(string plugin) => AxolotlKeys.SpeedOnlyPlugins.Contains(plugin.Split('.')[^1]);
+
+    /// <summary>"key: value" for a message, on one line; long values are abbreviated.</summary>
+    static string Shown(string key, YamlNode node)
+    {
+        var value = node switch
+        {
+            YamlScalarNode s => (s.Value ?? "").Replace("\n", "\\n").Replace("\r", "\\r"),
+            YamlSequenceNode seq when seq.Children.All(n => n is YamlScalarNode) => $"[{string.Join(", ", seq.Children.Select(n => ((YamlScalarNode)n).Value))}]",
+            YamlSequenceNode => "[...]",
+            _ => "{...}",
+        };
+        return $"{key}: {(value.Length > 60 ? value[..57] + "..." : value)}";
+    }
+
+    static object? Convert(YamlNode node, Type type, string key, string where)
+    {
+        var underlying = Nullable.GetUnderlyingType(type) ?? type;
         if (underlying == typeof(List<string>))
         {
             if (node is YamlScalarNode single) return new List<string> { single.Value ?? "" };
             if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{key}' must be a list of strings.");
-            return seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? "" : throw new UserError($"{Where(path, c)}: '{key}' entries must be strings.")).ToList();
+            return seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? "" : throw new UserError($"{where}: '{key}' entries must be strings.")).ToList();
         }
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");
         var text = (scalar.Value ?? "").Trim();
@@ -179,24 +424,21 @@ public static class ConfigLoader
         throw new InvalidOperationException($"config property of type {type} has no converter");
     }
 
+    /// <summary>Ranges of the values we implement.</summary>
     static void Validate(AxolotlConfig c, string path)
     {
         void Fail(string message) => throw new UserError($"{path}: {message}");
-        if (string.IsNullOrWhiteSpace(c.BaseModel)) Fail("'base_model' is required (a Hugging Face model folder).");
-        if (c.LearningRate is null) Fail("'learning_rate' is required.");
         if (c.LearningRate <= 0) Fail("'learning_rate' must be positive.");
-        if (c.Datasets.Count == 0) Fail("'datasets' is required: at least one entry with a 'path'.");
         if (c.SequenceLen < 2) Fail("'sequence_len' must be at least 2.");
         if (c.MicroBatchSize < 1) Fail("'micro_batch_size' must be at least 1.");
         if (c.GradientAccumulationSteps < 1) Fail("'gradient_accumulation_steps' must be at least 1.");
+        if (c.BatchSize is < 1) Fail("'batch_size' must be at least 1.");
+        if (c.EvalBatchSize is < 1) Fail("'eval_batch_size' must be at least 1.");
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
         var bf16 = c.Bf16.ToLowerInvariant();
         if (bf16 is not ("auto" or "true" or "false")) Fail($"'bf16' must be auto, true or false, not '{c.Bf16}'.");
         c.Bf16 = bf16;
-        if (c.Adapter is "qlora") Fail("adapter 'qlora' needs load_in_4bit, which Axolotl.NET does not implement yet; use adapter: lora.");
-        if (c.Adapter is not (null or "" or "lora")) Fail($"'adapter' must be lora (or unset for a full fine-tune), not '{c.Adapter}'.");
-        if (c.Adapter == "") c.Adapter = null;
         if (c.Adapter == "lora" && c.LoraModelDir is null)
         {
             if (c.LoraR is null or <= 0) Fail("adapter lora needs 'lora_r' (a positive rank).");
@@ -204,20 +446,13 @@ public static class ConfigLoader
             if ((c.LoraTargetModules is null || c.LoraTargetModules.Count == 0) && !c.LoraTargetLinear)
                 Fail("adapter lora needs 'lora_target_modules' or 'lora_target_linear: true'.");
         }
-        if (c.Adapter is null && c.LoraModelDir is not null) Fail("'lora_model_dir' is set but 'adapter' is not; add 'adapter: lora'.");
         if (c.LoraDropout is < 0 or >= 1) Fail("'lora_dropout' must be in [0, 1).");
-        if (c.Optimizer is not ("adamw_torch" or "adamw_torch_fused"))
-            Fail($"optimizer '{c.Optimizer}' is not implemented yet (adamw_torch and adamw_torch_fused are).");
-        if (c.LrScheduler is not ("cosine" or "linear" or "constant" or "constant_with_warmup"))
-            Fail($"lr_scheduler '{c.LrScheduler}' is not implemented yet (cosine, linear, constant, constant_with_warmup are).");
-        if (c.WarmupSteps is not null && c.WarmupRatio is not null) Fail("set either 'warmup_steps' or 'warmup_ratio', not both.");
         if (c.WarmupRatio is < 0 or > 1) Fail("'warmup_ratio' must be in [0, 1].");
         if (c.ValSetSize < 0) Fail("'val_set_size' must be 0 (no validation), a fraction below 1, or a row count.");
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
         if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");
         if (c.EvalsPerEpoch is <= 0) Fail("'evals_per_epoch' must be positive.");
-        if (c.SamplePacking) Fail("'sample_packing: true' is not implemented yet; set it to false.");
         if (c.SaveStrategy is not ("steps" or "epoch" or "no")) Fail($"save_strategy '{c.SaveStrategy}' is not supported (steps, epoch, no are).");
         if (c.SaveSteps is not null && c.SavesPerEpoch is not null) Fail("set either 'save_steps' or 'saves_per_epoch', not both.");
         if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
@@ -225,25 +460,28 @@ public static class ConfigLoader
         if (c.SaveTotalLimit is <= 0) Fail("'save_total_limit' must be positive.");
         if (c.ResumeFromCheckpoint != null && !Directory.Exists(c.ResumeFromCheckpoint))
             Fail($"resume_from_checkpoint: folder '{c.ResumeFromCheckpoint}' does not exist.");
-        if (!c.SaveSafetensors) Fail("'save_safetensors: false' is not supported: weights are always saved as safetensors.");
-        foreach (var d in c.Datasets)
-        {
-            if (d.Type is not (null or "" or "alpaca" or "completion"))
-                throw new UserError($"{d.Origin}: dataset type '{d.Type}' is not implemented yet (alpaca, completion, and pre-tokenized rows with no type are).");
-            if (d.Type == "") d.Type = null;
-        }
     }
 
     static bool IsNull(YamlNode node) =>
-        node is YamlScalarNode s && s.Style == YamlDotNet.Core.ScalarStyle.Plain && (s.Value is null or "" or "~" or "null" or "Null" or "NULL");
+        node is YamlScalarNode s && s.Style == ScalarStyle.Plain && (s.Value is null or "" or "~" or "null" or "Null" or "NULL");
 
-    static string Where(string path, YamlNode node) =>
-        node.Start.Line > 0 ? $"{path}:{node.Start.Line}:{node.Start.Column}" : path;
+    /// <summary>Set means "asks for something": not empty, not false (YAML 1.1's no/off too, as PyYAML reads them), not [] or {}.</summary>
+    static bool IsSet(YamlNode node) => node switch
+    {
+        _ when IsNull(node) => false,
+        YamlScalarNode { Style: ScalarStyle.Plain, Value: { } v } when v.ToLowerInvariant() is "false" or "no" or "off" => false,
+        YamlSequenceNode seq => seq.Children.Count > 0,
+        YamlMappingNode map => map.Children.Count > 0,
+        _ => true,
+    };
 
     static Dictionary<string, PropertyInfo> Properties(Type type) =>
         type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
             .Where(p => p.CanWrite && p.SetMethod!.IsPublic && p.Name != nameof(AxolotlConfig.SourcePath))
-            .ToDictionary(p => SnakeCase(p.Name), p => p, StringComparer.Ordinal);
+            .ToDictionary(KeyOf, p => p, StringComparer.Ordinal);
+
+    /// <summary>The Axolotl key of a config property.</summary>
+    public static string KeyOf(PropertyInfo property) => property.GetCustomAttribute<AxolotlKeyAttribute>()?.Key ?? SnakeCase(property.Name);
 
     public static string SnakeCase(string pascal)
     {
@@ -260,7 +498,7 @@ public static class ConfigLoader
     /// <summary>The known key nearest by edit distance, when it is near enough to be a typo.</summary>
     static string? Closest(string key, IEnumerable<string> known)
     {
-        var best = known.Select(k => (k, d: Levenshtein(key, k))).OrderBy(x => x.d).FirstOrDefault();
+        var best = known.Select(k => (k, d: Levenshtein(key, k))).OrderBy(x => x.d).ThenBy(x => x.k, StringComparer.Ordinal).FirstOrDefault();
         return best.k != null && best.d <= Math.Max(2, key.Length / 3) ? best.k : null;
     }
 

@@ -95,6 +95,7 @@ public static class FinetuneRecipe
             Seed = config.Seed,
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             EvalSteps = config.EvalSteps,
+            EvalBatchSize = config.EvalBatchSize,
             EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
         };
         void SaveWeights(string dir)
@@ -133,7 +134,7 @@ public static class FinetuneRecipe
         {
             var model = CausalLM.Create(architecture, weightType, computeType);
             model.InitializeWeights(config.Seed);
-            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (random_init_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
+            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (reinit_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
             return model;
         }
         var loaded = CausalLM.Create(architecture, weightType, computeType);

@@ -31,6 +31,8 @@ public sealed record TrainingOptions
     /// <summary>Evaluate every N steps (a fraction of the run below 1); EvalsPerEpoch wins when set.</summary>
     public double? EvalSteps { get; init; }
     public int? EvalsPerEpoch { get; init; }
+    /// <summary>Rows per evaluation batch; the micro-batch size when unset.</summary>
+    public int? EvalBatchSize { get; init; }
 }
 
 /// <summary>
@@ -288,7 +290,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         double weighted = 0;
         int rows = 0, batches = 0;
         using (no_grad())
-            foreach (var batch in Collate(eval, Enumerable.Range(0, eval.Count).Chunk(options.MicroBatchSize)))
+            foreach (var batch in Collate(eval, Enumerable.Range(0, eval.Count).Chunk(options.EvalBatchSize ?? options.MicroBatchSize)))
             {
                 using var scope = NewDisposeScope();
                 var (sum, tokens) = model.LossSum(tensor(batch.InputIds, [batch.Rows, batch.Length]), tensor(batch.Labels, [batch.Rows, batch.Length]));

@@ -12,7 +12,18 @@ public class ConfigLoaderTests
         learning_rate: 0.0002
         """;
 
+    const string Lora = Minimal + """
+
+        adapter: lora
+        lora_r: 8
+        lora_alpha: 16
+        lora_target_linear: true
+        micro_batch_size: 2
+        """;
+
     static AxolotlConfig Parse(string yaml, params string[] overrides) => ConfigLoader.Parse(yaml, "cfg.yml", overrides);
+
+    static string Error(string yaml, params string[] overrides) => Assert.ThrowsAny<UserError>(() => Parse(yaml, overrides)).Message;
 
     [Fact]
     public void Axolotl_defaults_apply_when_keys_are_absent()
@@ -65,11 +76,42 @@ public class ConfigLoaderTests
     [Fact]
     public void Known_axolotl_keys_we_do_not_implement_are_refused_by_name_unless_empty()
     {
-        var e = Assert.Throws<UserError>(() => Parse(Minimal + "\nload_in_4bit: true\n"));
-        Assert.Contains("'load_in_4bit'", e.Message);
-        Assert.Contains("does not implement yet", e.Message);
-        var ok = Parse(Minimal + "\nwandb_project:\nload_in_8bit: false\n");
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nwandb_project: demo\n"));
+        Assert.Equal("cfg.yml:6:1: 'wandb_project: demo' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.", e.Message);
+        Assert.Equal(["wandb_project"], e.Keys);
+        var ok = Parse(Minimal + "\nwandb_project:\nload_in_8bit: false\nspecial_tokens: {}\n");
         Assert.Equal("some/model", ok.BaseModel);
+        Assert.Empty(ok.Warnings);
+    }
+
+    [Fact]
+    public void Every_unsupported_key_is_listed_in_one_error_with_its_position()
+    {
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse((Lora + """
+
+            load_in_8bit: true
+            sample_packing: true
+            wandb_project: demo
+            optimizer: muon
+            """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_messages: conversations\n    split: train[:10%]")));
+        Assert.Equal(["datasets[0].field_messages", "datasets[0].split", "load_in_8bit", "sample_packing", "wandb_project", "optimizer"], e.Keys);
+        Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_messages: conversations' (4:5), " +
+                          "'datasets[0].split: train[:10%]' (5:5), 'load_in_8bit: true' (13:1)", e.Message);
+        Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
+        Assert.Single(e.Message.Split('\n'));
+    }
+
+    [Theory]
+    [InlineData("alpaca:chatml", "datasets[0].type: alpaca:chatml")]
+    [InlineData("chat_template", "datasets[0].type: chat_template")]
+    [InlineData("completion:raw", "datasets[0].type: completion:raw")]
+    public void Dataset_types_split_into_strategy_and_prompt_style_and_unimplemented_ones_are_refused_by_name(string type, string shown)
+    {
+        var c = Parse(Minimal.Replace("type: alpaca", "type: alpaca:instruct"));
+        Assert.Equal(("alpaca", "alpaca", "instruct"), (c.Datasets[0].Type, c.Datasets[0].Strategy, c.Datasets[0].Variant));
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal.Replace("type: alpaca", $"type: {type}")));
+        Assert.Equal(["datasets[0].type"], e.Keys);
+        Assert.Contains($"'{shown}'", e.Message);
     }
 
     [Fact]
@@ -90,5 +132,134 @@ public class ConfigLoaderTests
         Assert.False(c.ShuffleMergedDatasets);
         Assert.Contains("cannot be overridden", Assert.Throws<UserError>(() => Parse(Minimal, "--datasets", "x")).Message);
         Assert.Contains("did you mean 'learning_rate'", Assert.Throws<UserError>(() => Parse(Minimal, "--learnin-rate", "1")).Message);
+    }
+
+    [Fact]
+    public void Several_unknown_keys_are_reported_together_and_typos_inside_refused_sections_are_caught()
+    {
+        var message = Error(Minimal + "\nlora_alhpa: 16\nlernig_rate: 1\n");
+        Assert.Equal("cfg.yml: unknown keys 'lora_alhpa' at 6:1 (did you mean 'lora_alpha'?), 'lernig_rate' at 7:1 (did you mean 'learning_rate'?).", message);
+        message = Error(Minimal + "\ntest_datasets:\n  - path: eval.jsonl\n    tpye: alpaca\n");
+        Assert.Contains("cfg.yml:8:5: unknown key 'tpye'; did you mean 'type'?", message);
+    }
+
+    [Fact]
+    public void Speed_only_keys_load_with_one_warning_each_saying_what_runs_instead()
+    {
+        var c = Parse(Lora + """
+
+            flash_attention: true
+            gradient_checkpointing: true
+            optimizer: paged_adamw_8bit
+            liger_rms_norm: true
+            deepspeed: deepspeed_configs/zero3.json
+            plugins:
+              - axolotl.integrations.liger.LigerPlugin
+            tf32: false
+            """);
+        Assert.Equal(6, c.Warnings.Count);
+        Assert.Equal("cfg.yml:11:1: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
+        Assert.StartsWith("cfg.yml:12:1: 'gradient_checkpointing: true' only saves GPU memory", c.Warnings[1]);
+        Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_8bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
+        Assert.StartsWith("cfg.yml:14:1: 'liger_rms_norm: true' only swaps in a faster GPU kernel", c.Warnings[3]);
+        Assert.StartsWith("cfg.yml:15:1: 'deepspeed: deepspeed_configs/zero3.json' spreads training over several GPUs", c.Warnings[4]);
+        Assert.StartsWith("cfg.yml:16:1: plugin 'axolotl.integrations.liger.LigerPlugin' only swaps in faster GPU kernels", c.Warnings[5]);
+        Assert.All(c.Warnings, w => Assert.Single(w.Split('\n')));
+        Assert.Equal(("sdpa", "adamw_torch"), (c.AttnImplementation, c.Optimizer));
+        Assert.Equal("flash_attention → flash_attention_2 → sdpa", c.Sources["attn_implementation"]);
+        Assert.Equal("flash_attention_2 → sdpa", Parse(Minimal + "\nattn_implementation: flash_attention_2\n").Sources["attn_implementation"]);
+        Assert.Equal("paged_adamw_8bit → adamw_torch", c.Sources["optimizer"]);
+
+        var refused = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nplugins:\n  - axolotl.integrations.liger.LigerPlugin\n  - axolotl.integrations.spectrum.SpectrumPlugin\n"));
+        Assert.Contains("'plugins: axolotl.integrations.spectrum.SpectrumPlugin'", refused.Message);
+    }
+
+    [Fact]
+    public void Attention_settings_resolve_as_in_axolotl()
+    {
+        Assert.Empty(Parse(Minimal + "\nattn_implementation: sdpa\n").Warnings);
+        Assert.Contains("'attn_implementation: flash_attention_2' is a GPU attention kernel; PyTorch SDPA attention runs instead", Parse(Minimal + "\nattn_implementation: flash_attention_2\n").Warnings.Single());
+        Assert.Contains("'sdp_attention: true' is Axolotl's legacy flag for attn_implementation: sdpa", Parse(Minimal + "\nsdp_attention: true\n").Warnings.Single());
+        Assert.Equal("what runs", Parse(Minimal).Sources["attn_implementation"]);
+        Assert.Equal("cfg.yml:6:1: attn_implementation cannot be combined with the legacy attention flags (flash_attention); set only attn_implementation.",
+            Error(Minimal + "\nattn_implementation: sdpa\nflash_attention: true\n"));
+        Assert.Contains("attn_implementation 'flash' is not accepted; use the canonical name 'flash_attention_2'", Error(Minimal + "\nattn_implementation: flash\n"));
+        Assert.Contains("attn_implementation 'fast' is not a recognized backend", Error(Minimal + "\nattn_implementation: fast\n"));
+    }
+
+    [Fact]
+    public void Batch_size_and_other_values_are_derived_as_axolotl_derives_them()
+    {
+        var c = Parse(Minimal + "\nmicro_batch_size: 2\ngradient_accumulation_steps: 4\n");
+        Assert.Equal((8, 2), (c.BatchSize, c.EvalBatchSize));
+        Assert.Equal("micro_batch_size × gradient_accumulation_steps", c.Sources["batch_size"]);
+        c = Parse(Minimal + "\nmicro_batch_size: 4\nbatch_size: 32\n");
+        Assert.Equal((32, 8), (c.BatchSize, c.GradientAccumulationSteps));
+        Assert.Equal("batch_size ÷ micro_batch_size", c.Sources["gradient_accumulation_steps"]);
+        Assert.Empty(c.Warnings);
+        c = Parse(Minimal + "\nmicro_batch_size: 3\nbatch_size: 16\n");
+        Assert.Equal(5, c.GradientAccumulationSteps);
+        Assert.Equal("cfg.yml:7:1: batch_size 16 is not a multiple of micro_batch_size 3; gradient_accumulation_steps is 5, rounded down as in Axolotl.", c.Warnings.Single());
+        Assert.Contains("set only one of gradient_accumulation_steps or batch_size", Error(Minimal + "\nbatch_size: 8\ngradient_accumulation_steps: 2\n"));
+
+        Assert.Equal((false, "some/model", "some/model"), (c.EvalSamplePacking, c.BaseModelConfig, c.TokenizerConfig));
+        Assert.Equal("follows sample_packing", c.Sources["eval_sample_packing"]);
+        Assert.Equal("other/tok", Parse(Minimal + "\nbase_model_config: other/tok\n").TokenizerConfig);
+        Assert.Equal(1.0, c.MaxGradNorm);
+
+        c = Parse(Minimal + "\nbfloat16: true\nrandom_init_weights: true\n");
+        Assert.Equal(("true", true), (c.Bf16, c.RandomInitWeights));
+        Assert.Contains("'random_init_weights' is Axolotl's older name for 'reinit_weights'", c.Warnings[1]);
+        Assert.True(Parse(Minimal + "\nreinit_weights: true\n").RandomInitWeights);
+    }
+
+    [Theory]
+    [InlineData("adapter: qlora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true", "cfg.yml:6:1: adapter: qlora requires load_in_4bit: true.")]
+    [InlineData("adapter: lora\nload_in_4bit: true\nload_in_8bit: true", "cfg.yml:8:1: load_in_4bit and load_in_8bit are both set")]
+    [InlineData("load_in_8bit: true", "cfg.yml:6:1: load_in_8bit and load_in_4bit need an adapter (lora or qlora)")]
+    [InlineData("streaming: true", "cfg.yml:6:1: max_steps must be set when streaming")]
+    [InlineData("lora_model_dir: ./adapter", "cfg.yml:6:1: 'lora_model_dir' is set but 'adapter' is not; add 'adapter: lora'.")]
+    [InlineData("warmup_steps: 10\nwarmup_ratio: 0.1", "cfg.yml:7:1: warmup_steps and warmup_ratio are mutually exclusive")]
+    [InlineData("val_set_size: 0.1\ntest_datasets:\n  - path: eval.jsonl", "cfg.yml:6:1: set either val_set_size or test_datasets")]
+    [InlineData("adapter: lora\nflash_attn_fuse_mlp: true", "cfg.yml:7:1: flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.")]
+    [InlineData("adapter: prefix", "cfg.yml:6:1: adapter 'prefix' is not one Axolotl has")]
+    public void Contradictions_are_stated_in_axolotl_terms_before_anything_is_refused(string extra, string expected)
+    {
+        var message = Error(Minimal + "\n" + extra + "\n");
+        Assert.StartsWith(expected, message);
+        Assert.IsNotType<UnsupportedKeysError>(Assert.ThrowsAny<UserError>(() => Parse(Minimal + "\n" + extra + "\n")));
+    }
+
+    [Fact]
+    public void Overrides_go_through_the_same_policy()
+    {
+        var c = Parse(Minimal, "--flash-attention", "--optimizer", "adamw_8bit");
+        Assert.Equal("--flash-attention: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
+        Assert.Equal(("sdpa", "adamw_torch", "--optimizer"), (c.AttnImplementation, c.Optimizer, c.Warnings[1].Split(':')[0]));
+
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nwandb_project: demo\n", "--sample-packing", "--use-wandb"));
+        Assert.Equal(["wandb_project", "sample_packing", "use_wandb"], e.Keys);
+        Assert.Contains("'sample_packing: true' (--sample-packing)", e.Message);
+
+        // --no-... turns a refused key off, as leaving it false in the file would.
+        c = Parse(Minimal + "\nload_in_8bit: true\nadapter: lora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true\nsample_packing: true\n", "--no-load-in-8bit", "--no-sample-packing");
+        Assert.False(c.SamplePacking);
+        Assert.Contains("did you mean 'flash_attention'", Error(Minimal, "--flash-atention"));
+    }
+
+    [Fact]
+    public void Every_axolotl_key_has_exactly_one_treatment()
+    {
+        var typed = typeof(AxolotlConfig).GetProperties().Where(p => p.CanWrite && p.SetMethod!.IsPublic && p.Name != "SourcePath").Select(ConfigLoader.KeyOf).ToHashSet();
+        foreach (var key in AxolotlKeys.All)
+        {
+            int places = (typed.Contains(key) ? 1 : 0) + (AxolotlKeys.Warned.ContainsKey(key) ? 1 : 0) + (ConfigLoader.Unsupported.Contains(key) ? 1 : 0)
+                         + (key is "bfloat16" or "plugins" || AxolotlKeys.LegacyAttentionFlags.Any(f => f.Flag == key) ? 1 : 0);
+            Assert.True(places == 1, $"{key} has {places} treatments");
+        }
+        Assert.Subset(AxolotlKeys.All, typed.ToHashSet());
+        // The keys most configs carry, pinned so that a change of policy is a visible change here.
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "load_in_8bit", "load_in_4bit", "special_tokens", "chat_template", "rl", "wandb_project", "eval_table_size", "hub_model_id" });
+        Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "gradient_checkpointing", "tf32", "deepspeed", "fsdp", "dataset_prepared_path", "liger_rms_norm", "torch_compile" });
     }
 }

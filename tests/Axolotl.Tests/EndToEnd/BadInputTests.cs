@@ -5,7 +5,7 @@ namespace Axolotl.Tests.EndToEnd;
 /// <summary>User mistakes through the real `axolotl` process: one clear sentence, exit code 2, no stack trace.</summary>
 public class BadInputTests
 {
-    static (int Code, string Stdout, string Stderr) RunCli(params string[] args)
+    internal static (int Code, string Stdout, string Stderr) RunCli(params string[] args)
     {
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         start.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "axolotl.dll"));

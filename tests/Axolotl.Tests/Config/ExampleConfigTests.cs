@@ -1,0 +1,94 @@
+using Axolotl.Config;
+using YamlDotNet.RepresentationModel;
+
+namespace Axolotl.Tests.Config;
+
+/// <summary>
+/// Axolotl's own example configs (testdata/axolotl-configs, see SOURCES.md): each one loads, or is refused with an
+/// error that names exactly the unsupported keys it sets. The expected keys are worked out here from the raw YAML,
+/// apart from the loader: the file's keys intersected with the unsupported sets, plus the values we do not implement.
+/// </summary>
+public class ExampleConfigTests
+{
+    public static TheoryData<string> Files() => [.. Directory.GetFiles(TestSetup.Data("axolotl-configs"), "*.y*ml").Select(Path.GetFileName).Order()!];
+
+    [Fact]
+    public void All_fifty_configs_are_here() => Assert.Equal(50, Files().Count);
+
+    [Theory]
+    [MemberData(nameof(Files))]
+    public void Loads_or_is_refused_naming_exactly_its_unsupported_keys(string file)
+    {
+        var path = TestSetup.Data("axolotl-configs", file);
+        var expected = ExpectedRefusals(path).ToHashSet();
+        if (expected.Count == 0)
+        {
+            ConfigLoader.Load(path);
+            return;
+        }
+        var e = Assert.Throws<UnsupportedKeysError>(() => ConfigLoader.Load(path));
+        Assert.Equal(expected.Order(), e.Keys.Order());
+        foreach (var key in expected) Assert.Contains($"'{key}:", e.Message);
+        Assert.Single(e.Message.Split('\n'));
+    }
+
+    [Fact]
+    public void An_example_loads_once_its_unsupported_keys_are_switched_off_from_the_command_line()
+    {
+        var c = ConfigLoader.Load(TestSetup.Data("axolotl-configs", "llama-3__fft-8b.yaml"),
+            ["--val-set-size", "0", "--no-sample-packing", "--no-evals-per-epoch", "--no-saves-per-epoch", "--no-special-tokens"]);
+        Assert.Equal(["dataset_prepared_path", "optimizer", "gradient_checkpointing", "gradient_checkpointing_kwargs", "attn_implementation"],
+            c.Warnings.Select(w => w.Split('\'')[1].Split(':')[0]));
+        Assert.Equal((8, 8, "adamw_torch", "sdpa"), (c.GradientAccumulationSteps, c.BatchSize, c.Optimizer, c.AttnImplementation));
+    }
+
+    static IEnumerable<string> ExpectedRefusals(string path)
+    {
+        var yaml = new YamlStream();
+        yaml.Load(new StringReader(File.ReadAllText(path)));
+        foreach (var (k, v) in ((YamlMappingNode)yaml.Documents[0].RootNode).Children)
+        {
+            var key = ((YamlScalarNode)k).Value!;
+            if (!IsSet(v)) continue;
+            if (ConfigLoader.Unsupported.Contains(key)) yield return key;
+            var value = (v as YamlScalarNode)?.Value;
+            bool refusedValue = key switch
+            {
+                "sample_packing" or "eval_sample_packing" => value == "true",
+                "adapter" => value == "qlora",
+                "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit"
+                    or "paged_adamw_32bit" or "adamw_torch_4bit"),
+                "lr_scheduler" => value is not ("cosine" or "linear" or "constant" or "constant_with_warmup"),
+                "model_type" => value is not ("AutoModelForCausalLM" or "LlamaForCausalLM" or "MistralForCausalLM"),
+                "plugins" => ((YamlSequenceNode)v).Children.Any(p => ((YamlScalarNode)p).Value is not
+                    ("axolotl.integrations.liger.LigerPlugin" or "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin")),
+                _ => false,
+            };
+            if (refusedValue) yield return key;
+            if (key != "datasets") continue;
+            int i = 0;
+            foreach (var entry in ((YamlSequenceNode)v).Children.Cast<YamlMappingNode>())
+            {
+                foreach (var (dk, dv) in entry.Children)
+                {
+                    var name = ((YamlScalarNode)dk).Value!;
+                    if (!IsSet(dv)) continue;
+                    var text = (dv as YamlScalarNode)?.Value;
+                    if (ConfigLoader.UnsupportedDatasetKeys.Contains(name)
+                        || (name == "type" && text is not ("alpaca" or "completion" or "alpaca:instruct"))
+                        || (name == "split" && text != "train"))
+                        yield return $"datasets[{i}].{name}";
+                }
+                i++;
+            }
+        }
+    }
+
+    static bool IsSet(YamlNode node) => node switch
+    {
+        YamlScalarNode s => s.Style != YamlDotNet.Core.ScalarStyle.Plain || s.Value is not (null or "" or "~" or "null" or "false" or "False"),
+        YamlSequenceNode seq => seq.Children.Count > 0,
+        YamlMappingNode map => map.Children.Count > 0,
+        _ => true,
+    };
+}
