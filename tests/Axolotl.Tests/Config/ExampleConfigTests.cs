@@ -36,7 +36,7 @@ public class ExampleConfigTests
     public void An_example_loads_once_its_unsupported_keys_are_switched_off_from_the_command_line()
     {
         var c = ConfigLoader.Load(TestSetup.Data("axolotl-configs", "llama-3__fft-8b.yaml"),
-            ["--val-set-size", "0", "--no-sample-packing", "--no-evals-per-epoch", "--no-saves-per-epoch", "--no-special-tokens"]);
+            ["--no-sample-packing", "--no-special-tokens"]);
         Assert.Equal(["dataset_prepared_path", "optimizer", "gradient_checkpointing", "gradient_checkpointing_kwargs", "attn_implementation"],
             c.Warnings.Select(w => w.Split('\'')[1].Split(':')[0]));
         Assert.Equal((8, 8, "adamw_torch", "sdpa"), (c.GradientAccumulationSteps, c.BatchSize, c.Optimizer, c.AttnImplementation));
