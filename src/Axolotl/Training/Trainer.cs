@@ -121,8 +121,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         int step = 0;
         if (resumeFrom != null)
         {
+            // A checkpoint at or past the planned end leaves nothing to train: the run just saves, as transformers does.
             step = Restore(resumeFrom, optimizer);
-            if (step >= totalSteps) throw new UserError($"{resumeFrom} is at step {step}; this run plans {totalSteps} steps, so there is nothing left to train.");
         }
 
         var clock = Stopwatch.StartNew();

@@ -97,5 +97,11 @@ public class ResumeTests
         Train(dir, "a.yml", Config(dir, dir["a"], "save_total_limit: 2"));
         Assert.Equal(["checkpoint-4", "checkpoint-6"], Directory.GetDirectories(dir["a"], "checkpoint-*").Select(Path.GetFileName).Order());
         Assert.Empty(Directory.GetDirectories(dir["a"], ".checkpoint-*"));
+
+        // Running the finished job again with auto-resume trains nothing more and keeps its results.
+        var before = File.ReadAllBytes(Path.Combine(dir["a"], "adapter_model.safetensors"));
+        Train(dir, "again.yml", Config(dir, dir["a"], "save_total_limit: 2\nauto_resume_from_checkpoints: true"));
+        Assert.Equal(6, Losses(dir["a"]).Length);
+        Assert.Equal(before, File.ReadAllBytes(Path.Combine(dir["a"], "adapter_model.safetensors")));
     }
 }
