@@ -19,6 +19,7 @@ public static class Cli
           preprocess  tokenize the datasets as train would and report; --debug shows examples as token(label, id)
           validate    load and check the config without touching model or data; print the resolved values
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
+          config-schema  print the JSON schema of the keys Axolotl.NET implements (no config file needed)
 
         Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
         """;
@@ -31,6 +32,11 @@ public static class Cli
             return args.Length == 0 ? 2 : 0;
         }
         var command = args[0];
+        if (command == "config-schema")
+        {
+            Console.WriteLine(ConfigWriter.Schema().ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+            return 0;
+        }
         AxolotlConfig? config = null;
         try
         {

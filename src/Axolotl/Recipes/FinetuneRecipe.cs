@@ -98,10 +98,12 @@ public static class FinetuneRecipe
             EvalBatchSize = config.EvalBatchSize,
             EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
         };
+        // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         void SaveWeights(string dir)
         {
             if (lora != null) Lora.Save(model, lora, dir, config.BaseModel);
             else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
+            AtomicFile.WriteAllText(Path.Combine(dir, ConfigWriter.FileName), ConfigWriter.ToYaml(config));
         }
         var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)
         {

@@ -263,3 +263,49 @@ public class ConfigLoaderTests
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "gradient_checkpointing", "tf32", "deepspeed", "fsdp", "dataset_prepared_path", "liger_rms_norm", "torch_compile" });
     }
 }
+
+public class ConfigWriterTests
+{
+    [Fact]
+    public void The_resolved_config_reads_back_to_the_same_resolved_config()
+    {
+        var yaml = """
+            base_model: some/model
+            datasets:
+              - path: data.jsonl
+                type: alpaca
+              - path: more.txt
+                type: completion
+                field: body
+            learning_rate: 0.0002
+            adapter: lora
+            lora_r: 8
+            lora_alpha: 16
+            lora_target_modules: [q_proj, v_proj]
+            micro_batch_size: 2
+            batch_size: 8
+            val_set_size: 0.05
+            evals_per_epoch: 2
+            output_dir: "out dir/x"
+            """;
+        var resolved = ConfigLoader.Parse(yaml, "cfg.yml", ["--seed", "7"]);
+        var written = ConfigWriter.ToYaml(resolved);
+        var reread = ConfigLoader.Parse(written, "axolotl_config.yml");
+        Assert.Equal(written.Split('\n').Skip(1), ConfigWriter.ToYaml(reread).Split('\n').Skip(1));
+        Assert.Equal((7, 4, "out dir/x", 2), (reread.Seed, reread.GradientAccumulationSteps, reread.OutputDir, reread.Datasets.Count));
+        Assert.Equal("body", reread.Datasets[1].Field);
+    }
+
+    [Fact]
+    public void Schema_lists_implemented_keys_with_axolotl_defaults()
+    {
+        var schema = ConfigWriter.Schema();
+        var properties = schema["properties"]!.AsObject();
+        Assert.Equal("integer", (string)properties["micro_batch_size"]!["type"]!);
+        Assert.Equal(1, (int)properties["micro_batch_size"]!["default"]!);
+        Assert.Equal("cosine", (string)properties["lr_scheduler"]!["default"]!);
+        Assert.Equal("array", (string)properties["datasets"]!["type"]!);
+        Assert.True(properties["datasets"]!["items"]!["properties"]!.AsObject().ContainsKey("path"));
+        Assert.False(properties.ContainsKey("load_in_4bit"));
+    }
+}

@@ -57,7 +57,7 @@ public class ResumeTests
         var full = Losses(dir["a"]);
         Assert.Equal(6, full.Length);
         foreach (var step in new[] { 2, 4, 6 })
-            foreach (var file in new[] { "adapter_model.safetensors", "adapter_config.json", "optimizer.bin", "rng_state.bin", "trainer_state.json" })
+            foreach (var file in new[] { "adapter_model.safetensors", "adapter_config.json", "optimizer.bin", "rng_state.bin", "trainer_state.json", "axolotl_config.yml" })
                 Assert.True(File.Exists(Path.Combine(dir["a"], $"checkpoint-{step}", file)), $"checkpoint-{step}/{file}");
 
         Train(dir, "b.yml", Config(dir, dir["b"], $"resume_from_checkpoint: {Path.Combine(dir["a"], "checkpoint-4")}"));

@@ -1,0 +1,110 @@
+using System.Collections;
+using System.Globalization;
+using System.Reflection;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+
+namespace Axolotl.Config;
+
+/// <summary>
+/// The resolved config as YAML that <c>axolotl train</c> reads back (saved with every run and checkpoint, so a run can
+/// be reproduced), and the JSON schema of the keys Axolotl.NET implements (<c>axolotl config-schema</c>).
+/// </summary>
+public static class ConfigWriter
+{
+    public const string FileName = "axolotl_config.yml";
+
+    static IEnumerable<PropertyInfo> Keys(Type type) =>
+        type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
+            .Where(p => p.CanWrite && p.SetMethod!.IsPublic && p.Name != nameof(AxolotlConfig.SourcePath));
+
+    /// <summary>Every implemented key with its resolved value (unset ones left out); paths stay as written, relative to the working directory.</summary>
+    public static string ToYaml(AxolotlConfig config)
+    {
+        var yaml = new StringBuilder();
+        yaml.AppendLine($"# Resolved by Axolotl.NET from {(config.SourcePath == "" ? "code" : config.SourcePath)}: defaults, derived values and command-line overrides applied.");
+        foreach (var property in Keys(typeof(AxolotlConfig)))
+        {
+            var value = property.GetValue(config);
+            if (value is null) continue;
+            var key = ConfigLoader.KeyOf(property);
+            if (key == "batch_size")
+            {
+                // Derived from the other two; written as well it would contradict them on reading back.
+                yaml.AppendLine($"# batch_size: {value} (micro_batch_size × gradient_accumulation_steps)");
+                continue;
+            }
+            if (value is List<DatasetConfig> datasets)
+            {
+                yaml.AppendLine($"{key}:");
+                foreach (var dataset in datasets)
+                {
+                    var fields = Keys(typeof(DatasetConfig)).Select(p => (Key: ConfigLoader.KeyOf(p), Value: p.GetValue(dataset))).Where(f => f.Value != null).ToList();
+                    for (int i = 0; i < fields.Count; i++)
+                        yaml.AppendLine($"{(i == 0 ? "  - " : "    ")}{fields[i].Key}: {Scalar(fields[i].Value!)}");
+                }
+                continue;
+            }
+            yaml.AppendLine($"{key}: {Scalar(value)}");
+        }
+        return yaml.ToString();
+    }
+
+    /// <summary>A value in YAML flow form; strings as JSON strings, which YAML reads unchanged.</summary>
+    static string Scalar(object value) => value switch
+    {
+        string s => JsonSerializer.Serialize(s),
+        bool b => b ? "true" : "false",
+        double d => d.ToString("R", CultureInfo.InvariantCulture),
+        IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
+        IEnumerable list => "[" + string.Join(", ", list.Cast<object>().Select(Scalar)) + "]",
+        _ => JsonSerializer.Serialize(value.ToString()),
+    };
+
+    /// <summary>JSON Schema (2020-12) of the implemented keys, with Axolotl's defaults.</summary>
+    public static JsonObject Schema()
+    {
+        var defaults = new AxolotlConfig();
+        var properties = new JsonObject();
+        foreach (var property in Keys(typeof(AxolotlConfig)))
+            properties[ConfigLoader.KeyOf(property)] = property.PropertyType == typeof(List<DatasetConfig>)
+                ? new JsonObject { ["type"] = "array", ["items"] = DatasetSchema() }
+                : Describe(property.PropertyType, property.GetValue(defaults));
+        return new JsonObject
+        {
+            ["$schema"] = "https://json-schema.org/draft/2020-12/schema",
+            ["title"] = "Axolotl.NET config",
+            ["description"] = "The Axolotl keys Axolotl.NET implements. Other Axolotl keys are accepted when left empty, warned about when they only tune speed elsewhere, and otherwise refused by name.",
+            ["type"] = "object",
+            ["required"] = new JsonArray("base_model", "learning_rate"),
+            ["properties"] = properties,
+        };
+    }
+
+    static JsonObject DatasetSchema()
+    {
+        var properties = new JsonObject();
+        foreach (var property in Keys(typeof(DatasetConfig)))
+            properties[ConfigLoader.KeyOf(property)] = Describe(property.PropertyType, null);
+        return new JsonObject { ["type"] = "object", ["required"] = new JsonArray("path"), ["properties"] = properties };
+    }
+
+    static JsonObject Describe(Type type, object? defaultValue)
+    {
+        var underlying = Nullable.GetUnderlyingType(type) ?? type;
+        var schema = new JsonObject
+        {
+            ["type"] = underlying == typeof(string) ? "string"
+                : underlying == typeof(bool) ? "boolean"
+                : underlying == typeof(int) ? "integer"
+                : underlying == typeof(double) ? "number"
+                : typeof(IEnumerable).IsAssignableFrom(underlying) ? "array"
+                : "string",
+        };
+        if (typeof(IEnumerable).IsAssignableFrom(underlying) && underlying != typeof(string)) schema["items"] = new JsonObject { ["type"] = "string" };
+        if (defaultValue is not null and not IEnumerable || defaultValue is string)
+            schema["default"] = JsonSerializer.SerializeToNode(defaultValue);
+        return schema;
+    }
+}
