@@ -84,7 +84,8 @@ public static class Bench
         double prepSeconds = clock.Elapsed.TotalSeconds;
         long prepTokens = data.TotalTokens + data.Eval.Sum(e => (long)e.InputIds.Length);
         int exampleCount = data.Examples.Count + data.Eval.Count;
-        double meanSeq = exampleCount == 0 ? 0 : (double)prepTokens / exampleCount;
+        // The trainer's own mfu uses the same sequence length: the mean tokens per training example.
+        double meanSeq = data.Examples.Count == 0 ? 0 : (double)data.TotalTokens / data.Examples.Count;
         results.Add(new JsonObject
         {
             ["benchmark"] = "preprocess", ["rows"] = data.RowsRead, ["examples"] = exampleCount, ["tokens"] = prepTokens,
@@ -107,7 +108,8 @@ public static class Bench
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var observer = new StepRecorder();
         AnsiConsole.MarkupLine($"[grey]training {warmup} + {steps} steps…[/]");
-        try { FinetuneRecipe.Run(config, observer); }
+        double peakInUse = peak[bf16 ? ScalarType.BFloat16 : ScalarType.Float32];
+        try { FinetuneRecipe.Run(config, observer, peakFlops: peakInUse * 1e9); }
         finally { try { Directory.Delete(outputDir, recursive: true); } catch (IOException) { } }
 
         var measured = observer.Steps.Where(s => s.Step > warmup).ToList();
@@ -117,7 +119,6 @@ public static class Bench
         double flopsPerToken = Flops.PerToken(architecture, plan.TotalParameters, plan.TrainableParameters, meanSeq);
         double medianTps = Stats.Median(tokensPerSecond);
         double achieved = medianTps * flopsPerToken / 1e9;
-        double peakInUse = peak[bf16 ? ScalarType.BFloat16 : ScalarType.Float32];
         double mfu = achieved / peakInUse;
         long rssKb = PeakRssKb();
         results.Add(new JsonObject
@@ -133,6 +134,7 @@ public static class Bench
             ["mean_tokens_per_example"] = Round(meanSeq),
             ["flops_per_token"] = Math.Round(flopsPerToken), ["flops_formula"] = Flops.Formula,
             ["achieved_gflops"] = Round(achieved), ["peak_gflops"] = Round(peakInUse), ["mfu"] = Math.Round(mfu, 5),
+            ["mfu_trainer_log_median"] = Math.Round(Stats.Median(observer.LoggedMfu.Where(m => m.Step > warmup).Select(m => m.Mfu).ToList()), 5),
             ["peak_rss_mb"] = Round(rssKb / 1024.0),
         });
         Row("train", "tokens/s (median)", $"{medianTps:F0}");
@@ -224,6 +226,11 @@ public static class Bench
     {
         public TrainingPlan? Plan;
         public readonly List<(int Step, double Seconds, double TokensPerSecond)> Steps = [];
+        public readonly List<(int Step, double Mfu)> LoggedMfu = [];
+        public void OnLog(JsonObject entry)
+        {
+            if (entry["mfu"] is JsonNode mfu && entry["step"] is JsonNode step) LoggedMfu.Add(((int)step, (double)mfu));
+        }
         TimeSpan _last;
         public void OnStart(TrainingPlan plan) { Plan = plan; _last = TimeSpan.Zero; }
         public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed)
