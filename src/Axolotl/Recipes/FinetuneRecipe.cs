@@ -27,7 +27,9 @@ public sealed record FinetuneResult(string OutputDir, TrainerState State, Prepar
 /// </summary>
 public static class FinetuneRecipe
 {
-    public static FinetuneResult Run(AxolotlConfig config, IRecipeReporter reporter, CancellationToken stop = default)
+    /// <param name="peakFlops">Measured peak FLOP/s in the compute dtype (the benchmark's matmul peak); when given, the
+    /// log entries carry <c>mfu</c>.</param>
+    public static FinetuneResult Run(AxolotlConfig config, IRecipeReporter reporter, CancellationToken stop = default, double? peakFlops = null)
     {
         TorchRuntime.EnsureLoaded();
         var outputDir = PrepareOutputDir(config.OutputDir);
@@ -97,6 +99,7 @@ public static class FinetuneRecipe
             EvalSteps = config.EvalSteps,
             EvalBatchSize = config.EvalBatchSize,
             EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
+            PeakFlops = peakFlops,
         };
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         void SaveWeights(string dir)

@@ -33,6 +33,9 @@ public sealed record TrainingOptions
     public int? EvalsPerEpoch { get; init; }
     /// <summary>Rows per evaluation batch; the micro-batch size when unset.</summary>
     public int? EvalBatchSize { get; init; }
+    /// <summary>Peak FLOP/s of this machine in the compute dtype; when set, each log entry carries <c>mfu</c>
+    /// (tokens/s × <see cref="Flops.PerToken(DecoderConfig,long,long,double)"/> ÷ this).</summary>
+    public double? PeakFlops { get; init; }
 }
 
 /// <summary>
@@ -100,6 +103,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
             trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()));
         _observer.OnStart(plan);
+        double flopsPerToken = examples.Count == 0 ? 0
+            : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
 
         var optimizer = BuildOptimizer(trainable);
         var parameters = trainable.Select(p => p.parameter).ToList();
@@ -179,6 +184,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                         ["step"] = step,
                         ["tokens_per_second"] = Math.Round(tokensPerSecond, 2),
                     };
+                    if (o.PeakFlops is > 0) entry["mfu"] = Math.Round(tokensPerSecond * flopsPerToken / o.PeakFlops.Value, 5);
                     State.LogHistory.Add(entry);
                     _observer.OnLog(entry);
                     lossSinceLog = gradNormSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0;

@@ -1,0 +1,242 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using Axolotl.Config;
+using Axolotl.Models;
+using Axolotl.Recipes;
+using Axolotl.Runtime;
+using Axolotl.Training;
+using Spectre.Console;
+using static TorchSharp.torch;
+
+namespace Axolotl.Bench;
+
+/// <summary>
+/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--out results.jsonl]</c>: matmul peak, preprocessing
+/// throughput and training throughput/MFU for one config, as a table and as JSON lines comparable across commits.
+/// </summary>
+public static class Bench
+{
+    const int MatmulSize = 2048;
+    const int MatmulRepetitions = 5;
+
+    public static int Run(string[] args)
+    {
+        string? configPath = null, outPath = null;
+        int steps = 10, warmup = 2;
+        for (int i = 0; i < args.Length; i++)
+        {
+            string Next() => i + 1 < args.Length ? args[++i] : throw new UserError($"{args[i]} needs a value.");
+            int NextInt(int min) => int.TryParse(Next(), NumberStyles.None, CultureInfo.InvariantCulture, out var v) && v >= min
+                ? v : throw new UserError($"{args[i - 1]} needs a whole number of at least {min}.");
+            switch (args[i])
+            {
+                case "--steps": steps = NextInt(1); break;
+                case "--warmup": warmup = NextInt(0); break;
+                case "--out": outPath = Next(); break;
+                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; usage: axolotl-bench config.yml [--steps N] [--warmup W] [--out results.jsonl]");
+                default:
+                    if (configPath != null) throw new UserError("give one config file.");
+                    configPath = args[i]; break;
+            }
+        }
+        if (configPath == null) throw new UserError("usage: axolotl-bench config.yml [--steps N] [--warmup W] [--out results.jsonl]");
+
+        TorchRuntime.EnsureLoaded();
+        var context = new JsonObject
+        {
+            ["timestamp"] = DateTimeOffset.UtcNow.ToString("o", CultureInfo.InvariantCulture),
+            ["commit"] = GitCommit(),
+            ["config"] = configPath,
+            ["machine"] = new JsonObject
+            {
+                ["cores"] = Environment.ProcessorCount,
+                ["cpu_model"] = CpuModel(),
+                ["bf16"] = Hardware.CpuHasBf16(),
+                ["torch_threads"] = get_num_threads(),
+            },
+        };
+        var results = new List<JsonObject>();
+        var table = new Table().AddColumns("benchmark", "metric", "value");
+        void Row(string bench, string metric, string value) => table.AddRow(Markup.Escape(bench), Markup.Escape(metric), Markup.Escape(value));
+
+        // 1. Matmul peak per dtype.
+        var peak = new Dictionary<ScalarType, double>();
+        foreach (var (dtype, name) in new[] { (ScalarType.BFloat16, "bf16"), (ScalarType.Float32, "fp32") })
+        {
+            AnsiConsole.MarkupLine($"[grey]matmul {MatmulSize}³ {name}…[/]");
+            var gflops = MatmulGflops(dtype);
+            peak[dtype] = Stats.Median(gflops);
+            results.Add(new JsonObject
+            {
+                ["benchmark"] = "matmul", ["dtype"] = name, ["size"] = MatmulSize, ["repetitions"] = MatmulRepetitions,
+                ["gflops_median"] = Round(peak[dtype]), ["gflops_min"] = Round(gflops.Min()), ["gflops_max"] = Round(gflops.Max()),
+            });
+            Row("matmul", $"{name} GFLOP/s (median of {MatmulRepetitions})", $"{peak[dtype]:F1}");
+        }
+
+        // 2. Preprocessing (tokenizer load included, as a run pays it).
+        var config = ConfigLoader.Load(configPath);
+        AnsiConsole.MarkupLine("[grey]preprocessing…[/]");
+        var clock = Stopwatch.StartNew();
+        var (data, _, _) = PreprocessRecipe.Run(config, new QuietReporter());
+        double prepSeconds = clock.Elapsed.TotalSeconds;
+        long prepTokens = data.TotalTokens + data.Eval.Sum(e => (long)e.InputIds.Length);
+        int exampleCount = data.Examples.Count + data.Eval.Count;
+        // The trainer's own mfu uses the same sequence length: the mean tokens per training example.
+        double meanSeq = data.Examples.Count == 0 ? 0 : (double)data.TotalTokens / data.Examples.Count;
+        results.Add(new JsonObject
+        {
+            ["benchmark"] = "preprocess", ["rows"] = data.RowsRead, ["examples"] = exampleCount, ["tokens"] = prepTokens,
+            ["seconds"] = Round(prepSeconds, 4), ["rows_per_second"] = Round(data.RowsRead / prepSeconds),
+            ["tokens_per_second"] = Round(prepTokens / prepSeconds),
+        });
+        Row("preprocess", "rows/s", $"{data.RowsRead / prepSeconds:F0} ({data.RowsRead} rows in {prepSeconds:F2} s)");
+        Row("preprocess", "tokens/s", $"{prepTokens / prepSeconds:F0} ({prepTokens} tokens)");
+
+        // 3. Training: W warm-up + N measured steps through the library's own path, nothing kept.
+        var outputDir = Path.Combine(Path.GetTempPath(), $"axolotl-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");
+        config.OutputDir = outputDir;
+        config.MaxSteps = warmup + steps;
+        config.SaveStrategy = "no";
+        config.EvalStrategy = "no";
+        config.LoggingSteps = 1; // so the tokens/s the trainer reports at each step is that step's own
+        config.ResumeFromCheckpoint = null;
+        config.AutoResumeFromCheckpoints = false;
+        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
+        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var observer = new StepRecorder();
+        AnsiConsole.MarkupLine($"[grey]training {warmup} + {steps} steps…[/]");
+        double peakInUse = peak[bf16 ? ScalarType.BFloat16 : ScalarType.Float32];
+        try { FinetuneRecipe.Run(config, observer, peakFlops: peakInUse * 1e9); }
+        finally { try { Directory.Delete(outputDir, recursive: true); } catch (IOException) { } }
+
+        var measured = observer.Steps.Where(s => s.Step > warmup).ToList();
+        var stepSeconds = measured.Select(s => s.Seconds).ToList();
+        var tokensPerSecond = measured.Select(s => s.TokensPerSecond).ToList();
+        var plan = observer.Plan ?? throw new InvalidOperationException("training did not start");
+        double flopsPerToken = Flops.PerToken(architecture, plan.TotalParameters, plan.TrainableParameters, meanSeq);
+        double medianTps = Stats.Median(tokensPerSecond);
+        double achieved = medianTps * flopsPerToken / 1e9;
+        double mfu = achieved / peakInUse;
+        long rssKb = PeakRssKb();
+        results.Add(new JsonObject
+        {
+            ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter ?? "full",
+            ["micro_batch_size"] = config.MicroBatchSize, ["gradient_accumulation_steps"] = config.GradientAccumulationSteps,
+            ["warmup_steps"] = warmup, ["measured_steps"] = measured.Count,
+            ["tokens_per_second_median"] = Round(medianTps),
+            ["step_seconds_p10"] = Round(Stats.Percentile(stepSeconds, 10), 4),
+            ["step_seconds_p50"] = Round(Stats.Percentile(stepSeconds, 50), 4),
+            ["step_seconds_p90"] = Round(Stats.Percentile(stepSeconds, 90), 4),
+            ["parameters_total"] = plan.TotalParameters, ["parameters_trainable"] = plan.TrainableParameters,
+            ["mean_tokens_per_example"] = Round(meanSeq),
+            ["flops_per_token"] = Math.Round(flopsPerToken), ["flops_formula"] = Flops.Formula,
+            ["achieved_gflops"] = Round(achieved), ["peak_gflops"] = Round(peakInUse), ["mfu"] = Math.Round(mfu, 5),
+            ["mfu_trainer_log_median"] = Math.Round(Stats.Median(observer.LoggedMfu.Where(m => m.Step > warmup).Select(m => m.Mfu).ToList()), 5),
+            ["peak_rss_mb"] = Round(rssKb / 1024.0),
+        });
+        Row("train", "tokens/s (median)", $"{medianTps:F0}");
+        Row("train", "step s p10 / p50 / p90",
+            $"{Stats.Percentile(stepSeconds, 10):F3} / {Stats.Percentile(stepSeconds, 50):F3} / {Stats.Percentile(stepSeconds, 90):F3}");
+        Row("train", "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
+        Row("train", $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
+        Row("process", "peak RSS (VmHWM)", $"{rssKb / 1024.0:F0} MiB");
+        table.Caption($"FLOPs/token = {Flops.Formula}");
+        AnsiConsole.Write(table);
+
+        var lines = results.Select(r =>
+        {
+            var line = (JsonObject)context.DeepClone();
+            foreach (var (k, v) in r) line[k] = v?.DeepClone();
+            return line.ToJsonString(new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+        }).ToList();
+        if (outPath != null)
+        {
+            File.AppendAllLines(outPath, lines);
+            AnsiConsole.MarkupLine($"[grey]appended {lines.Count} results to {Markup.Escape(outPath)}[/]");
+        }
+        else foreach (var l in lines) Console.WriteLine(l);
+        return 0;
+    }
+
+    static double Round(double v, int digits = 2) => Math.Round(v, digits);
+
+    static List<double> MatmulGflops(ScalarType dtype)
+    {
+        double flops = 2.0 * MatmulSize * MatmulSize * MatmulSize;
+        using var a = randn(MatmulSize, MatmulSize, dtype: dtype);
+        using var b = randn(MatmulSize, MatmulSize, dtype: dtype);
+        using (matmul(a, b)) { } // warm-up: thread pool, kernel selection
+        var gflops = new List<double>();
+        for (int r = 0; r < MatmulRepetitions; r++)
+        {
+            var clock = Stopwatch.StartNew();
+            using var c = matmul(a, b);
+            gflops.Add(flops / clock.Elapsed.TotalSeconds / 1e9);
+        }
+        return gflops;
+    }
+
+    static long PeakRssKb()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+            return line == null ? -1 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
+        }
+        catch (IOException) { return -1; }
+    }
+
+    static string CpuModel()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            return line?.Split(':', 2)[1].Trim() ?? "unknown";
+        }
+        catch (IOException) { return "unknown"; }
+    }
+
+    static string GitCommit()
+    {
+        string? Git(string arguments)
+        {
+            try
+            {
+                var info = new ProcessStartInfo("git", arguments) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+                using var p = Process.Start(info)!;
+                var output = p.StandardOutput.ReadToEnd().Trim();
+                p.WaitForExit();
+                return p.ExitCode == 0 ? output : null;
+            }
+            catch (Exception e) when (e is System.ComponentModel.Win32Exception or InvalidOperationException) { return null; }
+        }
+        var head = Git("rev-parse HEAD");
+        if (string.IsNullOrEmpty(head)) return "unknown";
+        var dirty = Git("status --porcelain --untracked-files=no");
+        return string.IsNullOrEmpty(dirty) ? head : head + "-dirty";
+    }
+
+    sealed class QuietReporter : IRecipeReporter;
+
+    /// <summary>Times each optimizer step from the trainer's own clock.</summary>
+    sealed class StepRecorder : IRecipeReporter
+    {
+        public TrainingPlan? Plan;
+        public readonly List<(int Step, double Seconds, double TokensPerSecond)> Steps = [];
+        public readonly List<(int Step, double Mfu)> LoggedMfu = [];
+        public void OnLog(JsonObject entry)
+        {
+            if (entry["mfu"] is JsonNode mfu && entry["step"] is JsonNode step) LoggedMfu.Add(((int)step, (double)mfu));
+        }
+        TimeSpan _last;
+        public void OnStart(TrainingPlan plan) { Plan = plan; _last = TimeSpan.Zero; }
+        public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed)
+        {
+            Steps.Add((step, (elapsed - _last).TotalSeconds, tokensPerSecond));
+            _last = elapsed;
+        }
+    }
+}
