@@ -100,7 +100,7 @@ public static class FinetuneRecipe
         };
         void SaveWeights(string dir)
         {
-            if (lora != null) Lora.Save(model, lora, dir, config.BaseModel);
+            if (lora != null) Lora.Save(model, lora, dir, config.BaseModelRepoId ?? config.BaseModel);
             else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
         }
         var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)
