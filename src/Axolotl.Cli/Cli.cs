@@ -49,6 +49,9 @@ public static class Cli
             config = ConfigLoader.Load(args[1], overrides);
             // Before anything runs: a mapped key changes what the user gets, so it is said up front.
             foreach (var warning in config.Warnings) PrintWarning(warning);
+            // validate only checks the config; the other commands need the model and data where they really are.
+            if (command != "validate")
+                foreach (var note in Hub.PathResolver.Resolve(config, Hub.HfCache.FromEnvironment())) Console.WriteLine(note);
             return command switch
             {
                 "validate" => Validate(config),

@@ -22,6 +22,8 @@ public sealed class DatasetConfig
     public string? Split { get; set; }
     /// <summary>The column holding the text for <c>type: completion</c>.</summary>
     public string? Field { get; set; }
+    /// <summary>The Hub revision (branch, tag or commit) when <c>path</c> is a dataset repo id.</summary>
+    public string? Revision { get; set; }
     /// <summary>Where this entry sits in the YAML file, for messages about its rows.</summary>
     internal string Origin { get; set; } = "";
     /// <summary><c>type</c> split as Axolotl splits it: "alpaca:chat" is strategy alpaca, prompt style chat.</summary>
@@ -35,6 +37,10 @@ public sealed class AxolotlConfig
     public string BaseModel { get; set; } = "";
     public string? BaseModelConfig { get; set; }
     public string? TokenizerConfig { get; set; }
+    /// <summary>The Hub revision (branch, tag or commit) of base_model, base_model_config and tokenizer_config.</summary>
+    public string? RevisionOfModel { get; set; }
+    /// <summary>base_model as written, when it was resolved to a Hub cache folder: what adapter_config.json names, as in PEFT.</summary>
+    public string? BaseModelRepoId { get; internal set; }
     public string? ModelType { get; set; }
     public string? TokenizerType { get; set; }
     /// <summary>"auto" (bf16 where the CPU computes it natively), true or false.</summary>

@@ -14,10 +14,57 @@ public static class RowReader
 {
     public static IReadOnlyList<Row> Read(string path, string? dsType)
     {
-        if (Directory.Exists(path))
-            throw new UserError($"dataset path '{path}' is a folder; point it at a .json or .jsonl file (folders are not read yet).");
+        if (Directory.Exists(path)) return ReadFolder(path, dsType);
         if (!File.Exists(path))
-            throw new UserError($"dataset path '{path}' does not exist (Hugging Face Hub dataset ids are not resolved yet; use a local file).");
+            throw new UserError($"dataset path '{path}' does not exist.");
+        var rows = ReadFile(path, dsType);
+        if (rows.Count == 0) throw new UserError($"dataset '{path}' has no rows.");
+        return rows;
+    }
+
+    static readonly string[] Readable = [".json", ".jsonl", ".txt"];
+
+    /// <summary>
+    /// A folder (a Hub dataset snapshot, say) whose data files are all .json/.jsonl/.txt, read in sorted order. When
+    /// names carry split words, as HF's loader reads them, only the train files count; README, LICENSE and dotfiles are
+    /// not data.
+    /// </summary>
+    static List<Row> ReadFolder(string folder, string? dsType)
+    {
+        var files = Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
+            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/'))
+            .Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
+            .Order(StringComparer.Ordinal).ToList();
+        if (files.Any(f => SplitWord(f) != null)) files = files.Where(f => SplitWord(f) == "train").ToList();
+        var unreadable = files.Where(f => !Readable.Contains(Path.GetExtension(f).ToLowerInvariant())).ToList();
+        if (files.Count == 0 || unreadable.Count > 0)
+            throw new UserError($"dataset folder '{folder}' " + (files.Count == 0 ? "holds no data files" :
+                $"holds files that are not read yet: {string.Join(", ", unreadable.Take(5))}{(unreadable.Count > 5 ? $" and {unreadable.Count - 5} more" : "")} (.json, .jsonl and .txt are)") + ".");
+        if (dsType == null && files.Select(f => Path.GetExtension(f).ToLowerInvariant() == ".txt").Distinct().Count() > 1)
+            throw new UserError($"dataset folder '{folder}' mixes .txt with .json/.jsonl files; set ds_type or keep one kind.");
+        var rows = files.SelectMany(f => ReadFile(Path.Combine(folder, f), dsType)).ToList();
+        if (rows.Count == 0) throw new UserError($"dataset folder '{folder}' has no rows.");
+        return rows;
+    }
+
+    static bool IsDocument(string name) =>
+        name.StartsWith("README", StringComparison.OrdinalIgnoreCase) || name.StartsWith("LICENSE", StringComparison.OrdinalIgnoreCase) ||
+        name.EndsWith(".md", StringComparison.OrdinalIgnoreCase);
+
+    /// <summary>The split a path names as HF's data-file patterns read it ("data/train-00000.jsonl"), or null.</summary>
+    static string? SplitWord(string relative)
+    {
+        foreach (var part in relative.ToLowerInvariant().Split('/', '-', '_', '.', ' '))
+            switch (part)
+            {
+                case "train" or "training": return "train";
+                case "test" or "testing" or "eval" or "evaluation" or "validation" or "valid" or "dev": return part;
+            }
+        return null;
+    }
+
+    static List<Row> ReadFile(string path, string? dsType)
+    {
         var type = dsType ?? Path.GetExtension(path).TrimStart('.').ToLowerInvariant() switch
         {
             "json" or "jsonl" => "json",
@@ -27,9 +74,7 @@ public static class RowReader
         if (type is not ("json" or "text")) throw new UserError($"dataset '{path}': ds_type '{type}' is not supported yet (json and text are).");
         var text = File.ReadAllText(path);
         if (type == "text") return ReadText(path, text);
-        var rows = text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path, text);
-        if (rows.Count == 0) throw new UserError($"dataset '{path}' has no rows.");
-        return rows;
+        return text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path, text);
     }
 
     /// <summary>HF's text loader: one row per line, in a column named "text".</summary>

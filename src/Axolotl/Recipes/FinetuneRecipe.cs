@@ -104,7 +104,7 @@ public static class FinetuneRecipe
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         void SaveWeights(string dir)
         {
-            if (lora != null) Lora.Save(model, lora, dir, config.BaseModel);
+            if (lora != null) Lora.Save(model, lora, dir, config.BaseModelRepoId ?? config.BaseModel);
             else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
             AtomicFile.WriteAllText(Path.Combine(dir, ConfigWriter.FileName), ConfigWriter.ToYaml(config));
         }
