@@ -140,7 +140,7 @@ public static class Cli
     /// <summary>The resolved values, each with where it came from: the file (line:col), a --flag, a derivation or the default.</summary>
     static int Validate(AxolotlConfig config)
     {
-        var rows = typeof(AxolotlConfig).GetProperties().Where(p => p.CanWrite && p.Name != nameof(AxolotlConfig.SourcePath)).Select(p =>
+        var rows = ConfigLoader.KeyProperties(typeof(AxolotlConfig)).Select(p =>
         {
             var key = ConfigLoader.KeyOf(p);
             var text = p.GetValue(config) switch

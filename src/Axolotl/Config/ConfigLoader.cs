@@ -475,10 +475,12 @@ public static class ConfigLoader
         _ => true,
     };
 
-    static Dictionary<string, PropertyInfo> Properties(Type type) =>
+    static Dictionary<string, PropertyInfo> Properties(Type type) => KeyProperties(type).ToDictionary(KeyOf, p => p, StringComparer.Ordinal);
+
+    /// <summary>The properties that are config keys: public and settable by the user (not SourcePath or derived bookkeeping).</summary>
+    public static IEnumerable<PropertyInfo> KeyProperties(Type type) =>
         type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
-            .Where(p => p.CanWrite && p.SetMethod!.IsPublic && p.Name != nameof(AxolotlConfig.SourcePath))
-            .ToDictionary(KeyOf, p => p, StringComparer.Ordinal);
+            .Where(p => p.CanWrite && p.SetMethod!.IsPublic && p.Name != nameof(AxolotlConfig.SourcePath));
 
     /// <summary>The Axolotl key of a config property.</summary>
     public static string KeyOf(PropertyInfo property) => property.GetCustomAttribute<AxolotlKeyAttribute>()?.Key ?? SnakeCase(property.Name);

@@ -15,9 +15,7 @@ public static class ConfigWriter
 {
     public const string FileName = "axolotl_config.yml";
 
-    static IEnumerable<PropertyInfo> Keys(Type type) =>
-        type.GetProperties(BindingFlags.Public | BindingFlags.Instance)
-            .Where(p => p.CanWrite && p.SetMethod!.IsPublic && p.Name != nameof(AxolotlConfig.SourcePath));
+    static IEnumerable<PropertyInfo> Keys(Type type) => ConfigLoader.KeyProperties(type);
 
     /// <summary>Every implemented key with its resolved value (unset ones left out); paths stay as written, relative to the working directory.</summary>
     public static string ToYaml(AxolotlConfig config)
