@@ -20,6 +20,9 @@ public static class Cli
           validate    load and check the config without touching model or data; print the resolved values
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
           config-schema  print the JSON schema of the keys Axolotl.NET implements (no config file needed)
+          download    axolotl download org/name [--revision R] [--repo-type model|dataset] [--include GLOB]: fetch a Hub
+                      repo into the Hugging Face cache, print its snapshot folder
+          fetch       axolotl fetch examples [--dest DIR]: copy Axolotl.NET's examples (default ./examples)
 
         Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
         """;
@@ -40,8 +43,10 @@ public static class Cli
         AxolotlConfig? config = null;
         try
         {
+            if (command == "download") return HubCommands.Download(args[1..]);
+            if (command == "fetch") return HubCommands.Fetch(args[1..]);
             if (command is not ("train" or "validate" or "preprocess" or "merge-lora"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, merge-lora.");
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, merge-lora, download, fetch.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
@@ -51,7 +56,10 @@ public static class Cli
             foreach (var warning in config.Warnings) PrintWarning(warning);
             // validate only checks the config; the other commands need the model and data where they really are.
             if (command != "validate")
-                foreach (var note in Hub.PathResolver.Resolve(config, Hub.HfCache.FromEnvironment())) Console.WriteLine(note);
+            {
+                using var hub = Hub.HubClient.FromEnvironment();
+                foreach (var note in HubCommands.WithProgress(hub, () => Hub.PathResolver.Resolve(config, hub))) Console.WriteLine(note);
+            }
             return command switch
             {
                 "validate" => Validate(config),

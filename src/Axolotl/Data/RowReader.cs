@@ -31,11 +31,8 @@ public static class RowReader
     /// </summary>
     static List<Row> ReadFolder(string folder, string? dsType)
     {
-        var files = Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
-            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/'))
-            .Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
-            .Order(StringComparer.Ordinal).ToList();
-        if (files.Any(f => SplitWord(f) != null)) files = files.Where(f => SplitWord(f) == "train").ToList();
+        var files = DataFiles(Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
+            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/')));
         var unreadable = files.Where(f => !Readable.Contains(Path.GetExtension(f).ToLowerInvariant())).ToList();
         if (files.Count == 0 || unreadable.Count > 0)
             throw new UserError($"dataset folder '{folder}' " + (files.Count == 0 ? "holds no data files" :
@@ -45,6 +42,17 @@ public static class RowReader
         var rows = files.SelectMany(f => ReadFile(Path.Combine(folder, f), dsType)).ToList();
         if (rows.Count == 0) throw new UserError($"dataset folder '{folder}' has no rows.");
         return rows;
+    }
+
+    /// <summary>
+    /// The train data files among a folder's relative paths, sorted: what <see cref="Read"/> reads from a folder, and
+    /// so what a Hub dataset download fetches.
+    /// </summary>
+    public static List<string> DataFiles(IEnumerable<string> relativePaths)
+    {
+        var files = relativePaths.Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
+            .Order(StringComparer.Ordinal).ToList();
+        return files.Any(f => SplitWord(f) != null) ? files.Where(f => SplitWord(f) == "train").ToList() : files;
     }
 
     static bool IsDocument(string name) =>

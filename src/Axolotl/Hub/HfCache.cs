@@ -5,12 +5,12 @@ namespace Axolotl.Hub;
 /// <summary>
 /// The local Hugging Face Hub cache, in huggingface_hub's layout, so that repos Python users already downloaded are
 /// used in place: <c>{root}/models--org--name/refs/main</c> holds a commit hash, <c>snapshots/{commit}/</c> the files
-/// (symlinks into <c>blobs/</c>). Nothing is downloaded.
+/// (symlinks into <c>blobs/</c>). <see cref="HubClient"/> fills it in the same layout.
 /// </summary>
 public sealed partial class HfCache(string root, bool offline = false)
 {
     public string Root { get; } = root;
-    /// <summary>HF_HUB_OFFLINE: only changes what a message says while downloading is not implemented.</summary>
+    /// <summary>HF_HUB_OFFLINE: the cache is all there is; nothing is downloaded.</summary>
     public bool Offline { get; } = offline;
 
     /// <summary>
@@ -20,12 +20,16 @@ public sealed partial class HfCache(string root, bool offline = false)
     public static HfCache FromEnvironment(Func<string, string?>? env = null)
     {
         env ??= Environment.GetEnvironmentVariable;
-        string? Get(string name) => env(name) is { Length: > 0 } v ? ExpandHome(v) : null;
-        var root = Get("HF_HUB_CACHE")
-                   ?? Path.Combine(Get("HF_HOME") ?? Path.Combine(Get("XDG_CACHE_HOME") ?? ExpandHome("~/.cache"), "huggingface"), "hub");
+        var root = PathVariable(env, "HF_HUB_CACHE") ?? Path.Combine(HfHome(env), "hub");
         bool offline = env("HF_HUB_OFFLINE")?.Trim().ToUpperInvariant() is "1" or "ON" or "YES" or "TRUE";
         return new HfCache(root, offline);
     }
+
+    /// <summary>HF_HOME, else $XDG_CACHE_HOME/huggingface, else ~/.cache/huggingface: where the hub cache and the token file live.</summary>
+    internal static string HfHome(Func<string, string?> env) =>
+        PathVariable(env, "HF_HOME") ?? Path.Combine(PathVariable(env, "XDG_CACHE_HOME") ?? ExpandHome("~/.cache"), "huggingface");
+
+    internal static string? PathVariable(Func<string, string?> env, string name) => env(name) is { Length: > 0 } v ? ExpandHome(v) : null;
 
     static string ExpandHome(string path) =>
         path == "~" || path.StartsWith("~/") ? Environment.GetFolderPath(Environment.SpecialFolder.UserProfile) + path[1..] : path;
@@ -39,6 +43,8 @@ public sealed partial class HfCache(string root, bool offline = false)
 
     [GeneratedRegex("^[0-9a-f]{40}$")]
     private static partial Regex CommitPattern();
+
+    internal static bool IsCommit(string revision) => CommitPattern().IsMatch(revision);
 
     /// <summary>The repo's folder in the cache, whether or not it exists.</summary>
     public string RepoFolder(string repoId, string repoType = "model") => Path.Combine(Root, $"{repoType}s--{repoId.Replace("/", "--")}");
