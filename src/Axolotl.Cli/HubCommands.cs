@@ -88,30 +88,42 @@ static class HubCommands
             string? last = null;
             hub.Progress = p =>
             {
-                if (p.File == last) return;
-                last = p.File;
-                Console.WriteLine($"downloading {p.Repo} {p.File}" + (p.Total is long t ? $" ({t / 1e6:F1} MB)" : "") + (p.Done > 0 ? $", resuming at {p.Done / 1e6:F1} MB" : ""));
+                if (p.Repo + "/" + p.File == last) return;
+                last = p.Repo + "/" + p.File;
+                Console.Error.WriteLine($"downloading {p.Repo} {p.File}" + (p.Total is long t ? $" ({t / 1e6:F1} MB)" : "") + (p.Done > 0 ? $", resuming at {p.Done / 1e6:F1} MB" : ""));
             };
             try { return work(); }
             finally { hub.Progress = null; }
         }
-        T result = default!;
-        AnsiConsole.Progress().AutoClear(false)
-            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
-            .Start(context =>
-            {
-                var tasks = new Dictionary<string, ProgressTask>();
-                hub.Progress = p =>
-                {
-                    var key = p.Repo + "/" + p.File;
-                    if (!tasks.TryGetValue(key, out var task))
-                        tasks[key] = task = context.AddTask(Markup.Escape($"{p.Repo} {p.File}"), maxValue: p.Total ?? double.MaxValue);
-                    if (p.Total is long total) task.MaxValue = total;
-                    task.Value = p.Done;
-                };
-                try { result = work(); }
-                finally { hub.Progress = null; }
-            });
-        return result;
+        // The live display starts with the first byte, so that a run that downloads nothing prints nothing.
+        using var firstBytes = new ManualResetEventSlim();
+        using var displayReady = new ManualResetEventSlim();
+        ProgressContext? context = null;
+        var tasks = new Dictionary<string, ProgressTask>();
+        hub.Progress = p =>
+        {
+            firstBytes.Set();
+            displayReady.Wait();
+            var key = p.Repo + "/" + p.File;
+            if (!tasks.TryGetValue(key, out var task))
+                tasks[key] = task = context!.AddTask(Markup.Escape($"{p.Repo} {p.File}"), maxValue: p.Total ?? double.MaxValue);
+            if (p.Total is long total) task.MaxValue = total;
+            task.Value = p.Done;
+        };
+        try
+        {
+            var worker = Task.Run(work);
+            if (WaitHandle.WaitAny([((IAsyncResult)worker).AsyncWaitHandle, firstBytes.WaitHandle]) == 1)
+                AnsiConsole.Progress().AutoClear(false)
+                    .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new DownloadedColumn(), new TransferSpeedColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        context = ctx;
+                        displayReady.Set();
+                        ((IAsyncResult)worker).AsyncWaitHandle.WaitOne();
+                    });
+            return worker.GetAwaiter().GetResult();
+        }
+        finally { hub.Progress = null; }
     }
 }

@@ -130,7 +130,11 @@ public sealed partial class HubClient : IDisposable
     public string DownloadFile(string repoId, string repoType, string commit, string file)
     {
         var repoFolder = Cache.RepoFolder(repoId, repoType);
-        var pointer = Path.Combine(repoFolder, "snapshots", commit, file);
+        var snapshot = Path.GetFullPath(Path.Combine(repoFolder, "snapshots", commit));
+        var pointer = Path.GetFullPath(Path.Combine(snapshot, file));
+        // A listing is remote input: a name must not climb out of the snapshot.
+        if (!pointer.StartsWith(snapshot + Path.DirectorySeparatorChar))
+            throw new UserError($"{Label(repoId, repoType)} lists a file outside its own folder ('{file}'); refusing to write it.");
         if (File.Exists(pointer)) return pointer;
         var meta = Head(repoId, repoType, commit, file);
         var blob = Path.Combine(repoFolder, "blobs", meta.Etag);

@@ -63,8 +63,14 @@ public static partial class HubFiles
             _ => [.. Named(ConfigFiles), .. Named(TokenizerFiles), .. Named(AdapterFiles), .. WeightFiles(required: false)],
         };
         if (chosen.Count == 0)
-            throw new UserError($"{repo} has none of the files {(want == HubWant.Dataset ? "a dataset needs (data files other than README and dotfiles)" : $"wanted for {want.ToString().ToLowerInvariant()}")}; it holds: " +
-                $"{string.Join(", ", listing.Take(8))}{(listing.Count > 8 ? $" and {listing.Count - 8} more" : "")}.");
+            throw new UserError($"{repo} has none of the files " + want switch
+            {
+                HubWant.Dataset => "a dataset is read from (data files besides README, LICENSE and dotfiles)",
+                HubWant.Config => "base_model_config needs (config.json)",
+                HubWant.Tokenizer => "tokenizer_config needs (tokenizer.json, tokenizer_config.json, ...)",
+                HubWant.Adapter => "lora_model_dir needs (adapter_config.json, adapter_model.safetensors)",
+                _ => "Axolotl.NET reads (config, tokenizer, adapter or safetensors files; pick others with --include)",
+            } + $"; it holds: {string.Join(", ", listing.Take(8))}{(listing.Count > 8 ? $" and {listing.Count - 8} more" : "")}.");
         return chosen.Distinct().ToList();
     }
 

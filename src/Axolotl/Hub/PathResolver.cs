@@ -33,8 +33,8 @@ public static class PathResolver
                     notes.Add($"{key}: {value}{(revision != null ? $"@{revision}" : "")} → {snapshot} (downloaded from {hub.Endpoint})");
                     return snapshot;
                 }
-                why = $"it is not a local path, and {why}; HF_HUB_OFFLINE is set, so nothing is downloaded (unset it, " +
-                      $"or fetch it elsewhere with `axolotl download {(repoType == "dataset" ? "--repo-type dataset " : "")}{value}` into the same cache)";
+                why = $"it is not a local path, and {why}; HF_HUB_OFFLINE is set, so nothing is downloaded (unset it, or run " +
+                      $"`axolotl download {(repoType == "dataset" ? "--repo-type dataset " : "")}{value}` while online)";
             }
             throw new UserError($"{key} '{value}': {why}.");
         }
