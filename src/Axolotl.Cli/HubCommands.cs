@@ -32,6 +32,12 @@ static class HubCommands
         if (repoType is not ("model" or "dataset")) throw new UserError($"--repo-type '{repoType}': model or dataset.");
         if (!HfCache.LooksLikeRepoId(repoId)) throw new UserError($"'{repoId}' is not a Hub repo id (org/name).");
         using var hub = HubClient.FromEnvironment();
+        // Offline, what the cache holds is the answer, as huggingface_hub's snapshot_download gives it.
+        if (hub.Cache.Offline && hub.Cache.Resolve(repoId, repoType, revision, out _) is { } cached)
+        {
+            Console.WriteLine(cached);
+            return 0;
+        }
         var want = repoType == "dataset" ? HubWant.Dataset : HubWant.Everything;
         var label = repoType == "dataset" ? $"dataset {repoId}" : repoId;
         var snapshot = WithProgress(hub, () => include.Count == 0

@@ -54,7 +54,7 @@ public sealed partial class HubClient : IDisposable
         {
             AllowAutoRedirect = false,
             AutomaticDecompression = DecompressionMethods.None,
-            ConnectTimeout = TimeSpan.FromSeconds(20),
+            ConnectTimeout = TimeSpan.FromSeconds(10),
         }) { Timeout = Timeout.InfiniteTimeSpan };
         _http.DefaultRequestHeaders.UserAgent.ParseAdd("axolotl.net/0.1");
     }
@@ -185,7 +185,8 @@ public sealed partial class HubClient : IDisposable
     void FetchBlob(string repoId, string repoType, string file, FileMeta meta, string blob)
     {
         var partial = blob + ".incomplete";
-        long have = File.Exists(partial) ? new FileInfo(partial).Length : 0;
+        using (OpenForWrite(partial, append: true)) { }
+        long have = new FileInfo(partial).Length;
         if (meta.Size is long expected && have > expected) { File.Delete(partial); have = 0; }
         if (meta.Size is not long whole || have < whole)
         {
@@ -207,7 +208,9 @@ public sealed partial class HubClient : IDisposable
             }
         }
         var got = new FileInfo(partial).Length;
-        string? mismatch = meta.Size is long size && got != size ? $"{got} bytes instead of {size}"
+        // Short: the body ended early without an error; the next try resumes it.
+        if (meta.Size is long size && got < size) throw new TransientError($"{file} ended after {got} of {size} bytes");
+        string? mismatch = got > meta.Size ? $"{got} bytes instead of {meta.Size}"
             : Sha256Etag().IsMatch(meta.Etag) && Sha256Of(partial) is var sha && sha != meta.Etag ? $"sha256 {sha} instead of {meta.Etag}"
             : null;
         if (mismatch != null)

@@ -31,6 +31,7 @@ public class HubDownloadTests
         repo.Files["model.safetensors.index.json"] = Encoding.UTF8.GetBytes("""
             {"metadata": {}, "weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors", "c": "model-00001-of-00002.safetensors"}}
             """);
+        repo.Files["special_tokens_map.json"] = [];
         repo.Files["pytorch_model.bin"] = Bytes(1000, 3);
         repo.Files["README.md"] = Encoding.UTF8.GetBytes("# card");
         return repo;
@@ -66,7 +67,7 @@ public class HubDownloadTests
         Assert.Contains($"base_model: org/tiny → {snapshot} (downloaded from {hub.Endpoint})", notes);
         Assert.Equal(Commit, File.ReadAllText(Path.Combine(repoFolder, "refs", "main")));
         Assert.Equal(
-            ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json"],
+            ["config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.json"],
             Directory.GetFiles(snapshot).Select(Path.GetFileName).Order(StringComparer.Ordinal));
         foreach (var name in Directory.GetFiles(snapshot).Select(Path.GetFileName))
         {
@@ -331,7 +332,7 @@ public class HubDownloadTests
         Assert.True(code == 0, stderr + stdout);
         var snapshot = Path.Combine(dir["hub"], "models--org--tiny", "snapshots", Commit);
         Assert.Equal(snapshot, stdout.Trim().Split('\n')[^1]);
-        Assert.Equal(["config.json", "model.safetensors.index.json", "tokenizer.json"], Directory.GetFiles(snapshot).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        Assert.Equal(["config.json", "model.safetensors.index.json", "special_tokens_map.json", "tokenizer.json"], Directory.GetFiles(snapshot).Select(Path.GetFileName).Order(StringComparer.Ordinal));
 
         (code, _, stderr) = await Run(dir, hub, "download", "org/absent", "--repo-type", "dataset");
         Assert.Equal(2, code);
