@@ -313,6 +313,24 @@ public class HubDownloadTests
     }
 
     [Fact]
+    public void Each_use_of_an_id_picks_its_own_files_from_the_listing()
+    {
+        string[] listing = ["config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "model.safetensors",
+            "pytorch_model.bin", "adapter_config.json", "adapter_model.safetensors", "README.md", "onnx/model.onnx"];
+        List<string> Pick(HubWant want, params string[] files) => HubFiles.Select(want, "org/x", files, _ => throw new InvalidOperationException());
+        Assert.Equal(["config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "model.safetensors"], Pick(HubWant.Model, listing));
+        Assert.Equal(["config.json", "generation_config.json"], Pick(HubWant.Config, listing));
+        Assert.Equal(["tokenizer.json", "tokenizer.model"], Pick(HubWant.Tokenizer, listing));
+        Assert.Equal(["adapter_config.json", "adapter_model.safetensors"], Pick(HubWant.Adapter, listing));
+        Assert.Equal(["config.json", "generation_config.json", "tokenizer.json", "tokenizer.model", "adapter_config.json", "adapter_model.safetensors", "model.safetensors"],
+            Pick(HubWant.Everything, listing));
+        Assert.Equal(["adapter_config.json", "adapter_model.safetensors"], Pick(HubWant.Everything, "adapter_config.json", "adapter_model.safetensors", "README.md"));
+        Assert.Equal(["data/train.jsonl"], Pick(HubWant.Dataset, "data/train.jsonl", "data/validation.jsonl", "README.md", ".gitattributes"));
+        Assert.Contains("has none of the files", Assert.Throws<UserError>(() => Pick(HubWant.Dataset, "README.md")).Message);
+        Assert.Contains("tokenizer_config needs", Assert.Throws<UserError>(() => Pick(HubWant.Tokenizer, "config.json")).Message);
+    }
+
+    [Fact]
     public void Include_globs_match_as_fnmatch()
     {
         var match = HubFiles.Globs(["*.json", "data/"]);
