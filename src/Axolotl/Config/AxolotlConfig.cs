@@ -98,6 +98,9 @@ public sealed class AxolotlConfig
     public double? AdamBeta2 { get; set; }
     public double? AdamEpsilon { get; set; }
     public int? LoggingSteps { get; set; }
+    /// <summary>true: recompute each decoder layer in backward instead of keeping its activations (less memory, same
+    /// gradients); false; Axolotl's offload and offload_disk recompute the same way (warned).</summary>
+    public string GradientCheckpointing { get; set; } = "false";
     public int Seed { get; set; } = 42;
     public string OutputDir { get; set; } = "./model-out";
     public bool SaveSafetensors { get; set; } = true;

@@ -166,7 +166,7 @@ static class AxolotlKeys
         ["fp16"] = "is GPU mixed precision; precision follows 'bf16' instead (bf16 compute where the CPU has it natively, else fp32)",
         ["float16"] = "is GPU half precision; precision follows 'bf16' instead (bf16 compute where the CPU has it natively, else fp32)",
         // memory
-        ["gradient_checkpointing"] = Memory, ["gradient_checkpointing_kwargs"] = Memory,
+        ["gradient_checkpointing_kwargs"] = "only tunes how PyTorch recomputes layers (use_reentrant); gradient_checkpointing recomputes each decoder layer here (same gradients)",
         ["activation_offloading"] = Memory, ["layer_offloading"] = Memory,
         ["tiled_mlp"] = Memory, ["tiled_mlp_num_shards"] = Memory, ["tiled_mlp_use_original_mlp"] = Memory,
         ["low_cpu_mem_usage"] = Placement, ["device_map"] = Placement, ["max_memory"] = Placement, ["gpu_memory_limit"] = Placement,

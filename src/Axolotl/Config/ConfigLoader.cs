@@ -333,6 +333,8 @@ public static class ConfigLoader
                 c.Sources["optimizer"] = $"{c.Optimizer} → adamw_torch";
                 c.Optimizer = "adamw_torch";
             }
+            if (c.GradientCheckpointing is "offload" or "offload_disk")
+                WarnKey(spots["gradient_checkpointing"], "gradient_checkpointing", "also moves the kept layer inputs off the GPU; here they stay in memory and each layer is recomputed as with true (same gradients)");
             if (set.TryGetValue("bfloat16", out var bfloat16))
             {
                 WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 compute with fp32 trainable weights runs instead (bf16: true)");
@@ -439,6 +441,13 @@ public static class ConfigLoader
         var bf16 = c.Bf16.ToLowerInvariant();
         if (bf16 is not ("auto" or "true" or "false")) Fail($"'bf16' must be auto, true or false, not '{c.Bf16}'.");
         c.Bf16 = bf16;
+        c.GradientCheckpointing = c.GradientCheckpointing.ToLowerInvariant() switch
+        {
+            "true" or "yes" or "on" => "true",
+            "false" or "no" or "off" or "" => "false",
+            "offload" or "offload_disk" => c.GradientCheckpointing.ToLowerInvariant(),
+            _ => throw new UserError($"{path}: 'gradient_checkpointing' must be true, false, offload or offload_disk, not '{c.GradientCheckpointing}'."),
+        };
         if (c.Adapter == "lora" && c.LoraModelDir is null)
         {
             if (c.LoraR is null or <= 0) Fail("adapter lora needs 'lora_r' (a positive rank).");

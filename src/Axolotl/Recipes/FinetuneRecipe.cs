@@ -76,6 +76,7 @@ public static class FinetuneRecipe
             }
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
+        model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
         reporter.Info($"Precision: {(bf16 ? "bf16 compute, fp32 trainable weights" : "fp32")} (bf16: {config.Bf16}).");
 
         var options = new TrainingOptions
