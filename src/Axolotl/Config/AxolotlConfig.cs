@@ -89,6 +89,10 @@ public sealed class AxolotlConfig
     public double? LearningRate { get; set; }
     public string Optimizer { get; set; } = "adamw_torch_fused";
     public string LrScheduler { get; set; } = "cosine";
+    /// <summary>cosine only: decay to this fraction of learning_rate instead of 0.</summary>
+    public double? CosineMinLrRatio { get; set; }
+    /// <summary>cosine with cosine_min_lr_ratio: reach the floor after this fraction of the steps, then hold it.</summary>
+    public double? CosineConstantLrRatio { get; set; }
     public int? WarmupSteps { get; set; }
     public double? WarmupRatio { get; set; }
     public double WeightDecay { get; set; }

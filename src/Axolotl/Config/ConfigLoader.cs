@@ -38,7 +38,7 @@ public static class ConfigLoader
     static readonly FrozenSet<string> KnownTopLevel =
         TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
 
-    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused" }.ToFrozenSet();
+    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" }.ToFrozenSet();
     static readonly FrozenSet<string> ImplementedSchedulers = new[] { "cosine", "linear", "constant", "constant_with_warmup" }.ToFrozenSet();
 
     public static AxolotlConfig Load(string path, IReadOnlyList<string>? overrides = null)
@@ -285,7 +285,7 @@ public static class ConfigLoader
             if (c.SamplePacking) Refuse("sample_packing");
             if (c.EvalSamplePacking == true) Refuse("eval_sample_packing");
             if (c.Adapter is "qlora" or "llama-adapter") Refuse("adapter");
-            if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer)) Refuse("optimizer");
+            if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
             if (!ImplementedSchedulers.Contains(c.LrScheduler)) Refuse("lr_scheduler");
             if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal)) Refuse("model_type"); // e.g. a reward model's classifier head
             if (!c.TokenizerUseFast) Refuse("tokenizer_use_fast");
@@ -335,6 +335,12 @@ public static class ConfigLoader
             }
             if (c.GradientCheckpointing is "offload" or "offload_disk")
                 WarnKey(spots["gradient_checkpointing"], "gradient_checkpointing", "also moves the kept layer inputs off the GPU; here they stay in memory and each layer is recomputed as with true (same gradients)");
+            if (AxolotlKeys.LionVariants.Contains(c.Optimizer))
+            {
+                WarnKey(spots["optimizer"], "optimizer", "is Lion with 8-bit or paged GPU state; lion_32bit runs instead (the same update, fp32 state)");
+                c.Sources["optimizer"] = $"{c.Optimizer} → lion_32bit";
+                c.Optimizer = "lion_32bit";
+            }
             if (set.TryGetValue("bfloat16", out var bfloat16))
             {
                 WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 compute with fp32 trainable weights runs instead (bf16: true)");
@@ -457,6 +463,8 @@ public static class ConfigLoader
         }
         if (c.LoraDropout is < 0 or >= 1) Fail("'lora_dropout' must be in [0, 1).");
         if (c.WarmupRatio is < 0 or > 1) Fail("'warmup_ratio' must be in [0, 1].");
+        if (c.CosineMinLrRatio is < 0 or > 1) Fail("'cosine_min_lr_ratio' must be in [0, 1].");
+        if (c.CosineConstantLrRatio is < 0 or > 1) Fail("'cosine_constant_lr_ratio' must be in [0, 1].");
         if (c.ValSetSize < 0) Fail("'val_set_size' must be 0 (no validation), a fraction below 1, or a row count.");
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");

@@ -17,6 +17,12 @@ public sealed record TrainingOptions
     public int? MaxSteps { get; init; }
     public double LearningRate { get; init; } = 2e-4;
     public string LrScheduler { get; init; } = "cosine";
+    /// <summary>adamw_torch (= adamw_torch_fused), sgd, adafactor or lion_32bit: see <see cref="TrainingOptimizer"/>.</summary>
+    public string Optimizer { get; init; } = "adamw_torch";
+    /// <summary>Axolotl's cosine floor: the schedule decays to this fraction of the peak instead of 0.</summary>
+    public double? CosineMinLrRatio { get; init; }
+    /// <summary>With CosineMinLrRatio: the floor is reached at this fraction of the steps and held after.</summary>
+    public double? CosineConstantLrRatio { get; init; }
     public int? WarmupSteps { get; init; }
     public double? WarmupRatio { get; init; }
     public double WeightDecay { get; init; }
@@ -99,14 +105,14 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         int epochs = (totalSteps + stepsPerEpoch - 1) / stepsPerEpoch;
         int warmup = LrSchedule.ResolveWarmup(o.WarmupSteps, o.WarmupRatio, totalSteps);
         int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
-        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps);
+        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
             trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()));
         _observer.OnStart(plan);
         double flopsPerToken = examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
 
-        var optimizer = BuildOptimizer(trainable);
+        using var optimizer = TrainingOptimizer.Create(o.Optimizer, trainable, o);
         var parameters = trainable.Select(p => p.parameter).ToList();
         model.train();
         State.MaxSteps = totalSteps; State.LoggingSteps = loggingSteps; State.NumTrainEpochs = epochs;
@@ -161,10 +167,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 using (var scope = NewDisposeScope())
                 {
                     gradNorm = nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : double.PositiveInfinity);
-                    double lr = o.LearningRate * schedule.Multiplier(step);
-                    foreach (var group in optimizer.ParamGroups) ((ParamGroup)group).LearningRate = lr;
-                    optimizer.step();
-                    optimizer.zero_grad();
+                    optimizer.Step(o.LearningRate * schedule.Multiplier(step));
+                    optimizer.ZeroGrad();
                 }
                 step++; stepsThisRun++;
                 lossSinceLog += windowLoss; lossTotal += windowLoss; gradNormSinceLog += gradNorm; stepsSinceLog++;
@@ -227,7 +231,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     /// checkpoint-N/ as transformers lays it out (weights, optimizer and RNG state, trainer_state.json), written into a
     /// temporary folder and renamed into place, so a kill mid-save never leaves a checkpoint that looks complete.
     /// </summary>
-    void SaveCheckpoint(int step, OptimizerHelper optimizer)
+    void SaveCheckpoint(int step, TrainingOptimizer optimizer)
     {
         var c = checkpoints!;
         var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
@@ -235,7 +239,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         if (Directory.Exists(temp)) Directory.Delete(temp, true);
         Directory.CreateDirectory(temp);
         c.SaveWeights(temp);
-        AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.save_state_dict(w); });
+        AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
         using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
         State.Save(temp);
         if (Directory.Exists(final)) Directory.Delete(final, true);
@@ -253,13 +257,13 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             .OrderBy(x => x.Step)
             .Select(x => (x.Step, x.Path));
 
-    int Restore(string dir, OptimizerHelper optimizer)
+    int Restore(string dir, TrainingOptimizer optimizer)
     {
         foreach (var file in new[] { OptimizerFile, RngFile, TrainerState.FileName })
             if (!File.Exists(Path.Combine(dir, file))) throw new UserError($"resume_from_checkpoint: '{dir}' has no {file}; it is not a complete checkpoint.");
         using (var stream = File.OpenRead(Path.Combine(dir, OptimizerFile)))
         using (var reader = new BinaryReader(stream))
-            optimizer.load_state_dict(reader);
+            optimizer.Load(reader);
         using (var rng = random.get_rng_state())
         {
             rng.bytes = File.ReadAllBytes(Path.Combine(dir, RngFile));
@@ -270,19 +274,6 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         State.GlobalStep = saved.GlobalStep;
         State.Epoch = saved.Epoch;
         return saved.GlobalStep;
-    }
-
-    /// <summary>AdamW with HF's grouping: biases and norm weights get no weight decay.</summary>
-    OptimizerHelper BuildOptimizer(List<(string name, Parameter parameter)> trainable)
-    {
-        var o = options;
-        static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
-        var groups = new List<AdamW.ParamGroup>();
-        var decay = trainable.Where(p => !NoDecay(p.name)).Select(p => p.parameter).ToList();
-        var noDecay = trainable.Where(p => NoDecay(p.name)).Select(p => p.parameter).ToList();
-        if (decay.Count > 0) groups.Add(new AdamW.ParamGroup(decay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay));
-        if (noDecay.Count > 0) groups.Add(new AdamW.ParamGroup(noDecay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, 0.0));
-        return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
     }
 
     /// <summary>
