@@ -63,6 +63,14 @@ public sealed class AxolotlConfig
     public int? EvalsPerEpoch { get; set; }
     /// <summary>steps, epoch or no; with a validation split and nothing set, once per epoch.</summary>
     public string? EvalStrategy { get; set; }
+    /// <summary>Stop after this many evaluations in a row without a better metric_for_best_model.</summary>
+    public int? EarlyStoppingPatience { get; set; }
+    /// <summary>End training on the weights of the checkpoint with the best metric_for_best_model.</summary>
+    public bool LoadBestModelAtEnd { get; set; }
+    /// <summary>eval_loss or eval_perplexity ("loss" means eval_loss, as in transformers); unset is eval_loss.</summary>
+    public string? MetricForBestModel { get; set; }
+    /// <summary>Unset: false (both metrics are better lower).</summary>
+    public bool? GreaterIsBetter { get; set; }
     public bool SamplePacking { get; set; }
     /// <summary>Unset follows sample_packing, as in Axolotl.</summary>
     public bool? EvalSamplePacking { get; set; }

@@ -475,6 +475,24 @@ public static class ConfigLoader
         if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
         if (c.SavesPerEpoch is <= 0) Fail("'saves_per_epoch' must be positive.");
         if (c.SaveTotalLimit is <= 0) Fail("'save_total_limit' must be positive.");
+        if (c.MetricForBestModel is { } metric)
+        {
+            // transformers adds the eval_ prefix to a bare metric name.
+            c.MetricForBestModel = metric.StartsWith("eval_") ? metric : "eval_" + metric;
+            if (c.MetricForBestModel is not ("eval_loss" or "eval_perplexity"))
+                Fail($"metric_for_best_model '{metric}' is not a metric the evaluation computes (eval_loss, eval_perplexity).");
+        }
+        if (c.EarlyStoppingPatience is <= 0) Fail("'early_stopping_patience' must be a positive number of evaluations.");
+        if (c.EarlyStoppingPatience is not null && (c.SaveSteps is null || c.EvalSteps is null || c.SaveSteps % c.EvalSteps != 0))
+            Fail("early_stopping_patience needs save_steps and eval_steps, with save_steps a multiple of eval_steps (as Axolotl requires).");
+        if (c.EarlyStoppingPatience is not null || c.LoadBestModelAtEnd)
+        {
+            string key = c.LoadBestModelAtEnd ? "load_best_model_at_end" : "early_stopping_patience";
+            if (c.ValSetSize <= 0 || c.EvalStrategy == "no") Fail($"{key} needs evaluations: set val_set_size and leave eval_strategy on.");
+            if (c.LoadBestModelAtEnd && c.SaveStrategy == "no") Fail("load_best_model_at_end needs checkpoints to choose from; save_strategy is no.");
+            if (c.LoadBestModelAtEnd && c.SaveSteps is double save && c.EvalSteps is double every && save % every != 0)
+                Fail($"load_best_model_at_end needs save_steps ({save}) to be a multiple of eval_steps ({every}), so every checkpoint has an evaluation.");
+        }
         if (c.ResumeFromCheckpoint != null && !Directory.Exists(c.ResumeFromCheckpoint))
             Fail($"resume_from_checkpoint: folder '{c.ResumeFromCheckpoint}' does not exist.");
     }

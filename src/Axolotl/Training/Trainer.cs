@@ -42,6 +42,12 @@ public sealed record TrainingOptions
     /// <summary>Peak FLOP/s of this machine in the compute dtype; when set, each log entry carries <c>mfu</c>
     /// (tokens/s × <see cref="Flops.PerToken(DecoderConfig,long,long,double)"/> ÷ this).</summary>
     public double? PeakFlops { get; init; }
+    /// <summary>Stop after this many evaluations in a row without a better metric (HF's EarlyStoppingCallback, threshold 0).</summary>
+    public int? EarlyStoppingPatience { get; init; }
+    /// <summary>The evaluation metric that decides the best checkpoint and early stopping (eval_loss, eval_perplexity);
+    /// null tracks no best, as transformers without metric_for_best_model.</summary>
+    public string? MetricForBestModel { get; init; }
+    public bool GreaterIsBetter { get; init; }
 }
 
 /// <summary>
@@ -55,6 +61,8 @@ public sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeig
     /// <summary>When set, wins over SaveSteps: that many evenly spaced saves per epoch.</summary>
     public int? SavesPerEpoch { get; init; }
     public int? SaveTotalLimit { get; init; }
+    /// <summary>When set, training ends by loading the weights of the best checkpoint (load_best_model_at_end) with this.</summary>
+    public Action<string>? LoadWeights { get; init; }
 }
 
 /// <summary>A stop asked for from outside (SIGINT, SIGTERM), honoured after a whole optimizer step.</summary>
@@ -76,6 +84,8 @@ public interface ITrainingObserver
     void OnStart(TrainingPlan plan) { }
     void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) { }
     void OnLog(JsonObject entry) { }
+    /// <summary>A one-line event outside the log history (early stop, best model loaded).</summary>
+    void OnNotice(string message) { }
 }
 
 /// <summary>
@@ -117,6 +127,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         model.train();
         State.MaxSteps = totalSteps; State.LoggingSteps = loggingSteps; State.NumTrainEpochs = epochs;
         State.TrainBatchSize = o.MicroBatchSize;
+        State.EarlyStoppingPatience = o.EarlyStoppingPatience;
 
         int saveSteps = checkpoints switch
         {
@@ -141,7 +152,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         double lossSinceLog = 0, gradNormSinceLog = 0, lossTotal = 0;
         long tokensSinceLog = 0;
         int stepsSinceLog = 0, stepsThisRun = 0;
-        for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps; epoch++)
+        bool stopped = false;
+        for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps && !stopped; epoch++)
         {
             var batches = Batches(examples, epoch).ToList();
             // Batch order depends only on (seed, epoch), so skipping the windows already trained resumes the same stream.
@@ -196,13 +208,21 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 }
                 State.GlobalStep = step;
                 State.Epoch = epochProgress;
+                bool newBest = false, stopEarly = false;
                 if (evalSteps > 0 && step % evalSteps == 0)
                 {
                     var evaluation = Evaluate(eval!, step, epochProgress);
                     State.LogHistory.Add(evaluation);
                     _observer.OnLog(evaluation);
+                    (newBest, stopEarly) = JudgeEvaluation(evaluation);
                 }
-                if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer);
+                if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer, newBest);
+                if (stopEarly)
+                {
+                    _observer.OnNotice($"Early stopping: no better {o.MetricForBestModel} in {o.EarlyStoppingPatience} evaluation(s) in a row; stopped after step {step} of {totalSteps}.");
+                    stopped = true;
+                    break;
+                }
                 if (stop.IsCancellationRequested && step < totalSteps)
                 {
                     string? saved = null;
@@ -214,6 +234,11 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     throw new TrainingInterrupted(step, saved);
                 }
             }
+        }
+        if (checkpoints?.LoadWeights is { } load && State.BestModelCheckpoint is { } best && Directory.Exists(best))
+        {
+            load(best);
+            _observer.OnNotice($"Loaded the best model from {best} ({options.MetricForBestModel} {State.BestMetric:G6}).");
         }
         model.eval();
         State.LogHistory.Add(new JsonObject
@@ -231,10 +256,12 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     /// checkpoint-N/ as transformers lays it out (weights, optimizer and RNG state, trainer_state.json), written into a
     /// temporary folder and renamed into place, so a kill mid-save never leaves a checkpoint that looks complete.
     /// </summary>
-    void SaveCheckpoint(int step, TrainingOptimizer optimizer)
+    void SaveCheckpoint(int step, TrainingOptimizer optimizer, bool newBest = false)
     {
         var c = checkpoints!;
         var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
+        // As transformers: the checkpoint saved at a new best evaluation records itself as the best.
+        if (newBest) State.BestModelCheckpoint = final;
         var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
         if (Directory.Exists(temp)) Directory.Delete(temp, true);
         Directory.CreateDirectory(temp);
@@ -244,8 +271,42 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         State.Save(temp);
         if (Directory.Exists(final)) Directory.Delete(final, true);
         Directory.Move(temp, final);
-        if (c.SaveTotalLimit is int limit and > 0)
-            foreach (var old in Checkpoints(c.OutputDir).SkipLast(limit)) Directory.Delete(old.Path, true);
+        if (c.SaveTotalLimit is int limit and > 0) Rotate(c.OutputDir, limit);
+    }
+
+    /// <summary>
+    /// save_total_limit as transformers applies it: the oldest go first, but the best checkpoint is kept (it takes the
+    /// place of the second newest), and a limit of 1 becomes 2 while the best is not the newest.
+    /// </summary>
+    void Rotate(string outputDir, int limit)
+    {
+        var kept = Checkpoints(outputDir).Select(x => x.Path).ToList();
+        int best = State.BestModelCheckpoint is { } b ? kept.FindIndex(p => Path.GetFullPath(p) == Path.GetFullPath(b)) : -1;
+        if (best >= 0 && kept.Count >= 2)
+        {
+            (kept[best], kept[^2]) = (kept[^2], kept[best]);
+            if (limit == 1 && best != kept.Count - 1) limit = 2;
+        }
+        foreach (var old in kept.Take(Math.Max(0, kept.Count - limit))) Directory.Delete(old, true);
+    }
+
+    /// <summary>
+    /// One evaluation against the best so far: EarlyStoppingCallback compares with the best before this evaluation
+    /// (threshold 0), then the best metric is updated. Returns whether this is a new best and whether to stop.
+    /// </summary>
+    internal (bool NewBest, bool Stop) JudgeEvaluation(JsonObject evaluation)
+    {
+        var o = options;
+        if (o.MetricForBestModel is not { } metric || evaluation[metric]?.GetValue<double>() is not double value) return (false, false);
+        bool better = State.BestMetric is not double best || (o.GreaterIsBetter ? value > best : value < best);
+        bool stop = false;
+        if (o.EarlyStoppingPatience is int patience)
+        {
+            State.EarlyStoppingPatienceCounter = better ? 0 : State.EarlyStoppingPatienceCounter + 1;
+            stop = State.EarlyStoppingPatienceCounter >= patience;
+        }
+        if (better) State.BestMetric = value;
+        return (better, stop);
     }
 
     /// <summary>Complete checkpoint-N folders in output_dir, oldest first.</summary>
@@ -273,6 +334,9 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         State.LogHistory.AddRange(saved.LogHistory);
         State.GlobalStep = saved.GlobalStep;
         State.Epoch = saved.Epoch;
+        State.BestMetric = saved.BestMetric;
+        State.BestModelCheckpoint = saved.BestModelCheckpoint;
+        State.EarlyStoppingPatienceCounter = saved.EarlyStoppingPatienceCounter;
         return saved.GlobalStep;
     }
 
