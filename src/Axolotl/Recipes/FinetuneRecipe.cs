@@ -161,7 +161,7 @@ public static class FinetuneRecipe
         return checkpoint;
     }
 
-    static CausalLM LoadModel(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
+    internal static CausalLM LoadModel(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
     {
         if (config.RandomInitWeights)
         {

@@ -346,7 +346,20 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     /// </summary>
     JsonObject Evaluate(IReadOnlyList<Example> eval, int step, double epoch)
     {
+        var metrics = Evaluate(eval);
+        metrics["epoch"] = Math.Round(epoch, 6);
+        metrics["step"] = step;
+        return metrics;
+    }
+
+    /// <summary>
+    /// The loss of <paramref name="eval"/> as transformers' evaluate(dataset, metric_key_prefix) reports it:
+    /// {prefix}_loss, _perplexity, _runtime, _samples_per_second, _steps_per_second.
+    /// </summary>
+    public JsonObject Evaluate(IReadOnlyList<Example> eval, string prefix = "eval")
+    {
         var clock = Stopwatch.StartNew();
+        bool training = model.training;
         model.eval();
         double weighted = 0;
         int rows = 0, batches = 0;
@@ -360,18 +373,16 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 weighted += sum.item<float>() / tokens * batch.Rows;
                 rows += batch.Rows;
             }
-        model.train();
+        if (training) model.train();
         double loss = weighted / Math.Max(1, rows);
         double seconds = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
         return new JsonObject
         {
-            ["eval_loss"] = loss,
-            ["eval_perplexity"] = Math.Exp(loss),
-            ["eval_runtime"] = Math.Round(seconds, 4),
-            ["eval_samples_per_second"] = Math.Round(eval.Count / seconds, 3),
-            ["eval_steps_per_second"] = Math.Round(batches / seconds, 3),
-            ["epoch"] = Math.Round(epoch, 6),
-            ["step"] = step,
+            [$"{prefix}_loss"] = loss,
+            [$"{prefix}_perplexity"] = Math.Exp(loss),
+            [$"{prefix}_runtime"] = Math.Round(seconds, 4),
+            [$"{prefix}_samples_per_second"] = Math.Round(eval.Count / seconds, 3),
+            [$"{prefix}_steps_per_second"] = Math.Round(batches / seconds, 3),
         };
     }
 

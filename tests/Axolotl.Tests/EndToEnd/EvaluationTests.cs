@@ -133,3 +133,55 @@ public class LoadBestModelTests
         Assert.Contains(expected, e.Message);
     }
 }
+
+public class EvaluateCommandTests
+{
+    static string Config(TempDir dir) => $"""
+        base_model: {TestSetup.Data("reference", "models", "tiny-llama")}
+        datasets:
+          - path: {TestSetup.WriteReferenceRows(dir, i => 30 + 8 * i)}
+        sequence_len: 64
+        val_set_size: 2
+        adapter: lora
+        lora_r: 4
+        lora_alpha: 8
+        lora_target_modules: [q_proj, v_proj]
+        micro_batch_size: 1
+        num_epochs: 2
+        learning_rate: 0.01
+        logging_steps: 1
+        eval_steps: 4
+        bf16: false
+        save_strategy: "no"
+        output_dir: {dir["out"]}
+        """;
+
+    [Fact]
+    public void Evaluate_scores_the_trained_adapter_and_writes_axolotls_eval_summary()
+    {
+        using var dir = TestSetup.TempDir();
+        File.WriteAllText(dir["c.yml"], Config(dir));
+        Assert.Equal(0, Cli.Cli.Run(["train", dir["c.yml"]]));
+        Assert.Equal(0, Cli.Cli.Run(["evaluate", dir["c.yml"]]));
+
+        var lines = File.ReadAllText(dir["out/eval_summary.csv"]).Split("\r\n", StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("metric,training,validation", lines[0]);
+        Assert.Equal(["loss", "runtime", "samples_per_second", "steps_per_second"], lines.Skip(1).Select(l => l.Split(',')[0]));
+        var loss = lines[1].Split(',');
+        // The validation loss of the saved adapter is the one the trainer logged after its last step (same weights, same rows).
+        var logged = JsonNode.Parse(File.ReadAllText(dir["out/trainer_state.json"]))!["log_history"]!.AsArray().Last(e => e!["eval_loss"] != null)!;
+        Assert.Equal(4, (int)logged["step"]!);
+        Assert.True(Math.Abs((double)logged["eval_loss"]! - double.Parse(loss[2], System.Globalization.CultureInfo.InvariantCulture)) < 1e-6, $"{loss[2]} vs {logged["eval_loss"]}");
+        Assert.True(double.Parse(loss[1], System.Globalization.CultureInfo.InvariantCulture) is > 0 and < 20);
+    }
+
+    [Fact]
+    public void Evaluate_without_an_adapter_to_load_says_where_it_looked()
+    {
+        using var dir = TestSetup.TempDir();
+        File.WriteAllText(dir["c.yml"], Config(dir));
+        var (code, _, stderr) = BadInputTests.RunCli("evaluate", dir["c.yml"]);
+        Assert.Equal(2, code);
+        Assert.Contains("adapter lora: no adapter to evaluate; set lora_model_dir", stderr);
+    }
+}
