@@ -260,18 +260,45 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     {
         var c = checkpoints!;
         var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
+        // Leftovers of a save or a rotation that a kill interrupted: never complete, never read.
+        foreach (var stale in Directory.GetDirectories(c.OutputDir, ".*.tmp")) Directory.Delete(stale, true);
+        var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
+        string? bestBefore = State.BestModelCheckpoint;
         // As transformers: the checkpoint saved at a new best evaluation records itself as the best.
         if (newBest) State.BestModelCheckpoint = final;
-        var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
-        if (Directory.Exists(temp)) Directory.Delete(temp, true);
-        Directory.CreateDirectory(temp);
-        c.SaveWeights(temp);
-        AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
-        using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
-        State.Save(temp);
-        if (Directory.Exists(final)) Directory.Delete(final, true);
+        try
+        {
+            Directory.CreateDirectory(temp);
+            c.SaveWeights(temp);
+            if (SaveDelayMs > 0) Thread.Sleep(SaveDelayMs);
+            AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
+            using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
+            State.Save(temp);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A full disk or a lost mount: the half-written folder goes, the checkpoints before it stay usable.
+            State.BestModelCheckpoint = bestBefore;
+            try { Directory.Delete(temp, true); } catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException) { }
+            var previous = Checkpoints(c.OutputDir).Select(x => x.Path).LastOrDefault();
+            throw new UserError($"saving checkpoint-{step} failed ({e.Message}); " + (previous != null
+                ? $"the previous checkpoint {previous} is intact: free space and run again with auto_resume_from_checkpoints: true."
+                : "no earlier checkpoint exists."));
+        }
+        if (Directory.Exists(final)) DeleteCheckpoint(final);
         Directory.Move(temp, final);
         if (c.SaveTotalLimit is int limit and > 0) Rotate(c.OutputDir, limit);
+    }
+
+    /// <summary>Test seam (the kill-and-resume test): a pause in the middle of every checkpoint write, so a kill can land there.</summary>
+    static readonly int SaveDelayMs = int.TryParse(Environment.GetEnvironmentVariable("AXOLOTL_TEST_SAVE_DELAY_MS"), out var ms) ? ms : 0;
+
+    /// <summary>Renamed away first, so a kill mid-delete leaves a hidden leftover instead of a checkpoint missing files.</summary>
+    static void DeleteCheckpoint(string dir)
+    {
+        var doomed = Path.Combine(Path.GetDirectoryName(dir)!, $".deleting-{Path.GetFileName(dir)}.{Environment.ProcessId}.tmp");
+        Directory.Move(dir, doomed);
+        Directory.Delete(doomed, true);
     }
 
     /// <summary>
@@ -287,7 +314,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             (kept[best], kept[^2]) = (kept[^2], kept[best]);
             if (limit == 1 && best != kept.Count - 1) limit = 2;
         }
-        foreach (var old in kept.Take(Math.Max(0, kept.Count - limit))) Directory.Delete(old, true);
+        foreach (var old in kept.Take(Math.Max(0, kept.Count - limit))) DeleteCheckpoint(old);
     }
 
     /// <summary>
