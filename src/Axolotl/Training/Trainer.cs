@@ -261,7 +261,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         var c = checkpoints!;
         var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
         // Leftovers of a save or a rotation that a kill interrupted: never complete, never read.
-        foreach (var stale in Directory.GetDirectories(c.OutputDir, ".*.tmp")) Directory.Delete(stale, true);
+        foreach (var stale in Directory.GetDirectories(c.OutputDir, ".checkpoint-*.tmp").Concat(Directory.GetDirectories(c.OutputDir, ".deleting-checkpoint-*.tmp")))
+            Directory.Delete(stale, true);
         var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
         string? bestBefore = State.BestModelCheckpoint;
         // As transformers: the checkpoint saved at a new best evaluation records itself as the best.
