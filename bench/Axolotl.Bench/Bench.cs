@@ -13,7 +13,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Bench;
 
 /// <summary>
-/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--out results.jsonl]</c>: matmul peak, preprocessing
+/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--out results.jsonl]</c>: matmul peak, preprocessing
 /// throughput and training throughput/MFU for one config, as a table and as JSON lines comparable across commits.
 /// </summary>
 public static class Bench
@@ -25,6 +25,7 @@ public static class Bench
     {
         string? configPath = null, outPath = null;
         int steps = 10, warmup = 2;
+        bool? checkpointing = null;
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => i + 1 < args.Length ? args[++i] : throw new UserError($"{args[i]} needs a value.");
@@ -35,13 +36,17 @@ public static class Bench
                 case "--steps": steps = NextInt(1); break;
                 case "--warmup": warmup = NextInt(0); break;
                 case "--out": outPath = Next(); break;
-                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; usage: axolotl-bench config.yml [--steps N] [--warmup W] [--out results.jsonl]");
+                // Run once with each to see the memory recomputation saves (peak RSS) and the time it costs (step s).
+                case "--gradient-checkpointing":
+                    checkpointing = Next() switch { "on" => true, "off" => false, var v => throw new UserError($"--gradient-checkpointing needs on or off, not '{v}'.") };
+                    break;
+                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--out results.jsonl]");
                 default:
                     if (configPath != null) throw new UserError("give one config file.");
                     configPath = args[i]; break;
             }
         }
-        if (configPath == null) throw new UserError("usage: axolotl-bench config.yml [--steps N] [--warmup W] [--out results.jsonl]");
+        if (configPath == null) throw new UserError("usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--out results.jsonl]");
 
         TorchRuntime.EnsureLoaded();
         var context = new JsonObject
@@ -104,6 +109,7 @@ public static class Bench
         config.LoggingSteps = 1; // so the tokens/s the trainer reports at each step is that step's own
         config.ResumeFromCheckpoint = null;
         config.AutoResumeFromCheckpoints = false;
+        if (checkpointing is bool on) config.GradientCheckpointing = on ? "true" : "false";
         bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var observer = new StepRecorder();
@@ -124,6 +130,7 @@ public static class Bench
         results.Add(new JsonObject
         {
             ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter ?? "full",
+            ["gradient_checkpointing"] = config.GradientCheckpointing != "false",
             ["micro_batch_size"] = config.MicroBatchSize, ["gradient_accumulation_steps"] = config.GradientAccumulationSteps,
             ["warmup_steps"] = warmup, ["measured_steps"] = measured.Count,
             ["tokens_per_second_median"] = Round(medianTps),
@@ -142,7 +149,7 @@ public static class Bench
             $"{Stats.Percentile(stepSeconds, 10):F3} / {Stats.Percentile(stepSeconds, 50):F3} / {Stats.Percentile(stepSeconds, 90):F3}");
         Row("train", "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
         Row("train", $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
-        Row("process", "peak RSS (VmHWM)", $"{rssKb / 1024.0:F0} MiB");
+        Row("process", $"peak RSS (VmHWM), gradient checkpointing {(config.GradientCheckpointing != "false" ? "on" : "off")}", $"{rssKb / 1024.0:F0} MiB");
         table.Caption($"FLOPs/token = {Flops.Formula}");
         AnsiConsole.Write(table);
 

@@ -18,6 +18,7 @@ public static class Cli
           train       fine-tune as the config says (LoRA or full), save to output_dir
           preprocess  tokenize the datasets as train would and report; --debug shows examples as token(label, id)
           validate    load and check the config without touching model or data; print the resolved values
+          evaluate    score the model (and adapter: lora_model_dir, else output_dir) on the train and validation splits; write output_dir/eval_summary.csv
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
           config-schema  print the JSON schema of the keys Axolotl.NET implements (no config file needed)
           download    axolotl download org/name [--revision R] [--repo-type model|dataset] [--include GLOB]: fetch a Hub
@@ -45,8 +46,8 @@ public static class Cli
         {
             if (command == "download") return HubCommands.Download(args[1..]);
             if (command == "fetch") return HubCommands.Fetch(args[1..]);
-            if (command is not ("train" or "validate" or "preprocess" or "merge-lora"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, merge-lora, download, fetch.");
+            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate"))
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, download, fetch.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
@@ -65,6 +66,7 @@ public static class Cli
                 "validate" => Validate(config),
                 "preprocess" => Preprocess(config, debugExamples),
                 "merge-lora" => MergeLora(config),
+                "evaluate" => Evaluate(config),
                 _ => Train(config),
             };
         }
@@ -175,6 +177,12 @@ public static class Cli
             AnsiConsole.Write(table);
         }
         Console.WriteLine($"{config.SourcePath}: valid" + (config.Warnings.Count > 0 ? $", with {config.Warnings.Count} warning(s) above." : "."));
+        return 0;
+    }
+
+    static int Evaluate(AxolotlConfig config)
+    {
+        EvaluateRecipe.Run(config, new PlainReporter());
         return 0;
     }
 

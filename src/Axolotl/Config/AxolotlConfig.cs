@@ -63,6 +63,14 @@ public sealed class AxolotlConfig
     public int? EvalsPerEpoch { get; set; }
     /// <summary>steps, epoch or no; with a validation split and nothing set, once per epoch.</summary>
     public string? EvalStrategy { get; set; }
+    /// <summary>Stop after this many evaluations in a row without a better metric_for_best_model.</summary>
+    public int? EarlyStoppingPatience { get; set; }
+    /// <summary>End training on the weights of the checkpoint with the best metric_for_best_model.</summary>
+    public bool LoadBestModelAtEnd { get; set; }
+    /// <summary>eval_loss or eval_perplexity ("loss" means eval_loss, as in transformers); unset is eval_loss.</summary>
+    public string? MetricForBestModel { get; set; }
+    /// <summary>Unset: false (both metrics are better lower).</summary>
+    public bool? GreaterIsBetter { get; set; }
     public bool SamplePacking { get; set; }
     /// <summary>Unset follows sample_packing, as in Axolotl.</summary>
     public bool? EvalSamplePacking { get; set; }
@@ -89,6 +97,10 @@ public sealed class AxolotlConfig
     public double? LearningRate { get; set; }
     public string Optimizer { get; set; } = "adamw_torch_fused";
     public string LrScheduler { get; set; } = "cosine";
+    /// <summary>cosine only: decay to this fraction of learning_rate instead of 0.</summary>
+    public double? CosineMinLrRatio { get; set; }
+    /// <summary>cosine with cosine_min_lr_ratio: reach the floor after this fraction of the steps, then hold it.</summary>
+    public double? CosineConstantLrRatio { get; set; }
     public int? WarmupSteps { get; set; }
     public double? WarmupRatio { get; set; }
     public double WeightDecay { get; set; }
@@ -98,6 +110,9 @@ public sealed class AxolotlConfig
     public double? AdamBeta2 { get; set; }
     public double? AdamEpsilon { get; set; }
     public int? LoggingSteps { get; set; }
+    /// <summary>true: recompute each decoder layer in backward instead of keeping its activations (less memory, same
+    /// gradients); false; Axolotl's offload and offload_disk recompute the same way (warned).</summary>
+    public string GradientCheckpointing { get; set; } = "false";
     public int Seed { get; set; } = 42;
     public string OutputDir { get; set; } = "./model-out";
     public bool SaveSafetensors { get; set; } = true;

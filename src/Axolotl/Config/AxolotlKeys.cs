@@ -126,6 +126,9 @@ static class AxolotlKeys
         adamw_torch_xla adamw_torch_npu_fused ao_adamw_4bit ao_adamw_8bit ao_adamw_fp8
         """);
 
+    /// <summary>bitsandbytes' Lion with 8-bit or paged state: lion_32bit (the same update in fp32 state) runs instead.</summary>
+    public static readonly FrozenSet<string> LionVariants = Words("lion_8bit paged_lion_32bit paged_lion_8bit");
+
     /// <summary>Plugins that only swap in faster GPU kernels (by class name).</summary>
     public static readonly FrozenSet<string> SpeedOnlyPlugins = Words("LigerPlugin CutCrossEntropyPlugin KernelsPlugin");
 
@@ -166,7 +169,7 @@ static class AxolotlKeys
         ["fp16"] = "is GPU mixed precision; precision follows 'bf16' instead (bf16 compute where the CPU has it natively, else fp32)",
         ["float16"] = "is GPU half precision; precision follows 'bf16' instead (bf16 compute where the CPU has it natively, else fp32)",
         // memory
-        ["gradient_checkpointing"] = Memory, ["gradient_checkpointing_kwargs"] = Memory,
+        ["gradient_checkpointing_kwargs"] = "only tunes how PyTorch recomputes layers (use_reentrant); gradient_checkpointing recomputes each decoder layer here (same gradients)",
         ["activation_offloading"] = Memory, ["layer_offloading"] = Memory,
         ["tiled_mlp"] = Memory, ["tiled_mlp_num_shards"] = Memory, ["tiled_mlp_use_original_mlp"] = Memory,
         ["low_cpu_mem_usage"] = Placement, ["device_map"] = Placement, ["max_memory"] = Placement, ["gpu_memory_limit"] = Placement,
@@ -194,6 +197,7 @@ static class AxolotlKeys
         ["is_mistral_derived_model"] = "has no effect here: the architecture is read from config.json",
         ["is_falcon_derived_model"] = "has no effect here: the architecture is read from config.json",
         ["is_qwen_derived_model"] = "has no effect here: the architecture is read from config.json",
+        ["optim_args"] = "is read by transformers only for optimizers that take extra arguments (GaLore, AnyPrecision, AdEMAMix, bnb RMSprop); the optimizers implemented here ignore it there too",
         // in Axolotl's own example configs, but not in its schema
         ["adam_eps"] = NotInSchema + " (the key is adam_epsilon)", ["debug"] = NotInSchema + " (the CLI's --debug is what Axolotl reads)",
         ["gptq_disable_exllama"] = NotInSchema, ["gptq_groupsize"] = NotInSchema, ["gptq_model_v1"] = NotInSchema,

@@ -38,7 +38,7 @@ public static class ConfigLoader
     static readonly FrozenSet<string> KnownTopLevel =
         TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
 
-    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused" }.ToFrozenSet();
+    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" }.ToFrozenSet();
     static readonly FrozenSet<string> ImplementedSchedulers = new[] { "cosine", "linear", "constant", "constant_with_warmup" }.ToFrozenSet();
 
     public static AxolotlConfig Load(string path, IReadOnlyList<string>? overrides = null)
@@ -285,7 +285,7 @@ public static class ConfigLoader
             if (c.SamplePacking) Refuse("sample_packing");
             if (c.EvalSamplePacking == true) Refuse("eval_sample_packing");
             if (c.Adapter is "qlora" or "llama-adapter") Refuse("adapter");
-            if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer)) Refuse("optimizer");
+            if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
             if (!ImplementedSchedulers.Contains(c.LrScheduler)) Refuse("lr_scheduler");
             if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal)) Refuse("model_type"); // e.g. a reward model's classifier head
             if (!c.TokenizerUseFast) Refuse("tokenizer_use_fast");
@@ -332,6 +332,14 @@ public static class ConfigLoader
                 WarnKey(spots["optimizer"], "optimizer", "is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead (AdamW with fp32 state)");
                 c.Sources["optimizer"] = $"{c.Optimizer} → adamw_torch";
                 c.Optimizer = "adamw_torch";
+            }
+            if (c.GradientCheckpointing is "offload" or "offload_disk")
+                WarnKey(spots["gradient_checkpointing"], "gradient_checkpointing", "also moves the kept layer inputs off the GPU; here they stay in memory and each layer is recomputed as with true (same gradients)");
+            if (AxolotlKeys.LionVariants.Contains(c.Optimizer))
+            {
+                WarnKey(spots["optimizer"], "optimizer", "is Lion with 8-bit or paged GPU state; lion_32bit runs instead (the same update, fp32 state)");
+                c.Sources["optimizer"] = $"{c.Optimizer} → lion_32bit";
+                c.Optimizer = "lion_32bit";
             }
             if (set.TryGetValue("bfloat16", out var bfloat16))
             {
@@ -439,6 +447,13 @@ public static class ConfigLoader
         var bf16 = c.Bf16.ToLowerInvariant();
         if (bf16 is not ("auto" or "true" or "false")) Fail($"'bf16' must be auto, true or false, not '{c.Bf16}'.");
         c.Bf16 = bf16;
+        c.GradientCheckpointing = c.GradientCheckpointing.ToLowerInvariant() switch
+        {
+            "true" or "yes" or "on" => "true",
+            "false" or "no" or "off" or "" => "false",
+            "offload" or "offload_disk" => c.GradientCheckpointing.ToLowerInvariant(),
+            _ => throw new UserError($"{path}: 'gradient_checkpointing' must be true, false, offload or offload_disk, not '{c.GradientCheckpointing}'."),
+        };
         if (c.Adapter == "lora" && c.LoraModelDir is null)
         {
             if (c.LoraR is null or <= 0) Fail("adapter lora needs 'lora_r' (a positive rank).");
@@ -448,6 +463,8 @@ public static class ConfigLoader
         }
         if (c.LoraDropout is < 0 or >= 1) Fail("'lora_dropout' must be in [0, 1).");
         if (c.WarmupRatio is < 0 or > 1) Fail("'warmup_ratio' must be in [0, 1].");
+        if (c.CosineMinLrRatio is < 0 or > 1) Fail("'cosine_min_lr_ratio' must be in [0, 1].");
+        if (c.CosineConstantLrRatio is < 0 or > 1) Fail("'cosine_constant_lr_ratio' must be in [0, 1].");
         if (c.ValSetSize < 0) Fail("'val_set_size' must be 0 (no validation), a fraction below 1, or a row count.");
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
@@ -458,6 +475,24 @@ public static class ConfigLoader
         if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
         if (c.SavesPerEpoch is <= 0) Fail("'saves_per_epoch' must be positive.");
         if (c.SaveTotalLimit is <= 0) Fail("'save_total_limit' must be positive.");
+        if (c.MetricForBestModel is { } metric)
+        {
+            // transformers adds the eval_ prefix to a bare metric name.
+            c.MetricForBestModel = metric.StartsWith("eval_") ? metric : "eval_" + metric;
+            if (c.MetricForBestModel is not ("eval_loss" or "eval_perplexity"))
+                Fail($"metric_for_best_model '{metric}' is not a metric the evaluation computes (eval_loss, eval_perplexity).");
+        }
+        if (c.EarlyStoppingPatience is <= 0) Fail("'early_stopping_patience' must be a positive number of evaluations.");
+        if (c.EarlyStoppingPatience is not null && (c.SaveSteps is null || c.EvalSteps is null || c.SaveSteps % c.EvalSteps != 0))
+            Fail("early_stopping_patience needs save_steps and eval_steps, with save_steps a multiple of eval_steps (as Axolotl requires).");
+        if (c.EarlyStoppingPatience is not null || c.LoadBestModelAtEnd)
+        {
+            string key = c.LoadBestModelAtEnd ? "load_best_model_at_end" : "early_stopping_patience";
+            if (c.ValSetSize <= 0 || c.EvalStrategy == "no") Fail($"{key} needs evaluations: set val_set_size and leave eval_strategy on.");
+            if (c.LoadBestModelAtEnd && c.SaveStrategy == "no") Fail("load_best_model_at_end needs checkpoints to choose from; save_strategy is no.");
+            if (c.LoadBestModelAtEnd && c.SaveSteps is double save && c.EvalSteps is double every && save % every != 0)
+                Fail($"load_best_model_at_end needs save_steps ({save}) to be a multiple of eval_steps ({every}), so every checkpoint has an evaluation.");
+        }
         if (c.ResumeFromCheckpoint != null && !Directory.Exists(c.ResumeFromCheckpoint))
             Fail($"resume_from_checkpoint: folder '{c.ResumeFromCheckpoint}' does not exist.");
     }

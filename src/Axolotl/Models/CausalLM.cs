@@ -31,6 +31,9 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
 
     protected override void RegisterComponents() { } // children are registered by HF name in the constructor
 
+    /// <summary>Keep only each layer's input in training and recompute the layer in backward (gradient_checkpointing).</summary>
+    public bool GradientCheckpointing { get; set; }
+
     /// <summary>ids [batch, seq] → final hidden states [batch, seq, hidden] in the compute dtype.</summary>
     public override Tensor forward(Tensor ids)
     {
@@ -40,7 +43,8 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         h = Parts.Dropout(h, _config.EmbeddingDropout, training);
         var (cos, sin) = Rope.Angles(ids.shape[1], _config.RotaryDim, _config.RopeTheta, h.dtype, h.device);
         var positions = new Positions(cos, sin, SlidingWindowMask(ids.shape[1], h.device));
-        foreach (var layer in layers) h = layer.forward(h, positions);
+        bool recompute = GradientCheckpointing && training && is_grad_enabled();
+        foreach (var layer in layers) h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions) : layer.forward(h, positions);
         return norm.forward(h);
     }
 

@@ -17,6 +17,7 @@ public interface IRecipeReporter : ITrainingObserver
     void Warn(string message) { }
     /// <summary>Rows tokenized so far (for a progress bar).</summary>
     void OnTokenizing(int rowsDone) { }
+    void ITrainingObserver.OnNotice(string message) => Info(message);
 }
 
 public sealed record FinetuneResult(string OutputDir, TrainerState State, PreparedDataset Data);
@@ -76,6 +77,7 @@ public static class FinetuneRecipe
             }
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
+        model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
         reporter.Info($"Precision: {(bf16 ? "bf16 compute, fp32 trainable weights" : "fp32")} (bf16: {config.Bf16}).");
 
         var options = new TrainingOptions
@@ -86,6 +88,9 @@ public static class FinetuneRecipe
             MaxSteps = config.MaxSteps,
             LearningRate = config.LearningRate!.Value,
             LrScheduler = config.LrScheduler,
+            Optimizer = config.Optimizer,
+            CosineMinLrRatio = config.CosineMinLrRatio,
+            CosineConstantLrRatio = config.CosineConstantLrRatio,
             WarmupSteps = config.WarmupSteps,
             WarmupRatio = config.WarmupRatio,
             WeightDecay = config.WeightDecay,
@@ -100,6 +105,10 @@ public static class FinetuneRecipe
             EvalBatchSize = config.EvalBatchSize,
             EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
             PeakFlops = peakFlops,
+            EarlyStoppingPatience = config.EarlyStoppingPatience,
+            MetricForBestModel = config.MetricForBestModel
+                ?? (config.LoadBestModelAtEnd || config.EarlyStoppingPatience != null ? "eval_loss" : null),
+            GreaterIsBetter = config.GreaterIsBetter ?? false,
         };
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         void SaveWeights(string dir)
@@ -113,6 +122,7 @@ public static class FinetuneRecipe
             SaveSteps = config.SaveSteps ?? 500,
             SavesPerEpoch = config.SavesPerEpoch ?? (config.SaveStrategy == "epoch" ? 1 : null),
             SaveTotalLimit = config.SaveTotalLimit,
+            LoadWeights = config.LoadBestModelAtEnd ? dir => LoadTrainedWeights(model, dir, lora != null) : null,
         };
         var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
 
@@ -121,6 +131,24 @@ public static class FinetuneRecipe
         if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
+    }
+
+    /// <summary>
+    /// Copies the trained weights saved in a checkpoint back into the model (load_best_model_at_end): the adapter's
+    /// tensors by PEFT key, or the whole model.
+    /// </summary>
+    static void LoadTrainedWeights(CausalLM model, string dir, bool adapter)
+    {
+        if (!adapter) { model.LoadWeights(dir); return; }
+        var file = SafetensorsFile.Open(Path.Combine(dir, Lora.WeightsFile));
+        using var _ = no_grad();
+        foreach (var (name, parameter) in model.named_parameters().Where(p => p.parameter.requires_grad))
+        {
+            var key = file.Entries.ContainsKey(name) ? name : "base_model.model." + name;
+            if (!file.Entries.ContainsKey(key)) throw new UserError($"{file.Path}: the checkpoint has no tensor for '{name}'.");
+            using var loaded = file.Read(key);
+            parameter.copy_(loaded);
+        }
     }
 
     /// <summary>resume_from_checkpoint, or with auto_resume_from_checkpoints the newest complete checkpoint in output_dir.</summary>
@@ -133,7 +161,7 @@ public static class FinetuneRecipe
         return checkpoint;
     }
 
-    static CausalLM LoadModel(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
+    internal static CausalLM LoadModel(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType, IRecipeReporter reporter)
     {
         if (config.RandomInitWeights)
         {

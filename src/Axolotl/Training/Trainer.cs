@@ -17,6 +17,12 @@ public sealed record TrainingOptions
     public int? MaxSteps { get; init; }
     public double LearningRate { get; init; } = 2e-4;
     public string LrScheduler { get; init; } = "cosine";
+    /// <summary>adamw_torch (= adamw_torch_fused), sgd, adafactor or lion_32bit: see <see cref="TrainingOptimizer"/>.</summary>
+    public string Optimizer { get; init; } = "adamw_torch";
+    /// <summary>Axolotl's cosine floor: the schedule decays to this fraction of the peak instead of 0.</summary>
+    public double? CosineMinLrRatio { get; init; }
+    /// <summary>With CosineMinLrRatio: the floor is reached at this fraction of the steps and held after.</summary>
+    public double? CosineConstantLrRatio { get; init; }
     public int? WarmupSteps { get; init; }
     public double? WarmupRatio { get; init; }
     public double WeightDecay { get; init; }
@@ -36,6 +42,12 @@ public sealed record TrainingOptions
     /// <summary>Peak FLOP/s of this machine in the compute dtype; when set, each log entry carries <c>mfu</c>
     /// (tokens/s × <see cref="Flops.PerToken(DecoderConfig,long,long,double)"/> ÷ this).</summary>
     public double? PeakFlops { get; init; }
+    /// <summary>Stop after this many evaluations in a row without a better metric (HF's EarlyStoppingCallback, threshold 0).</summary>
+    public int? EarlyStoppingPatience { get; init; }
+    /// <summary>The evaluation metric that decides the best checkpoint and early stopping (eval_loss, eval_perplexity);
+    /// null tracks no best, as transformers without metric_for_best_model.</summary>
+    public string? MetricForBestModel { get; init; }
+    public bool GreaterIsBetter { get; init; }
 }
 
 /// <summary>
@@ -49,6 +61,8 @@ public sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeig
     /// <summary>When set, wins over SaveSteps: that many evenly spaced saves per epoch.</summary>
     public int? SavesPerEpoch { get; init; }
     public int? SaveTotalLimit { get; init; }
+    /// <summary>When set, training ends by loading the weights of the best checkpoint (load_best_model_at_end) with this.</summary>
+    public Action<string>? LoadWeights { get; init; }
 }
 
 /// <summary>A stop asked for from outside (SIGINT, SIGTERM), honoured after a whole optimizer step.</summary>
@@ -70,6 +84,8 @@ public interface ITrainingObserver
     void OnStart(TrainingPlan plan) { }
     void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) { }
     void OnLog(JsonObject entry) { }
+    /// <summary>A one-line event outside the log history (early stop, best model loaded).</summary>
+    void OnNotice(string message) { }
 }
 
 /// <summary>
@@ -99,18 +115,19 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         int epochs = (totalSteps + stepsPerEpoch - 1) / stepsPerEpoch;
         int warmup = LrSchedule.ResolveWarmup(o.WarmupSteps, o.WarmupRatio, totalSteps);
         int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
-        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps);
+        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
             trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()));
         _observer.OnStart(plan);
         double flopsPerToken = examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
 
-        var optimizer = BuildOptimizer(trainable);
+        using var optimizer = TrainingOptimizer.Create(o.Optimizer, trainable, o);
         var parameters = trainable.Select(p => p.parameter).ToList();
         model.train();
         State.MaxSteps = totalSteps; State.LoggingSteps = loggingSteps; State.NumTrainEpochs = epochs;
         State.TrainBatchSize = o.MicroBatchSize;
+        State.EarlyStoppingPatience = o.EarlyStoppingPatience;
 
         int saveSteps = checkpoints switch
         {
@@ -135,7 +152,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         double lossSinceLog = 0, gradNormSinceLog = 0, lossTotal = 0;
         long tokensSinceLog = 0;
         int stepsSinceLog = 0, stepsThisRun = 0;
-        for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps; epoch++)
+        bool stopped = false;
+        for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps && !stopped; epoch++)
         {
             var batches = Batches(examples, epoch).ToList();
             // Batch order depends only on (seed, epoch), so skipping the windows already trained resumes the same stream.
@@ -161,10 +179,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 using (var scope = NewDisposeScope())
                 {
                     gradNorm = nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : double.PositiveInfinity);
-                    double lr = o.LearningRate * schedule.Multiplier(step);
-                    foreach (var group in optimizer.ParamGroups) ((ParamGroup)group).LearningRate = lr;
-                    optimizer.step();
-                    optimizer.zero_grad();
+                    optimizer.Step(o.LearningRate * schedule.Multiplier(step));
+                    optimizer.ZeroGrad();
                 }
                 step++; stepsThisRun++;
                 lossSinceLog += windowLoss; lossTotal += windowLoss; gradNormSinceLog += gradNorm; stepsSinceLog++;
@@ -192,13 +208,21 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 }
                 State.GlobalStep = step;
                 State.Epoch = epochProgress;
+                bool newBest = false, stopEarly = false;
                 if (evalSteps > 0 && step % evalSteps == 0)
                 {
                     var evaluation = Evaluate(eval!, step, epochProgress);
                     State.LogHistory.Add(evaluation);
                     _observer.OnLog(evaluation);
+                    (newBest, stopEarly) = JudgeEvaluation(evaluation);
                 }
-                if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer);
+                if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer, newBest);
+                if (stopEarly)
+                {
+                    _observer.OnNotice($"Early stopping: no better {o.MetricForBestModel} in {o.EarlyStoppingPatience} evaluation(s) in a row; stopped after step {step} of {totalSteps}.");
+                    stopped = true;
+                    break;
+                }
                 if (stop.IsCancellationRequested && step < totalSteps)
                 {
                     string? saved = null;
@@ -210,6 +234,11 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     throw new TrainingInterrupted(step, saved);
                 }
             }
+        }
+        if (checkpoints?.LoadWeights is { } load && State.BestModelCheckpoint is { } best && Directory.Exists(best))
+        {
+            load(best);
+            _observer.OnNotice($"Loaded the best model from {best} ({options.MetricForBestModel} {State.BestMetric:G6}).");
         }
         model.eval();
         State.LogHistory.Add(new JsonObject
@@ -227,21 +256,85 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     /// checkpoint-N/ as transformers lays it out (weights, optimizer and RNG state, trainer_state.json), written into a
     /// temporary folder and renamed into place, so a kill mid-save never leaves a checkpoint that looks complete.
     /// </summary>
-    void SaveCheckpoint(int step, OptimizerHelper optimizer)
+    void SaveCheckpoint(int step, TrainingOptimizer optimizer, bool newBest = false)
     {
         var c = checkpoints!;
         var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
+        // Leftovers of a save or a rotation that a kill interrupted: never complete, never read.
+        foreach (var stale in Directory.GetDirectories(c.OutputDir, ".checkpoint-*.tmp").Concat(Directory.GetDirectories(c.OutputDir, ".deleting-checkpoint-*.tmp")))
+            Directory.Delete(stale, true);
         var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
-        if (Directory.Exists(temp)) Directory.Delete(temp, true);
-        Directory.CreateDirectory(temp);
-        c.SaveWeights(temp);
-        AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.save_state_dict(w); });
-        using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
-        State.Save(temp);
-        if (Directory.Exists(final)) Directory.Delete(final, true);
+        string? bestBefore = State.BestModelCheckpoint;
+        // As transformers: the checkpoint saved at a new best evaluation records itself as the best.
+        if (newBest) State.BestModelCheckpoint = final;
+        try
+        {
+            Directory.CreateDirectory(temp);
+            c.SaveWeights(temp);
+            if (SaveDelayMs > 0) Thread.Sleep(SaveDelayMs);
+            AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
+            using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
+            State.Save(temp);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // A full disk or a lost mount: the half-written folder goes, the checkpoints before it stay usable.
+            State.BestModelCheckpoint = bestBefore;
+            try { Directory.Delete(temp, true); } catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException) { }
+            var previous = Checkpoints(c.OutputDir).Select(x => x.Path).LastOrDefault();
+            throw new UserError($"saving checkpoint-{step} failed ({e.Message}); " + (previous != null
+                ? $"the previous checkpoint {previous} is intact: free space and run again with auto_resume_from_checkpoints: true."
+                : "no earlier checkpoint exists."));
+        }
+        if (Directory.Exists(final)) DeleteCheckpoint(final);
         Directory.Move(temp, final);
-        if (c.SaveTotalLimit is int limit and > 0)
-            foreach (var old in Checkpoints(c.OutputDir).SkipLast(limit)) Directory.Delete(old.Path, true);
+        if (c.SaveTotalLimit is int limit and > 0) Rotate(c.OutputDir, limit);
+    }
+
+    /// <summary>Test seam (the kill-and-resume test): a pause in the middle of every checkpoint write, so a kill can land there.</summary>
+    static readonly int SaveDelayMs = int.TryParse(Environment.GetEnvironmentVariable("AXOLOTL_TEST_SAVE_DELAY_MS"), out var ms) ? ms : 0;
+
+    /// <summary>Renamed away first, so a kill mid-delete leaves a hidden leftover instead of a checkpoint missing files.</summary>
+    static void DeleteCheckpoint(string dir)
+    {
+        var doomed = Path.Combine(Path.GetDirectoryName(dir)!, $".deleting-{Path.GetFileName(dir)}.{Environment.ProcessId}.tmp");
+        Directory.Move(dir, doomed);
+        Directory.Delete(doomed, true);
+    }
+
+    /// <summary>
+    /// save_total_limit as transformers applies it: the oldest go first, but the best checkpoint is kept (it takes the
+    /// place of the second newest), and a limit of 1 becomes 2 while the best is not the newest.
+    /// </summary>
+    void Rotate(string outputDir, int limit)
+    {
+        var kept = Checkpoints(outputDir).Select(x => x.Path).ToList();
+        int best = State.BestModelCheckpoint is { } b ? kept.FindIndex(p => Path.GetFullPath(p) == Path.GetFullPath(b)) : -1;
+        if (best >= 0 && kept.Count >= 2)
+        {
+            (kept[best], kept[^2]) = (kept[^2], kept[best]);
+            if (limit == 1 && best != kept.Count - 1) limit = 2;
+        }
+        foreach (var old in kept.Take(Math.Max(0, kept.Count - limit))) DeleteCheckpoint(old);
+    }
+
+    /// <summary>
+    /// One evaluation against the best so far: EarlyStoppingCallback compares with the best before this evaluation
+    /// (threshold 0), then the best metric is updated. Returns whether this is a new best and whether to stop.
+    /// </summary>
+    internal (bool NewBest, bool Stop) JudgeEvaluation(JsonObject evaluation)
+    {
+        var o = options;
+        if (o.MetricForBestModel is not { } metric || evaluation[metric]?.GetValue<double>() is not double value) return (false, false);
+        bool better = State.BestMetric is not double best || (o.GreaterIsBetter ? value > best : value < best);
+        bool stop = false;
+        if (o.EarlyStoppingPatience is int patience)
+        {
+            State.EarlyStoppingPatienceCounter = better ? 0 : State.EarlyStoppingPatienceCounter + 1;
+            stop = State.EarlyStoppingPatienceCounter >= patience;
+        }
+        if (better) State.BestMetric = value;
+        return (better, stop);
     }
 
     /// <summary>Complete checkpoint-N folders in output_dir, oldest first.</summary>
@@ -253,13 +346,13 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             .OrderBy(x => x.Step)
             .Select(x => (x.Step, x.Path));
 
-    int Restore(string dir, OptimizerHelper optimizer)
+    int Restore(string dir, TrainingOptimizer optimizer)
     {
         foreach (var file in new[] { OptimizerFile, RngFile, TrainerState.FileName })
             if (!File.Exists(Path.Combine(dir, file))) throw new UserError($"resume_from_checkpoint: '{dir}' has no {file}; it is not a complete checkpoint.");
         using (var stream = File.OpenRead(Path.Combine(dir, OptimizerFile)))
         using (var reader = new BinaryReader(stream))
-            optimizer.load_state_dict(reader);
+            optimizer.Load(reader);
         using (var rng = random.get_rng_state())
         {
             rng.bytes = File.ReadAllBytes(Path.Combine(dir, RngFile));
@@ -269,20 +362,10 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         State.LogHistory.AddRange(saved.LogHistory);
         State.GlobalStep = saved.GlobalStep;
         State.Epoch = saved.Epoch;
+        State.BestMetric = saved.BestMetric;
+        State.BestModelCheckpoint = saved.BestModelCheckpoint;
+        State.EarlyStoppingPatienceCounter = saved.EarlyStoppingPatienceCounter;
         return saved.GlobalStep;
-    }
-
-    /// <summary>AdamW with HF's grouping: biases and norm weights get no weight decay.</summary>
-    OptimizerHelper BuildOptimizer(List<(string name, Parameter parameter)> trainable)
-    {
-        var o = options;
-        static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
-        var groups = new List<AdamW.ParamGroup>();
-        var decay = trainable.Where(p => !NoDecay(p.name)).Select(p => p.parameter).ToList();
-        var noDecay = trainable.Where(p => NoDecay(p.name)).Select(p => p.parameter).ToList();
-        if (decay.Count > 0) groups.Add(new AdamW.ParamGroup(decay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay));
-        if (noDecay.Count > 0) groups.Add(new AdamW.ParamGroup(noDecay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, 0.0));
-        return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
     }
 
     /// <summary>
@@ -291,7 +374,20 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     /// </summary>
     JsonObject Evaluate(IReadOnlyList<Example> eval, int step, double epoch)
     {
+        var metrics = Evaluate(eval);
+        metrics["epoch"] = Math.Round(epoch, 6);
+        metrics["step"] = step;
+        return metrics;
+    }
+
+    /// <summary>
+    /// The loss of <paramref name="eval"/> as transformers' evaluate(dataset, metric_key_prefix) reports it:
+    /// {prefix}_loss, _perplexity, _runtime, _samples_per_second, _steps_per_second.
+    /// </summary>
+    public JsonObject Evaluate(IReadOnlyList<Example> eval, string prefix = "eval")
+    {
         var clock = Stopwatch.StartNew();
+        bool training = model.training;
         model.eval();
         double weighted = 0;
         int rows = 0, batches = 0;
@@ -305,18 +401,16 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 weighted += sum.item<float>() / tokens * batch.Rows;
                 rows += batch.Rows;
             }
-        model.train();
+        if (training) model.train();
         double loss = weighted / Math.Max(1, rows);
         double seconds = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
         return new JsonObject
         {
-            ["eval_loss"] = loss,
-            ["eval_perplexity"] = Math.Exp(loss),
-            ["eval_runtime"] = Math.Round(seconds, 4),
-            ["eval_samples_per_second"] = Math.Round(eval.Count / seconds, 3),
-            ["eval_steps_per_second"] = Math.Round(batches / seconds, 3),
-            ["epoch"] = Math.Round(epoch, 6),
-            ["step"] = step,
+            [$"{prefix}_loss"] = loss,
+            [$"{prefix}_perplexity"] = Math.Exp(loss),
+            [$"{prefix}_runtime"] = Math.Round(seconds, 4),
+            [$"{prefix}_samples_per_second"] = Math.Round(eval.Count / seconds, 3),
+            [$"{prefix}_steps_per_second"] = Math.Round(batches / seconds, 3),
         };
     }
 

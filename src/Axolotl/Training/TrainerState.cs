@@ -15,11 +15,17 @@ public sealed class TrainerState
     public int NumTrainEpochs { get; set; }
     public int TrainBatchSize { get; set; }
     public List<JsonObject> LogHistory { get; } = [];
+    /// <summary>The best value of metric_for_best_model seen at an evaluation, and the checkpoint saved at it.</summary>
+    public double? BestMetric { get; set; }
+    public string? BestModelCheckpoint { get; set; }
+    /// <summary>Evaluations in a row without improvement (EarlyStoppingCallback's counter), kept across a resume.</summary>
+    public int EarlyStoppingPatienceCounter { get; set; }
+    public int? EarlyStoppingPatience { get; set; }
 
     public JsonObject ToJson() => new()
     {
-        ["best_metric"] = null,
-        ["best_model_checkpoint"] = null,
+        ["best_metric"] = BestMetric,
+        ["best_model_checkpoint"] = BestModelCheckpoint,
         ["epoch"] = Epoch,
         ["eval_steps"] = null,
         ["global_step"] = GlobalStep,
@@ -32,6 +38,14 @@ public sealed class TrainerState
         ["num_input_tokens_seen"] = 0,
         ["num_train_epochs"] = NumTrainEpochs,
         ["save_steps"] = null,
+        ["stateful_callbacks"] = EarlyStoppingPatience is int patience ? new JsonObject
+        {
+            ["EarlyStoppingCallback"] = new JsonObject
+            {
+                ["args"] = new JsonObject { ["early_stopping_patience"] = patience, ["early_stopping_threshold"] = 0.0 },
+                ["attributes"] = new JsonObject { ["early_stopping_patience_counter"] = EarlyStoppingPatienceCounter },
+            },
+        } : new JsonObject(),
         ["total_flos"] = 0,
         ["train_batch_size"] = TrainBatchSize,
         ["trial_name"] = null,
@@ -45,6 +59,9 @@ public sealed class TrainerState
         {
             GlobalStep = json["global_step"]?.GetValue<int>() ?? 0,
             Epoch = json["epoch"]?.GetValue<double>() ?? 0,
+            BestMetric = json["best_metric"]?.GetValue<double>(),
+            BestModelCheckpoint = json["best_model_checkpoint"]?.GetValue<string>(),
+            EarlyStoppingPatienceCounter = json["stateful_callbacks"]?["EarlyStoppingCallback"]?["attributes"]?["early_stopping_patience_counter"]?.GetValue<int>() ?? 0,
         };
         if (json["log_history"] is JsonArray history)
             state.LogHistory.AddRange(history.OfType<JsonObject>().Select(e => (JsonObject)e.DeepClone()));

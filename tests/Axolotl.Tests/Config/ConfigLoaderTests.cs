@@ -149,7 +149,7 @@ public class ConfigLoaderTests
         var c = Parse(Lora + """
 
             flash_attention: true
-            gradient_checkpointing: true
+            activation_offloading: true
             optimizer: paged_adamw_8bit
             liger_rms_norm: true
             deepspeed: deepspeed_configs/zero3.json
@@ -159,7 +159,7 @@ public class ConfigLoaderTests
             """);
         Assert.Equal(6, c.Warnings.Count);
         Assert.Equal("cfg.yml:11:1: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
-        Assert.StartsWith("cfg.yml:12:1: 'gradient_checkpointing: true' only saves GPU memory", c.Warnings[1]);
+        Assert.StartsWith("cfg.yml:12:1: 'activation_offloading: true' only saves GPU memory", c.Warnings[1]);
         Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_8bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
         Assert.StartsWith("cfg.yml:14:1: 'liger_rms_norm: true' only swaps in a faster GPU kernel", c.Warnings[3]);
         Assert.StartsWith("cfg.yml:15:1: 'deepspeed: deepspeed_configs/zero3.json' spreads training over several GPUs", c.Warnings[4]);
@@ -260,7 +260,7 @@ public class ConfigLoaderTests
         Assert.Subset(AxolotlKeys.All, typed.ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
         Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "load_in_8bit", "load_in_4bit", "special_tokens", "chat_template", "rl", "wandb_project", "eval_table_size", "hub_model_id" });
-        Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "gradient_checkpointing", "tf32", "deepspeed", "fsdp", "dataset_prepared_path", "liger_rms_norm", "torch_compile" });
+        Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "deepspeed", "fsdp", "dataset_prepared_path", "liger_rms_norm", "torch_compile" });
     }
 }
 

@@ -19,12 +19,12 @@ public class ConfigCommandTests
     {
         using var dir = TestSetup.TempDir();
         File.WriteAllText(dir["c.yml"], Config);
-        var (code, stdout, stderr) = BadInputTests.RunCli("validate", dir["c.yml"], "--gradient-checkpointing");
+        var (code, stdout, stderr) = BadInputTests.RunCli("validate", dir["c.yml"], "--activation-offloading");
         Assert.Equal(0, code);
         Assert.Equal("", stderr);
         var lines = stdout.Split('\n');
         Assert.StartsWith($"warning: {dir["c.yml"]}:8:1: 'flash_attention: true' is Axolotl's legacy flag", lines[0]);
-        Assert.StartsWith("warning: --gradient-checkpointing: 'gradient_checkpointing: true' only saves GPU memory", lines[1]);
+        Assert.StartsWith("warning: --activation-offloading: 'activation_offloading: true' only saves GPU memory", lines[1]);
         Assert.Contains(lines, l => l.StartsWith("gradient_accumulation_steps ") && l.EndsWith("  4  (batch_size ÷ micro_batch_size)"));
         Assert.Contains(lines, l => l.StartsWith("attn_implementation ") && l.EndsWith("  sdpa  (flash_attention → flash_attention_2 → sdpa)"));
         Assert.Contains(lines, l => l.StartsWith("learning_rate ") && l.EndsWith("  0.0002  (5:1)"));

@@ -29,6 +29,33 @@ public class LrScheduleTests
     }
 
     [Theory]
+    [InlineData(2, 1.0)]
+    [InlineData(6, 0.55)]   // 0.9 * 0.5 * (1 + cos(pi * 4/8)) + 0.1
+    [InlineData(10, 0.1)]
+    public void Cosine_min_lr_ratio_floors_the_decay(int step, double expected) =>
+        Assert.Equal(expected, new LrSchedule("cosine", 2, 10) { MinLrRatio = 0.1 }.Multiplier(step), 12);
+
+    [Theory]
+    [InlineData(1, 0.5)]    // warmup unchanged
+    [InlineData(5, 0.55)]   // constant from int(10 * 0.8) = 8: progress (5 - 2) / (8 - 2)
+    [InlineData(8, 0.1)]
+    [InlineData(9, 0.1)]    // held at the floor
+    public void Cosine_constant_lr_ratio_reaches_the_floor_early_and_holds_it(int step, double expected) =>
+        Assert.Equal(expected, new LrSchedule("cosine", 2, 10) { MinLrRatio = 0.1, ConstantLrRatio = 0.8 }.Multiplier(step), 12);
+
+    [Fact]
+    public void Cosine_constant_lr_ratio_alone_is_plain_cosine()
+    {
+        // Axolotl only switches schedules when cosine_min_lr_ratio is set (and non-zero).
+        var plain = new LrSchedule("cosine", 2, 10);
+        foreach (var step in Enumerable.Range(0, 11))
+        {
+            Assert.Equal(plain.Multiplier(step), (plain with { ConstantLrRatio = 0.8 }).Multiplier(step), 15);
+            Assert.Equal(plain.Multiplier(step), (plain with { MinLrRatio = 0 }).Multiplier(step), 15);
+        }
+    }
+
+    [Theory]
     [InlineData(null, null, 1000, 30)]   // Axolotl: min(int(0.03 * total), 100)
     [InlineData(null, null, 10000, 100)]
     [InlineData(null, null, 20, 0)]

@@ -1,0 +1,84 @@
+using System.Globalization;
+using System.Text.Json.Nodes;
+using Axolotl.Adapters;
+using Axolotl.Config;
+using Axolotl.IO;
+using Axolotl.Models;
+using Axolotl.Runtime;
+using Axolotl.Training;
+using static TorchSharp.torch;
+
+namespace Axolotl.Recipes;
+
+public sealed record EvaluateResult(string SummaryPath, JsonObject? Training, JsonObject? Validation);
+
+/// <summary>
+/// <c>axolotl evaluate</c>: the model the config describes (base_model, plus the LoRA adapter from lora_model_dir, or
+/// from output_dir when that holds one) scored on the training split and the validation split as train prepares
+/// them, written to output_dir/eval_summary.csv as Axolotl writes it (metric, training, validation).
+/// </summary>
+public static class EvaluateRecipe
+{
+    public const string SummaryFile = "eval_summary.csv";
+
+    public static EvaluateResult Run(AxolotlConfig config, IRecipeReporter reporter)
+    {
+        TorchRuntime.EnsureLoaded();
+        manual_seed(config.Seed);
+        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var (data, tokenizer, _) = PreprocessRecipe.Run(config, reporter);
+
+        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
+        var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        using var scope = NewDisposeScope();
+        var model = FinetuneRecipe.LoadModel(config, architecture, computeType, computeType, reporter);
+        if (config.Adapter == "lora")
+        {
+            var dir = config.LoraModelDir
+                ?? (File.Exists(Path.Combine(config.OutputDir, Lora.WeightsFile)) ? config.OutputDir
+                    : throw new UserError($"adapter lora: no adapter to evaluate; set lora_model_dir, or train first so that output_dir '{config.OutputDir}' holds {Lora.WeightsFile}."));
+            Lora.Load(model, dir);
+            reporter.Info($"LoRA: evaluating the adapter in {dir}.");
+        }
+
+        var trainer = new Trainer(model, new TrainingOptions
+        {
+            MicroBatchSize = config.MicroBatchSize,
+            EvalBatchSize = config.EvalBatchSize,
+            PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
+            Seed = config.Seed,
+        });
+        var training = data.Examples.Count > 0 ? Score(trainer, data.Examples, "train", reporter) : null;
+        var validation = data.Eval.Count > 0 ? Score(trainer, data.Eval, "eval", reporter) : null;
+
+        Directory.CreateDirectory(config.OutputDir);
+        var path = Path.Combine(config.OutputDir, SummaryFile);
+        AtomicFile.WriteAllText(path, Csv(training, validation));
+        reporter.Info($"Evaluation results saved to {path}");
+        return new EvaluateResult(path, training, validation);
+    }
+
+    static JsonObject Score(Trainer trainer, IReadOnlyList<Data.Example> examples, string prefix, IRecipeReporter reporter)
+    {
+        reporter.Info($"Evaluating the {(prefix == "train" ? "training" : "validation")} split ({examples.Count} examples)...");
+        var metrics = trainer.Evaluate(examples, prefix);
+        // transformers' evaluate reports loss and speed; perplexity is this project's addition and stays in the trainer's logs.
+        metrics.Remove($"{prefix}_perplexity");
+        foreach (var (key, value) in metrics) reporter.Info($"{key}: {value}");
+        return metrics;
+    }
+
+    /// <summary>One row per metric name without its train_/eval_ prefix, sorted; a split that was not evaluated leaves its cell empty.</summary>
+    static string Csv(JsonObject? training, JsonObject? validation)
+    {
+        static Dictionary<string, double> Strip(JsonObject? metrics, string prefix) =>
+            metrics?.ToDictionary(kv => kv.Key.StartsWith(prefix) ? kv.Key[prefix.Length..] : kv.Key, kv => kv.Value!.GetValue<double>()) ?? [];
+        var train = Strip(training, "train_");
+        var eval = Strip(validation, "eval_");
+        static string Cell(Dictionary<string, double> values, string name) =>
+            values.TryGetValue(name, out var v) ? v.ToString("R", CultureInfo.InvariantCulture) : "";
+        var lines = new List<string> { "metric,training,validation" };
+        lines.AddRange(train.Keys.Union(eval.Keys).Order(StringComparer.Ordinal).Select(name => $"{name},{Cell(train, name)},{Cell(eval, name)}"));
+        return string.Join("\r\n", lines) + "\r\n";
+    }
+}

@@ -1,0 +1,136 @@
+using Axolotl.Adapters;
+using Axolotl.Data;
+using Axolotl.Models;
+using Axolotl.Training;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Axolotl.Tests.Training;
+
+/// <summary>Recomputing each layer in backward must change nothing but memory: same loss, same gradients, same RNG stream.</summary>
+[Collection(GlobalTorchRng.Name)]
+public class GradientCheckpointTests
+{
+    static CausalLM Model(bool lora)
+    {
+        manual_seed(3);
+        var model = CausalLM.FromPretrained(TestSetup.Data("reference", "models", "tiny-llama"), ScalarType.Float32, ScalarType.Float32);
+        // Dropout > 0 makes the recomputation depend on replaying the RNG state the first forward saw.
+        if (lora) Lora.Apply(model, new LoraSettings { Rank = 4, Alpha = 8, Dropout = 0.2, TargetModules = ["q_proj", "v_proj", "down_proj"] });
+        return model;
+    }
+
+    static List<Example> Examples()
+    {
+        var random = new Random(11);
+        return [.. new[] { 33, 48, 20, 41 }.Select(length =>
+        {
+            var ids = Enumerable.Range(0, length).Select(_ => random.Next(3, 512)).ToArray();
+            return new Example(ids, ids.Select((id, i) => i < 5 ? Example.IgnoreIndex : id).ToArray());
+        })];
+    }
+
+    /// <summary>Loss of one batch of two rows and the gradient of every trainable weight, after the same seed.</summary>
+    static (double Loss, Dictionary<string, float[]> Grads) LossAndGrads(bool lora, bool checkpointing)
+    {
+        using var scope = NewDisposeScope();
+        var model = Model(lora);
+        model.model.GradientCheckpointing = checkpointing;
+        model.train();
+        var rows = Examples().Take(2).ToList();
+        int length = rows.Max(r => r.InputIds.Length);
+        var ids = tensor(rows.SelectMany(r => r.InputIds.Select(i => (long)i).Concat(Enumerable.Repeat(0L, length - r.InputIds.Length))).ToArray(), [2, length]);
+        var labels = tensor(rows.SelectMany(r => r.Labels.Select(i => (long)i).Concat(Enumerable.Repeat(-100L, length - r.Labels.Length))).ToArray(), [2, length]);
+        manual_seed(5);
+        var (sum, tokens) = model.LossSumBackward(ids, labels, 0.01);
+        var grads = model.named_parameters().Where(p => p.parameter.requires_grad)
+            .ToDictionary(p => p.name, p => p.parameter.grad!.data<float>().ToArray());
+        return (sum / tokens, grads);
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Loss_and_gradients_equal_those_without_checkpointing(bool lora)
+    {
+        var (plainLoss, plain) = LossAndGrads(lora, checkpointing: false);
+        var (loss, grads) = LossAndGrads(lora, checkpointing: true);
+        Assert.Equal(plainLoss, loss, 1e-6);
+        Assert.Equal(plain.Keys.Order(), grads.Keys.Order());
+        // Every trainable weight got a gradient through the recomputation, including layer 0 under LoRA, whose input
+        // (the frozen embedding) needs none.
+        foreach (var (name, expected) in plain)
+        {
+            var actual = grads[name];
+            if (!name.Contains("lora_A")) Assert.Contains(expected, v => v != 0); // lora_B starts at zero, so A gets none yet
+            double worst = expected.Zip(actual, (a, b) => Math.Abs(a - b)).Max();
+            Assert.True(worst < 1e-6, $"{name}: gradients differ by {worst}");
+        }
+    }
+
+    sealed class Probe : ITrainingObserver
+    {
+        public List<long> LiveAfterStep { get; } = [];
+        public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) =>
+            LiveAfterStep.Add(DisposeScopeManager.Statistics.ThreadTotalLiveCount);
+    }
+
+    static (double[] Losses, List<long> Live) Train(bool checkpointing)
+    {
+        using var scope = NewDisposeScope();
+        var model = Model(lora: true);
+        model.model.GradientCheckpointing = checkpointing;
+        var probe = new Probe();
+        var options = new TrainingOptions { MicroBatchSize = 2, GradientAccumulationSteps = 1, NumEpochs = 3, LearningRate = 1e-3, LoggingSteps = 1 };
+        manual_seed(9);
+        var state = new Trainer(model, options, probe).Train(Examples());
+        return (state.LogHistory.Where(e => e["loss"] != null).Select(e => (double)e["loss"]!).ToArray(), probe.LiveAfterStep);
+    }
+
+    [Fact]
+    public void Training_with_checkpointing_logs_the_same_losses_and_leaks_no_tensors()
+    {
+        var (plain, _) = Train(checkpointing: false);
+        var (losses, live) = Train(checkpointing: true);
+        Assert.Equal(6, losses.Length);
+        // Later steps match only if the recomputation left the RNG where the plain run has it (dropout masks of step 2+).
+        for (int i = 0; i < plain.Length; i++) Assert.True(Math.Abs(plain[i] - losses[i]) < 1e-6, $"step {i + 1}: {plain[i]} vs {losses[i]}");
+        Assert.All(live.Skip(2), n => Assert.Equal(live[1], n));
+    }
+
+    [Fact]
+    public void Evaluation_and_no_grad_forward_skip_the_recomputation()
+    {
+        using var scope = NewDisposeScope();
+        var model = Model(lora: false);
+        model.model.GradientCheckpointing = true;
+        var ids = tensor(Examples()[0].InputIds.Select(i => (long)i).ToArray()).unsqueeze(0);
+        model.train();
+        var trained = model.forward(ids);
+        Assert.True(trained.requires_grad);
+        using (no_grad())
+        {
+            var plain = model.forward(ids);
+            Assert.False(plain.requires_grad);
+            Assert.True(plain.allclose(trained.detach(), 0, 0));
+        }
+    }
+}
+
+public class GradientCheckpointConfigTests
+{
+    const string Minimal = "base_model: some/model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\nlearning_rate: 0.0002\n";
+
+    [Fact]
+    public void The_key_is_implemented_and_offload_is_read_as_true_with_a_warning()
+    {
+        var on = Axolotl.Config.ConfigLoader.Parse(Minimal + "gradient_checkpointing: True\n", "cfg.yml");
+        Assert.Equal("true", on.GradientCheckpointing);
+        Assert.Empty(on.Warnings);
+        var offload = Axolotl.Config.ConfigLoader.Parse(Minimal + "gradient_checkpointing: offload\n", "cfg.yml");
+        Assert.Equal("offload", offload.GradientCheckpointing);
+        Assert.StartsWith("cfg.yml:6:1: 'gradient_checkpointing: offload' also moves", Assert.Single(offload.Warnings));
+        var e = Assert.Throws<UserError>(() => Axolotl.Config.ConfigLoader.Parse(Minimal + "gradient_checkpointing: sometimes\n", "cfg.yml"));
+        Assert.Contains("'gradient_checkpointing' must be true, false, offload or offload_disk, not 'sometimes'", e.Message);
+    }
+}

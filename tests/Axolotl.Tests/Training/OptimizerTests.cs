@@ -1,0 +1,165 @@
+using Axolotl.Training;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+
+namespace Axolotl.Tests.Training;
+
+/// <summary>
+/// Each optimizer against its update rule written out here element by element in doubles (transformers' Adafactor,
+/// bitsandbytes' Lion, torch's SGD), over a matrix with weight decay and a bias without.
+/// </summary>
+public class OptimizerTests
+{
+    static readonly double[] W0 = [0.5, -0.3, 0.8, 0.1, -0.7, 0.2];
+    static readonly double[] B0 = [0.05, -0.1, 0.3];
+    static readonly double[][] GradW = [[0.1, -0.2, 0.05, 0.3, -0.01, 0.07], [-0.05, 0.4, 0.2, -0.3, 0.02, 0.1], [0.3, 0.1, -0.1, 0.0, 0.2, -0.4]];
+    static readonly double[][] GradB = [[0.2, -0.1, 0.05], [0.01, 0.3, -0.2], [-0.1, 0.1, 0.1]];
+    const double Lr = 0.01, Decay = 0.1;
+
+    /// <summary>Runs three steps of <paramref name="name"/> on a [2, 3] weight (decayed) and a [3] bias (not).</summary>
+    static (float[] W, float[] B) Run(string name, bool saveAndReloadAfterFirst = false)
+    {
+        using var scope = NewDisposeScope();
+        var w = new Parameter(tensor(W0.Select(v => (float)v).ToArray(), [2, 3]));
+        var b = new Parameter(tensor(B0.Select(v => (float)v).ToArray()));
+        var options = new TrainingOptions { LearningRate = Lr, WeightDecay = Decay, Beta1 = 0.9, Beta2 = 0.99 };
+        var optimizer = TrainingOptimizer.Create(name, [("layer.weight", w), ("layer.bias", b)], options);
+        for (int step = 0; step < 3; step++)
+        {
+            w.grad = tensor(GradW[step].Select(v => (float)v).ToArray(), [2, 3]);
+            b.grad = tensor(GradB[step].Select(v => (float)v).ToArray());
+            optimizer.Step(Lr);
+            optimizer.ZeroGrad();
+            if (saveAndReloadAfterFirst && step == 0)
+            {
+                var stream = new MemoryStream();
+                optimizer.Save(new BinaryWriter(stream));
+                optimizer = TrainingOptimizer.Create(name, [("layer.weight", w), ("layer.bias", b)], options);
+                stream.Position = 0;
+                optimizer.Load(new BinaryReader(stream));
+            }
+        }
+        return (w.data<float>().ToArray(), b.data<float>().ToArray());
+    }
+
+    static void AssertClose(double[] expected, float[] actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        for (int i = 0; i < expected.Length; i++) Assert.True(Math.Abs(expected[i] - actual[i]) < 2e-6, $"[{i}] {expected[i]} vs {actual[i]}");
+    }
+
+    [Fact]
+    public void Sgd_is_plain_gradient_descent_with_l2_weight_decay()
+    {
+        double[] w = [.. W0], b = [.. B0];
+        for (int s = 0; s < 3; s++)
+        {
+            for (int i = 0; i < 6; i++) w[i] -= Lr * (GradW[s][i] + Decay * w[i]);
+            for (int i = 0; i < 3; i++) b[i] -= Lr * GradB[s][i];
+        }
+        var (W, B) = Run("sgd");
+        AssertClose(w, W);
+        AssertClose(b, B);
+    }
+
+    [Fact]
+    public void Lion_follows_bitsandbytes()
+    {
+        double[] w = [.. W0], b = [.. B0], mw = new double[6], mb = new double[3];
+        static void Update(double[] p, double[] m, double[] g, double decay)
+        {
+            for (int i = 0; i < p.Length; i++)
+            {
+                double c = 0.9 * m[i] + 0.1 * g[i];
+                p[i] = p[i] * (1 - Lr * decay) - Lr * Math.Sign(c);
+                m[i] = 0.99 * m[i] + 0.01 * g[i];
+            }
+        }
+        for (int s = 0; s < 3; s++) { Update(w, mw, GradW[s], Decay); Update(b, mb, GradB[s], 0); }
+        var (W, B) = Run("lion_32bit");
+        AssertClose(w, W);
+        AssertClose(b, B);
+    }
+
+    [Fact]
+    public void Adafactor_follows_transformers_with_the_trainers_settings()
+    {
+        double[] w = [.. W0], b = [.. B0];
+        double[] row = new double[2], col = new double[3], vb = new double[3];
+        static double Rms(double[] x) => Math.Sqrt(x.Sum(v => v * v) / x.Length);
+        for (int s = 0; s < 3; s++)
+        {
+            double beta2t = 1 - Math.Pow(s + 1, -0.8);
+            var g = GradW[s];
+            var sq = g.Select(v => v * v + 1e-30).ToArray();
+            for (int r = 0; r < 2; r++) row[r] = beta2t * row[r] + (1 - beta2t) * (sq[r * 3] + sq[r * 3 + 1] + sq[r * 3 + 2]) / 3;
+            for (int c = 0; c < 3; c++) col[c] = beta2t * col[c] + (1 - beta2t) * (sq[c] + sq[3 + c]) / 2;
+            double rowMean = row.Average();
+            var u = new double[6];
+            for (int r = 0; r < 2; r++)
+                for (int c = 0; c < 3; c++) u[r * 3 + c] = g[r * 3 + c] / Math.Sqrt(row[r] / rowMean) / Math.Sqrt(col[c]);
+            double clip = Math.Max(1, Rms(u));
+            for (int i = 0; i < 6; i++) w[i] = w[i] - Decay * Lr * w[i] - u[i] / clip * Lr;
+
+            var gb = GradB[s];
+            for (int i = 0; i < 3; i++) vb[i] = beta2t * vb[i] + (1 - beta2t) * (gb[i] * gb[i] + 1e-30);
+            var ub = gb.Select((v, i) => v / Math.Sqrt(vb[i])).ToArray();
+            double clipB = Math.Max(1, Rms(ub));
+            for (int i = 0; i < 3; i++) b[i] -= ub[i] / clipB * Lr;
+        }
+        var (W, B) = Run("adafactor");
+        AssertClose(w, W);
+        AssertClose(b, B);
+    }
+
+    [Theory]
+    [InlineData("adamw_torch")]
+    [InlineData("sgd")]
+    [InlineData("adafactor")]
+    [InlineData("lion_32bit")]
+    public void Saved_state_resumes_exactly(string name)
+    {
+        var (w, b) = Run(name);
+        var (w2, b2) = Run(name, saveAndReloadAfterFirst: true);
+        Assert.Equal(w, w2);
+        Assert.Equal(b, b2);
+        Assert.NotEqual(W0.Select(v => (float)v), w);
+    }
+}
+
+public class OptimizerConfigTests
+{
+    const string Minimal = "base_model: some/model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\nlearning_rate: 0.0002\n";
+
+    static Axolotl.Config.AxolotlConfig Parse(string extra) => Axolotl.Config.ConfigLoader.Parse(Minimal + extra, "cfg.yml");
+
+    [Theory]
+    [InlineData("sgd")]
+    [InlineData("adafactor")]
+    [InlineData("lion_32bit")]
+    public void Implemented_optimizers_load_without_warnings(string name)
+    {
+        var c = Parse($"optimizer: {name}\ncosine_min_lr_ratio: 0.1\ncosine_constant_lr_ratio: 0.8\n");
+        Assert.Equal(name, c.Optimizer);
+        Assert.Equal((0.1, 0.8), (c.CosineMinLrRatio, c.CosineConstantLrRatio));
+        Assert.Empty(c.Warnings);
+    }
+
+    [Fact]
+    public void Eight_bit_and_paged_lion_run_as_lion_32bit_with_a_warning_and_optim_args_is_warned()
+    {
+        var c = Parse("optimizer: paged_lion_8bit\noptim_args: \"amsgrad=true\"\n");
+        Assert.Equal("lion_32bit", c.Optimizer);
+        Assert.Equal("paged_lion_8bit → lion_32bit", c.Sources["optimizer"]);
+        Assert.Equal(2, c.Warnings.Count);
+        Assert.StartsWith("cfg.yml:6:1: 'optimizer: paged_lion_8bit' is Lion with 8-bit or paged GPU state; lion_32bit runs instead", c.Warnings[0]);
+        Assert.StartsWith("cfg.yml:7:1: 'optim_args: amsgrad=true' is read by transformers only for", c.Warnings[1]);
+    }
+
+    [Fact]
+    public void Ratios_out_of_range_are_user_errors()
+    {
+        var e = Assert.Throws<UserError>(() => Parse("cosine_min_lr_ratio: 1.5\n"));
+        Assert.Equal("cfg.yml: 'cosine_min_lr_ratio' must be in [0, 1].", e.Message);
+    }
+}
