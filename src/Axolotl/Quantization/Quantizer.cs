@@ -77,6 +77,24 @@ public static class Quantizer
         return targets;
     }
 
+    /// <summary>
+    /// Replaces every parameter of two or more dimensions by its NF4 quantize → dequantize round trip, rounded to
+    /// <paramref name="roundTo"/> (the checkpoint's dtype) and stored back in the parameter's own dtype. Returns the count.
+    /// </summary>
+    public static int RoundTripNf4(nn.Module model, bool doubleQuant, ScalarType roundTo)
+    {
+        int count = 0;
+        using var _ = no_grad();
+        foreach (var p in model.parameters().Where(p => p.dim() >= 2))
+        {
+            using var scope = NewDisposeScope();
+            using var q = Nf4Weight.Quantize(p, doubleQuant);
+            p.copy_(q.Dequantize(ScalarType.Float32).to(roundTo));
+            count++;
+        }
+        return count;
+    }
+
     /// <summary>Bytes held by the quantized layers' weights (codes and scales).</summary>
     public static long QuantizedWeightBytes(nn.Module model) =>
         model.modules().OfType<QuantizedLinear>().Sum(q => q.WeightBytes);

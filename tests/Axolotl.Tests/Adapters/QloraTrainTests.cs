@@ -2,6 +2,7 @@ using System.Text.Json.Nodes;
 using Axolotl.Adapters;
 using Axolotl.IO;
 using Axolotl.Models;
+using Axolotl.Quantization;
 using static TorchSharp.torch;
 
 namespace Axolotl.Tests.Adapters;
@@ -46,7 +47,16 @@ public class QloraTrainTests
 
         Assert.Equal(0, Cli.Cli.Run(["merge-lora", dir["config.yml"]]));
         var adapted = CausalLM.FromPretrained(baseDir, ScalarType.Float32, ScalarType.Float32);
+        if (adapterKeys.Contains("qlora"))
+        {
+            // Axolotl merges a QLoRA adapter into the base after an NF4 round trip of every weight matrix.
+            bool doubleQuant = !adapterKeys.Contains("double_quant: false");
+            using var __ = no_grad();
+            foreach (var p in adapted.parameters().Where(p => p.dim() >= 2))
+                using (var q = Nf4Weight.Quantize(p, doubleQuant)) p.copy_(q.Dequantize());
+        }
         Lora.Load(adapted, dir["out"]);
+        Lora.MergeAndUnload(adapted);
         var merged = CausalLM.FromPretrained(Path.Combine(dir["out"], "merged"), ScalarType.Float32, ScalarType.Float32);
         var untouched = CausalLM.FromPretrained(baseDir, ScalarType.Float32, ScalarType.Float32);
         using var _ = no_grad();
