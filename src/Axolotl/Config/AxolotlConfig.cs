@@ -87,6 +87,10 @@ public sealed class AxolotlConfig
     /// <summary>The frozen Linear weights (all but lm_head) stored as row-wise int8.</summary>
     [AxolotlKey("load_in_8bit")]
     public bool LoadIn8Bit { get; set; }
+    /// <summary>LoRA+: the learning rate of lora_B (and 1-D adapter parameters) is learning_rate × this.</summary>
+    public double? LoraplusLrRatio { get; set; }
+    /// <summary>LoRA+ rate of LoRA embedding layers; there are none here (adapters wrap Linear layers), so it has no effect.</summary>
+    public double? LoraplusLrEmbedding { get; set; }
     /// <summary>Overrides of Axolotl's 4-bit BitsAndBytesConfig (nf4, double quantization, compute dtype = the model's).</summary>
     public Dictionary<string, string>? BnbConfigKwargs { get; set; }
 

@@ -112,6 +112,7 @@ public static class FinetuneRecipe
             EvalBatchSize = config.EvalBatchSize,
             EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
             PeakFlops = peakFlops,
+            LoraPlusLrRatio = lora != null ? config.LoraplusLrRatio : null,
         };
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         void SaveWeights(string dir)

@@ -36,6 +36,8 @@ public sealed record TrainingOptions
     /// <summary>Peak FLOP/s of this machine in the compute dtype; when set, each log entry carries <c>mfu</c>
     /// (tokens/s × <see cref="Flops.PerToken(DecoderConfig,long,long,double)"/> ÷ this).</summary>
     public double? PeakFlops { get; init; }
+    /// <summary>LoRA+ (loraplus_lr_ratio): lora_B matrices and 1-D parameters learn at this multiple of the rate.</summary>
+    public double? LoraPlusLrRatio { get; init; }
 }
 
 /// <summary>
@@ -162,7 +164,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 {
                     gradNorm = nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : double.PositiveInfinity);
                     double lr = o.LearningRate * schedule.Multiplier(step);
-                    foreach (var group in optimizer.ParamGroups) ((ParamGroup)group).LearningRate = lr;
+                    foreach (var (group, scale) in optimizer.ParamGroups.Zip(_groupLrScale)) ((ParamGroup)group).LearningRate = lr * scale;
                     optimizer.step();
                     optimizer.zero_grad();
                 }
@@ -272,16 +274,34 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         return saved.GlobalStep;
     }
 
+    /// <summary>Each optimizer param group's learning rate as a multiple of the scheduled one (LoRA+ raises B's).</summary>
+    readonly List<double> _groupLrScale = [];
+
     /// <summary>AdamW with HF's grouping: biases and norm weights get no weight decay.</summary>
     OptimizerHelper BuildOptimizer(List<(string name, Parameter parameter)> trainable)
     {
         var o = options;
         static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
         var groups = new List<AdamW.ParamGroup>();
+        if (o.LoraPlusLrRatio is double ratio)
+        {
+            // PEFT's create_loraplus_optimizer as Axolotl calls it: lora_B and 1-D parameters at lr × ratio, the rest at
+            // lr. Axolotl hands it no weight decay (HF keeps that in the param groups it replaces), so none applies.
+            static bool IsB((string name, Parameter parameter) p) => p.name.Contains("lora_B") || p.parameter.dim() == 1;
+            foreach (var (members, scale) in new[] { (trainable.Where(p => !IsB(p)), 1.0), (trainable.Where(IsB), ratio) })
+            {
+                var list = members.Select(p => p.parameter).ToList();
+                if (list.Count == 0) continue;
+                groups.Add(new AdamW.ParamGroup(list, o.LearningRate * scale, o.Beta1, o.Beta2, o.Epsilon, 0.0));
+                _groupLrScale.Add(scale);
+            }
+            return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, 0.0);
+        }
         var decay = trainable.Where(p => !NoDecay(p.name)).Select(p => p.parameter).ToList();
         var noDecay = trainable.Where(p => NoDecay(p.name)).Select(p => p.parameter).ToList();
         if (decay.Count > 0) groups.Add(new AdamW.ParamGroup(decay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay));
         if (noDecay.Count > 0) groups.Add(new AdamW.ParamGroup(noDecay, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, 0.0));
+        _groupLrScale.AddRange(groups.Select(_ => 1.0));
         return optim.AdamW(groups, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay);
     }
 

@@ -89,14 +89,14 @@ public class ConfigLoaderTests
     {
         var e = Assert.Throws<UnsupportedKeysError>(() => Parse((Lora + """
 
-            loraplus_lr_ratio: 16
+            lora_fan_in_fan_out: true
             sample_packing: true
             wandb_project: demo
             optimizer: muon
             """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_messages: conversations\n    split: train[:10%]")));
-        Assert.Equal(["datasets[0].field_messages", "datasets[0].split", "loraplus_lr_ratio", "sample_packing", "wandb_project", "optimizer"], e.Keys);
+        Assert.Equal(["datasets[0].field_messages", "datasets[0].split", "lora_fan_in_fan_out", "sample_packing", "wandb_project", "optimizer"], e.Keys);
         Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_messages: conversations' (4:5), " +
-                          "'datasets[0].split: train[:10%]' (5:5), 'loraplus_lr_ratio: 16' (13:1)", e.Message);
+                          "'datasets[0].split: train[:10%]' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
         Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
         Assert.Single(e.Message.Split('\n'));
     }
@@ -259,7 +259,7 @@ public class ConfigLoaderTests
         }
         Assert.Subset(AxolotlKeys.All, typed.ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "loraplus_lr_ratio", "special_tokens", "chat_template", "rl", "wandb_project", "eval_table_size", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "special_tokens", "chat_template", "rl", "wandb_project", "eval_table_size", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "gradient_checkpointing", "tf32", "deepspeed", "fsdp", "dataset_prepared_path", "liger_rms_norm", "torch_compile" });
     }
 }
@@ -342,7 +342,7 @@ public class ConfigWriterTests
         Assert.Equal("cosine", (string)properties["lr_scheduler"]!["default"]!);
         Assert.Equal("array", (string)properties["datasets"]!["type"]!);
         Assert.True(properties["datasets"]!["items"]!["properties"]!.AsObject().ContainsKey("path"));
-        Assert.False(properties.ContainsKey("loraplus_lr_ratio"));
+        Assert.False(properties.ContainsKey("lora_fan_in_fan_out"));
         Assert.Equal("object", (string)properties["bnb_config_kwargs"]!["type"]!);
         Assert.Equal("integer", (string)properties["peft_layers_to_transform"]!["items"]!["type"]!);
     }
