@@ -108,6 +108,45 @@ public class Nf4Tests
         Assert.True(again.Dequantize().eq(back).all().item<bool>());
     }
 
+    /// <summary>The test's own scalar NF4 quantizer, written from bnb's kernel: absmax per block of 64, x · (1/absmax) in fp32, the tree.</summary>
+    static (byte[] Packed, float[] Absmax) ScalarNf4(float[] w)
+    {
+        int blocks = (w.Length + 63) / 64;
+        var absmax = new float[blocks];
+        var codes = new int[w.Length + (w.Length & 1)];
+        for (int b = 0; b < blocks; b++)
+        {
+            float max = 0;
+            for (int i = b * 64; i < Math.Min(w.Length, b * 64 + 64); i++) max = Math.Max(max, Math.Abs(w[i]));
+            absmax[b] = max;
+            float reciprocal = 1.0f / max;
+            for (int i = b * 64; i < Math.Min(w.Length, b * 64 + 64); i++) codes[i] = NearestCode(w[i] * reciprocal);
+        }
+        var packed = new byte[codes.Length / 2];
+        for (int k = 0; k < packed.Length; k++) packed[k] = (byte)(codes[2 * k] << 4 | codes[2 * k + 1]);
+        return (packed, absmax);
+    }
+
+    [Theory]
+    [InlineData("model.layers.0.self_attn.q_proj.weight", ScalarType.Float32)]
+    [InlineData("model.layers.1.mlp.down_proj.weight", ScalarType.BFloat16)]
+    [InlineData("lm_head.weight", ScalarType.BFloat16)]
+    public void Real_weights_quantize_as_a_scalar_reading_of_bnbs_kernel(string key, ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var file = Axolotl.IO.SafetensorsFile.Open(TestSetup.Data("reference", "models", "tiny-llama", "model.safetensors"));
+        var w = file.Read(key).to(dtype);
+        var (packed, absmax) = ScalarNf4(w.to(ScalarType.Float32).reshape(-1).data<float>().ToArray());
+        using var q = Nf4Weight.Quantize(w, doubleQuant: false);
+        Assert.Equal(packed, q.Packed.data<byte>().ToArray());
+        Assert.Equal(absmax, q.Absmax!.data<float>().ToArray());
+        // Dequantized: code value × absmax in fp32, rounded once to the weight's dtype.
+        var back = q.Dequantize().to(ScalarType.Float32).reshape(-1).data<float>().ToArray();
+        var expected = tensor(Enumerable.Range(0, back.Length)
+            .Select(i => BnbNf4[(packed[i / 2] >> (i % 2 == 0 ? 4 : 0)) & 0xF] * absmax[i / 64]).ToArray()).to(dtype).to(ScalarType.Float32).data<float>().ToArray();
+        Assert.Equal(expected, back);
+    }
+
     [Fact]
     public void Dynamic_map_is_create_dynamic_map_signed()
     {
