@@ -95,6 +95,10 @@ public static class Quantizer
         return count;
     }
 
+    /// <summary>Weights held quantized (not parameters, yet part of the model's size and matmul FLOPs).</summary>
+    public static long QuantizedWeightCount(nn.Module model) =>
+        model.modules().OfType<QuantizedLinear>().Sum(q => q.InFeatures * q.OutFeatures);
+
     /// <summary>Bytes held by the quantized layers' weights (codes and scales).</summary>
     public static long QuantizedWeightBytes(nn.Module model) =>
         model.modules().OfType<QuantizedLinear>().Sum(q => q.WeightBytes);

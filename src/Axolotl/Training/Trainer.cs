@@ -103,7 +103,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
         var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps);
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
-            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()));
+            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model));
         _observer.OnStart(plan);
         double flopsPerToken = examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));

@@ -70,6 +70,7 @@ public class QuantizedLinearTests
         Assert.True(bytes <= 0.35 * bf16Bytes, $"{bytes} vs bf16 {bf16Bytes}");
         Assert.True(bytes >= 0.25 * bf16Bytes);
         Assert.DoesNotContain(model.named_parameters(), p => p.name.EndsWith("proj.weight"));
+        Assert.Equal(linears.Sum(), Quantizer.QuantizedWeightCount(model)); // still counted as the model's size
     }
 
     [Fact]
