@@ -4,6 +4,7 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using Axolotl.Config;
 using Axolotl.Models;
+using Axolotl.Quantization;
 using Axolotl.Recipes;
 using Axolotl.Runtime;
 using Axolotl.Training;
@@ -150,6 +151,14 @@ public static class Bench
         Row("train", "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
         Row("train", $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
         Row("process", $"peak RSS (VmHWM), gradient checkpointing {(config.GradientCheckpointing != "false" ? "on" : "off")}", $"{rssKb / 1024.0:F0} MiB");
+
+        // 4. Bytes the frozen base's Linear weights (all but lm_head, what bnb quantizes) hold: bf16, NF4, int8.
+        AnsiConsole.MarkupLine("[grey]base weight storage…[/]");
+        foreach (var line in BaseWeightBytes(config, architecture))
+        {
+            results.Add(line);
+            Row("base_weights", $"{line["format"]} bytes (vs bf16)", $"{(long)line["linear_weight_bytes"]! / 1048576.0:F2} MiB ({(double)line["ratio_to_bf16"]!:F3}x)");
+        }
         table.Caption($"FLOPs/token = {Flops.Formula}");
         AnsiConsole.Write(table);
 
@@ -169,6 +178,40 @@ public static class Bench
     }
 
     static double Round(double v, int digits = 2) => Math.Round(v, digits);
+
+    /// <summary>The base model in bf16, then its Linear weights quantized as QLoRA (NF4 with and without double
+    /// quantization, Axolotl's default being with) and as load_in_8bit: the bytes each stores, measured on the tensors.</summary>
+    static List<JsonObject> BaseWeightBytes(AxolotlConfig config, DecoderConfig architecture)
+    {
+        var lines = new List<JsonObject>();
+        long? bf16Bytes = null;
+        foreach (var (format, settings) in new (string, QuantizationSettings?)[]
+                 {
+                     ("bf16", null), ("nf4+double_quant", new(QuantKind.Nf4)), ("nf4", new(QuantKind.Nf4, DoubleQuant: false)), ("int8", new(QuantKind.Int8)),
+                 })
+        {
+            using var scope = NewDisposeScope();
+            using var model = CausalLM.Create(architecture, ScalarType.BFloat16, ScalarType.BFloat16);
+            if (config.RandomInitWeights) model.InitializeWeights(config.Seed); else model.LoadWeights(config.BaseModel);
+            long bytes;
+            if (settings is null)
+                bytes = model.named_modules().Where(m => m.module is Linear && m.name != "lm_head").Sum(m => ((Linear)m.module).weight.numel() * 2);
+            else
+            {
+                Quantizer.QuantizeLinears(model, settings);
+                bytes = Quantizer.QuantizedWeightBytes(model);
+            }
+            bf16Bytes ??= bytes;
+            long otherBytes = model.parameters().Sum(p => p.numel() * p.element_size());
+            lines.Add(new JsonObject
+            {
+                ["benchmark"] = "base_weights", ["format"] = format, ["linear_weight_bytes"] = bytes,
+                ["ratio_to_bf16"] = Math.Round((double)bytes / bf16Bytes.Value, 4),
+                ["model_bytes"] = bytes + otherBytes - (settings is null ? bytes : 0),
+            });
+        }
+        return lines;
+    }
 
     static List<double> MatmulGflops(ScalarType dtype)
     {

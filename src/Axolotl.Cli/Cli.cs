@@ -158,6 +158,8 @@ public static class Cli
                 null => "~",
                 List<DatasetConfig> ds => string.Join("; ", ds.Select(d => $"{d.Path} ({d.Strategy ?? "pre-tokenized"}{(d.Variant != null ? ":" + d.Variant : "")})")),
                 List<string> list => "[" + string.Join(", ", list) + "]",
+                List<int> list => "[" + string.Join(", ", list) + "]",
+                Dictionary<string, string> map => "{" + string.Join(", ", map.Select(kv => $"{kv.Key}: {kv.Value}")) + "}",
                 bool b => b ? "true" : "false",
                 double d => d.ToString("0.##########", System.Globalization.CultureInfo.InvariantCulture),
                 var v => v.ToString() ?? "",

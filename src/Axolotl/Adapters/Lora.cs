@@ -3,6 +3,8 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.RegularExpressions;
 using Axolotl.IO;
+using Axolotl.Models;
+using Axolotl.Quantization;
 using TorchSharp;
 using static TorchSharp.torch;
 using Linear = Axolotl.Models.Linear;
@@ -19,6 +21,11 @@ public sealed record LoraSettings
     public IReadOnlyList<string> TargetModules { get; init; } = [];
     public string? TargetRegex { get; init; }
     public bool UseRsLora { get; init; }
+    public bool UseDora { get; init; }
+    /// <summary>Modules trained in full next to the adapter and saved with it (PEFT's modules_to_save), e.g. embed_tokens, lm_head.</summary>
+    public IReadOnlyList<string> ModulesToSave { get; init; } = [];
+    /// <summary>Only these decoder layer indices get adapters (PEFT's layers_to_transform); null means all.</summary>
+    public IReadOnlyList<int>? LayersToTransform { get; init; }
 }
 
 /// <summary>Wraps a model's Linear layers in LoRA and moves adapters to and from PEFT's files.</summary>
@@ -31,7 +38,7 @@ public static class Lora
 
     /// <summary>All Linear layers but the output head: Axolotl's lora_target_linear.</summary>
     public static IReadOnlyList<string> LinearModuleNames(nn.Module model) =>
-        model.named_modules().Where(m => m.module is Linear && m.name != "lm_head")
+        model.named_modules().Where(m => IsLinear(m.module) && m.name != "lm_head")
             .Select(m => m.name.Split('.')[^1]).Distinct().Order(StringComparer.Ordinal).ToList();
 
     /// <summary>Replaces each targeted Linear with a LoraLinear around it and freezes everything else. Returns the wrapped paths.</summary>
@@ -39,7 +46,7 @@ public static class Lora
     {
         foreach (var p in model.parameters()) p.requires_grad = false;
         var targets = model.named_modules()
-            .Where(m => m.module is Linear && Matches(m.name, settings))
+            .Where(m => IsLinear(m.module) && Matches(m.name, settings) && InTransformedLayer(m.name, settings))
             .Select(m => m.name).ToList();
         if (targets.Count == 0)
             throw new UserError($"lora_target_modules [{string.Join(", ", settings.TargetModules)}] match no Linear layer of the model " +
@@ -47,18 +54,82 @@ public static class Lora
         foreach (var path in targets)
         {
             var (parent, leaf) = Parent(model, path);
-            var inner = (Linear)parent.named_children().First(c => c.name == leaf).module;
-            ReplaceChild(parent, leaf, new LoraLinear(inner, settings.Rank, settings.Alpha, settings.Dropout, settings.UseRsLora));
+            var inner = (nn.Module<Tensor, Tensor>)parent.named_children().First(c => c.name == leaf).module;
+            ReplaceChild(parent, leaf, new LoraLinear(inner, settings.Rank, settings.Alpha, settings.Dropout, settings.UseRsLora, settings.UseDora));
         }
+        ApplyModulesToSave(model, settings.ModulesToSave);
         return targets;
     }
+
+    static bool IsLinear(nn.Module m) => m is Linear or QuantizedLinear;
+
+    /// <summary>PEFT's layers_to_transform: the layer index is the number after the last "name." path part followed by a number.</summary>
+    static bool InTransformedLayer(string path, LoraSettings s)
+    {
+        if (s.LayersToTransform is null) return true;
+        var match = Regex.Match(path, @"^.*\.[^.]*\.(\d+)\.");
+        return match.Success && s.LayersToTransform.Contains(int.Parse(match.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture));
+    }
+
+    /// <summary>
+    /// PEFT's modules_to_save: each named module (matched on its path's end) becomes a trainable fp32 copy of itself;
+    /// its weights are saved with the adapter under the module's own key (base_model.model.lm_head.weight), as PEFT does.
+    /// </summary>
+    static void ApplyModulesToSave(nn.Module model, IReadOnlyList<string> names)
+    {
+        foreach (var name in names)
+        {
+            var found = model.named_modules().Where(m => m.name == name || m.name.EndsWith("." + name, StringComparison.Ordinal)).ToList();
+            if (found.Count == 0)
+                throw new UserError($"lora_modules_to_save: '{name}' names no module of the model" +
+                                    (name == "lm_head" && model is CausalLM { lm_head: null } ? " (its lm_head is tied to embed_tokens)." : "."));
+            if (model is CausalLM { lm_head: null } && name == "embed_tokens")
+                throw new UserError("lora_modules_to_save: embed_tokens is tied to the output head in this model; training a separate copy would untie them, which is not supported.");
+            foreach (var (path, module) in found)
+            {
+                nn.Module copy = module switch
+                {
+                    Linear l => Copy(l),
+                    Embedding e => Copy(e, model is CausalLM lm ? lm.ComputeType : ScalarType.Float32),
+                    _ => throw new UserError($"lora_modules_to_save: '{path}' is a {module.GetType().Name}; only Linear and embedding layers can be saved in full."),
+                };
+                var (parent, leaf) = Parent(model, path);
+                ReplaceChild(parent, leaf, copy);
+            }
+        }
+    }
+
+    static Linear Copy(Linear l)
+    {
+        var copy = new Linear(l.InFeatures, l.OutFeatures, l.bias is not null, ScalarType.Float32);
+        using (no_grad())
+        {
+            copy.weight.copy_(l.weight);
+            copy.bias?.copy_(l.bias!);
+        }
+        return copy;
+    }
+
+    static Embedding Copy(Embedding e, ScalarType computeType)
+    {
+        var copy = new Embedding(e.weight.shape[0], e.weight.shape[1], ScalarType.Float32, computeType);
+        using (no_grad()) copy.weight.copy_(e.weight);
+        return copy;
+    }
+
+    /// <summary>Full copies made by <see cref="ApplyModulesToSave"/>: their parameters under PEFT's saved keys.</summary>
+    static IEnumerable<(string Key, Tensor Tensor)> ModulesToSaveTensors(nn.Module model, LoraSettings settings) =>
+        settings.ModulesToSave.Count == 0 ? [] :
+        model.named_parameters()
+            .Where(p => p.parameter.requires_grad && !p.name.Contains(".lora_"))
+            .Select(p => (PeftPrefix + p.name, (Tensor)p.parameter));
 
     static bool Matches(string path, LoraSettings s) =>
         s.TargetRegex != null
             ? Regex.IsMatch(path, $"^(?:{s.TargetRegex})$")
             : s.TargetModules.Any(t => path == t || path.EndsWith("." + t, StringComparison.Ordinal));
 
-    static (nn.Module Parent, string Leaf) Parent(nn.Module root, string path)
+    internal static (nn.Module Parent, string Leaf) Parent(nn.Module root, string path)
     {
         var parts = path.Split('.');
         nn.Module current = root;
@@ -71,7 +142,7 @@ public static class Lora
     /// TorchSharp keeps a submodule both in its registry and in the field forward() reads: swap both. The field is the
     /// one holding the old instance, since a module may register a child under an HF name that is not its field name.
     /// </summary>
-    static void ReplaceChild(nn.Module parent, string name, nn.Module replacement)
+    internal static void ReplaceChild(nn.Module parent, string name, nn.Module replacement)
     {
         var old = parent.named_children().First(c => c.name == name).module;
         var field = parent.GetType().GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
@@ -93,11 +164,20 @@ public static class Lora
         {
             foreach (var (path, layer) in layers)
             {
-                var weight = layer.base_layer.weight;
-                using var merged = weight.to(ScalarType.Float32) + layer.Delta().to(ScalarType.Float32);
-                weight.copy_(merged);
+                // A quantized base becomes a plain fp32 Linear holding the merged weight (PEFT dequantizes to merge).
+                var plain = layer.base_layer as Linear
+                            ?? new Linear(layer.InFeatures, layer.OutFeatures, ((QuantizedLinear)layer.base_layer).bias is not null, ScalarType.Float32);
+                using (var scope = NewDisposeScope())
+                {
+                    var merged = layer.BaseWeight(ScalarType.Float32) + layer.Delta().to(ScalarType.Float32);
+                    // DoRA (PEFT's merge): the merged weight is rescaled per output row by m / ‖W + ΔW‖.
+                    if (layer.lora_magnitude_vector is { } magnitude)
+                        merged = merged * (magnitude.to(ScalarType.Float32) / layer.WeightNorm()).unsqueeze(1);
+                    plain.weight.copy_(merged);
+                    if (layer.base_layer is QuantizedLinear { bias: { } b }) plain.bias!.copy_(b);
+                }
                 var (parent, leaf) = Parent(model, path);
-                ReplaceChild(parent, leaf, layer.base_layer);
+                ReplaceChild(parent, leaf, plain);
             }
         }
         return layers.Select(l => l.Name).ToList();
@@ -115,7 +195,9 @@ public static class Lora
         {
             tensors.Add(new(PeftPrefix + name + ".lora_A.weight", layer.lora_A.weight));
             tensors.Add(new(PeftPrefix + name + ".lora_B.weight", layer.lora_B.weight));
+            if (layer.lora_magnitude_vector is { } m) tensors.Add(new(PeftPrefix + name + ".lora_magnitude_vector", m));
         }
+        tensors.AddRange(ModulesToSaveTensors(model, settings).Select(t => new KeyValuePair<string, Tensor>(t.Key, t.Tensor)));
         SafetensorsFile.Write(Path.Combine(dir, WeightsFile), tensors, new Dictionary<string, string> { ["format"] = "pt" });
         var wrappedLeaves = Layers(model).Select(l => l.Name.Split('.')[^1]).Distinct().ToList();
         var config = new JsonObject
@@ -129,13 +211,13 @@ public static class Lora
             ["init_lora_weights"] = true,
             ["layer_replication"] = null,
             ["layers_pattern"] = null,
-            ["layers_to_transform"] = null,
+            ["layers_to_transform"] = settings.LayersToTransform is { } layers ? new JsonArray(layers.Select(l => (JsonNode)JsonValue.Create(l)!).ToArray()) : null,
             ["loftq_config"] = new JsonObject(),
             ["lora_alpha"] = JsonNumber(settings.Alpha),
             ["lora_dropout"] = PythonFloat(settings.Dropout),
             ["megatron_config"] = null,
             ["megatron_core"] = "megatron.core",
-            ["modules_to_save"] = null,
+            ["modules_to_save"] = settings.ModulesToSave.Count > 0 ? new JsonArray(settings.ModulesToSave.Select(m => (JsonNode)JsonValue.Create(m)!).ToArray()) : null,
             ["peft_type"] = "LORA",
             ["r"] = settings.Rank,
             ["rank_pattern"] = new JsonObject(),
@@ -144,7 +226,7 @@ public static class Lora
                 ? JsonValue.Create(settings.TargetRegex)
                 : new JsonArray(wrappedLeaves.Select(l => (JsonNode)JsonValue.Create(l)!).ToArray()),
             ["task_type"] = "CAUSAL_LM",
-            ["use_dora"] = false,
+            ["use_dora"] = settings.UseDora,
             ["use_rslora"] = settings.UseRsLora,
         };
         AtomicFile.WriteAllText(Path.Combine(dir, ConfigFile), config.ToJsonString(new JsonSerializerOptions { WriteIndented = true }));
@@ -172,10 +254,8 @@ public static class Lora
         {
             if (!isDefault(json[key])) throw new UserError($"{path}: {key} = {json[key]?.ToJsonString()} is not supported yet.");
         }
-        Refuse("use_dora", n => n == null || !n.GetValue<bool>());
         Refuse("fan_in_fan_out", n => n == null || !n.GetValue<bool>());
-        Refuse("modules_to_save", n => n == null || (n is JsonArray a && a.Count == 0));
-        Refuse("layers_to_transform", n => n == null);
+        Refuse("layers_pattern", n => n == null || (n is JsonArray a && a.Count == 0));
         Refuse("rank_pattern", n => n == null || (n is JsonObject o && o.Count == 0));
         Refuse("alpha_pattern", n => n == null || (n is JsonObject o && o.Count == 0));
         Refuse("bias", n => n == null || n.GetValue<string>() == "none");
@@ -188,6 +268,14 @@ public static class Lora
                 Alpha = json["lora_alpha"]?.GetValue<double>() ?? 8,
                 Dropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
                 UseRsLora = json["use_rslora"]?.GetValue<bool>() ?? false,
+                UseDora = json["use_dora"]?.GetValue<bool>() ?? false,
+                ModulesToSave = json["modules_to_save"] is JsonArray save ? save.Select(x => x!.GetValue<string>()).ToList() : [],
+                LayersToTransform = json["layers_to_transform"] switch
+                {
+                    null => null,
+                    JsonArray list => list.Select(x => x!.GetValue<int>()).ToList(),
+                    var single => [single.GetValue<int>()],
+                },
                 TargetModules = targets is JsonArray a ? a.Select(x => x!.GetValue<string>()).ToList() : [],
                 TargetRegex = targets is JsonValue v ? v.GetValue<string>() : null,
             };
@@ -212,7 +300,9 @@ public static class Lora
         {
             expected[PeftPrefix + name + ".lora_A.weight"] = layer.lora_A.weight;
             expected[PeftPrefix + name + ".lora_B.weight"] = layer.lora_B.weight;
+            if (layer.lora_magnitude_vector is { } m) expected[PeftPrefix + name + ".lora_magnitude_vector"] = m;
         }
+        foreach (var (key, tensor) in ModulesToSaveTensors(model, settings)) expected[key] = tensor;
         var missing = expected.Keys.Where(k => !file.Entries.ContainsKey(k)).ToList();
         var unexpected = file.Entries.Keys.Where(k => !expected.ContainsKey(k)).ToList();
         if (missing.Count > 0 || unexpected.Count > 0)

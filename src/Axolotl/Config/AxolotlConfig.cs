@@ -84,6 +84,23 @@ public sealed class AxolotlConfig
     public double LoraDropout { get; set; }
     public List<string>? LoraTargetModules { get; set; }
     public bool LoraTargetLinear { get; set; }
+    /// <summary>Modules trained in full and saved with the adapter (PEFT's modules_to_save).</summary>
+    public List<string>? LoraModulesToSave { get; set; }
+    public List<int>? PeftLayersToTransform { get; set; }
+    public bool PeftUseDora { get; set; }
+    public bool PeftUseRslora { get; set; }
+    /// <summary>QLoRA: the frozen Linear weights (all but lm_head) stored as bitsandbytes NF4.</summary>
+    [AxolotlKey("load_in_4bit")]
+    public bool LoadIn4Bit { get; set; }
+    /// <summary>The frozen Linear weights (all but lm_head) stored as row-wise int8.</summary>
+    [AxolotlKey("load_in_8bit")]
+    public bool LoadIn8Bit { get; set; }
+    /// <summary>LoRA+: the learning rate of lora_B (and 1-D adapter parameters) is learning_rate × this.</summary>
+    public double? LoraplusLrRatio { get; set; }
+    /// <summary>LoRA+ rate of LoRA embedding layers; there are none here (adapters wrap Linear layers), so it has no effect.</summary>
+    public double? LoraplusLrEmbedding { get; set; }
+    /// <summary>Overrides of Axolotl's 4-bit BitsAndBytesConfig (nf4, double quantization, compute dtype = the model's).</summary>
+    public Dictionary<string, string>? BnbConfigKwargs { get; set; }
 
     // training
     public int MicroBatchSize { get; set; } = 1;

@@ -243,11 +243,11 @@ public static class ConfigLoader
             if (string.IsNullOrWhiteSpace(c.BaseModel)) Fail("", "'base_model' is required (a Hugging Face model folder).");
             if (c.Datasets.Count == 0 && !IsGiven("pretraining_dataset")) Fail("", "either 'datasets' or 'pretraining_dataset' is required.");
             if (c.LearningRate is null) Fail("", "'learning_rate' is required.");
-            if (c.Adapter == "qlora" && IsGiven("load_in_8bit")) Fail("load_in_8bit", "adapter: qlora loads the model in 4 bits, not with load_in_8bit; use load_in_4bit: true.");
-            if (c.Adapter == "qlora" && !IsGiven("load_in_4bit")) Fail("adapter", "adapter: qlora requires load_in_4bit: true.");
-            if (IsGiven("load_in_4bit") && IsGiven("load_in_8bit")) Fail("load_in_8bit", "load_in_4bit and load_in_8bit are both set; a model loads with one of them.");
-            if (c.Adapter is null && (IsGiven("load_in_4bit") || IsGiven("load_in_8bit")))
-                Fail(IsGiven("load_in_4bit") ? "load_in_4bit" : "load_in_8bit", "load_in_8bit and load_in_4bit need an adapter (lora or qlora); for a full fine-tune turn them off.");
+            if (c.Adapter == "qlora" && c.LoadIn8Bit) Fail("load_in_8bit", "adapter: qlora loads the model in 4 bits, not with load_in_8bit; use load_in_4bit: true.");
+            if (c.Adapter == "qlora" && !c.LoadIn4Bit) Fail("adapter", "adapter: qlora requires load_in_4bit: true.");
+            if (c.LoadIn4Bit && c.LoadIn8Bit) Fail("load_in_8bit", "load_in_4bit and load_in_8bit are both set; a model loads with one of them.");
+            if (c.Adapter is null && (c.LoadIn4Bit || c.LoadIn8Bit))
+                Fail(c.LoadIn4Bit ? "load_in_4bit" : "load_in_8bit", "load_in_8bit and load_in_4bit need an adapter (lora or qlora); for a full fine-tune turn them off.");
             if (c.Adapter is not (null or "lora" or "qlora" or "llama-adapter"))
                 Fail("adapter", $"adapter '{c.Adapter}' is not one Axolotl has (lora, qlora, llama-adapter), nor unset for a full fine-tune.");
             if (c.Adapter is null && c.LoraModelDir is not null) Fail("lora_model_dir", "'lora_model_dir' is set but 'adapter' is not; add 'adapter: lora'.");
@@ -284,7 +284,9 @@ public static class ConfigLoader
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
             if (c.SamplePacking) Refuse("sample_packing");
             if (c.EvalSamplePacking == true) Refuse("eval_sample_packing");
-            if (c.Adapter is "qlora" or "llama-adapter") Refuse("adapter");
+            if (c.Adapter is "llama-adapter") Refuse("adapter");
+            // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
+            if (c.Adapter == "lora" && c.LoadIn4Bit) Refuse("load_in_4bit");
             if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
             if (!ImplementedSchedulers.Contains(c.LrScheduler)) Refuse("lr_scheduler");
             if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal)) Refuse("model_type"); // e.g. a reward model's classifier head
@@ -408,6 +410,17 @@ public static class ConfigLoader
             if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{key}' must be a list of strings.");
             return seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? "" : throw new UserError($"{where}: '{key}' entries must be strings.")).ToList();
         }
+        if (underlying == typeof(List<int>))
+        {
+            var items = node is YamlSequenceNode list ? list.Children : [node];
+            return items.Select(c => (int)Convert(c, typeof(int), key, where)!).ToList();
+        }
+        if (underlying == typeof(Dictionary<string, string>))
+        {
+            if (node is not YamlMappingNode map) throw new UserError($"{where}: '{key}' must be a mapping of names to values.");
+            return map.Children.ToDictionary(kv => ((YamlScalarNode)kv.Key).Value ?? "",
+                kv => kv.Value is YamlScalarNode v ? v.Value ?? "" : throw new UserError($"{where}: '{key}' values must be single values."));
+        }
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");
         var text = (scalar.Value ?? "").Trim();
         if (underlying == typeof(string)) return text;
@@ -454,7 +467,7 @@ public static class ConfigLoader
             "offload" or "offload_disk" => c.GradientCheckpointing.ToLowerInvariant(),
             _ => throw new UserError($"{path}: 'gradient_checkpointing' must be true, false, offload or offload_disk, not '{c.GradientCheckpointing}'."),
         };
-        if (c.Adapter == "lora" && c.LoraModelDir is null)
+        if (c.Adapter is "lora" or "qlora" && c.LoraModelDir is null)
         {
             if (c.LoraR is null or <= 0) Fail("adapter lora needs 'lora_r' (a positive rank).");
             if (c.LoraAlpha is null) Fail("adapter lora needs 'lora_alpha'.");

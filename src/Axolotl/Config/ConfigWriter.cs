@@ -56,6 +56,7 @@ public static class ConfigWriter
         bool b => b ? "true" : "false",
         double d => d.ToString("R", CultureInfo.InvariantCulture),
         IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
+        IDictionary<string, string> map => "{" + string.Join(", ", map.Select(kv => $"{JsonSerializer.Serialize(kv.Key)}: {Scalar(kv.Value)}")) + "}",
         IEnumerable list => "[" + string.Join(", ", list.Cast<object>().Select(Scalar)) + "]",
         _ => JsonSerializer.Serialize(value.ToString()),
     };
@@ -97,10 +98,12 @@ public static class ConfigWriter
                 : underlying == typeof(bool) ? "boolean"
                 : underlying == typeof(int) ? "integer"
                 : underlying == typeof(double) ? "number"
+                : underlying == typeof(Dictionary<string, string>) ? "object"
                 : typeof(IEnumerable).IsAssignableFrom(underlying) ? "array"
                 : "string",
         };
-        if (typeof(IEnumerable).IsAssignableFrom(underlying) && underlying != typeof(string)) schema["items"] = new JsonObject { ["type"] = "string" };
+        if (underlying == typeof(List<string>) || underlying == typeof(List<int>))
+            schema["items"] = new JsonObject { ["type"] = underlying == typeof(List<int>) ? "integer" : "string" };
         if (defaultValue is not null and not IEnumerable || defaultValue is string)
             schema["default"] = JsonSerializer.SerializeToNode(defaultValue);
         return schema;

@@ -3,6 +3,7 @@ using Axolotl.Config;
 using Axolotl.Data;
 using Axolotl.IO;
 using Axolotl.Models;
+using Axolotl.Quantization;
 using Axolotl.Runtime;
 using Axolotl.Tokenization;
 using Axolotl.Training;
@@ -52,8 +53,14 @@ public static class FinetuneRecipe
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
         var resumeFrom = ResolveCheckpoint(config, reporter);
+        if (QuantizationSettings.FromConfig(config) is { } quantization)
+        {
+            var quantized = Quantizer.QuantizeLinears(model, quantization);
+            reporter.Info($"Quantized {quantized.Count} Linear layers to {(quantization.Kind == QuantKind.Nf4 ? $"NF4 (double quantization {(quantization.DoubleQuant ? "on" : "off")})" : "int8")}: " +
+                          $"{Quantizer.QuantizedWeightBytes(model) / 1048576.0:F1} MiB of weights.");
+        }
         LoraSettings? lora = null;
-        if (config.Adapter == "lora")
+        if (config.Adapter is "lora" or "qlora")
         {
             manual_seed(config.Seed);
             if (resumeFrom != null)
@@ -71,9 +78,14 @@ public static class FinetuneRecipe
                 {
                     Rank = config.LoraR!.Value, Alpha = config.LoraAlpha!.Value, Dropout = config.LoraDropout,
                     TargetModules = targets.Distinct().ToList(),
+                    UseDora = config.PeftUseDora,
+                    UseRsLora = config.PeftUseRslora,
+                    ModulesToSave = config.LoraModulesToSave ?? [],
+                    LayersToTransform = config.PeftLayersToTransform,
                 };
                 var wrapped = Lora.Apply(model, lora);
-                reporter.Info($"LoRA: r {lora.Rank}, alpha {lora.Alpha} on {wrapped.Count} layers ({string.Join(", ", lora.TargetModules)}).");
+                reporter.Info($"{(lora.UseDora ? "DoRA" : "LoRA")}: r {lora.Rank}, alpha {lora.Alpha}{(lora.UseRsLora ? " (rsLoRA scale alpha/sqrt(r))" : "")} on {wrapped.Count} layers ({string.Join(", ", lora.TargetModules)})" +
+                              (lora.ModulesToSave.Count > 0 ? $"; trained in full: {string.Join(", ", lora.ModulesToSave)}." : "."));
             }
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
@@ -109,6 +121,7 @@ public static class FinetuneRecipe
             MetricForBestModel = config.MetricForBestModel
                 ?? (config.LoadBestModelAtEnd || config.EarlyStoppingPatience != null ? "eval_loss" : null),
             GreaterIsBetter = config.GreaterIsBetter ?? false,
+            LoraPlusLrRatio = lora != null ? config.LoraplusLrRatio : null,
         };
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         void SaveWeights(string dir)

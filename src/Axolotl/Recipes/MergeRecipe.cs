@@ -2,6 +2,7 @@ using Axolotl.Adapters;
 using Axolotl.Config;
 using Axolotl.IO;
 using Axolotl.Models;
+using Axolotl.Quantization;
 using Axolotl.Runtime;
 using static TorchSharp.torch;
 
@@ -24,6 +25,14 @@ public static class MergeRecipe
         // Merge in fp32 whatever the checkpoint holds, and round to its dtype once, when saving.
         var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
         model.LoadWeights(config.BaseModel);
+        if (QuantizationSettings.FromConfig(config) is { Kind: QuantKind.Nf4 } nf4)
+        {
+            // Axolotl's merge of a QLoRA adapter (lora_merge.py, simulate_nf4): every weight matrix goes through an
+            // NF4 quantize → dequantize round trip first, so the merged model holds the base the adapter trained on.
+            // As there, this includes the matrices QLoRA left unquantized (embeddings, lm_head).
+            int count = Quantizer.RoundTripNf4(model, nf4.DoubleQuant, storedType);
+            reporter.Info($"QLoRA adapter: {count} weight matrices of the base put through NF4 (double quantization {(nf4.DoubleQuant ? "on" : "off")}) before merging, as Axolotl does.");
+        }
         var settings = Lora.Load(model, adapterDir);
         var merged = Lora.MergeAndUnload(model);
         reporter.Info($"Merged LoRA from {adapterDir} (r {settings.Rank}, alpha {settings.Alpha}) into {merged.Count} layers of {config.BaseModel}.");

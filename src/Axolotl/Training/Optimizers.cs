@@ -17,17 +17,25 @@ public abstract class TrainingOptimizer : IDisposable
     public static TrainingOptimizer Create(string name, IReadOnlyList<(string Name, Parameter Parameter)> trainable, TrainingOptions o)
     {
         static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
-        var groups = new[] { (Decay: o.WeightDecay, Params: trainable.Where(p => !NoDecay(p.Name))), (Decay: 0.0, Params: trainable.Where(p => NoDecay(p.Name))) }
-            .Select(g => (g.Decay, Params: g.Params.Select(p => p.Parameter).ToList())).Where(g => g.Params.Count > 0).ToList();
+        // LoRA+ (PEFT's create_loraplus_optimizer as Axolotl calls it): lora_B and 1-D parameters at lr × ratio, the rest
+        // at lr. Axolotl hands it no weight decay (HF keeps that in the param groups it replaces), so none applies.
+        static bool IsLoraPlusB((string Name, Parameter Parameter) p) => p.Name.Contains("lora_B") || p.Parameter.dim() == 1;
+        var groups = (o.LoraPlusLrRatio is double ratio
+                ? new[] { (Decay: 0.0, Scale: 1.0, Params: trainable.Where(p => !IsLoraPlusB(p))), (Decay: 0.0, Scale: ratio, Params: trainable.Where(IsLoraPlusB)) }
+                : new[] { (Decay: o.WeightDecay, Scale: 1.0, Params: trainable.Where(p => !NoDecay(p.Name))), (Decay: 0.0, Scale: 1.0, Params: trainable.Where(p => NoDecay(p.Name))) })
+            .Select(g => (g.Decay, g.Scale, Params: g.Params.Select(p => p.Parameter).ToList())).Where(g => g.Params.Count > 0).ToList();
         var weighted = groups.SelectMany(g => g.Params.Select(p => (p, g.Decay))).ToList();
+        var scales = groups.Select(g => g.Scale).ToArray();
+        if (o.LoraPlusLrRatio is not null && name is not ("adamw_torch" or "adamw_torch_fused" or "sgd"))
+            throw new UserError($"loraplus_lr_ratio is implemented with the adamw_torch and sgd optimizers, not '{name}'.");
         return name switch
         {
             "adamw_torch" or "adamw_torch_fused" => new Torch(optim.AdamW(
-                groups.Select(g => new AdamW.ParamGroup(g.Params, o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, g.Decay)).ToList(),
-                o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay)),
+                groups.Select(g => new AdamW.ParamGroup(g.Params, o.LearningRate * g.Scale, o.Beta1, o.Beta2, o.Epsilon, g.Decay)).ToList(),
+                o.LearningRate, o.Beta1, o.Beta2, o.Epsilon, o.WeightDecay), scales),
             // transformers passes SGD nothing but lr (and the groups' weight decay): no momentum.
             "sgd" => new Torch(optim.SGD(
-                groups.Select(g => new SGD.ParamGroup(g.Params, o.LearningRate, 0.0, 0.0, g.Decay, false, false)).ToList(), o.LearningRate)),
+                groups.Select(g => new SGD.ParamGroup(g.Params, o.LearningRate * g.Scale, 0.0, 0.0, g.Decay, false, false)).ToList(), o.LearningRate), scales),
             "adafactor" => new Adafactor(weighted),
             "lion_32bit" => new Lion(weighted, o.Beta1, o.Beta2),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, "unknown optimizer"),
@@ -42,11 +50,11 @@ public abstract class TrainingOptimizer : IDisposable
     public virtual void Dispose() { }
 
     /// <summary>TorchSharp's own optimizers (AdamW, SGD), in TorchSharp's state format.</summary>
-    sealed class Torch(OptimizerHelper inner) : TrainingOptimizer
+    sealed class Torch(OptimizerHelper inner, double[] groupLrScales) : TrainingOptimizer
     {
         public override void Step(double lr)
         {
-            foreach (var group in inner.ParamGroups) ((ParamGroup)group).LearningRate = lr;
+            foreach (var (group, scale) in inner.ParamGroups.Zip(groupLrScales)) ((ParamGroup)group).LearningRate = lr * scale;
             inner.step();
         }
         public override void ZeroGrad() => inner.zero_grad();

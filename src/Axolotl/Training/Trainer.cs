@@ -48,6 +48,8 @@ public sealed record TrainingOptions
     /// null tracks no best, as transformers without metric_for_best_model.</summary>
     public string? MetricForBestModel { get; init; }
     public bool GreaterIsBetter { get; init; }
+    /// <summary>LoRA+ (loraplus_lr_ratio): lora_B matrices and 1-D parameters learn at this multiple of the rate.</summary>
+    public double? LoraPlusLrRatio { get; init; }
 }
 
 /// <summary>
@@ -117,7 +119,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
         var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
-            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()));
+            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model));
         _observer.OnStart(plan);
         double flopsPerToken = examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));

@@ -89,14 +89,14 @@ public class ConfigLoaderTests
     {
         var e = Assert.Throws<UnsupportedKeysError>(() => Parse((Lora + """
 
-            load_in_8bit: true
+            lora_fan_in_fan_out: true
             sample_packing: true
             wandb_project: demo
             optimizer: muon
             """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_messages: conversations\n    split: train[:10%]")));
-        Assert.Equal(["datasets[0].field_messages", "datasets[0].split", "load_in_8bit", "sample_packing", "wandb_project", "optimizer"], e.Keys);
+        Assert.Equal(["datasets[0].field_messages", "datasets[0].split", "lora_fan_in_fan_out", "sample_packing", "wandb_project", "optimizer"], e.Keys);
         Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_messages: conversations' (4:5), " +
-                          "'datasets[0].split: train[:10%]' (5:5), 'load_in_8bit: true' (13:1)", e.Message);
+                          "'datasets[0].split: train[:10%]' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
         Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
         Assert.Single(e.Message.Split('\n'));
     }
@@ -259,8 +259,44 @@ public class ConfigLoaderTests
         }
         Assert.Subset(AxolotlKeys.All, typed.ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "load_in_8bit", "load_in_4bit", "special_tokens", "chat_template", "rl", "wandb_project", "eval_table_size", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "special_tokens", "chat_template", "rl", "wandb_project", "eval_table_size", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "deepspeed", "fsdp", "dataset_prepared_path", "liger_rms_norm", "torch_compile" });
+    }
+}
+
+public class QuantizationConfigTests
+{
+    const string Base = "base_model: m\nlearning_rate: 0.0002\ndatasets:\n  - path: d.jsonl\n    type: alpaca\nlora_r: 8\nlora_alpha: 16\nlora_target_linear: true\n";
+
+    [Fact]
+    public void Qlora_with_bnb_kwargs_and_peft_variants_load_as_axolotl_writes_them()
+    {
+        var c = ConfigLoader.Parse(Base + "adapter: qlora\nload_in_4bit: true\nbnb_config_kwargs:\n  bnb_4bit_use_double_quant: false\n" +
+                                   "peft_use_dora: true\npeft_use_rslora: true\nlora_modules_to_save: [embed_tokens, lm_head]\npeft_layers_to_transform: [0, 2]\n", "cfg.yml");
+        Assert.True(c.LoadIn4Bit && c.PeftUseDora && c.PeftUseRslora);
+        Assert.Equal(["embed_tokens", "lm_head"], c.LoraModulesToSave!);
+        Assert.Equal([0, 2], c.PeftLayersToTransform!);
+        var q = Axolotl.Quantization.QuantizationSettings.FromConfig(c)!;
+        Assert.Equal((Axolotl.Quantization.QuantKind.Nf4, false), (q.Kind, q.DoubleQuant));
+        // Written back and read again, the same settings.
+        var again = ConfigLoader.Parse(ConfigWriter.ToYaml(c), "again.yml");
+        Assert.Equal("false", again.BnbConfigKwargs!["bnb_4bit_use_double_quant"]);
+        Assert.Equal([0, 2], again.PeftLayersToTransform!);
+    }
+
+    [Fact]
+    public void Axolotls_qlora_defaults_are_nf4_with_double_quantization_and_fp4_is_refused()
+    {
+        var c = ConfigLoader.Parse(Base + "adapter: qlora\nload_in_4bit: true\n", "cfg.yml");
+        var q = Axolotl.Quantization.QuantizationSettings.FromConfig(c)!;
+        Assert.Equal((Axolotl.Quantization.QuantKind.Nf4, true, (TorchSharp.torch.ScalarType?)null), (q.Kind, q.DoubleQuant, q.ComputeType));
+        var fp4 = ConfigLoader.Parse(Base + "adapter: qlora\nload_in_4bit: true\nbnb_config_kwargs:\n  bnb_4bit_quant_type: fp4\n", "cfg.yml");
+        Assert.Contains("fp4", Assert.Throws<UserError>(() => Axolotl.Quantization.QuantizationSettings.FromConfig(fp4)).Message);
+        var int8 = ConfigLoader.Parse(Base + "adapter: lora\nload_in_8bit: true\n", "cfg.yml");
+        Assert.Equal(Axolotl.Quantization.QuantKind.Int8, Axolotl.Quantization.QuantizationSettings.FromConfig(int8)!.Kind);
+        // With adapter: lora, Axolotl does not build its 4-bit config; refused rather than guessed.
+        var e = Assert.Throws<UnsupportedKeysError>(() => ConfigLoader.Parse(Base + "adapter: lora\nload_in_4bit: true\n", "cfg.yml"));
+        Assert.Equal(["load_in_4bit"], e.Keys);
     }
 }
 
@@ -306,6 +342,8 @@ public class ConfigWriterTests
         Assert.Equal("cosine", (string)properties["lr_scheduler"]!["default"]!);
         Assert.Equal("array", (string)properties["datasets"]!["type"]!);
         Assert.True(properties["datasets"]!["items"]!["properties"]!.AsObject().ContainsKey("path"));
-        Assert.False(properties.ContainsKey("load_in_4bit"));
+        Assert.False(properties.ContainsKey("lora_fan_in_fan_out"));
+        Assert.Equal("object", (string)properties["bnb_config_kwargs"]!["type"]!);
+        Assert.Equal("integer", (string)properties["peft_layers_to_transform"]!["items"]!["type"]!);
     }
 }

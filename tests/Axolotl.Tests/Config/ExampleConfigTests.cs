@@ -46,7 +46,9 @@ public class ExampleConfigTests
     {
         var yaml = new YamlStream();
         yaml.Load(new StringReader(File.ReadAllText(path)));
-        foreach (var (k, v) in ((YamlMappingNode)yaml.Documents[0].RootNode).Children)
+        var root = (YamlMappingNode)yaml.Documents[0].RootNode;
+        string? adapter = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "adapter").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
+        foreach (var (k, v) in root.Children)
         {
             var key = ((YamlScalarNode)k).Value!;
             if (!IsSet(v)) continue;
@@ -55,7 +57,7 @@ public class ExampleConfigTests
             bool refusedValue = key switch
             {
                 "sample_packing" or "eval_sample_packing" => value == "true",
-                "adapter" => value == "qlora",
+                "load_in_4bit" => value == "true" && adapter == "lora", // Axolotl quantizes to 4 bits only with qlora
                 "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit"
                     or "paged_adamw_32bit" or "adamw_torch_4bit"),
                 "lr_scheduler" => value is not ("cosine" or "linear" or "constant" or "constant_with_warmup"),

@@ -1,0 +1,129 @@
+using static TorchSharp.torch;
+
+namespace Axolotl.Quantization;
+
+/// <summary>
+/// A weight matrix in bitsandbytes' 4-bit NormalFloat layout (quantize_4bit with quant_type "nf4"), reproduced from
+/// its CUDA kernels (kQuantizeBlockwise / kDequantizeBlockwise) so the codes and scales equal what bnb stores:
+/// <list type="bullet">
+/// <item>The weight is read row-major as one flat vector and cut into blocks of <see cref="BlockSize"/> (64) values;
+/// a last partial block is quantized as if padded with zeros.</item>
+/// <item>absmax[b] = max |w| over block b, in fp32 (the weight as loaded, e.g. bf16, widened exactly). Each value is
+/// scaled by multiplying with the fp32 reciprocal 1/absmax (not divided), then mapped to a 4-bit code by bnb's decision
+/// tree: the code is the number of <see cref="Thresholds"/> the scaled value is strictly greater than. So a value
+/// exactly on a midpoint takes the lower code, and NaN (a block of zeros: 0 × 1/0) falls through to code 0.</item>
+/// <item>Two codes per byte, the even-indexed element (0, 2, …) in the high nibble, the odd one in the low nibble:
+/// byte k = code[2k] &lt;&lt; 4 | code[2k+1].</item>
+/// <item>Dequantization: <see cref="Codebook"/>[code] × absmax[block] in fp32, then rounded once to the weight's
+/// original dtype (bnb's QuantState.dtype); Linear4bit casts that to the compute dtype.</item>
+/// <item>Double quantization (bnb_4bit_use_double_quant, bnb's compress_statistics): offset = mean(absmax), and
+/// absmax − offset is stored as 8-bit codes of <see cref="Blockwise8Bit"/> (the signed dynamic map) in blocks of 256,
+/// with one fp32 absmax per 256 blocks; absmax is recovered as code[q] × absmax2 + offset before use.</item>
+/// </list>
+/// One difference from CUDA remains: bnb compiles with --use_fast_math, so its 1/absmax may be off by one ulp of
+/// the IEEE reciprocal used here (bnb's CPU backend also uses the IEEE one); codes can then differ at exact midpoints.
+/// </summary>
+public sealed class Nf4Weight : IDisposable
+{
+    public const int BlockSize = 64;
+    public const int StatisticsBlockSize = 256;
+
+    /// <summary>bnb's NF4 values (nf4_dequantization_lut), code 0b0000 to 0b1111.</summary>
+    public static readonly float[] Codebook =
+    [
+        -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
+        -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,
+        0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f,
+        0.7229568362236023f, 1.0f,
+    ];
+
+    /// <summary>The pivots of bnb's dQuantizeNF4 decision tree, in ascending order (midpoints of adjacent codes, as fp32 literals).</summary>
+    public static readonly float[] Thresholds =
+    [
+        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f,
+        -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
+        0.1202552504837513f, 0.2035212516784668f, 0.2920137718319893f, 0.3893125355243683f,
+        0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
+    ];
+
+    /// <summary>Packed codes, uint8 [ceil(n / 2)].</summary>
+    public Tensor Packed { get; }
+    /// <summary>fp32 [blocks] when not double-quantized; else null.</summary>
+    public Tensor? Absmax { get; }
+    /// <summary>Double quantization: the 8-bit codes of absmax − offset, uint8 [blocks].</summary>
+    public Blockwise8Bit? NestedAbsmax { get; }
+    public float Offset { get; }
+    public long[] Shape { get; }
+    /// <summary>The dtype the weight had when quantized; dequantization rounds to it.</summary>
+    public ScalarType DType { get; }
+    public long Count => Shape.Aggregate(1L, (a, b) => a * b);
+
+    Nf4Weight(Tensor packed, Tensor? absmax, Blockwise8Bit? nested, float offset, long[] shape, ScalarType dtype)
+    {
+        Packed = packed; Absmax = absmax; NestedAbsmax = nested; Offset = offset; Shape = shape; DType = dtype;
+    }
+
+    public static Nf4Weight Quantize(Tensor weight, bool doubleQuant)
+    {
+        using var scope = NewDisposeScope();
+        var (codes, absmax) = Codes(weight);
+        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(4).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+        Tensor? plainAbsmax = null;
+        Blockwise8Bit? nested = null;
+        float offset = 0;
+        if (doubleQuant)
+        {
+            var mean = absmax.mean();
+            offset = mean.item<float>();
+            nested = Blockwise8Bit.Quantize(absmax - mean, StatisticsBlockSize);
+            nested.Codes.MoveToOuterDisposeScope();
+            nested.Absmax.MoveToOuterDisposeScope();
+        }
+        else plainAbsmax = absmax.MoveToOuterDisposeScope();
+        return new Nf4Weight(packed.contiguous().MoveToOuterDisposeScope(), plainAbsmax, nested, offset, weight.shape, weight.dtype);
+    }
+
+    /// <summary>The 4-bit codes (uint8 [n rounded up to even]) and fp32 absmax per block of a weight, as bnb computes them.</summary>
+    internal static (Tensor Codes, Tensor Absmax) Codes(Tensor weight)
+    {
+        var flat = weight.detach().to(ScalarType.Float32).reshape(-1);
+        long n = flat.shape[0];
+        long blocks = (n + BlockSize - 1) / BlockSize;
+        if (blocks * BlockSize != n) flat = nn.functional.pad(flat, [0, blocks * BlockSize - n]);
+        var grid = flat.view(blocks, BlockSize);
+        var absmax = grid.abs().amax([1]);
+        var scaled = grid * absmax.reciprocal().unsqueeze(1);
+        var codes = bucketize(scaled, tensor(Thresholds), right: false);
+        codes = where(scaled.isnan(), zeros_like(codes), codes).reshape(-1);
+        long kept = n + (n & 1);
+        return (codes.narrow(0, 0, kept).to(ScalarType.Byte), absmax);
+    }
+
+    /// <summary>fp32 absmax per block, undoing double quantization when present.</summary>
+    public Tensor BlockAbsmax() =>
+        Absmax is { } plain ? plain.alias() : NestedAbsmax!.Dequantize() + Offset;
+
+    /// <summary>The weight in its original dtype (or <paramref name="type"/>, via the original dtype, as bnb does).</summary>
+    public Tensor Dequantize(ScalarType? type = null)
+    {
+        using var scope = NewDisposeScope();
+        var high = Packed.bitwise_right_shift(4);
+        var low = Packed.bitwise_and(0x0F);
+        var codes = stack([high, low], 1).reshape(-1).narrow(0, 0, Count).to(ScalarType.Int64);
+        var values = tensor(Codebook).index_select(0, codes);
+        var scale = BlockAbsmax().repeat_interleave(BlockSize).narrow(0, 0, Count);
+        var result = (values * scale).to(DType).view(Shape);
+        if (type is { } t && t != DType) result = result.to(t);
+        return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>Bytes held by the stored tensors (codes and scales).</summary>
+    public long Bytes => Packed.numel() + (Absmax?.numel() * 4 ?? 0) + (NestedAbsmax?.Bytes ?? 0) + 4;
+
+    public void Dispose()
+    {
+        Packed.Dispose();
+        Absmax?.Dispose();
+        NestedAbsmax?.Dispose();
+    }
+}

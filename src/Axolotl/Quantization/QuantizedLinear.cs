@@ -1,0 +1,110 @@
+using TorchSharp;
+using TorchSharp.Modules;
+using static TorchSharp.torch;
+using Linear = Axolotl.Models.Linear;
+
+namespace Axolotl.Quantization;
+
+#pragma warning disable IDE1006 // HF state-dict names
+
+/// <summary>A frozen weight held in a compact form, dequantized when used.</summary>
+public interface IQuantizedWeight : IDisposable
+{
+    long[] Shape { get; }
+    /// <summary>The weight in <paramref name="type"/>, rounded first to the dtype it was quantized from (as bnb does).</summary>
+    Tensor Dequantize(ScalarType? type = null);
+    long Bytes { get; }
+}
+
+public sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
+{
+    public long[] Shape => w.Shape;
+    public Tensor Dequantize(ScalarType? type = null) => w.Dequantize(type);
+    public long Bytes => w.Bytes;
+    public void Dispose() => w.Dispose();
+}
+
+public sealed class Int8Quantized(Int8Weight w) : IQuantizedWeight
+{
+    public long[] Shape => [w.Codes.shape[0], w.Codes.shape[1]];
+    public Tensor Dequantize(ScalarType? type = null) => w.Dequantize(type);
+    public long Bytes => w.Bytes;
+    public void Dispose() => w.Dispose();
+}
+
+/// <summary>
+/// bnb's Linear4bit / Linear8bitLt for a frozen base: y = x Wᵀ + b with W dequantized to x's dtype for the forward
+/// pass, freed, and dequantized again in the backward pass for the input gradient (W gets none), so no full-precision
+/// copy of any layer outlives its own matmul. The bias stays a regular (frozen) parameter, as in bnb.
+/// </summary>
+public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
+{
+    public Parameter? bias;
+    public IQuantizedWeight Weight { get; }
+    public long InFeatures { get; }
+    public long OutFeatures { get; }
+    /// <summary>bnb_4bit_compute_dtype: inputs are cast to it and outputs back; null computes in the input's dtype.</summary>
+    public ScalarType? ComputeType { get; }
+
+    public QuantizedLinear(IQuantizedWeight weight, Parameter? bias, ScalarType? computeType = null) : base(nameof(QuantizedLinear))
+    {
+        Weight = weight;
+        ComputeType = computeType;
+        OutFeatures = weight.Shape[0];
+        InFeatures = weight.Shape[1];
+        this.bias = bias;
+        if (bias is not null) bias.requires_grad = false;
+        RegisterComponents();
+    }
+
+    public override Tensor forward(Tensor x)
+    {
+        var type = ComputeType ?? x.dtype;
+        var input = x.dtype == type ? x : x.to(type);
+        var b = bias is null ? null : bias.dtype == type ? bias : bias.to(type);
+        var y = DequantizedMatmul.apply(input, b, Weight);
+        return y.dtype == x.dtype ? y : y.to(x.dtype);
+    }
+
+    /// <summary>Bytes of the stored weight (codes and scales), without the bias.</summary>
+    public long WeightBytes => Weight.Bytes;
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing) Weight.Dispose();
+        base.Dispose(disposing);
+    }
+
+    sealed class DequantizedMatmul : autograd.SingleTensorFunction<DequantizedMatmul>
+    {
+        public override string Name => "DequantizedMatmul";
+
+        public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
+        {
+            var x = (Tensor)vars[0];
+            var weight = (IQuantizedWeight)vars[2];
+            ctx.save_data("weight", weight);
+            ctx.save_data("type", x.dtype);
+            using var w = weight.Dequantize(x.dtype);
+            return nn.functional.linear(x, w, vars[1] as Tensor);
+        }
+
+        public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
+        {
+            var weight = (IQuantizedWeight)ctx.get_data("weight");
+            var type = (ScalarType)ctx.get_data("type");
+            using var w = weight.Dequantize(type);
+            var gradInput = gradOutput.to(type).matmul(w);
+            return [gradInput, null!, null!];
+        }
+    }
+
+    /// <summary>Replaces a Linear by its quantized form; the original weight is disposed.</summary>
+    public static QuantizedLinear From(Linear linear, Func<Tensor, IQuantizedWeight> quantize, ScalarType? computeType = null)
+    {
+        var q = quantize(linear.weight);
+        var b = linear.bias is null ? null : new Parameter(linear.bias.detach().clone(), false);
+        linear.Dispose();
+        return new QuantizedLinear(q, b, computeType);
+    }
+}
