@@ -29,6 +29,19 @@ static class UnicodeClass
         _ => false,
     };
 
+    /// <summary>Rust's <c>is_ascii_punctuation() || is_punctuation()</c>: ASCII symbols and every P* category.</summary>
+    public static bool IsPunctuation(int cp)
+    {
+        if (cp < 0x80) return cp is >= 0x21 and <= 0x2F or >= 0x3A and <= 0x40 or >= 0x5B and <= 0x60 or >= 0x7B and <= 0x7E;
+        return CharUnicodeInfo.GetUnicodeCategory(cp) switch
+        {
+            UnicodeCategory.ConnectorPunctuation or UnicodeCategory.DashPunctuation or UnicodeCategory.OpenPunctuation
+                or UnicodeCategory.ClosePunctuation or UnicodeCategory.InitialQuotePunctuation
+                or UnicodeCategory.FinalQuotePunctuation or UnicodeCategory.OtherPunctuation => true,
+            _ => false,
+        };
+    }
+
     /// <summary>Rust regex's Unicode <c>\w</c>: Alphabetic, marks, decimal digits, connector punctuation, joiners.
     /// Alphabetic is approximated by letters, letter numbers and the circled letters.</summary>
     public static bool IsWordChar(int cp)
