@@ -20,9 +20,15 @@ sealed class RegexReplaceNormalizer(RegexPattern pattern, string content) : INor
     public string Normalize(string text) => pattern.Replace(text, content);
 }
 
+/// <summary>Rust's <c>str::to_lowercase</c>: .NET's invariant lowering, plus the one full (multi-character) mapping,
+/// U+0130 → "i̇", that the simple mapping lacks.</summary>
 sealed class LowercaseNormalizer : INormalizer
 {
-    public string Normalize(string text) => text.ToLowerInvariant();
+    public string Normalize(string text)
+    {
+        if (!text.Contains('\u0130')) return text.ToLowerInvariant();
+        return string.Join("i\u0307", text.Split('\u0130').Select(part => part.ToLowerInvariant()));
+    }
 }
 
 /// <summary>tokenizers' Strip: removes White_Space from either end.</summary>

@@ -12,7 +12,10 @@ namespace Axolotl.Tokenization;
 /// </summary>
 sealed class RegexPattern
 {
-    public static readonly RegexPattern Whitespace = new(@"\w+|[^\w\s]+", "Whitespace");
+    /// <summary>tokenizers' Whitespace pattern <c>\w+|[^\w\s]+</c>, with Rust's Unicode <c>\w</c> (all marks, letter
+    /// numbers, joiners and the circled letters, which .NET's <c>\w</c> leaves out) spelled out.</summary>
+    public static readonly RegexPattern Whitespace = new(
+        @"[\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\u200C\u200D\u24B6-\u24E9]+|[^\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\u200C\u200D\u24B6-\u24E9\s]+", "Whitespace");
 
     readonly Regex _regex;
 
