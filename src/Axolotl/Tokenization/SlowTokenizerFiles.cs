@@ -153,7 +153,7 @@ sealed class SentencePieceModel
                 else reader.Skip(wire);
             }
         }
-        catch (Exception e) when (e is IndexOutOfRangeException or ArgumentException or FormatException)
+        catch (Exception e) when (e is IndexOutOfRangeException or ArgumentException or FormatException or OverflowException)
         {
             throw new UserError($"{path} is neither a SentencePiece model nor a tiktoken file ({e.Message}).", e);
         }
