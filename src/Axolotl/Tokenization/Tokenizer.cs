@@ -80,6 +80,7 @@ public sealed class Tokenizer
         ModelMaxLength = JsonRead.Get(cfg, "model_max_length") is { ValueKind: JsonValueKind.Number } max
             && max.TryGetInt64(out var length) && length < VeryLargeInteger ? length : null;
 
+        TokenizerClass = baseClass;
         _rebuildsTemplate = baseClass is not null && ClassDefaults.ContainsKey(baseClass);
         _addBos = NullableBool(cfg, "add_bos_token");
         _addEos = NullableBool(cfg, "add_eos_token");
@@ -168,8 +169,12 @@ public sealed class Tokenizer
         _ => null,
     };
 
-    /// <summary>LlamaTokenizerFast.update_post_processor: BOS/EOS around the text as add_bos_token/add_eos_token say.</summary>
-    void UpdatePostProcessor()
+    /// <summary>tokenizer_config.json's tokenizer_class without "Fast" (LlamaTokenizer, GPT2Tokenizer, ...), if given.</summary>
+    public string? TokenizerClass { get; }
+
+    /// <summary>LlamaTokenizerFast.update_post_processor: BOS/EOS around the text as add_bos_token/add_eos_token say,
+    /// with the current bos_token/eos_token.</summary>
+    public void UpdatePostProcessor()
     {
         _postProcess = [BosEosTemplate(_addBos ?? _rebuildsTemplate, _addEos ?? false, _configFile)];
     }
@@ -202,8 +207,8 @@ public sealed class Tokenizer
     /// <summary>
     /// <c>tokenizer.add_special_tokens({key: AddedToken(content, rstrip=False, lstrip=False, normalized=False)})</c>:
     /// sets bos_token, eos_token, pad_token, unk_token (or sep/cls/mask) to <paramref name="content"/>, adding it as a
-    /// special token when the vocabulary lacks it. A BOS or EOS change rebuilds the BOS/EOS template where the
-    /// tokenizer class does that (LlamaTokenizerFast). Returns whether a new token was added.
+    /// special token when the vocabulary lacks it. Like transformers, this leaves the post-processor alone: call
+    /// <see cref="UpdatePostProcessor"/> for the new BOS/EOS to be added by <see cref="Encode"/>. Returns whether a new token was added.
     /// </summary>
     public bool SetSpecialToken(string key, string content)
     {
@@ -216,7 +221,6 @@ public sealed class Tokenizer
         else AddTokens([token], replace: false);
         _added.Build(_normalizer is null ? null : _normalizer.Normalize);
         _specialTokens[key] = content;
-        if (key is "bos_token" or "eos_token" && (_rebuildsTemplate || _addBos.HasValue || _addEos.HasValue)) UpdatePostProcessor();
         return VocabSize > before;
     }
 
