@@ -6,7 +6,7 @@ namespace Axolotl.Tokenization;
 /// <summary>Receives one pre-token; <paramref name="atStart"/> is true when it begins at offset 0 of the original input.</summary>
 delegate void PieceSink(ReadOnlySpan<char> piece, bool atStart);
 
-interface IPreTokenizer { void PreTokenize(string text, bool atStart, PieceSink sink); }
+interface IPreTokenizer { void PreTokenize(ReadOnlySpan<char> text, bool atStart, PieceSink sink); }
 
 /// <summary>tokenizers' <c>SplitDelimiterBehavior</c>.</summary>
 enum SplitBehavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous }
@@ -33,15 +33,15 @@ sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : IPreTok
         return map;
     }
 
-    public void PreTokenize(string text, bool atStart, PieceSink sink)
+    public void PreTokenize(ReadOnlySpan<char> text, bool atStart, PieceSink sink)
     {
         // tokenizers adds the prefix space to every split that lacks one, not only to the first.
-        if (addPrefixSpace && !text.StartsWith(' ')) text = " " + text;
+        if (addPrefixSpace && (text.IsEmpty || text[0] != ' ')) text = string.Concat(" ", text);
         if (!useRegex) { EmitBytes(text, atStart, sink); return; }
         for (int start = 0; start < text.Length;)
         {
             int end = Gpt2PieceEnd(text, start);
-            EmitBytes(text.AsSpan(start, end - start), atStart && start == 0, sink);
+            EmitBytes(text.Slice(start, end - start), atStart && start == 0, sink);
             start = end;
         }
     }
@@ -66,7 +66,7 @@ sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : IPreTok
     /// <c>'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+</c>.
     /// Hand-written because it is the hot path of every byte-level tokenizer; <see cref="RegexPattern"/> is the general case.
     /// </summary>
-    static int Gpt2PieceEnd(string s, int i)
+    static int Gpt2PieceEnd(ReadOnlySpan<char> s, int i)
     {
         int n = s.Length;
         if (s[i] == '\'' && i + 1 < n)
@@ -106,9 +106,9 @@ sealed class ByteLevelPreTokenizer(bool addPrefixSpace, bool useRegex) : IPreTok
 /// </summary>
 sealed class MetaspacePreTokenizer(char replacement, PrependScheme scheme, bool split) : IPreTokenizer
 {
-    public void PreTokenize(string text, bool atStart, PieceSink sink)
+    public void PreTokenize(ReadOnlySpan<char> text, bool atStart, PieceSink sink)
     {
-        var s = text.Replace(' ', replacement);
+        var s = text.ToString().Replace(' ', replacement);
         bool prepend = scheme == PrependScheme.Always || (scheme == PrependScheme.First && atStart);
         if (prepend && !s.StartsWith(replacement)) s = replacement + s;
         if (!split) { sink(s, atStart); return; }
@@ -122,40 +122,42 @@ enum PrependScheme { First, Always, Never }
 /// <summary>tokenizers' Split: a string or regex pattern, a delimiter behaviour, optionally inverted.</summary>
 sealed class SplitPreTokenizer(RegexPattern pattern, SplitBehavior behavior, bool invert) : IPreTokenizer
 {
-    public void PreTokenize(string text, bool atStart, PieceSink sink)
+    public void PreTokenize(ReadOnlySpan<char> text, bool atStart, PieceSink sink)
     {
+        // The common case (Llama-3, Qwen2: Isolated, not inverted) streams the pieces without building lists.
+        if (behavior == SplitBehavior.Isolated && !invert) { pattern.ForEachSpan(text, atStart, sink); return; }
         var matches = pattern.FindMatches(text);
         if (invert) for (int i = 0; i < matches.Count; i++) matches[i] = matches[i] with { IsMatch = !matches[i].IsMatch };
         foreach (var (start, end) in Splitting.Apply(matches, behavior))
-            sink(text.AsSpan(start, end - start), atStart && start == 0);
+            sink(text.Slice(start, end - start), atStart && start == 0);
     }
 }
 
 /// <summary>A pre-tokenizer that splits on single characters (Digits, Punctuation, WhitespaceSplit).</summary>
 sealed class CharSplitPreTokenizer(Func<int, bool> isDelimiter, SplitBehavior behavior) : IPreTokenizer
 {
-    public void PreTokenize(string text, bool atStart, PieceSink sink)
+    public void PreTokenize(ReadOnlySpan<char> text, bool atStart, PieceSink sink)
     {
         foreach (var (start, end) in Splitting.ByChar(text, isDelimiter, behavior))
-            sink(text.AsSpan(start, end - start), atStart && start == 0);
+            sink(text.Slice(start, end - start), atStart && start == 0);
     }
 }
 
 sealed class SequencePreTokenizer(IPreTokenizer[] steps) : IPreTokenizer
 {
-    public void PreTokenize(string text, bool atStart, PieceSink sink) => Run(0, text, atStart, sink);
+    public void PreTokenize(ReadOnlySpan<char> text, bool atStart, PieceSink sink) => Run(0, text, atStart, sink);
 
-    void Run(int step, string text, bool atStart, PieceSink sink)
+    void Run(int step, ReadOnlySpan<char> text, bool atStart, PieceSink sink)
     {
         if (step == steps.Length) { sink(text, atStart); return; }
-        steps[step].PreTokenize(text, atStart, (piece, start) => Run(step + 1, piece.ToString(), start, sink));
+        steps[step].PreTokenize(text, atStart, (piece, start) => Run(step + 1, piece, start, sink));
     }
 }
 
 /// <summary>How tokenizers turns pattern matches into splits (<c>NormalizedString::split</c>).</summary>
 static class Splitting
 {
-    public static List<(int Start, int End)> ByChar(string text, Func<int, bool> isDelimiter, SplitBehavior behavior)
+    public static List<(int Start, int End)> ByChar(ReadOnlySpan<char> text, Func<int, bool> isDelimiter, SplitBehavior behavior)
     {
         // Each matching character is a match of its own; the characters between matches form one non-match.
         var matches = new List<(int Start, int End, bool IsMatch)>();

@@ -33,14 +33,32 @@ sealed class RegexPattern
         throw JsonRead.Invalid(file, $"the {component} pattern must be {{\"String\": ...}} or {{\"Regex\": ...}}");
     }
 
+    /// <summary>Each match and each stretch between matches, in order (Split with Isolated behaviour).</summary>
+    public void ForEachSpan(ReadOnlySpan<char> text, bool atStart, PieceSink sink)
+    {
+        if (text.ContainsAnyInRange('\uD800', '\uDBFF'))
+        {
+            foreach (var (start, end, _) in FindMatches(text)) sink(text.Slice(start, end - start), atStart && start == 0);
+            return;
+        }
+        int previous = 0;
+        foreach (var match in _regex.EnumerateMatches(text))
+        {
+            if (previous != match.Index) sink(text.Slice(previous, match.Index - previous), atStart && previous == 0);
+            if (match.Length > 0) sink(text.Slice(match.Index, match.Length), atStart && match.Index == 0);
+            previous = match.Index + match.Length;
+        }
+        if (previous != text.Length) sink(text.Slice(previous), atStart && previous == 0);
+    }
+
     /// <summary>The text cut into consecutive spans, each marked as a match or not (tokenizers' <c>find_matches</c>).</summary>
-    public List<(int Start, int End, bool IsMatch)> FindMatches(string text)
+    public List<(int Start, int End, bool IsMatch)> FindMatches(ReadOnlySpan<char> text)
     {
         var spans = new List<(int Start, int End, bool IsMatch)>();
         if (text.Length == 0) return spans;
-        bool astral = text.AsSpan().ContainsAnyInRange('\uD800', '\uDBFF');
+        bool astral = text.ContainsAnyInRange('\uD800', '\uDBFF');
         int[]? offsets = null;
-        string subject = astral ? StandIn(text, out offsets) : text;
+        ReadOnlySpan<char> subject = astral ? StandIn(text, out offsets) : text;
         int previous = 0;
         foreach (var match in _regex.EnumerateMatches(subject))
         {
@@ -66,7 +84,7 @@ sealed class RegexPattern
         return builder.ToString();
     }
 
-    static string StandIn(string text, out int[]? offsets)
+    static string StandIn(ReadOnlySpan<char> text, out int[]? offsets)
     {
         var chars = new char[text.Length];
         offsets = new int[text.Length + 1];

@@ -58,9 +58,9 @@ static class UnicodeClass
     }
 
     /// <summary>The code point at <paramref name="i"/>; a lone surrogate reads as U+FFFD, as UTF-8 encoding would make it.</summary>
-    public static int CodePointAt(string s, int i, out int length)
+    public static int CodePointAt(ReadOnlySpan<char> s, int i, out int length)
     {
-        var status = Rune.DecodeFromUtf16(s.AsSpan(i), out var rune, out length);
+        var status = Rune.DecodeFromUtf16(s[i..], out var rune, out length);
         return status == System.Buffers.OperationStatus.Done ? rune.Value : 0xFFFD;
     }
 
