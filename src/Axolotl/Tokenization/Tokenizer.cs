@@ -3,9 +3,12 @@ using System.Text.Json;
 namespace Axolotl.Tokenization;
 
 /// <summary>
-/// A Hugging Face fast tokenizer read from <c>tokenizer.json</c>, producing the ids that the Rust <c>tokenizers</c>
-/// library produces for it, with the special-token handling that transformers layers on top from
-/// <c>tokenizer_config.json</c> and <c>special_tokens_map.json</c>. Immutable after loading; safe to use from many threads.
+/// A Hugging Face fast tokenizer read from <c>tokenizer.json</c> (or converted from a SentencePiece or tiktoken
+/// <c>tokenizer.model</c>), producing the ids that the Rust <c>tokenizers</c> library produces for it, with the
+/// special-token handling that transformers layers on top from <c>tokenizer_config.json</c> and
+/// <c>special_tokens_map.json</c>. Encoding and decoding are safe from many threads; the methods that add tokens
+/// (<see cref="AddTokens(IEnumerable{string}, bool)"/>, <see cref="SetSpecialToken"/>, <see cref="UpdatePostProcessor"/>)
+/// are for setting it up before use.
 /// </summary>
 public sealed class Tokenizer
 {
