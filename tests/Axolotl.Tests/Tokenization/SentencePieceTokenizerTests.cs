@@ -83,6 +83,7 @@ public class SentencePieceTokenizerTests : IDisposable
     [InlineData("no_tools", 1, "tokenizer.model.v1")]
     [InlineData("no_tools", 2, "mistral_instruct_tokenizer_240216.model.v2")]
     [InlineData("no_tools", 3, "mistral_instruct_tokenizer_240323.model.v3")]
+    [InlineData("get_weather_full", 2, "mistral_instruct_tokenizer_240216.model.v2")]
     [InlineData("get_weather_full", 3, "mistral_instruct_tokenizer_240323.model.v3")]
     [InlineData("parallel_calls", 3, "mistral_instruct_tokenizer_240323.model.v3")]
     public void Mistral_chat_samples_match_mistral_common(string sample, int version, string model)
