@@ -86,7 +86,7 @@ public static class Bench
         var config = ConfigLoader.Load(configPath);
         AnsiConsole.MarkupLine("[grey]preprocessing…[/]");
         var clock = Stopwatch.StartNew();
-        var (data, _, _) = PreprocessRecipe.Run(config, new QuietReporter());
+        var (data, tokenizer, tokenizerDir) = PreprocessRecipe.Run(config, new QuietReporter());
         double prepSeconds = clock.Elapsed.TotalSeconds;
         long prepTokens = data.TotalTokens + data.Eval.Sum(e => (long)e.InputIds.Length);
         int exampleCount = data.Examples.Count + data.Eval.Count;
@@ -100,6 +100,27 @@ public static class Bench
         });
         Row("preprocess", "rows/s", $"{data.RowsRead / prepSeconds:F0} ({data.RowsRead} rows in {prepSeconds:F2} s)");
         Row("preprocess", "tokens/s", $"{prepTokens / prepSeconds:F0} ({prepTokens} tokens)");
+
+        // 2b. Tokenization alone: the prepared examples decoded back to text and encoded by a freshly loaded tokenizer,
+        // once with its per-word cache cold (as a run starts) and once warm.
+        if (tokenizer is not null && data.Examples.Count > 0)
+        {
+            var texts = data.Examples.Take(5000).Select(e => tokenizer.Decode(e.InputIds, skipSpecialTokens: true)).ToList();
+            var fresh = Axolotl.Tokenization.Tokenizer.FromFolder(tokenizerDir);
+            foreach (var pass in new[] { "cold", "warm" })
+            {
+                clock.Restart();
+                long encoded = 0, chars = 0;
+                foreach (var text in texts) { encoded += fresh.Encode(text, addSpecialTokens: false).Count; chars += text.Length; }
+                double seconds = clock.Elapsed.TotalSeconds;
+                results.Add(new JsonObject
+                {
+                    ["benchmark"] = "tokenize", ["cache"] = pass, ["texts"] = texts.Count, ["chars"] = chars, ["tokens"] = encoded,
+                    ["seconds"] = Round(seconds, 4), ["tokens_per_second"] = Round(encoded / seconds),
+                });
+                Row("tokenize", $"tokens/s ({pass} cache)", $"{encoded / seconds:F0} ({encoded} tokens, {chars / seconds / 1e6:F2} M chars/s)");
+            }
+        }
 
         // 3. Training: W warm-up + N measured steps through the library's own path, nothing kept.
         var outputDir = Path.Combine(Path.GetTempPath(), $"axolotl-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");

@@ -91,6 +91,14 @@ sealed class StripDecoder(string content, int start, int stop) : IDecoder
     }
 }
 
+/// <summary>tokenizers' Metaspace decoder: the replacement becomes a space; in the first token (unless prepend_scheme
+/// is never) every replacement is dropped, not only a leading one, as tokenizers does.</summary>
+sealed class MetaspaceDecoder(char replacement, PrependScheme scheme) : IDecoder
+{
+    public List<string> DecodeChain(List<string> tokens) => tokens.Select((token, i) =>
+        i == 0 && scheme != PrependScheme.Never ? token.Replace(replacement.ToString(), "") : token.Replace(replacement, ' ')).ToList();
+}
+
 sealed class SequenceDecoder(IDecoder[] steps) : IDecoder
 {
     public List<string> DecodeChain(List<string> tokens)
@@ -104,7 +112,7 @@ static class Decoders
 {
     public static IDecoder? Parse(JsonElement json, string file)
     {
-        if (json.ValueKind == JsonValueKind.Null) return null;
+        if (json.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return null;
         var type = JsonRead.Type(json, file, "decoder");
         return type switch
         {
@@ -112,6 +120,7 @@ static class Decoders
             "Replace" => new ReplaceDecoder(JsonRead.StringPattern(json, file, "Replace decoder"), JsonRead.String(json, "content", file)),
             "ByteFallback" => new ByteFallbackDecoder(),
             "Fuse" => new FuseDecoder(),
+            "Metaspace" => new MetaspaceDecoder(PreTokenizers.Replacement(json, file), PreTokenizers.ParsePrependScheme(json, file)),
             "Strip" => new StripDecoder(JsonRead.String(json, "content", file) is { Length: > 0 } c ? c : throw JsonRead.Invalid(file, "Strip decoder with empty content"),
                 JsonRead.Int(json, "start", file), JsonRead.Int(json, "stop", file)),
             "Sequence" => new SequenceDecoder(JsonRead.Array(json, "decoders", file)

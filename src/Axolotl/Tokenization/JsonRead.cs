@@ -19,10 +19,10 @@ static class JsonRead
     static string Supported(string component) => component switch
     {
         "model" => "BPE",
-        "normalizer" => "Sequence, Prepend, Replace with a String pattern",
-        "pre_tokenizer" => "ByteLevel",
+        "normalizer" => "Sequence, Prepend, Replace, Lowercase, Strip, NFC, NFD, NFKC, NFKD",
+        "pre_tokenizer" => "ByteLevel, Split, Sequence, Metaspace, Digits, Punctuation, Whitespace, WhitespaceSplit",
         "post_processor" => "TemplateProcessing, ByteLevel, RobertaProcessing, Sequence",
-        "decoder" => "ByteLevel, Replace with a String pattern, ByteFallback, Fuse, Strip, Sequence",
+        "decoder" => "ByteLevel, Metaspace, Replace with a String pattern, ByteFallback, Fuse, Strip, Sequence",
         _ => "none",
     };
 

@@ -18,7 +18,7 @@ static class PostProcessors
     /// <summary>The single-sequence templates to apply in order; empty when the post-processor adds nothing.</summary>
     public static List<SpecialTokenTemplate> Parse(JsonElement json, string file)
     {
-        if (json.ValueKind == JsonValueKind.Null) return [];
+        if (json.ValueKind is JsonValueKind.Null or JsonValueKind.Undefined) return [];
         var type = JsonRead.Type(json, file, "post_processor");
         switch (type)
         {

@@ -3,9 +3,12 @@ using System.Text.Json;
 namespace Axolotl.Tokenization;
 
 /// <summary>
-/// A Hugging Face fast tokenizer read from <c>tokenizer.json</c>, producing the ids that the Rust <c>tokenizers</c>
-/// library produces for it, with the special-token handling that transformers layers on top from
-/// <c>tokenizer_config.json</c> and <c>special_tokens_map.json</c>. Immutable after loading; safe to use from many threads.
+/// A Hugging Face fast tokenizer read from <c>tokenizer.json</c> (or converted from a SentencePiece or tiktoken
+/// <c>tokenizer.model</c>), producing the ids that the Rust <c>tokenizers</c> library produces for it, with the
+/// special-token handling that transformers layers on top from <c>tokenizer_config.json</c> and
+/// <c>special_tokens_map.json</c>. Encoding and decoding are safe from many threads; the methods that add tokens
+/// (<see cref="AddTokens(IEnumerable{string}, bool)"/>, <see cref="SetSpecialToken"/>, <see cref="UpdatePostProcessor"/>)
+/// are for setting it up before use.
 /// </summary>
 public sealed class Tokenizer
 {
@@ -26,38 +29,49 @@ public sealed class Tokenizer
     readonly IPreTokenizer? _preTokenizer;
     readonly BpeModel _model;
     readonly AddedVocabulary _added = new();
-    readonly List<SpecialTokenTemplate> _postProcess;
+    List<SpecialTokenTemplate> _postProcess;
     readonly IDecoder? _decoder;
     readonly bool _cleanUpSpaces;
     readonly Dictionary<string, string?> _specialTokens = new();
+    readonly bool _rebuildsTemplate;
+    readonly bool? _addBos, _addEos;
+    readonly string _configFile;
 
-    /// <summary>Loads <c>tokenizer.json</c> plus, when present, <c>tokenizer_config.json</c> and <c>special_tokens_map.json</c>.</summary>
+    /// <summary>
+    /// Loads a tokenizer folder as transformers' AutoTokenizer (use_fast) does: <c>tokenizer.json</c>, or else a
+    /// SentencePiece or tiktoken <c>tokenizer.model</c> converted to the same pipeline, plus, when present,
+    /// <c>tokenizer_config.json</c> and <c>special_tokens_map.json</c>.
+    /// </summary>
     public static Tokenizer FromFolder(string directory)
     {
         if (!Directory.Exists(directory)) throw new UserError($"Tokenizer folder {directory} does not exist.");
-        var path = Path.Combine(directory, "tokenizer.json");
-        if (!File.Exists(path))
-            throw new UserError($"{path} is missing: only Hugging Face fast tokenizers (tokenizer.json) are supported.");
-        using var tokenizer = JsonRead.Parse(path);
-        using var config = ParseOptional(Path.Combine(directory, "tokenizer_config.json"));
+        var configFile = Path.Combine(directory, "tokenizer_config.json");
+        using var config = ParseOptional(configFile);
         using var map = ParseOptional(Path.Combine(directory, "special_tokens_map.json"));
-        return new Tokenizer(path, tokenizer.RootElement, config?.RootElement, map?.RootElement,
-            Path.Combine(directory, "tokenizer_config.json"));
+        var path = Path.Combine(directory, "tokenizer.json");
+        Pipeline pipeline;
+        if (File.Exists(path))
+        {
+            using var tokenizer = JsonRead.Parse(path);
+            pipeline = Pipeline.FromJson(path, tokenizer.RootElement);
+        }
+        else
+        {
+            var model = Path.Combine(directory, "tokenizer.model");
+            if (!File.Exists(model))
+                throw new UserError($"{path} is missing, and so is tokenizer.model: the folder holds no tokenizer this program reads.");
+            pipeline = SlowTokenizerFiles.Convert(model, config?.RootElement ?? Null);
+        }
+        return new Tokenizer(pipeline, config?.RootElement, map?.RootElement, configFile);
     }
 
     static JsonDocument? ParseOptional(string path) => File.Exists(path) ? JsonRead.Parse(path) : null;
 
-    Tokenizer(string file, JsonElement root, JsonElement? config, JsonElement? map, string configFile)
+    Tokenizer(Pipeline pipeline, JsonElement? config, JsonElement? map, string configFile)
     {
-        if (root.ValueKind != JsonValueKind.Object) throw JsonRead.Invalid(file, "the top level must be an object");
-        _normalizer = Normalizers.Parse(JsonRead.Get(root, "normalizer") ?? Null, file);
-        _preTokenizer = PreTokenizers.Parse(JsonRead.Get(root, "pre_tokenizer") ?? Null, file);
-        _model = ParseModel(JsonRead.Get(root, "model") ?? throw JsonRead.Invalid(file, "no \"model\""), file);
-        _postProcess = PostProcessors.Parse(JsonRead.Get(root, "post_processor") ?? Null, file);
-        _decoder = Decoders.Parse(JsonRead.Get(root, "decoder") ?? Null, file);
-
-        if (JsonRead.Get(root, "added_tokens") is { ValueKind: JsonValueKind.Array } added)
-            AddTokens(added.EnumerateArray().Select(t => ReadAddedToken(t, file, special: false)), replace: true);
+        (_normalizer, _preTokenizer, _model, _postProcess, _decoder) =
+            (pipeline.Normalizer, pipeline.PreTokenizer, pipeline.Model, pipeline.PostProcess, pipeline.Decoder);
+        AddTokens(pipeline.AddedTokens, replace: true);
 
         var cfg = config ?? Null;
         var className = JsonRead.Get(cfg, "tokenizer_class") is { ValueKind: JsonValueKind.String } c ? c.GetString()! : null;
@@ -66,56 +80,26 @@ public sealed class Tokenizer
         ApplyConfigTokens(cfg, map ?? Null, defaults, configFile);
         _added.Build(_normalizer is null ? null : _normalizer.Normalize);
         _cleanUpSpaces = JsonRead.Bool(cfg, "clean_up_tokenization_spaces", false);
+        ModelMaxLength = JsonRead.Get(cfg, "model_max_length") is { ValueKind: JsonValueKind.Number } max
+            && max.TryGetInt64(out var length) && length < VeryLargeInteger ? length : null;
 
-        bool rebuildsTemplate = baseClass is not null && ClassDefaults.ContainsKey(baseClass);
-        bool? addBos = NullableBool(cfg, "add_bos_token"), addEos = NullableBool(cfg, "add_eos_token");
-        if (rebuildsTemplate || addBos.HasValue || addEos.HasValue)
-            _postProcess = [BosEosTemplate(addBos ?? rebuildsTemplate, addEos ?? false, configFile)];
-
-        VocabSize = _model.Vocab.Count + _added.Contents.Count(t => !_model.Vocab.ContainsKey(t));
+        TokenizerClass = baseClass;
+        _rebuildsTemplate = baseClass is not null && ClassDefaults.ContainsKey(baseClass);
+        _addBos = NullableBool(cfg, "add_bos_token");
+        _addEos = NullableBool(cfg, "add_eos_token");
+        _configFile = configFile;
+        if (_rebuildsTemplate || _addBos.HasValue || _addEos.HasValue) UpdatePostProcessor();
     }
+
+    // transformers' VERY_LARGE_INTEGER (int(1e30)) stands for "no limit"; JSON gives it as 1000000000000000019884624838656.
+    const long VeryLargeInteger = long.MaxValue;
 
     static readonly JsonElement Null = JsonDocument.Parse("null").RootElement;
 
     static bool? NullableBool(JsonElement obj, string name) =>
         JsonRead.Get(obj, name) is { ValueKind: JsonValueKind.True or JsonValueKind.False } v ? v.GetBoolean() : null;
 
-    static BpeModel ParseModel(JsonElement model, string file)
-    {
-        var type = JsonRead.OptionalString(model, "type", file) ?? (JsonRead.Get(model, "merges") is null ? "unknown" : "BPE");
-        if (type != "BPE") throw JsonRead.Unsupported(file, "model", type);
-        if (JsonRead.Get(model, "dropout") is { ValueKind: JsonValueKind.Number } dropout && dropout.GetDouble() > 0)
-            throw new UserError($"{file}: BPE dropout is not supported; set \"dropout\" to null.");
-
-        var vocab = new Dictionary<string, int>();
-        if (JsonRead.Get(model, "vocab") is not { ValueKind: JsonValueKind.Object } vocabJson)
-            throw JsonRead.Invalid(file, "the BPE model has no vocab object");
-        foreach (var entry in vocabJson.EnumerateObject())
-            vocab[entry.Name] = entry.Value.TryGetInt32(out var id) ? id : throw JsonRead.Invalid(file, $"vocab id of \"{entry.Name}\"");
-
-        var merges = new List<(string, string)>();
-        foreach (var merge in JsonRead.Array(model, "merges", file))
-        {
-            if (merge.ValueKind == JsonValueKind.String)
-            {
-                var line = merge.GetString()!;
-                if (line.StartsWith("#version", StringComparison.Ordinal)) continue;
-                var parts = line.Split(' ');
-                if (parts.Length != 2) throw JsonRead.Invalid(file, $"merge \"{line}\" must be two tokens separated by one space");
-                merges.Add((parts[0], parts[1]));
-            }
-            else if (merge.ValueKind == JsonValueKind.Array && merge.GetArrayLength() == 2
-                     && merge[0].ValueKind == JsonValueKind.String && merge[1].ValueKind == JsonValueKind.String)
-                merges.Add((merge[0].GetString()!, merge[1].GetString()!));
-            else throw JsonRead.Invalid(file, "a merge must be \"a b\" or [\"a\", \"b\"]");
-        }
-
-        return new BpeModel(vocab, merges, JsonRead.OptionalString(model, "unk_token", file),
-            JsonRead.OptionalString(model, "continuing_subword_prefix", file), JsonRead.OptionalString(model, "end_of_word_suffix", file),
-            JsonRead.Bool(model, "byte_fallback", false), JsonRead.Bool(model, "fuse_unk", false), JsonRead.Bool(model, "ignore_merges", false), file);
-    }
-
-    static AddedToken ReadAddedToken(JsonElement json, string file, bool special) => new(
+    internal static AddedToken ReadAddedToken(JsonElement json, string file, bool special) => new(
         JsonRead.String(json, "content", file),
         JsonRead.Bool(json, "single_word", false), JsonRead.Bool(json, "lstrip", false), JsonRead.Bool(json, "rstrip", false),
         JsonRead.Bool(json, "normalized", !(special || JsonRead.Bool(json, "special", false))),
@@ -188,6 +172,16 @@ public sealed class Tokenizer
         _ => null,
     };
 
+    /// <summary>tokenizer_config.json's tokenizer_class without "Fast" (LlamaTokenizer, GPT2Tokenizer, ...), if given.</summary>
+    public string? TokenizerClass { get; }
+
+    /// <summary>LlamaTokenizerFast.update_post_processor: BOS/EOS around the text as add_bos_token/add_eos_token say,
+    /// with the current bos_token/eos_token.</summary>
+    public void UpdatePostProcessor()
+    {
+        _postProcess = [BosEosTemplate(_addBos ?? _rebuildsTemplate, _addEos ?? false, _configFile)];
+    }
+
     SpecialTokenTemplate BosEosTemplate(bool addBos, bool addEos, string configFile)
     {
         int[] Id(string key, string flag) =>
@@ -200,8 +194,44 @@ public sealed class Tokenizer
         return new SpecialTokenTemplate(items);
     }
 
+    /// <summary>
+    /// <c>tokenizer.add_tokens([AddedToken(t, rstrip=False, lstrip=False, normalized=False)])</c>, as Axolotl adds the
+    /// config's <c>tokens</c>: each new text gets the next free id. Returns how many were new. Not thread-safe: add
+    /// tokens before encoding from several threads.
+    /// </summary>
+    public int AddTokens(IEnumerable<string> tokens, bool special = false)
+    {
+        int before = VocabSize;
+        AddTokens(tokens.Where(t => !string.IsNullOrEmpty(t)).Select(t => new AddedToken(t, Normalized: false, Special: special)), replace: false);
+        _added.Build(_normalizer is null ? null : _normalizer.Normalize);
+        return VocabSize - before;
+    }
+
+    /// <summary>
+    /// <c>tokenizer.add_special_tokens({key: AddedToken(content, rstrip=False, lstrip=False, normalized=False)})</c>:
+    /// sets bos_token, eos_token, pad_token, unk_token (or sep/cls/mask) to <paramref name="content"/>, adding it as a
+    /// special token when the vocabulary lacks it. Like transformers, this leaves the post-processor alone: call
+    /// <see cref="UpdatePostProcessor"/> for the new BOS/EOS to be added by <see cref="Encode"/>. Returns whether a new token was added.
+    /// </summary>
+    public bool SetSpecialToken(string key, string content)
+    {
+        if (!SpecialTokenKeys.Contains(key))
+            throw new UserError($"special_tokens: \"{key}\" is not a special token name (use one of {string.Join(", ", SpecialTokenKeys)}).");
+        if (string.IsNullOrEmpty(content)) throw new UserError($"special_tokens: {key} must not be empty.");
+        int before = VocabSize;
+        var token = new AddedToken(content, Normalized: false, Special: true);
+        if (_added.TokenToId(content) is { } existing) _added.Add(token, existing); // re-added as special, like transformers
+        else AddTokens([token], replace: false);
+        _added.Build(_normalizer is null ? null : _normalizer.Normalize);
+        _specialTokens[key] = content;
+        return VocabSize > before;
+    }
+
     /// <summary>Number of distinct tokens: the model vocabulary plus added tokens not in it (<c>len(tokenizer)</c>).</summary>
-    public int VocabSize { get; }
+    public int VocabSize => _model.Vocab.Count + _added.Contents.Count(t => !_model.Vocab.ContainsKey(t));
+
+    /// <summary>model_max_length from tokenizer_config.json; null when absent or transformers' "no limit" value.</summary>
+    public long? ModelMaxLength { get; }
 
     public string? BosToken => _specialTokens.GetValueOrDefault("bos_token");
     public string? EosToken => _specialTokens.GetValueOrDefault("eos_token");
@@ -220,7 +250,7 @@ public sealed class Tokenizer
     {
         ArgumentNullException.ThrowIfNull(text);
         var ids = new List<int>(text.Length / 3 + 4);
-        WordSink toModel = word => _model.Tokenize(word, ids);
+        PieceSink toModel = (word, _) => _model.Tokenize(word, ids);
         foreach (var (start, end, id) in _added.SplitRaw(text))
         {
             if (id >= 0) { ids.Add(id); continue; }
@@ -230,8 +260,9 @@ public sealed class Tokenizer
             {
                 if (addedId >= 0) { ids.Add(addedId); continue; }
                 var part = from == 0 && to == normalized.Length ? normalized : normalized[from..to];
-                if (_preTokenizer is null) toModel(part);
-                else _preTokenizer.PreTokenize(part, toModel);
+                bool atStart = start == 0 && from == 0;
+                if (_preTokenizer is null) toModel(part, atStart);
+                else _preTokenizer.PreTokenize(part, atStart, toModel);
             }
         }
         if (!addSpecialTokens) return ids;

@@ -29,6 +29,19 @@ static class UnicodeClass
         _ => false,
     };
 
+    /// <summary>Rust's <c>is_ascii_punctuation() || is_punctuation()</c>: ASCII symbols and every P* category.</summary>
+    public static bool IsPunctuation(int cp)
+    {
+        if (cp < 0x80) return cp is >= 0x21 and <= 0x2F or >= 0x3A and <= 0x40 or >= 0x5B and <= 0x60 or >= 0x7B and <= 0x7E;
+        return CharUnicodeInfo.GetUnicodeCategory(cp) switch
+        {
+            UnicodeCategory.ConnectorPunctuation or UnicodeCategory.DashPunctuation or UnicodeCategory.OpenPunctuation
+                or UnicodeCategory.ClosePunctuation or UnicodeCategory.InitialQuotePunctuation
+                or UnicodeCategory.FinalQuotePunctuation or UnicodeCategory.OtherPunctuation => true,
+            _ => false,
+        };
+    }
+
     /// <summary>Rust regex's Unicode <c>\w</c>: Alphabetic, marks, decimal digits, connector punctuation, joiners.
     /// Alphabetic is approximated by letters, letter numbers and the circled letters.</summary>
     public static bool IsWordChar(int cp)
@@ -45,9 +58,9 @@ static class UnicodeClass
     }
 
     /// <summary>The code point at <paramref name="i"/>; a lone surrogate reads as U+FFFD, as UTF-8 encoding would make it.</summary>
-    public static int CodePointAt(string s, int i, out int length)
+    public static int CodePointAt(ReadOnlySpan<char> s, int i, out int length)
     {
-        var status = Rune.DecodeFromUtf16(s.AsSpan(i), out var rune, out length);
+        var status = Rune.DecodeFromUtf16(s[i..], out var rune, out length);
         return status == System.Buffers.OperationStatus.Done ? rune.Value : 0xFFFD;
     }
 

@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json.Nodes;
 using Axolotl.Tokenization;
 
@@ -58,11 +57,11 @@ public class TokenizerLoadingTests : IDisposable
     [Theory]
     [InlineData("model", """{ "type": "WordPiece", "vocab": {}, "unk_token": "[UNK]" }""", "WordPiece")]
     [InlineData("model", """{ "type": "Unigram", "vocab": [] }""", "Unigram")]
-    [InlineData("pre_tokenizer", """{ "type": "Metaspace", "replacement": "▁", "prepend_scheme": "first", "split": false }""", "Metaspace")]
-    [InlineData("pre_tokenizer", """{ "type": "Split", "pattern": { "Regex": "\\s+" }, "behavior": "Isolated", "invert": false }""", "Split")]
-    [InlineData("normalizer", """{ "type": "Lowercase" }""", "Lowercase")]
-    [InlineData("normalizer", """{ "type": "NFC" }""", "NFC")]
-    [InlineData("normalizer", """{ "type": "Replace", "pattern": { "Regex": " +" }, "content": " " }""", "Regex")]
+    [InlineData("pre_tokenizer", """{ "type": "BertPreTokenizer" }""", "BertPreTokenizer")]
+    [InlineData("pre_tokenizer", """{ "type": "Split", "pattern": { "Regex": "(?<=" }, "behavior": "Isolated", "invert": false }""", "(?<=")]
+    [InlineData("pre_tokenizer", """{ "type": "Split", "pattern": { "Regex": "a" }, "behavior": "Sideways", "invert": false }""", "Sideways")]
+    [InlineData("normalizer", """{ "type": "BertNormalizer" }""", "BertNormalizer")]
+    [InlineData("normalizer", """{ "type": "Precompiled", "precompiled_charsmap": "" }""", "Precompiled")]
     [InlineData("decoder", """{ "type": "WordPiece", "prefix": "##", "cleanup": true }""", "WordPiece")]
     [InlineData("post_processor", """{ "type": "Bogus" }""", "Bogus")]
     public void Unsupported_components_are_user_errors_naming_them_and_the_file(string part, string json, string named)
@@ -133,20 +132,6 @@ public class TokenizerLoadingTests : IDisposable
             var parallel = new int[lines.Length][];
             Parallel.For(0, lines.Length * 4, i => parallel[i % lines.Length] = tok.Encode(lines[i % lines.Length]).ToArray());
             Assert.Equal(sequential, parallel);
-        }
-    }
-
-    [Fact]
-    public void Encodes_a_megabyte_in_well_under_a_few_seconds()
-    {
-        var text = string.Concat(Enumerable.Repeat(File.ReadAllText(TokFixtures.Data("ref-tokenizer", "dotnet-ml", "lib.rs.txt")), 42));
-        foreach (var tok in new[] { TokFixtures.Llama2, TokFixtures.Gpt2 })
-        {
-            tok.Encode("warm up");
-            var watch = Stopwatch.StartNew();
-            var ids = tok.Encode(text);
-            Assert.True(watch.Elapsed < TimeSpan.FromSeconds(3), $"encoding {text.Length} chars took {watch.Elapsed}");
-            Assert.True(ids.Count > text.Length / 8);
         }
     }
 }
