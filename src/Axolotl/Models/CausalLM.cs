@@ -22,7 +22,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     {
         _config = c;
         embed_tokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, computeType);
-        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(_ => new DecoderLayer(c, dtype)).ToArray());
+        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(i => new DecoderLayer(c, dtype, i)).ToArray());
         norm = Parts.Norm(c, dtype);
         register_module("embed_tokens", embed_tokens);
         register_module("layers", layers);
@@ -32,28 +32,45 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     protected override void RegisterComponents() { } // children are registered by HF name in the constructor
 
     /// <summary>ids [batch, seq] → final hidden states [batch, seq, hidden] in the compute dtype.</summary>
-    public override Tensor forward(Tensor ids)
+    public override Tensor forward(Tensor ids) => Forward(ids, null);
+
+    /// <summary>
+    /// As <see cref="forward(Tensor)"/>; with a cache, ids are the tokens after those already cached: their positions
+    /// continue from the cache's length, they attend to the cached keys, and their keys are appended.
+    /// </summary>
+    public Tensor Forward(Tensor ids, KvCache? cache)
     {
         var h = embed_tokens.forward(ids);
         // HF makes the normalizer a tensor of the hidden dtype, so sqrt(hidden) is rounded to bf16 in bf16 runs.
         if (_config.ScaleEmbeddings) h = h * tensor(Math.Sqrt(_config.HiddenSize), dtype: h.dtype, device: h.device);
         h = Parts.Dropout(h, _config.EmbeddingDropout, training);
-        var (cos, sin) = Rope.Angles(ids.shape[1], _config.RotaryDim, _config.RopeTheta, h.dtype, h.device);
-        var positions = new Positions(cos, sin, SlidingWindowMask(ids.shape[1], h.device));
+        long past = cache?.Length ?? 0, seq = ids.shape[1];
+        // Length-dependent scalings (dynamic NTK, longrope) see the longest position so far, as transformers' do.
+        var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config, past + seq, h.device);
+        var (cos, sin) = Rope.Angles(arange(past, past + seq, dtype: ScalarType.Int64, device: h.device), invFreq, attentionFactor, h.dtype);
+        var positions = new Positions(cos, sin, past > 0 && seq > 1 ? Mask(past, seq, null, h.device) : null)
+        {
+            SlidingMask = _config.SlidingWindow is int window ? Mask(past, seq, window, h.device) : null,
+            Cache = cache,
+        };
         foreach (var layer in layers) h = layer.forward(h, positions);
         return norm.forward(h);
     }
 
     /// <summary>
-    /// Mistral's window as transformers 4.40 masks it (tril with diagonal -window-1, as flash-attn's window (w, w)):
-    /// position i sees j when i - window &lt;= j &lt;= i, so window + 1 keys. Null when plain causal masking is the same.
+    /// Which keys [0, past + seq) each new query (positions past .. past + seq - 1) may see: earlier ones, and within a
+    /// sliding window only the last few. Mistral's window as transformers 4.40 masks it (tril with diagonal -window-1,
+    /// as flash-attn's window (w, w)) sees i - window .. i, window + 1 keys; Gemma 2's and Phi-3's see window keys.
+    /// Null when plain causal attention is the same.
     /// </summary>
-    Tensor? SlidingWindowMask(long seq, Device device)
+    Tensor? Mask(long past, long seq, int? window, Device device)
     {
-        if (_config.SlidingWindow is not int window || window + 1 >= seq) return null;
-        var i = arange(seq, device: device).unsqueeze(1);
-        var j = arange(seq, device: device).unsqueeze(0);
-        return j.le(i).logical_and(j.ge(i - window));
+        long total = past + seq;
+        long visible = window is int w ? w + (_config.SlidingWindowInclusive ? 1 : 0) : total;
+        if (visible >= total && (past == 0 || seq == 1)) return null;
+        var i = arange(past, total, device: device).unsqueeze(1);
+        var j = arange(total, device: device).unsqueeze(0);
+        return j.le(i).logical_and(j.gt(i - visible));
     }
 }
 
@@ -77,11 +94,24 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    Tensor Head(Tensor hidden) =>
-        lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
+    Tensor Head(Tensor hidden)
+    {
+        var logits = lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
+        // Gemma 2 bounds the logits smoothly: cap · tanh(logits / cap), in the compute dtype.
+        return Config.FinalLogitSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
+    }
 
     /// <summary>ids [batch, seq] → logits [batch, seq, vocab] in fp32.</summary>
     public override Tensor forward(Tensor ids) => Head(model.forward(ids)).to(ScalarType.Float32);
+
+    /// <summary>Logits [batch, vocab] (fp32) of the last position, reading and extending <paramref name="cache"/>.</summary>
+    public Tensor NextTokenLogits(Tensor ids, KvCache? cache)
+    {
+        var hidden = model.Forward(ids, cache);
+        return Head(hidden.narrow(1, hidden.shape[1] - 1, 1).squeeze(1)).to(ScalarType.Float32);
+    }
+
+    public KvCache NewCache() => new(Config.NumLayers);
 
     /// <summary>
     /// Summed cross-entropy of next-token predictions over labels != -100 (HF's shift: logits[:, :-1] vs labels[:, 1:]),
