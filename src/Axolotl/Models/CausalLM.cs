@@ -201,13 +201,21 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         return lm;
     }
 
-    /// <summary>Copies weights from model.safetensors (or the shards of model.safetensors.index.json) by HF key.</summary>
+    /// <summary>
+    /// Copies weights from model.safetensors (or the shards of model.safetensors.index.json) by HF key, reading each
+    /// tensor from its memory-mapped file only when it is copied.
+    /// </summary>
     public void LoadWeights(string modelDir)
     {
-        var files = WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
+        var layout = ShardedSafetensors.ReadLayout(modelDir);
+        var files = ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
         var byKey = new Dictionary<string, SafetensorsFile>();
         foreach (var f in files)
             foreach (var key in f.Entries.Keys) byKey[key] = f;
+        if (layout is not null && !File.Exists(Path.Combine(modelDir, ShardedSafetensors.SingleFile)))
+            foreach (var (key, file) in layout)
+                if (!byKey.TryGetValue(key, out var holder) || Path.GetFileName(holder.Path) != file)
+                    throw new UserError($"{Path.Combine(modelDir, ShardedSafetensors.IndexFile)}: tensor '{key}' is mapped to '{file}', which does not hold it.");
         var expected = named_parameters().ToDictionary(p => p.name, p => p.parameter);
         var missing = expected.Keys.Where(k => !byKey.ContainsKey(k)).ToList();
         if (missing.Count > 0)
@@ -224,6 +232,8 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             var entry = file.Entries[name];
             if (!entry.Shape.SequenceEqual(parameter.shape))
                 throw new UserError($"{file.Path}: tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] but config.json implies [{string.Join(", ", parameter.shape)}].");
+            if (entry.DType is not ("F32" or "BF16" or "F16" or "F64"))
+                throw new UserError($"{file.Path}: tensor '{name}' is stored as {entry.DType}; model weights must be F32, BF16 or F16.");
             using var loaded = file.Read(name);
             parameter.copy_(loaded);
         }
@@ -232,25 +242,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>The dtype a checkpoint stores its weights in (that of model.embed_tokens.weight).</summary>
     public static ScalarType StoredWeightType(string modelDir)
     {
-        foreach (var file in WeightFiles(modelDir).Select(SafetensorsFile.Open))
+        foreach (var file in ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open))
             if (file.Entries.TryGetValue("model.embed_tokens.weight", out var entry)) return SafetensorsFile.ToScalarType(entry.DType);
         throw new UserError($"{modelDir}: the weights have no model.embed_tokens.weight.");
-    }
-
-    static IEnumerable<string> WeightFiles(string modelDir)
-    {
-        var single = Path.Combine(modelDir, "model.safetensors");
-        if (File.Exists(single)) return [single];
-        var index = Path.Combine(modelDir, "model.safetensors.index.json");
-        if (File.Exists(index))
-        {
-            var map = JsonFiles.ReadObject(index)["weight_map"] as JsonObject ?? throw new UserError($"{index}: no weight_map.");
-            try { return map.Select(kv => kv.Value!.GetValue<string>()).Distinct().Select(f => Path.Combine(modelDir, f)).ToList(); }
-            catch (InvalidOperationException) { throw new UserError($"{index}: weight_map values must be file names."); }
-        }
-        if (File.Exists(Path.Combine(modelDir, "pytorch_model.bin")))
-            throw new UserError($"{modelDir}: only pytorch_model.bin found; convert it to safetensors (pickle files are not loaded).");
-        throw new UserError($"{modelDir}: no model.safetensors or model.safetensors.index.json.");
     }
 
     /// <summary>Base-model weights under HF keys, whatever adapters wrap the layers.</summary>
@@ -259,16 +253,16 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             .Where(p => !p.name.Contains(".lora_"))
             .Select(p => new KeyValuePair<string, Tensor>(p.name.Replace(".base_layer.", "."), p.parameter));
 
-    /// <summary>Writes model.safetensors, config.json and generation_config.json as transformers reads them.</summary>
-    public void SavePretrained(string dir, ScalarType? saveType = null)
+    /// <summary>
+    /// Writes the weights (model.safetensors, or shards + index past <paramref name="maxShardBytes"/>, or along a base
+    /// model's <paramref name="layout"/>), config.json and generation_config.json as transformers reads them.
+    /// </summary>
+    public void SavePretrained(string dir, ScalarType? saveType = null, IReadOnlyDictionary<string, string>? layout = null,
+        long maxShardBytes = ShardedSafetensors.DefaultMaxShardBytes)
     {
         Directory.CreateDirectory(dir);
         var type = saveType ?? model.embed_tokens.weight.dtype;
-        using (var scope = NewDisposeScope())
-        {
-            var tensors = BaseStateDict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().to(type))).ToList();
-            SafetensorsFile.Write(Path.Combine(dir, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        }
+        ShardedSafetensors.Save(dir, BaseStateDict().ToList(), new Dictionary<string, string> { ["format"] = "pt" }, type, maxShardBytes, layout);
         var config = (JsonObject)Config.Raw.DeepClone();
         config["torch_dtype"] = type == ScalarType.BFloat16 ? "bfloat16" : type == ScalarType.Float16 ? "float16" : "float32";
         var options = new JsonSerializerOptions { WriteIndented = true };
