@@ -122,6 +122,7 @@ public sealed record DecoderConfig
                     TieWordEmbeddings = Bool(json, "tie_word_embeddings") ?? true,
                     // Gemma reads hidden_activation and ignores hidden_act (transformers PR 29402).
                     Activation = json["hidden_activation"]?.GetValue<string>() ?? "gelu_pytorch_tanh",
+                    HeadDim = json["head_dim"]?.GetValue<int>() ?? 256, // GemmaConfig's default, not hidden / heads
                 },
                 "gemma2" => c with
                 {
