@@ -268,8 +268,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         var options = new JsonSerializerOptions { WriteIndented = true };
         AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(options));
         var generation = new JsonObject { ["_from_model_config"] = true };
-        if (Config.BosTokenId is int bos) generation["bos_token_id"] = bos;
-        if (Config.EosTokenId is int eos) generation["eos_token_id"] = eos;
+        // As config.json has them: Llama 3's eos_token_id is a list, and generation stops at any of its ids.
+        foreach (var key in new[] { "bos_token_id", "eos_token_id" })
+            if (Config.Raw[key] is { } id) generation[key] = id.DeepClone();
         AtomicFile.WriteAllText(Path.Combine(dir, "generation_config.json"), generation.ToJsonString(options));
     }
 }

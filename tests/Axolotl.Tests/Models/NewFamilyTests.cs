@@ -243,3 +243,54 @@ public class NewFamilyTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Null(FromJson(c).RopeScaling);
     }
 }
+
+/// <summary>Published config.json files (testdata/model-configs, see its SOURCES.md) read as their families.</summary>
+public class PublishedConfigTests
+{
+    static JsonObject Json(string name) => JsonNode.Parse(File.ReadAllText(TestSetup.Data("model-configs", name)))!.AsObject();
+
+    static DecoderConfig Read(string name) => DecoderConfig.FromJson(Json(name), name);
+
+    [Fact]
+    public void Llama_3_1_reads_its_llama3_rope_scaling_and_matches_the_formula_at_full_size()
+    {
+        var config = Read("meta-llama-3.1-8B-Instruct.json");
+        Assert.Equal(("llama3", 8.0, 8192), (config.RopeScaling!.Type, config.RopeScaling.Factor, config.RopeScaling.OriginalMaxPositionEmbeddings));
+        Assert.Equal(128, config.RotaryDim);
+        using var scope = NewDisposeScope();
+        var (inv, _) = RopeScaling.Frequencies(config, 16, CPU);
+        var (expected, _) = FirstPrinciplesReference.InverseFrequencies(Json("meta-llama-3.1-8B-Instruct.json"), 128, 16);
+        var got = inv.data<float>().ToArray();
+        for (int i = 0; i < 64; i++) Assert.True(Math.Abs(got[i] - expected[i]) <= 1e-6 * expected[i] + 1e-12, $"{i}: {got[i]} vs {expected[i]}");
+    }
+
+    [Fact]
+    public void Llama_3_2_keeps_its_head_dim_and_tied_head()
+    {
+        var config = Read("meta-llama-3.2-1B-Instruct.json");
+        Assert.Equal((64, true, 32.0), (config.HeadDim, config.TieWordEmbeddings, config.RopeScaling!.Factor));
+    }
+
+    [Fact]
+    public void Phi_3_mini_is_fused_with_its_window()
+    {
+        var config = Read("phi-3-mini-4k-instruct-config.json");
+        Assert.Equal((true, 2047, false, 96, 1e-5), (config.FusedProjections, config.SlidingWindow, config.SlidingWindowInclusive, config.HeadDim, config.NormEps));
+        Assert.Null(config.RopeScaling); // "rope_scaling": null
+    }
+
+    [Theory]
+    [InlineData("mistral-7B-instruct-v0.3.json", "mistral")]
+    [InlineData("phi-2-config.json", "phi")]
+    public void Other_published_configs_load(string name, string family) => Assert.Equal(family, Read(name).ModelType);
+
+    [Fact]
+    public void A_saved_model_keeps_the_eos_list_in_generation_config()
+    {
+        using var dir = TestSetup.TempDir();
+        var json = NewFamilyTests.Llama();
+        json["eos_token_id"] = new JsonArray(2, 7);
+        var path = NewFamilyTests.Build(dir, json);
+        Assert.Equal([2, 7], GenerationOptions.EosFromModelFolder(path));
+    }
+}
