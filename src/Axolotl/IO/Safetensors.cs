@@ -134,9 +134,14 @@ public sealed class SafetensorsFile
         long length = entry.End - entry.Begin;
         var tensor = empty(entry.Shape, ToScalarType(entry.DType));
         if (length == 0) return tensor;
-        if (new FileInfo(Path).Length < _dataStart + entry.End)
+        // Through a stream, not FileInfo: Hub cache snapshots are symlinks, and FileInfo measures the link itself.
+        var file = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
+        if (file.Length < _dataStart + entry.End)
+        {
+            file.Dispose();
             throw new UserError($"{Path}: the file shrank since it was opened; tensor '{name}' lies past its end.");
-        using var map = MemoryMappedFile.CreateFromFile(Path, FileMode.Open, null, 0, MemoryMappedFileAccess.Read);
+        }
+        using var map = MemoryMappedFile.CreateFromFile(file, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
         using var view = map.CreateViewAccessor(_dataStart + entry.Begin, length, MemoryMappedFileAccess.Read);
         byte* source = null;
         view.SafeMemoryMappedViewHandle.AcquirePointer(ref source);

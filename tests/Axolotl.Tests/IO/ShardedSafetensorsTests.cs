@@ -175,4 +175,15 @@ public class ShardedSafetensorsTests
             Assert.True(read.eq(t).all().item<bool>(), name);
         }
     }
+
+    [Fact]
+    public void Reads_through_a_symlink_as_the_hub_cache_lays_files_out()
+    {
+        using var dir = TestSetup.TempDir();
+        using var scope = NewDisposeScope();
+        var t = randn(64, 8);
+        SafetensorsFile.Write(dir["blob"], [new("w", t)]);
+        File.CreateSymbolicLink(dir["model.safetensors"], dir["blob"]);
+        Assert.True(SafetensorsFile.Open(dir["model.safetensors"]).Read("w").eq(t).all().item<bool>());
+    }
 }
