@@ -207,12 +207,12 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// </summary>
     public void LoadWeights(string modelDir)
     {
-        var layout = ShardedSafetensors.ReadLayout(modelDir);
+        var layout = ShardedSafetensors.LayoutOf(modelDir);
         var files = ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
         var byKey = new Dictionary<string, SafetensorsFile>();
         foreach (var f in files)
             foreach (var key in f.Entries.Keys) byKey[key] = f;
-        if (layout is not null && !File.Exists(Path.Combine(modelDir, ShardedSafetensors.SingleFile)))
+        if (layout is not null)
             foreach (var (key, file) in layout)
                 if (!byKey.TryGetValue(key, out var holder) || Path.GetFileName(holder.Path) != file)
                     throw new UserError($"{Path.Combine(modelDir, ShardedSafetensors.IndexFile)}: tensor '{key}' is mapped to '{file}', which does not hold it.");
