@@ -20,6 +20,8 @@ public static class Cli
           validate    load and check the config without touching model or data; print the resolved values
           evaluate    score the model (and adapter: lora_model_dir, else output_dir) on the train and validation splits; write output_dir/eval_summary.csv
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
+          inference   answer prompts (--prompt TEXT, or stdin until EOF) with base_model (+ the adapter), streaming the text;
+                      --max-new-tokens N, --temperature T (0: greedy), --top-k K, --top-p P, --repetition-penalty R
           config-schema  print the JSON schema of the keys Axolotl.NET implements (no config file needed)
           download    axolotl download org/name [--revision R] [--repo-type model|dataset] [--include GLOB]: fetch a Hub
                       repo into the Hugging Face cache, print its snapshot folder
@@ -46,20 +48,25 @@ public static class Cli
         {
             if (command == "download") return HubCommands.Download(args[1..]);
             if (command == "fetch") return HubCommands.Fetch(args[1..]);
-            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, download, fetch.");
+            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate" or "inference"))
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, inference, download, fetch.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
             int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
+            (string? Prompt, bool Chat, Dictionary<string, string> Sampling)? inference = command == "inference" ? TakeInferenceFlags(overrides) : null;
             config = ConfigLoader.Load(args[1], overrides);
             // Before anything runs: a mapped key changes what the user gets, so it is said up front.
-            foreach (var warning in config.Warnings) PrintWarning(warning);
+            // inference's stdout carries only the answers.
+            var notes = command == "inference" ? Console.Error : Console.Out;
+            foreach (var warning in config.Warnings)
+                if (command == "inference") notes.WriteLine($"warning: {warning}");
+                else PrintWarning(warning);
             // validate only checks the config; the other commands need the model and data where they really are.
             if (command != "validate")
             {
                 using var hub = Hub.HubClient.FromEnvironment();
-                foreach (var note in HubCommands.WithProgress(hub, () => Hub.PathResolver.Resolve(config, hub))) Console.WriteLine(note);
+                foreach (var note in HubCommands.WithProgress(hub, () => Hub.PathResolver.Resolve(config, hub))) notes.WriteLine(note);
             }
             return command switch
             {
@@ -67,6 +74,7 @@ public static class Cli
                 "preprocess" => Preprocess(config, debugExamples),
                 "merge-lora" => MergeLora(config),
                 "evaluate" => Evaluate(config),
+                "inference" => Inference(config, inference!.Value),
                 _ => Train(config),
             };
         }
@@ -179,6 +187,52 @@ public static class Cli
             AnsiConsole.Write(table);
         }
         Console.WriteLine($"{config.SourcePath}: valid" + (config.Warnings.Count > 0 ? $", with {config.Warnings.Count} warning(s) above." : "."));
+        return 0;
+    }
+
+    /// <summary>Removes inference's own flags from the overrides (--lora-model-dir and --base-model are config keys).</summary>
+    static (string? Prompt, bool Chat, Dictionary<string, string> Sampling) TakeInferenceFlags(List<string> args)
+    {
+        string? prompt = null;
+        bool chat = false;
+        var sampling = new Dictionary<string, string>();
+        string[] samplingFlags = ["max-new-tokens", "temperature", "top-k", "top-p", "repetition-penalty"];
+        for (int i = 0; i < args.Count; i++)
+        {
+            var arg = args[i];
+            if (arg == "--chat") { chat = true; args.RemoveAt(i--); continue; }
+            var name = arg.StartsWith("--") ? arg[2..].Split('=')[0].Replace('_', '-') : "";
+            if (name != "prompt" && !samplingFlags.Contains(name)) continue;
+            bool inline = arg.Contains('=');
+            if (!inline && i + 1 >= args.Count) throw new UserError($"--{name} needs a value.");
+            var value = inline ? arg[(arg.IndexOf('=') + 1)..] : args[i + 1];
+            if (name == "prompt") prompt = value;
+            else sampling[name] = value;
+            args.RemoveRange(i, inline ? 1 : 2);
+            i--;
+        }
+        return (prompt, chat, sampling);
+    }
+
+    static int Inference(AxolotlConfig config, (string? Prompt, bool Chat, Dictionary<string, string> Sampling) flags)
+    {
+        var options = InferenceRecipe.AxolotlGeneration(config);
+        double Number(string flag)
+        {
+            if (!double.TryParse(flags.Sampling[flag], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) || v < 0)
+                throw new UserError($"--{flag} needs a non-negative number, not '{flags.Sampling[flag]}'.");
+            return v;
+        }
+        int Whole(string flag) => Number(flag) is var v && v == Math.Floor(v) ? (int)v : throw new UserError($"--{flag} needs a whole number, not '{flags.Sampling[flag]}'.");
+        if (flags.Sampling.ContainsKey("max-new-tokens")) options = options with { MaxNewTokens = Whole("max-new-tokens") };
+        if (flags.Sampling.ContainsKey("temperature"))
+            options = Number("temperature") is var t && t == 0 ? options with { DoSample = false } : options with { Temperature = t };
+        if (flags.Sampling.ContainsKey("top-k")) options = options with { TopK = Whole("top-k") };
+        if (flags.Sampling.ContainsKey("top-p")) options = options with { TopP = Number("top-p") };
+        if (flags.Sampling.ContainsKey("repetition-penalty")) options = options with { RepetitionPenalty = Number("repetition-penalty") };
+        var settings = new InferenceSettings { Prompt = flags.Prompt, Chat = flags.Chat, Generation = options };
+        // Progress lines go to stderr so stdout carries only the answers.
+        InferenceRecipe.Run(config, settings, Console.In, Console.Out, Console.Error, !Console.IsInputRedirected, new StderrReporter());
         return 0;
     }
 

@@ -26,6 +26,13 @@ sealed class PlainReporter : IRecipeReporter
     public void OnLog(JsonObject entry) => Console.WriteLine(Format.LogLine(entry, _plan!, _elapsed));
 }
 
+/// <summary>Messages on stderr, for commands whose stdout is their result (inference).</summary>
+sealed class StderrReporter : IRecipeReporter
+{
+    public void Info(string message) => Console.Error.WriteLine(message);
+    public void Warn(string message) => Console.Error.WriteLine($"warning: {message}");
+}
+
 /// <summary>A live progress bar with the latest loss, learning rate, throughput and ETA.</summary>
 sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
 {

@@ -22,7 +22,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     {
         _config = c;
         embed_tokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, computeType);
-        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(_ => new DecoderLayer(c, dtype)).ToArray());
+        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(i => new DecoderLayer(c, dtype, i)).ToArray());
         norm = Parts.Norm(c, dtype);
         register_module("embed_tokens", embed_tokens);
         register_module("layers", layers);
@@ -35,29 +35,46 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     public bool GradientCheckpointing { get; set; }
 
     /// <summary>ids [batch, seq] → final hidden states [batch, seq, hidden] in the compute dtype.</summary>
-    public override Tensor forward(Tensor ids)
+    public override Tensor forward(Tensor ids) => Forward(ids, null);
+
+    /// <summary>
+    /// As <see cref="forward(Tensor)"/>; with a cache, ids are the tokens after those already cached: their positions
+    /// continue from the cache's length, they attend to the cached keys, and their keys are appended.
+    /// </summary>
+    public Tensor Forward(Tensor ids, KvCache? cache)
     {
         var h = embed_tokens.forward(ids);
         // HF makes the normalizer a tensor of the hidden dtype, so sqrt(hidden) is rounded to bf16 in bf16 runs.
         if (_config.ScaleEmbeddings) h = h * tensor(Math.Sqrt(_config.HiddenSize), dtype: h.dtype, device: h.device);
         h = Parts.Dropout(h, _config.EmbeddingDropout, training);
-        var (cos, sin) = Rope.Angles(ids.shape[1], _config.RotaryDim, _config.RopeTheta, h.dtype, h.device);
-        var positions = new Positions(cos, sin, SlidingWindowMask(ids.shape[1], h.device));
+        long past = cache?.Length ?? 0, seq = ids.shape[1];
+        // Length-dependent scalings (dynamic NTK, longrope) see the longest position so far, as transformers' do.
+        var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config, past + seq, h.device);
+        var (cos, sin) = Rope.Angles(arange(past, past + seq, dtype: ScalarType.Int64, device: h.device), invFreq, attentionFactor, h.dtype);
+        var positions = new Positions(cos, sin, past > 0 && seq > 1 ? Mask(past, seq, null, h.device) : null)
+        {
+            SlidingMask = _config.SlidingWindow is int window ? Mask(past, seq, window, h.device) : null,
+            Cache = cache,
+        };
         bool recompute = GradientCheckpointing && training && is_grad_enabled();
         foreach (var layer in layers) h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions) : layer.forward(h, positions);
         return norm.forward(h);
     }
 
     /// <summary>
-    /// Mistral's window as transformers 4.40 masks it (tril with diagonal -window-1, as flash-attn's window (w, w)):
-    /// position i sees j when i - window &lt;= j &lt;= i, so window + 1 keys. Null when plain causal masking is the same.
+    /// Which keys [0, past + seq) each new query (positions past .. past + seq - 1) may see: earlier ones, and within a
+    /// sliding window only the last few. Mistral's window as transformers 4.40 masks it (tril with diagonal -window-1,
+    /// as flash-attn's window (w, w)) sees i - window .. i, window + 1 keys; Gemma 2's and Phi-3's see window keys.
+    /// Null when plain causal attention is the same.
     /// </summary>
-    Tensor? SlidingWindowMask(long seq, Device device)
+    Tensor? Mask(long past, long seq, int? window, Device device)
     {
-        if (_config.SlidingWindow is not int window || window + 1 >= seq) return null;
-        var i = arange(seq, device: device).unsqueeze(1);
-        var j = arange(seq, device: device).unsqueeze(0);
-        return j.le(i).logical_and(j.ge(i - window));
+        long total = past + seq;
+        long visible = window is int w ? w + (_config.SlidingWindowInclusive ? 1 : 0) : total;
+        if (visible >= total && (past == 0 || seq == 1)) return null;
+        var i = arange(past, total, device: device).unsqueeze(1);
+        var j = arange(total, device: device).unsqueeze(0);
+        return j.le(i).logical_and(j.gt(i - visible));
     }
 }
 
@@ -81,11 +98,24 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         RegisterComponents();
     }
 
-    Tensor Head(Tensor hidden) =>
-        lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
+    Tensor Head(Tensor hidden)
+    {
+        var logits = lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
+        // Gemma 2 bounds the logits smoothly: cap · tanh(logits / cap), in the compute dtype.
+        return Config.FinalLogitSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
+    }
 
     /// <summary>ids [batch, seq] → logits [batch, seq, vocab] in fp32.</summary>
     public override Tensor forward(Tensor ids) => Head(model.forward(ids)).to(ScalarType.Float32);
+
+    /// <summary>Logits [batch, vocab] (fp32) of the last position, reading and extending <paramref name="cache"/>.</summary>
+    public Tensor NextTokenLogits(Tensor ids, KvCache? cache)
+    {
+        var hidden = model.Forward(ids, cache);
+        return Head(hidden.narrow(1, hidden.shape[1] - 1, 1).squeeze(1)).to(ScalarType.Float32);
+    }
+
+    public KvCache NewCache() => new(Config.NumLayers);
 
     /// <summary>
     /// Summed cross-entropy of next-token predictions over labels != -100 (HF's shift: logits[:, :-1] vs labels[:, 1:]),
@@ -175,13 +205,21 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         return lm;
     }
 
-    /// <summary>Copies weights from model.safetensors (or the shards of model.safetensors.index.json) by HF key.</summary>
+    /// <summary>
+    /// Copies weights from model.safetensors (or the shards of model.safetensors.index.json) by HF key, reading each
+    /// tensor from its memory-mapped file only when it is copied.
+    /// </summary>
     public void LoadWeights(string modelDir)
     {
-        var files = WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
+        var layout = ShardedSafetensors.LayoutOf(modelDir);
+        var files = ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
         var byKey = new Dictionary<string, SafetensorsFile>();
         foreach (var f in files)
             foreach (var key in f.Entries.Keys) byKey[key] = f;
+        if (layout is not null)
+            foreach (var (key, file) in layout)
+                if (!byKey.TryGetValue(key, out var holder) || Path.GetFileName(holder.Path) != file)
+                    throw new UserError($"{Path.Combine(modelDir, ShardedSafetensors.IndexFile)}: tensor '{key}' is mapped to '{file}', which does not hold it.");
         var expected = named_parameters().ToDictionary(p => p.name, p => p.parameter);
         var missing = expected.Keys.Where(k => !byKey.ContainsKey(k)).ToList();
         if (missing.Count > 0)
@@ -198,6 +236,8 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             var entry = file.Entries[name];
             if (!entry.Shape.SequenceEqual(parameter.shape))
                 throw new UserError($"{file.Path}: tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] but config.json implies [{string.Join(", ", parameter.shape)}].");
+            if (entry.DType is not ("F32" or "BF16" or "F16" or "F64"))
+                throw new UserError($"{file.Path}: tensor '{name}' is stored as {entry.DType}; model weights must be F32, BF16 or F16.");
             using var loaded = file.Read(name);
             parameter.copy_(loaded);
         }
@@ -206,25 +246,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>The dtype a checkpoint stores its weights in (that of model.embed_tokens.weight).</summary>
     public static ScalarType StoredWeightType(string modelDir)
     {
-        foreach (var file in WeightFiles(modelDir).Select(SafetensorsFile.Open))
+        foreach (var file in ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open))
             if (file.Entries.TryGetValue("model.embed_tokens.weight", out var entry)) return SafetensorsFile.ToScalarType(entry.DType);
         throw new UserError($"{modelDir}: the weights have no model.embed_tokens.weight.");
-    }
-
-    static IEnumerable<string> WeightFiles(string modelDir)
-    {
-        var single = Path.Combine(modelDir, "model.safetensors");
-        if (File.Exists(single)) return [single];
-        var index = Path.Combine(modelDir, "model.safetensors.index.json");
-        if (File.Exists(index))
-        {
-            var map = JsonFiles.ReadObject(index)["weight_map"] as JsonObject ?? throw new UserError($"{index}: no weight_map.");
-            try { return map.Select(kv => kv.Value!.GetValue<string>()).Distinct().Select(f => Path.Combine(modelDir, f)).ToList(); }
-            catch (InvalidOperationException) { throw new UserError($"{index}: weight_map values must be file names."); }
-        }
-        if (File.Exists(Path.Combine(modelDir, "pytorch_model.bin")))
-            throw new UserError($"{modelDir}: only pytorch_model.bin found; convert it to safetensors (pickle files are not loaded).");
-        throw new UserError($"{modelDir}: no model.safetensors or model.safetensors.index.json.");
     }
 
     /// <summary>Base-model weights under HF keys, whatever adapters wrap the layers.</summary>
@@ -233,23 +257,24 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             .Where(p => !p.name.Contains(".lora_"))
             .Select(p => new KeyValuePair<string, Tensor>(p.name.Replace(".base_layer.", "."), p.parameter));
 
-    /// <summary>Writes model.safetensors, config.json and generation_config.json as transformers reads them.</summary>
-    public void SavePretrained(string dir, ScalarType? saveType = null)
+    /// <summary>
+    /// Writes the weights (model.safetensors, or shards + index past <paramref name="maxShardBytes"/>, or along a base
+    /// model's <paramref name="layout"/>), config.json and generation_config.json as transformers reads them.
+    /// </summary>
+    public void SavePretrained(string dir, ScalarType? saveType = null, IReadOnlyDictionary<string, string>? layout = null,
+        long maxShardBytes = ShardedSafetensors.DefaultMaxShardBytes)
     {
         Directory.CreateDirectory(dir);
         var type = saveType ?? model.embed_tokens.weight.dtype;
-        using (var scope = NewDisposeScope())
-        {
-            var tensors = BaseStateDict().Select(kv => new KeyValuePair<string, Tensor>(kv.Key, kv.Value.detach().to(type))).ToList();
-            SafetensorsFile.Write(Path.Combine(dir, "model.safetensors"), tensors, new Dictionary<string, string> { ["format"] = "pt" });
-        }
+        ShardedSafetensors.Save(dir, BaseStateDict().ToList(), new Dictionary<string, string> { ["format"] = "pt" }, type, maxShardBytes, layout);
         var config = (JsonObject)Config.Raw.DeepClone();
         config["torch_dtype"] = type == ScalarType.BFloat16 ? "bfloat16" : type == ScalarType.Float16 ? "float16" : "float32";
         var options = new JsonSerializerOptions { WriteIndented = true };
         AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(options));
         var generation = new JsonObject { ["_from_model_config"] = true };
-        if (Config.BosTokenId is int bos) generation["bos_token_id"] = bos;
-        if (Config.EosTokenId is int eos) generation["eos_token_id"] = eos;
+        // As config.json has them: Llama 3's eos_token_id is a list, and generation stops at any of its ids.
+        foreach (var key in new[] { "bos_token_id", "eos_token_id" })
+            if (Config.Raw[key] is { } id) generation[key] = id.DeepClone();
         AtomicFile.WriteAllText(Path.Combine(dir, "generation_config.json"), generation.ToJsonString(options));
     }
 }

@@ -14,6 +14,9 @@ public sealed record ModuleNames
     public string MlpGate { get; init; } = "gate_proj";
     public string MlpUp { get; init; } = "up_proj";
     public string MlpDown { get; init; } = "down_proj";
+    /// <summary>Phi-3 keeps q, k and v in one qkv_proj and gate and up in one gate_up_proj; LoRA targets them by these names.</summary>
+    public string FusedQkv { get; init; } = "qkv_proj";
+    public string FusedGateUp { get; init; } = "gate_up_proj";
     public string FinalNorm { get; init; } = "norm";
 }
 
@@ -40,8 +43,28 @@ public sealed record DecoderConfig
     /// <summary>Fraction of each head's dims that are rotated (phi's partial_rotary_factor); the rest pass through.</summary>
     public double RotaryFraction { get; init; } = 1.0;
     public int RotaryDim => (int)(HeadDim * RotaryFraction);
-    /// <summary>Attention to keys more than this many positions back is masked (Mistral).</summary>
+    public RopeScaling? RopeScaling { get; init; }
+    /// <summary>Attention to keys more than this many positions back is masked (Mistral, Gemma 2, Phi-3).</summary>
     public int? SlidingWindow { get; init; }
+    /// <summary>
+    /// transformers 4.40's Mistral lets position i see i - window .. i (window + 1 keys); Gemma 2 and current
+    /// transformers see window keys (i - window &lt; j &lt;= i).
+    /// </summary>
+    public bool SlidingWindowInclusive { get; init; }
+    /// <summary>Which layers use the window; null: all of them (Gemma 2 alternates, starting with layer 0).</summary>
+    public IReadOnlyList<bool>? SlidingLayers { get; init; }
+    public bool IsSliding(int layer) => SlidingWindow is not null && (SlidingLayers?[layer] ?? true);
+    /// <summary>RMSNorm over each head's query and key before RoPE (Qwen3's q_norm, k_norm).</summary>
+    public bool QkNorm { get; init; }
+    /// <summary>One qkv_proj and one gate_up_proj instead of separate projections (Phi-3).</summary>
+    public bool FusedProjections { get; init; }
+    /// <summary>Attention scores are multiplied by this; 1/sqrt(head_dim) unless query_pre_attn_scalar says (Gemma 2).</summary>
+    public double AttentionScale { get; init; }
+    /// <summary>cap · tanh(x / cap) on attention scores and on the final logits (Gemma 2); null: none.</summary>
+    public double? AttentionSoftcap { get; init; }
+    public double? FinalLogitSoftcap { get; init; }
+    /// <summary>Norms after attention and around the MLP too (Gemma 2's post_attention, pre/post_feedforward_layernorm).</summary>
+    public bool SandwichNorms { get; init; }
     public bool TieWordEmbeddings { get; init; }
     /// <summary>Multiply embeddings by sqrt(hidden_size), rounded to the compute dtype first (Gemma).</summary>
     public bool ScaleEmbeddings { get; init; }
@@ -66,7 +89,7 @@ public sealed record DecoderConfig
     /// <summary>The config.json as read, so saving a model writes back what came in (with our changes applied).</summary>
     public JsonObject Raw { get; init; } = new();
 
-    static readonly string[] Supported = ["llama", "mistral", "qwen2", "gemma", "phi"];
+    static readonly string[] Supported = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3"];
     public static readonly string[] Activations = ["silu", "gelu", "gelu_new", "gelu_pytorch_tanh"];
 
     public static DecoderConfig FromFolder(string modelDir)
@@ -82,8 +105,6 @@ public sealed record DecoderConfig
         string modelType = json["model_type"]?.GetValue<string>() ?? throw new UserError($"{source}: no model_type.");
         if (!Supported.Contains(modelType))
             throw new UserError($"{source}: model_type '{modelType}' is not supported yet (supported: {string.Join(", ", Supported)}).");
-        if (json["rope_scaling"] is JsonObject)
-            throw new UserError($"{source}: rope_scaling is not supported yet; only plain RoPE is.");
         if (json["qk_layernorm"]?.GetValue<bool>() == true)
             throw new UserError($"{source}: qk_layernorm is not supported yet.");
         try
@@ -92,7 +113,8 @@ public sealed record DecoderConfig
             c = modelType switch
             {
                 "qwen2" => c with { QkvBias = true },
-                "mistral" => c with { SlidingWindow = json["sliding_window"]?.GetValue<int>() },
+                "qwen3" => c with { QkNorm = true, HeadDim = json["head_dim"]?.GetValue<int>() ?? 128 },
+                "mistral" => c with { SlidingWindow = json["sliding_window"]?.GetValue<int>(), SlidingWindowInclusive = true },
                 "gemma" => c with
                 {
                     NormWeightOffset = 1,
@@ -100,6 +122,30 @@ public sealed record DecoderConfig
                     TieWordEmbeddings = Bool(json, "tie_word_embeddings") ?? true,
                     // Gemma reads hidden_activation and ignores hidden_act (transformers PR 29402).
                     Activation = json["hidden_activation"]?.GetValue<string>() ?? "gelu_pytorch_tanh",
+                    HeadDim = json["head_dim"]?.GetValue<int>() ?? 256, // GemmaConfig's default, not hidden / heads
+                },
+                "gemma2" => c with
+                {
+                    NormWeightOffset = 1,
+                    ScaleEmbeddings = true,
+                    SandwichNorms = true,
+                    TieWordEmbeddings = Bool(json, "tie_word_embeddings") ?? true,
+                    Activation = json["hidden_activation"]?.GetValue<string>() ?? "gelu_pytorch_tanh",
+                    HeadDim = json["head_dim"]?.GetValue<int>() ?? 256,
+                    AttentionScale = 1 / Math.Sqrt(json["query_pre_attn_scalar"]?.GetValue<double>() ?? 256),
+                    AttentionSoftcap = Double(json, "attn_logit_softcapping", 50.0),
+                    FinalLogitSoftcap = Double(json, "final_logit_softcapping", 30.0),
+                    SlidingWindow = json.ContainsKey("sliding_window") ? json["sliding_window"]?.GetValue<int>() : 4096,
+                    SlidingLayers = Gemma2SlidingLayers(json, c.NumLayers, source),
+                },
+                "phi3" => c with
+                {
+                    FusedProjections = true,
+                    NormEps = json["rms_norm_eps"]?.GetValue<double>() ?? 1e-5,
+                    RotaryFraction = json["partial_rotary_factor"]?.GetValue<double>() ?? 1.0,
+                    ResidualDropout = json["resid_pdrop"]?.GetValue<double>() ?? 0,
+                    EmbeddingDropout = json["embd_pdrop"]?.GetValue<double>() ?? 0,
+                    SlidingWindow = json["sliding_window"]?.GetValue<int>(),
                 },
                 "phi" => c with
                 {
@@ -116,6 +162,10 @@ public sealed record DecoderConfig
                 },
                 _ => c,
             };
+            if (c.AttentionScale == 0) c = c with { AttentionScale = 1 / Math.Sqrt(c.HeadDim) };
+            if (modelType is "qwen2" or "qwen3" && Bool(json, "use_sliding_window") == true)
+                throw new UserError($"{source}: use_sliding_window: true is not supported yet for {modelType}.");
+            c = c with { RopeScaling = RopeScaling.FromJson(json, source) };
             if (!Activations.Contains(c.Activation))
                 throw new UserError($"{source}: activation '{c.Activation}' is not supported yet (supported: {string.Join(", ", Activations)}).");
             if (c.RotaryDim % 2 != 0 || c.RotaryDim <= 0)
@@ -160,6 +210,25 @@ public sealed record DecoderConfig
     }
 
     static bool? Bool(JsonObject json, string key) => json[key]?.GetValue<bool>();
+
+    /// <summary>A key whose absence means the family default but whose null means "off".</summary>
+    static double? Double(JsonObject json, string key, double absent) =>
+        json.ContainsKey(key) ? json[key]?.GetValue<double>() : absent;
+
+    /// <summary>
+    /// Gemma 2 slides on even layers (0, 2, ...) and attends fully on odd ones; newer configs spell it out in layer_types.
+    /// </summary>
+    static IReadOnlyList<bool> Gemma2SlidingLayers(JsonObject json, int layers, string source)
+    {
+        if (json["layer_types"] is not JsonArray types) return Enumerable.Range(0, layers).Select(i => i % 2 == 0).ToList();
+        if (types.Count != layers) throw new UserError($"{source}: layer_types has {types.Count} entries for {layers} layers.");
+        return types.Select(t => t?.GetValue<string>() switch
+        {
+            "sliding_attention" => true,
+            "full_attention" => false,
+            var other => throw new UserError($"{source}: layer_types entry '{other}' is not supported (sliding_attention, full_attention are)."),
+        }).ToList();
+    }
 
     static int? TokenId(JsonNode? node) => node switch
     {

@@ -122,8 +122,44 @@ public static class Parts
     public static Tensor Dropout(Tensor x, double p, bool training) => p > 0 && training ? F.dropout(x, p, true) : x;
 }
 
-/// <summary>What every layer needs about positions: rotary angles, and a mask when plain causal is not enough.</summary>
-public sealed record Positions(Tensor Cos, Tensor Sin, Tensor? Mask);
+/// <summary>
+/// What every layer needs about positions: rotary angles, and masks when plain causal is not enough (Mask for
+/// full-attention layers, SlidingMask for sliding-window layers). With a cache, keys and values of earlier tokens come
+/// from it and the new ones are appended.
+/// </summary>
+public sealed record Positions(Tensor Cos, Tensor Sin, Tensor? Mask)
+{
+    public Tensor? SlidingMask { get; init; }
+    public KvCache? Cache { get; init; }
+}
+
+/// <summary>Past keys and values per layer (after RoPE, before GQA expansion), for generation one token at a time.</summary>
+public sealed class KvCache : IDisposable
+{
+    readonly Tensor?[] _keys, _values;
+    public KvCache(int layers) { _keys = new Tensor?[layers]; _values = new Tensor?[layers]; }
+
+    /// <summary>Tokens cached so far (those of the last layer written, which all layers reach in one forward).</summary>
+    public long Length => _keys[^1]?.shape[2] ?? 0;
+
+    /// <summary>Appends this step's keys and values [batch, kv_heads, seq, head_dim]; returns all of them so far.</summary>
+    public (Tensor Keys, Tensor Values) Append(int layer, Tensor keys, Tensor values)
+    {
+        var k = _keys[layer] is { } pastK ? cat([pastK, keys], 2) : keys.alias();
+        var v = _values[layer] is { } pastV ? cat([pastV, values], 2) : values.alias();
+        // The cache outlives the dispose scope of the step that made these.
+        _keys[layer]?.Dispose(); _values[layer]?.Dispose();
+        _keys[layer] = k.DetachFromDisposeScope();
+        _values[layer] = v.DetachFromDisposeScope();
+        return (k, v);
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _keys.Concat(_values)) t?.Dispose();
+        Array.Clear(_keys); Array.Clear(_values);
+    }
+}
 
 /// <summary>Rotary position embedding in the split-halves layout (HF's rotate_half), angles computed in fp32.</summary>
 public static class Rope
@@ -132,10 +168,18 @@ public static class Rope
     {
         var exponent = arange(0, rotaryDim, 2, dtype: ScalarType.Int64, device: device).to(ScalarType.Float32) / rotaryDim;
         var invFreq = 1.0f / full_like(exponent, theta).pow(exponent);
-        var positions = arange(0, seqLen, dtype: ScalarType.Int64, device: device).to(ScalarType.Float32);
-        var freqs = outer(positions, invFreq);
+        return Angles(arange(0, seqLen, dtype: ScalarType.Int64, device: device), invFreq, 1.0, type);
+    }
+
+    /// <summary>cos/sin [.., rotary_dim] for integer positions (any shape), times the scaling's attention factor.</summary>
+    public static (Tensor Cos, Tensor Sin) Angles(Tensor positions, Tensor invFreq, double attentionFactor, ScalarType type)
+    {
+        var freqs = positions.to(ScalarType.Float32).unsqueeze(-1) * invFreq;
         var emb = cat([freqs, freqs], -1);
-        return (emb.cos().to(type), emb.sin().to(type));
+        var cos = emb.cos();
+        var sin = emb.sin();
+        if (attentionFactor != 1.0) { cos = cos * attentionFactor; sin = sin * attentionFactor; }
+        return (cos.to(type), sin.to(type));
     }
 
     /// <summary>x: [batch, heads, seq, head_dim]; cos/sin: [seq, rotary_dim]. Dims past rotary_dim pass through (partial rotary).</summary>
@@ -154,21 +198,41 @@ public static class Rope
 
 public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
 {
-    public nn.Module<Tensor, Tensor> q_proj, k_proj, v_proj, o_proj;
-    readonly int _heads, _kvHeads, _headDim;
-    readonly double _dropout;
+    public nn.Module<Tensor, Tensor>? q_proj, k_proj, v_proj, qkv_proj;
+    public nn.Module<Tensor, Tensor> o_proj;
+    public RmsNorm? q_norm, k_norm;
+    readonly int _heads, _kvHeads, _headDim, _layer;
+    readonly double _dropout, _scale;
+    readonly double? _softcap;
+    readonly bool _sliding;
 
-    public Attention(DecoderConfig c, ScalarType dtype) : base("self_attn")
+    public Attention(DecoderConfig c, ScalarType dtype, int layer = 0) : base("self_attn")
     {
         _heads = c.NumHeads; _kvHeads = c.NumKeyValueHeads; _headDim = c.HeadDim; _dropout = c.AttentionDropout;
-        q_proj = new Linear(c.HiddenSize, c.NumHeads * c.HeadDim, c.QkvBias, dtype);
-        k_proj = new Linear(c.HiddenSize, c.NumKeyValueHeads * c.HeadDim, c.QkvBias, dtype);
-        v_proj = new Linear(c.HiddenSize, c.NumKeyValueHeads * c.HeadDim, c.QkvBias, dtype);
+        _layer = layer; _scale = c.AttentionScale; _softcap = c.AttentionSoftcap; _sliding = c.IsSliding(layer);
+        if (c.FusedProjections)
+        {
+            qkv_proj = new Linear(c.HiddenSize, (c.NumHeads + 2 * c.NumKeyValueHeads) * c.HeadDim, c.QkvBias, dtype);
+            register_module(c.Names.FusedQkv, qkv_proj);
+        }
+        else
+        {
+            q_proj = new Linear(c.HiddenSize, c.NumHeads * c.HeadDim, c.QkvBias, dtype);
+            k_proj = new Linear(c.HiddenSize, c.NumKeyValueHeads * c.HeadDim, c.QkvBias, dtype);
+            v_proj = new Linear(c.HiddenSize, c.NumKeyValueHeads * c.HeadDim, c.QkvBias, dtype);
+            register_module("q_proj", q_proj);
+            register_module("k_proj", k_proj);
+            register_module("v_proj", v_proj);
+        }
         o_proj = new Linear(c.NumHeads * c.HeadDim, c.HiddenSize, c.OutputBias, dtype);
-        register_module("q_proj", q_proj);
-        register_module("k_proj", k_proj);
-        register_module("v_proj", v_proj);
         register_module(c.Names.AttentionOutput, o_proj);
+        if (c.QkNorm)
+        {
+            q_norm = new RmsNorm(c.HeadDim, c.NormEps, 0, dtype);
+            k_norm = new RmsNorm(c.HeadDim, c.NormEps, 0, dtype);
+            register_module("q_norm", q_norm);
+            register_module("k_norm", k_norm);
+        }
     }
 
     protected override void RegisterComponents() { } // children are registered by HF name in the constructor
@@ -176,11 +240,25 @@ public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
     public override Tensor forward(Tensor x, Positions positions)
     {
         long batch = x.shape[0], seq = x.shape[1];
-        var q = q_proj.forward(x).view(batch, seq, _heads, _headDim).transpose(1, 2);
-        var k = k_proj.forward(x).view(batch, seq, _kvHeads, _headDim).transpose(1, 2);
-        var v = v_proj.forward(x).view(batch, seq, _kvHeads, _headDim).transpose(1, 2);
+        Tensor q, k, v;
+        if (qkv_proj is not null)
+        {
+            // Phi-3's fused projection holds q, then k, then v along the output dimension.
+            var qkv = qkv_proj.forward(x);
+            q = qkv.narrow(-1, 0, _heads * _headDim);
+            k = qkv.narrow(-1, _heads * _headDim, _kvHeads * _headDim);
+            v = qkv.narrow(-1, (_heads + _kvHeads) * _headDim, _kvHeads * _headDim);
+        }
+        else (q, k, v) = (q_proj!.forward(x), k_proj!.forward(x), v_proj!.forward(x));
+        q = q.view(batch, seq, _heads, _headDim);
+        k = k.view(batch, seq, _kvHeads, _headDim);
+        if (q_norm is not null) { q = q_norm.forward(q); k = k_norm!.forward(k); }
+        q = q.transpose(1, 2);
+        k = k.transpose(1, 2);
+        v = v.view(batch, seq, _kvHeads, _headDim).transpose(1, 2);
         q = Rope.Apply(q, positions.Cos, positions.Sin);
         k = Rope.Apply(k, positions.Cos, positions.Sin);
+        if (positions.Cache is { } cache) (k, v) = cache.Append(_layer, k, v);
         if (_kvHeads != _heads)
         {
             // Grouped-query attention: each KV head serves heads/kv_heads consecutive query heads (HF's repeat_kv).
@@ -190,38 +268,76 @@ public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
         }
         // Right padding needs no extra mask: a real token never attends to a later (padded) position.
         double p = training ? _dropout : 0.0;
-        var attended = positions.Mask is null
-            ? F.scaled_dot_product_attention(q, k, v, null, p, true)
-            : F.scaled_dot_product_attention(q, k, v, positions.Mask, p, false);
+        var mask = _sliding ? positions.SlidingMask ?? positions.Mask : positions.Mask;
+        // A single query with a cache sees every cached key: no mask (unless a window cuts some off).
+        bool causal = mask is null && k.shape[2] == seq && seq > 1;
+        var attended = _softcap is null && Math.Abs(_scale * Math.Sqrt(_headDim) - 1) < 1e-12
+            ? F.scaled_dot_product_attention(q, k, v, mask, p, causal)
+            : Eager(q, k, v, mask ?? (causal ? CausalMask(seq, x.device) : null), p);
         return o_proj.forward(attended.transpose(1, 2).reshape(batch, seq, _heads * _headDim));
     }
+
+    /// <summary>
+    /// transformers' eager attention, for what SDPA cannot do: a scale other than 1/sqrt(head_dim) and soft-capped
+    /// scores (Gemma 2). Scores are capped before masking, and the softmax runs in fp32.
+    /// </summary>
+    Tensor Eager(Tensor q, Tensor k, Tensor v, Tensor? mask, double dropout)
+    {
+        var scores = matmul(q, k.transpose(2, 3)) * _scale;
+        if (_softcap is double cap) scores = (scores / cap).tanh() * cap;
+        if (mask is not null) scores = scores.masked_fill(mask.logical_not(), double.NegativeInfinity);
+        var weights = F.softmax(scores, -1, ScalarType.Float32).to(q.dtype);
+        weights = Parts.Dropout(weights, dropout, training);
+        return matmul(weights, v);
+    }
+
+    static Tensor CausalMask(long seq, Device device) => ones(seq, seq, ScalarType.Bool, device).tril();
 }
 
 public sealed class Mlp : nn.Module<Tensor, Tensor>
 {
-    public nn.Module<Tensor, Tensor>? gate_proj;
-    public nn.Module<Tensor, Tensor> up_proj, down_proj;
+    public nn.Module<Tensor, Tensor>? gate_proj, up_proj, gate_up_proj;
+    public nn.Module<Tensor, Tensor> down_proj;
     readonly string _activation;
+    readonly long _intermediate;
 
     public Mlp(DecoderConfig c, ScalarType dtype) : base("mlp")
     {
         _activation = c.Activation;
-        if (c.GatedMlp)
+        _intermediate = c.IntermediateSize;
+        if (c.FusedProjections)
         {
-            gate_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype);
-            register_module(c.Names.MlpGate, gate_proj);
+            gate_up_proj = new Linear(c.HiddenSize, 2 * c.IntermediateSize, c.MlpBias, dtype);
+            register_module(c.Names.FusedGateUp, gate_up_proj);
         }
-        up_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype);
+        else
+        {
+            if (c.GatedMlp)
+            {
+                gate_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype);
+                register_module(c.Names.MlpGate, gate_proj);
+            }
+            up_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype);
+            register_module(c.Names.MlpUp, up_proj);
+        }
         down_proj = new Linear(c.IntermediateSize, c.HiddenSize, c.MlpBias, dtype);
-        register_module(c.Names.MlpUp, up_proj);
         register_module(c.Names.MlpDown, down_proj);
     }
 
     protected override void RegisterComponents() { } // children are registered by HF name in the constructor
 
-    public override Tensor forward(Tensor x) => down_proj.forward(gate_proj is null
-        ? Parts.Activate(_activation, up_proj.forward(x))
-        : Parts.Activate(_activation, gate_proj.forward(x)) * up_proj.forward(x));
+    public override Tensor forward(Tensor x)
+    {
+        if (gate_up_proj is not null)
+        {
+            // Phi-3's fused projection: the gate's half first, then up's.
+            var gateUp = gate_up_proj.forward(x);
+            return down_proj.forward(gateUp.narrow(-1, _intermediate, _intermediate) * Parts.Activate(_activation, gateUp.narrow(-1, 0, _intermediate)));
+        }
+        return down_proj.forward(gate_proj is null
+            ? Parts.Activate(_activation, up_proj!.forward(x))
+            : Parts.Activate(_activation, gate_proj.forward(x)) * up_proj!.forward(x));
+    }
 }
 
 public sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
@@ -230,14 +346,21 @@ public sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
     public Mlp mlp;
     public nn.Module<Tensor, Tensor> input_layernorm;
     public nn.Module<Tensor, Tensor>? post_attention_layernorm;
+    /// <summary>Gemma 2's extra norms: post_attention_layernorm then normalises the attention output instead.</summary>
+    public nn.Module<Tensor, Tensor>? pre_feedforward_layernorm, post_feedforward_layernorm;
     readonly double _residualDropout;
 
-    public DecoderLayer(DecoderConfig c, ScalarType dtype) : base(nameof(DecoderLayer))
+    public DecoderLayer(DecoderConfig c, ScalarType dtype, int layer = 0) : base(nameof(DecoderLayer))
     {
-        self_attn = new Attention(c, dtype);
+        self_attn = new Attention(c, dtype, layer);
         mlp = new Mlp(c, dtype);
         input_layernorm = Parts.Norm(c, dtype);
         post_attention_layernorm = c.ParallelBlock ? null : Parts.Norm(c, dtype);
+        if (c.SandwichNorms)
+        {
+            pre_feedforward_layernorm = Parts.Norm(c, dtype);
+            post_feedforward_layernorm = Parts.Norm(c, dtype);
+        }
         _residualDropout = c.ResidualDropout;
         RegisterComponents();
     }
@@ -248,6 +371,11 @@ public sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
         var normed = input_layernorm.forward(x);
         if (post_attention_layernorm is null)
             return Drop(self_attn.forward(normed, positions)) + Drop(mlp.forward(normed)) + x; // HF's order of the sum
+        if (pre_feedforward_layernorm is not null)
+        {
+            var attended = x + post_attention_layernorm.forward(self_attn.forward(normed, positions));
+            return attended + post_feedforward_layernorm!.forward(mlp.forward(pre_feedforward_layernorm.forward(attended)));
+        }
         var h = x + Drop(self_attn.forward(normed, positions));
         return h + Drop(mlp.forward(post_attention_layernorm.forward(h)));
     }

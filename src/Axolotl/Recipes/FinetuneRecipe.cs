@@ -124,10 +124,12 @@ public static class FinetuneRecipe
             LoraPlusLrRatio = lora != null ? config.LoraplusLrRatio : null,
         };
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
+        // A full fine-tune of a sharded base keeps its shard layout.
+        var layout = lora == null && !config.RandomInitWeights ? ShardedSafetensors.LayoutOf(config.BaseModel) : null;
         void SaveWeights(string dir)
         {
             if (lora != null) Lora.Save(model, lora, dir, config.BaseModelRepoId ?? config.BaseModel);
-            else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32);
+            else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32, layout);
             AtomicFile.WriteAllText(Path.Combine(dir, ConfigWriter.FileName), ConfigWriter.ToYaml(config));
         }
         var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)

@@ -38,7 +38,8 @@ public static class MergeRecipe
         reporter.Info($"Merged LoRA from {adapterDir} (r {settings.Rank}, alpha {settings.Alpha}) into {merged.Count} layers of {config.BaseModel}.");
 
         var outputDir = Path.Combine(config.OutputDir, "merged");
-        model.SavePretrained(outputDir, storedType);
+        // The base's shard files and weight_map, so tools that address shards by name find the same layout.
+        model.SavePretrained(outputDir, storedType, ShardedSafetensors.LayoutOf(config.BaseModel));
         // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
         var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
         if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));

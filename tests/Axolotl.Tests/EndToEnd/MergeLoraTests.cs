@@ -89,6 +89,27 @@ public class MergeLoraTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void A_sharded_base_gives_a_merged_model_with_the_same_shards()
+    {
+        using var scope = NewDisposeScope();
+        using var dir = TestSetup.TempDir();
+        var baseDir = TestSetup.Data("reference", "models", "tiny-llama");
+        var sharded = dir["base-sharded"];
+        CausalLM.FromPretrained(baseDir, ScalarType.Float32, ScalarType.Float32).SavePretrained(sharded, maxShardBytes: 150_000);
+        File.WriteAllText(dir["config.yml"], Config(dir, sharded));
+
+        Assert.Equal(0, Cli.Cli.Run(["merge-lora", dir["config.yml"], "--lora-model-dir", Adapter]));
+
+        var mergedDir = Path.Combine(dir["out"], "merged");
+        Assert.False(File.Exists(Path.Combine(mergedDir, "model.safetensors")));
+        Assert.Equal(ShardedSafetensors.LayoutOf(sharded)!.OrderBy(kv => kv.Key), ShardedSafetensors.LayoutOf(mergedDir)!.OrderBy(kv => kv.Key));
+        var adapted = CausalLM.FromPretrained(baseDir, ScalarType.Float32, ScalarType.Float32);
+        Lora.Load(adapted, Adapter);
+        var diff = (Logits(CausalLM.FromPretrained(mergedDir, ScalarType.Float32, ScalarType.Float32)) - Logits(adapted)).abs().max().item<float>();
+        Assert.True(diff < 1e-5, $"max |merged - base+adapter| = {diff}");
+    }
+
+    [Fact]
     public void A_missing_adapter_folder_is_a_user_error()
     {
         using var dir = TestSetup.TempDir();

@@ -1,0 +1,143 @@
+using Axolotl.Adapters;
+using Axolotl.Config;
+using Axolotl.Data;
+using Axolotl.Models;
+using Axolotl.Runtime;
+using Axolotl.Tokenization;
+using static TorchSharp.torch;
+
+namespace Axolotl.Recipes;
+
+/// <summary>What <c>axolotl inference</c> was asked for beyond the config.</summary>
+public sealed record InferenceSettings
+{
+    /// <summary>One prompt to answer; null reads prompts from the input instead.</summary>
+    public string? Prompt { get; init; }
+    public bool Chat { get; init; }
+    /// <summary>Null: Axolotl's do_inference settings (<see cref="InferenceRecipe.AxolotlGeneration"/>).</summary>
+    public GenerationOptions? Generation { get; init; }
+}
+
+/// <summary>
+/// <c>axolotl inference</c>: base_model (+ the LoRA adapter in lora_model_dir, else output_dir, when adapter is set),
+/// prompts formatted as the first dataset's prompt style, answers streamed token by token as Axolotl's do_inference does.
+/// </summary>
+public static class InferenceRecipe
+{
+    /// <summary>The GenerationConfig of Axolotl's do_inference: sampling at temperature 0.9, top-p 0.95, top-k 40, repetition penalty 1.1.</summary>
+    public static GenerationOptions AxolotlGeneration(AxolotlConfig config) => new()
+    {
+        MaxNewTokens = 1024, DoSample = true, Temperature = 0.9, TopP = 0.95, TopK = 40, RepetitionPenalty = 1.1,
+        Seed = (ulong)config.Seed,
+    };
+
+    public static (CausalLM Model, Tokenizer Tokenizer) Load(AxolotlConfig config, IRecipeReporter reporter)
+    {
+        TorchRuntime.EnsureLoaded();
+        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
+        var type = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        var model = CausalLM.Create(architecture, type, type);
+        model.LoadWeights(config.BaseModel);
+        if (config.Adapter == "lora")
+        {
+            var adapterDir = config.LoraModelDir ?? config.OutputDir;
+            if (!File.Exists(Path.Combine(adapterDir, Lora.ConfigFile)))
+                throw new UserError($"inference: no LoRA adapter in '{adapterDir}' (set lora_model_dir or --lora-model-dir, or train first).");
+            var settings = Lora.Load(model, adapterDir);
+            reporter.Info($"LoRA adapter from {adapterDir} (r {settings.Rank}, alpha {settings.Alpha}).");
+        }
+        var tokenizer = Tokenizer.FromFolder(config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel);
+        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {(bf16 ? "bf16" : "fp32")}).");
+        return (model, tokenizer);
+    }
+
+    /// <summary>
+    /// The prompt text for an instruction: the first dataset's prompt without its response (alpaca), as the model saw
+    /// prompts in training; for completion or pre-tokenized data, the text itself, trimmed as Axolotl trims it.
+    /// </summary>
+    public static string FormatPrompt(AxolotlConfig config, string instruction) =>
+        config.Datasets.FirstOrDefault()?.Strategy switch
+        {
+            "alpaca" => Alpaca.Prompt(instruction.Trim('\n'), null),
+            _ => instruction.Trim(),
+        };
+
+    /// <summary>End-of-sequence ids: generation_config.json's (a list, possibly), config.json's, and the tokenizer's.</summary>
+    public static IReadOnlyCollection<int> EosTokenIds(AxolotlConfig config, Tokenizer tokenizer)
+    {
+        var ids = new HashSet<int>(GenerationOptions.EosFromModelFolder(config.BaseModelConfig ?? config.BaseModel));
+        if (tokenizer.EosTokenId is int eos) ids.Add(eos);
+        return ids;
+    }
+
+    /// <summary>Generates an answer to one formatted prompt, writing text to <paramref name="output"/> as tokens arrive.</summary>
+    public static List<int> Answer(CausalLM model, Tokenizer tokenizer, string prompt, GenerationOptions options, TextWriter output)
+    {
+        var ids = tokenizer.Encode(prompt, addSpecialTokens: true);
+        var stream = new StreamingDecoder(tokenizer);
+        var generated = Generation.Generate(model, ids, options, onToken: id =>
+        {
+            output.Write(stream.Push(id));
+            output.Flush();
+        });
+        output.Write(stream.Flush());
+        output.WriteLine();
+        output.Flush();
+        return generated;
+    }
+
+    /// <summary>
+    /// Answers <see cref="InferenceSettings.Prompt"/>, or else each prompt read from <paramref name="input"/> (everything up
+    /// to end of input is one prompt, as in Axolotl; an empty read ends the session).
+    /// </summary>
+    public static void Run(AxolotlConfig config, InferenceSettings settings, TextReader input, TextWriter output, TextWriter console,
+        bool interactive, IRecipeReporter reporter)
+    {
+        if (settings.Chat)
+            throw new UserError("inference --chat is not implemented yet (it needs the chat template engine); run without --chat to use the dataset's prompt style.");
+        var (model, tokenizer) = Load(config, reporter);
+        var options = (settings.Generation ?? AxolotlGeneration(config)) with { EosTokenIds = EosTokenIds(config, tokenizer) };
+        if (settings.Prompt is not null)
+        {
+            Answer(model, tokenizer, FormatPrompt(config, settings.Prompt), options, output);
+            return;
+        }
+        while (true)
+        {
+            if (interactive) console.WriteLine("Give me an instruction (Ctrl + D to submit):");
+            var instruction = input.ReadToEnd();
+            if (instruction.Length == 0) return;
+            Answer(model, tokenizer, FormatPrompt(config, instruction), options, output);
+        }
+    }
+}
+
+/// <summary>
+/// Decodes a growing token sequence into text increments. A byte-fallback character split over several tokens decodes
+/// to U+FFFD until its last byte arrives, so text ending in one is held back rather than printed broken.
+/// </summary>
+public sealed class StreamingDecoder(Tokenizer tokenizer)
+{
+    readonly List<int> _ids = [];
+    int _printed;
+
+    public string Push(int id)
+    {
+        _ids.Add(id);
+        var text = tokenizer.Decode(_ids, skipSpecialTokens: true);
+        if (text.EndsWith('\uFFFD') || text.Length < _printed) return "";
+        var piece = text[_printed..];
+        _printed = text.Length;
+        return piece;
+    }
+
+    /// <summary>Whatever is still held back (an incomplete character stays U+FFFD, as a full decode shows it).</summary>
+    public string Flush()
+    {
+        var text = tokenizer.Decode(_ids, skipSpecialTokens: true);
+        var rest = text.Length > _printed ? text[_printed..] : "";
+        _printed = text.Length;
+        return rest;
+    }
+}
