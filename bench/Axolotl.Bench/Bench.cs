@@ -132,7 +132,7 @@ public static class Bench
         config.ResumeFromCheckpoint = null;
         config.AutoResumeFromCheckpoints = false;
         if (checkpointing is bool on) config.GradientCheckpointing = on ? "true" : "false";
-        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
+        bool bf16 = ModelLoading.ComputeType(config) == ScalarType.BFloat16;
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var observer = new StepRecorder();
         AnsiConsole.MarkupLine($"[grey]training {warmup} + {steps} steps…[/]");

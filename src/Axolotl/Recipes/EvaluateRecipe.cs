@@ -28,18 +28,8 @@ public static class EvaluateRecipe
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, reporter);
 
-        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
-        var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
         using var scope = NewDisposeScope();
-        var model = FinetuneRecipe.LoadModel(config, architecture, computeType, computeType, reporter);
-        if (config.Adapter == "lora")
-        {
-            var dir = config.LoraModelDir
-                ?? (File.Exists(Path.Combine(config.OutputDir, Lora.WeightsFile)) ? config.OutputDir
-                    : throw new UserError($"adapter lora: no adapter to evaluate; set lora_model_dir, or train first so that output_dir '{config.OutputDir}' holds {Lora.WeightsFile}."));
-            Lora.Load(model, dir);
-            reporter.Info($"LoRA: evaluating the adapter in {dir}.");
-        }
+        var model = ModelLoading.LoadTrained(config, architecture, "evaluate", reporter);
 
         var trainer = new Trainer(model, new TrainingOptions
         {

@@ -41,8 +41,8 @@ public static class FinetuneRecipe
 
         var (data, tokenizer, tokenizerDir) = PreprocessRecipe.Run(config, reporter);
 
-        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
-        var computeType = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
+        var computeType = ModelLoading.ComputeType(config);
+        bool bf16 = computeType == ScalarType.BFloat16;
         // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
         var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
         var model = LoadModel(config, architecture, weightType, computeType, reporter);
@@ -53,12 +53,7 @@ public static class FinetuneRecipe
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
         var resumeFrom = ResolveCheckpoint(config, reporter);
-        if (QuantizationSettings.FromConfig(config) is { } quantization)
-        {
-            var quantized = Quantizer.QuantizeLinears(model, quantization);
-            reporter.Info($"Quantized {quantized.Count} Linear layers to {(quantization.Kind == QuantKind.Nf4 ? $"NF4 (double quantization {(quantization.DoubleQuant ? "on" : "off")})" : "int8")}: " +
-                          $"{Quantizer.QuantizedWeightBytes(model) / 1048576.0:F1} MiB of weights.");
-        }
+        ModelLoading.QuantizeAsConfigured(model, config, reporter);
         LoraSettings? lora = null;
         if (config.Adapter is "lora" or "qlora")
         {

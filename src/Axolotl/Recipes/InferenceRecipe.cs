@@ -35,20 +35,8 @@ public static class InferenceRecipe
     {
         TorchRuntime.EnsureLoaded();
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
-        bool bf16 = config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16());
-        var type = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
-        var model = CausalLM.Create(architecture, type, type);
-        model.LoadWeights(config.BaseModel);
-        if (config.Adapter == "lora")
-        {
-            var adapterDir = config.LoraModelDir ?? config.OutputDir;
-            if (!File.Exists(Path.Combine(adapterDir, Lora.ConfigFile)))
-                throw new UserError($"inference: no LoRA adapter in '{adapterDir}' (set lora_model_dir or --lora-model-dir, or train first).");
-            var settings = Lora.Load(model, adapterDir);
-            reporter.Info($"LoRA adapter from {adapterDir} (r {settings.Rank}, alpha {settings.Alpha}).");
-        }
+        var model = ModelLoading.LoadTrained(config, architecture, "inference", reporter);
         var tokenizer = Tokenizer.FromFolder(config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel);
-        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {(bf16 ? "bf16" : "fp32")}).");
         return (model, tokenizer);
     }
 

@@ -182,6 +182,7 @@ public class EvaluateCommandTests
         File.WriteAllText(dir["c.yml"], Config(dir));
         var (code, _, stderr) = BadInputTests.RunCli("evaluate", dir["c.yml"]);
         Assert.Equal(2, code);
-        Assert.Contains("adapter lora: no adapter to evaluate; set lora_model_dir", stderr);
+        Assert.Contains("evaluate: no LoRA adapter in", stderr);
+        Assert.Contains("set lora_model_dir", stderr);
     }
 }

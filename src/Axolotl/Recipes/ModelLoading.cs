@@ -1,0 +1,46 @@
+using Axolotl.Adapters;
+using Axolotl.Config;
+using Axolotl.Models;
+using Axolotl.Quantization;
+using Axolotl.Runtime;
+using static TorchSharp.torch;
+
+namespace Axolotl.Recipes;
+
+/// <summary>How every command turns a config into a model: the same precision, quantization and adapter rules.</summary>
+public static class ModelLoading
+{
+    /// <summary>bf16: true, or auto on a CPU with native bf16; else fp32.</summary>
+    public static ScalarType ComputeType(AxolotlConfig config) =>
+        config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16()) ? ScalarType.BFloat16 : ScalarType.Float32;
+
+    /// <summary>Quantizes the base's Linear layers as load_in_4bit / load_in_8bit ask, as bitsandbytes would at load time.</summary>
+    public static void QuantizeAsConfigured(CausalLM model, AxolotlConfig config, IRecipeReporter reporter)
+    {
+        if (QuantizationSettings.FromConfig(config) is not { } quantization) return;
+        var quantized = Quantizer.QuantizeLinears(model, quantization);
+        reporter.Info($"Quantized {quantized.Count} Linear layers to {(quantization.Kind == QuantKind.Nf4 ? $"NF4 (double quantization {(quantization.DoubleQuant ? "on" : "off")})" : "int8")}: " +
+                      $"{Quantizer.QuantizedWeightBytes(model) / 1048576.0:F1} MiB of weights.");
+    }
+
+    /// <summary>
+    /// The trained result as evaluate and inference use it: base_model in the compute dtype, quantized as in training
+    /// (a QLoRA adapter learned against the NF4 base, so it is scored on that base), plus the adapter from
+    /// lora_model_dir, else output_dir.
+    /// </summary>
+    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, string command, IRecipeReporter reporter)
+    {
+        var type = ComputeType(config);
+        var model = FinetuneRecipe.LoadModel(config, architecture, type, type, reporter);
+        QuantizeAsConfigured(model, config, reporter);
+        if (config.Adapter is "lora" or "qlora")
+        {
+            var dir = config.LoraModelDir ?? config.OutputDir;
+            if (!File.Exists(Path.Combine(dir, Lora.ConfigFile)) || !File.Exists(Path.Combine(dir, Lora.WeightsFile)))
+                throw new UserError($"{command}: no LoRA adapter in '{dir}' ({Lora.ConfigFile} and {Lora.WeightsFile}); set lora_model_dir (--lora-model-dir), or train first.");
+            var settings = Lora.Load(model, dir);
+            reporter.Info($"LoRA adapter from {dir} (r {settings.Rank}, alpha {settings.Alpha}).");
+        }
+        return model;
+    }
+}
