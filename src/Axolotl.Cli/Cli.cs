@@ -81,7 +81,7 @@ public static class Cli
         catch (Exception e)
         {
             var log = CrashLogPath(config);
-            try { File.WriteAllText(log, e.ToString()); }
+            try { IO.AtomicFile.WriteAllText(log, e.ToString()); }
             catch (Exception) { log = "(could not write a log file)"; }
             Console.Error.WriteLine($"internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]}. This is a bug in Axolotl.NET; details: {log}");
             return 1;

@@ -80,7 +80,9 @@ public static class RowReader
             var other => throw new UserError($"dataset '{path}': files of type '.{other}' are not read yet (.json and .jsonl are); set ds_type if the extension is misleading."),
         };
         if (type is not ("json" or "text")) throw new UserError($"dataset '{path}': ds_type '{type}' is not supported yet (json and text are).");
-        var text = File.ReadAllText(path);
+        string text;
+        try { text = File.ReadAllText(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new UserError($"dataset '{path}' cannot be read ({e.Message})."); }
         if (type == "text") return ReadText(path, text);
         return text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path, text);
     }

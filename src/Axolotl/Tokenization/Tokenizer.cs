@@ -41,8 +41,13 @@ public sealed class Tokenizer
         using var tokenizer = JsonRead.Parse(path);
         using var config = ParseOptional(Path.Combine(directory, "tokenizer_config.json"));
         using var map = ParseOptional(Path.Combine(directory, "special_tokens_map.json"));
-        return new Tokenizer(path, tokenizer.RootElement, config?.RootElement, map?.RootElement,
-            Path.Combine(directory, "tokenizer_config.json"));
+        try
+        {
+            return new Tokenizer(path, tokenizer.RootElement, config?.RootElement, map?.RootElement,
+                Path.Combine(directory, "tokenizer_config.json"));
+        }
+        // A value of the wrong JSON kind deep in a component, which the readers do not check one by one.
+        catch (InvalidOperationException e) { throw JsonRead.Invalid(path, e.Message.TrimEnd('.')); }
     }
 
     static JsonDocument? ParseOptional(string path) => File.Exists(path) ? JsonRead.Parse(path) : null;
