@@ -63,9 +63,9 @@ public static class ConfigLoader
             var reason = (e.InnerException?.Message ?? e.Message).Split('\n')[0];
             throw new UserError($"{path}:{at.Line}:{at.Column}: YAML syntax error: {reason}");
         }
-        catch (InvalidOperationException)
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
         {
-            // YamlDotNet's scanner fails this way on some malformed input (an unclosed [ or { running into the next key).
+            // YamlDotNet fails this way on some malformed input (an unclosed [ or { running into the next key).
             var at = scanner.CurrentPosition;
             throw new UserError($"{path}:{at.Line}:{at.Column}: YAML syntax error: the text before here does not parse; look for an unclosed bracket, brace or quote.");
         }

@@ -41,7 +41,7 @@ public sealed class SafetensorsFile
         JsonObject header;
         try
         {
-            header = JsonNode.Parse(Encoding.UTF8.GetString(headerBytes).TrimEnd(' ', '\0')) as JsonObject
+            header = JsonNode.Parse(Encoding.UTF8.GetString(headerBytes).TrimEnd(' ', '\0'), documentOptions: JsonFiles.NoDuplicateKeys) as JsonObject
                      ?? throw new UserError($"{path}: the safetensors header is not a JSON object.");
         }
         catch (JsonException e) { throw new UserError($"{path}: the safetensors header is not valid JSON ({e.Message})."); }

@@ -352,6 +352,14 @@ public class BadInputMatrixTests
     }
 
     [Fact]
+    public void Dataset_row_with_a_key_given_twice()
+    {
+        using var dir = TestSetup.TempDir();
+        var config = WriteConfig(dir, data: TwoRows + "{\"instruction\": \"x\", \"output\": \"y\", \"output\": \"z\"}\n");
+        InProcessCli.AssertUserError(InProcessCli.Run("preprocess", config), "data.jsonl, line 3", "invalid JSON", "output");
+    }
+
+    [Fact]
     public void Dataset_field_of_the_wrong_type_names_row_and_field()
     {
         using var dir = TestSetup.TempDir();

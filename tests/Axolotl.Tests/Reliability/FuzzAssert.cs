@@ -92,7 +92,7 @@ public static class FuzzGen
     static string EditJson(string s, int kind, double a, double b, string text)
     {
         JsonNode? root;
-        try { root = JsonNode.Parse(s); }
+        try { root = JsonNode.Parse(s, documentOptions: new() { AllowDuplicateProperties = false }); }
         catch (System.Text.Json.JsonException) { return s; }
         if (root == null) return s;
         var nodes = new List<JsonNode>();
