@@ -73,6 +73,12 @@ public static class Cli
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
+        catch (UnauthorizedAccessException e)
+        {
+            // A file or folder this account may not read or write: the user's to fix, whichever of the many it is.
+            Console.Error.WriteLine($"error: {e.Message} Check its permissions.");
+            return 2;
+        }
         catch (Training.TrainingInterrupted e)
         {
             Console.Error.WriteLine(e.Message);

@@ -301,7 +301,28 @@ public class BadInputMatrixTests
         InProcessCli.AssertUserError(Train(WriteConfig(dir, model)), "model.safetensors", "has shape [176, 64] but config.json implies [128, 64]");
     }
 
+    [NotAsRootFact]
+    public void Safetensors_file_unreadable()
+    {
+        using var dir = TestSetup.TempDir();
+        var model = CopyModel(dir);
+        File.SetUnixFileMode(Path.Combine(model, "model.safetensors"), UnixFileMode.None);
+        InProcessCli.AssertUserError(Train(WriteConfig(dir, model)), "model.safetensors", "denied");
+    }
+
     // ---- the tokenizer ----
+
+    [NotAsRootFact]
+    public void Tokenizer_json_unreadable()
+    {
+        using var dir = TestSetup.TempDir();
+        var tokenizer = Directory.CreateDirectory(dir["tok"]).FullName;
+        File.Copy(TestSetup.Data("tok-tiny512", "tokenizer.json"), Path.Combine(tokenizer, "tokenizer.json"));
+        File.SetUnixFileMode(Path.Combine(tokenizer, "tokenizer.json"), UnixFileMode.None);
+        var config = WriteConfig(dir);
+        File.WriteAllText(config, File.ReadAllText(config).Replace(TestSetup.Data("tok-tiny512"), tokenizer));
+        InProcessCli.AssertUserError(InProcessCli.Run("preprocess", config), "tokenizer.json", "denied");
+    }
 
     [Fact]
     public void Tokenizer_json_that_is_not_json()
