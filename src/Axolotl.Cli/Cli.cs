@@ -83,6 +83,12 @@ public static class Cli
             Console.Error.WriteLine($"error: {e.Message}");
             return 2;
         }
+        catch (UnauthorizedAccessException e)
+        {
+            // A file or folder this account may not read or write: the user's to fix, whichever of the many it is.
+            Console.Error.WriteLine($"error: {e.Message} Check its permissions.");
+            return 2;
+        }
         catch (Training.TrainingInterrupted e)
         {
             Console.Error.WriteLine(e.Message);
@@ -91,7 +97,7 @@ public static class Cli
         catch (Exception e)
         {
             var log = CrashLogPath(config);
-            try { File.WriteAllText(log, e.ToString()); }
+            try { IO.AtomicFile.WriteAllText(log, e.ToString()); }
             catch (Exception) { log = "(could not write a log file)"; }
             Console.Error.WriteLine($"internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]}. This is a bug in Axolotl.NET; details: {log}");
             return 1;

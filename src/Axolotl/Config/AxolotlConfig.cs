@@ -55,6 +55,8 @@ public sealed class AxolotlConfig
     // data
     public List<DatasetConfig> Datasets { get; set; } = [];
     public int SequenceLen { get; set; } = 512;
+    /// <summary>Examples longer than sequence_len: drop them (counted), truncate them, or raise an error naming the row.</summary>
+    public string ExcessLengthStrategy { get; set; } = "drop";
     public bool TrainOnInputs { get; set; }
     /// <summary>Validation split: a fraction of the examples, or a count when above 1.</summary>
     public double ValSetSize { get; set; }

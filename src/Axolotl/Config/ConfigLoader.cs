@@ -53,11 +53,21 @@ public static class ConfigLoader
     public static AxolotlConfig Parse(string yaml, string path, IReadOnlyList<string>? overrides = null)
     {
         var yamlStream = new YamlStream();
-        try { yamlStream.Load(new StringReader(yaml)); }
+        var scanner = new Scanner(new StringReader(yaml));
+        try { yamlStream.Load(new Parser(scanner)); }
         catch (YamlException e)
         {
+            // Where the scanner found the problem: Start can be where the enclosing mapping began, lines earlier, and
+            // some errors (a tab as indentation) carry no position at all, so the scanner's own position stands in.
+            var at = e.End.Index > 0 ? e.End : scanner.CurrentPosition;
             var reason = (e.InnerException?.Message ?? e.Message).Split('\n')[0];
-            throw new UserError($"{path}:{e.Start.Line}:{e.Start.Column}: YAML syntax error: {reason}");
+            throw new UserError($"{path}:{at.Line}:{at.Column}: YAML syntax error: {reason}");
+        }
+        catch (Exception e) when (e is InvalidOperationException or ArgumentException)
+        {
+            // YamlDotNet fails this way on some malformed input (an unclosed [ or { running into the next key).
+            var at = scanner.CurrentPosition;
+            throw new UserError($"{path}:{at.Line}:{at.Column}: YAML syntax error: the text before here does not parse; look for an unclosed bracket, brace or quote.");
         }
         if (yamlStream.Documents.Count == 0 || yamlStream.Documents[0].RootNode is not YamlMappingNode root)
             throw new UserError($"{path}: the config must be a YAML mapping of keys to values.");
@@ -65,7 +75,7 @@ public static class ConfigLoader
         // An override replaces the file's value in place, so it goes through exactly the same checks.
         var entries = new Dictionary<string, Entry>(StringComparer.Ordinal);
         foreach (var (keyNode, valueNode) in root.Children)
-            entries[((YamlScalarNode)keyNode).Value ?? ""] = new Entry(valueNode, Spot.In(path, keyNode), Spot.In(path, valueNode));
+            entries[KeyText(keyNode, path)] = new Entry(valueNode, Spot.In(path, keyNode), Spot.In(path, valueNode));
         int order = 0;
         foreach (var (flag, key, value) in ParseOverrides(overrides ?? []))
         {
@@ -175,7 +185,7 @@ public static class ConfigLoader
                 var valueSpots = new Dictionary<string, Spot>();
                 foreach (var (k, v) in map.Children)
                 {
-                    var key = ((YamlScalarNode)k).Value ?? "";
+                    var key = KeyText(k, path);
                     var spot = Spot.In(path, k);
                     if (key == "type" && v is YamlMappingNode)
                         refused.Add(new Refusal(name("type"), $"{name("type")}: {{user-defined prompt format}}", spot));
@@ -383,6 +393,9 @@ public static class ConfigLoader
         }
     }
 
+    static string KeyText(YamlNode key, string path) => key is YamlScalarNode s ? s.Value ?? ""
+        : throw new UserError($"{Spot.In(path, key).Full}: a key must be a name, not a list or mapping.");
+
     static IEnumerable<string> Plugins(YamlNode node) =>
         (node is YamlSequenceNode seq ? seq.Children : [node]).OfType<YamlScalarNode>().Select(s => s.Value ?? "");
 
@@ -451,6 +464,8 @@ public static class ConfigLoader
         void Fail(string message) => throw new UserError($"{path}: {message}");
         if (c.LearningRate <= 0) Fail("'learning_rate' must be positive.");
         if (c.SequenceLen < 2) Fail("'sequence_len' must be at least 2.");
+        if (c.ExcessLengthStrategy is not ("drop" or "truncate" or "raise"))
+            Fail($"excess_length_strategy '{c.ExcessLengthStrategy}' is not one Axolotl has (drop, truncate, raise).");
         if (c.MicroBatchSize < 1) Fail("'micro_batch_size' must be at least 1.");
         if (c.GradientAccumulationSteps < 1) Fail("'gradient_accumulation_steps' must be at least 1.");
         if (c.BatchSize is < 1) Fail("'batch_size' must be at least 1.");

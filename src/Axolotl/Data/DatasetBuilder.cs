@@ -13,7 +13,7 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
 
 /// <summary>
 /// Axolotl's data preparation for the supported formats: read each dataset, apply its prompt strategy, concatenate,
-/// shuffle with the seed, drop sequences longer than sequence_len (excess_length_strategy: drop) and shorter than 2.
+/// shuffle with the seed, handle sequences longer than sequence_len (excess_length_strategy) and drop those shorter than 2.
 /// </summary>
 public static class DatasetBuilder
 {
@@ -32,7 +32,13 @@ public static class DatasetBuilder
             var errors = new UserError?[rows.Count];
             Parallel.For(0, rows.Count, i =>
             {
-                try { perRow[i] = strategy.Tokenize(rows[i]).ToArray(); }
+                try
+                {
+                    perRow[i] = strategy.Tokenize(rows[i]).ToArray();
+                    if (config.ExcessLengthStrategy == "raise" && perRow[i].FirstOrDefault(e => e.InputIds.Length > config.SequenceLen) is { } tooLong)
+                        throw new UserError($"{rows[i].Where}: {tooLong.InputIds.Length} tokens, longer than sequence_len {config.SequenceLen} " +
+                                            "(excess_length_strategy: raise); shorten the row, raise sequence_len, or use drop or truncate.");
+                }
                 catch (UserError e) { errors[i] = e; perRow[i] = []; }
                 int n = Interlocked.Increment(ref done);
                 if (progress != null && (n % 256 == 0 || n == rows.Count)) progress(rowsRead + n);
@@ -43,7 +49,14 @@ public static class DatasetBuilder
             foreach (var part in perRow) examples.AddRange(part);
         }
         if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
-        int tooLong = examples.RemoveAll(e => e.InputIds.Length > config.SequenceLen);
+        int tooLong = 0;
+        if (config.ExcessLengthStrategy == "truncate")
+        {
+            int n = config.SequenceLen;
+            for (int i = 0; i < examples.Count; i++)
+                if (examples[i].InputIds.Length > n) examples[i] = new Example(examples[i].InputIds[..n], examples[i].Labels[..n]);
+        }
+        else tooLong = examples.RemoveAll(e => e.InputIds.Length > config.SequenceLen);
         int tooShort = examples.RemoveAll(e => e.InputIds.Length < MinSampleLen);
         var eval = SplitOffValidation(examples, config.ValSetSize);
         if (examples.Count == 0)

@@ -80,7 +80,9 @@ public static class RowReader
             var other => throw new UserError($"dataset '{path}': files of type '.{other}' are not read yet (.json and .jsonl are); set ds_type if the extension is misleading."),
         };
         if (type is not ("json" or "text")) throw new UserError($"dataset '{path}': ds_type '{type}' is not supported yet (json and text are).");
-        var text = File.ReadAllText(path);
+        string text;
+        try { text = File.ReadAllText(path); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new UserError($"dataset '{path}' cannot be read ({e.Message})."); }
         if (type == "text") return ReadText(path, text);
         return text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path, text);
     }
@@ -99,7 +101,7 @@ public static class RowReader
     static List<Row> ReadArray(string path, string text)
     {
         JsonArray array;
-        try { array = JsonNode.Parse(text) as JsonArray ?? throw new UserError($"{path}: expected a JSON array of objects."); }
+        try { array = JsonNode.Parse(text, documentOptions: IO.JsonFiles.NoDuplicateKeys) as JsonArray ?? throw new UserError($"{path}: expected a JSON array of objects."); }
         catch (JsonException e) { throw new UserError($"{path}: invalid JSON at line {e.LineNumber + 1}: {e.Message.Split('.')[0]}."); }
         var rows = new List<Row>(array.Count);
         for (int i = 0; i < array.Count; i++)
@@ -117,7 +119,7 @@ public static class RowReader
             if (string.IsNullOrWhiteSpace(line)) continue;
             try
             {
-                rows.Add(new Row(JsonNode.Parse(line) as JsonObject ?? throw new UserError($"{path}, line {lineNumber}: expected a JSON object."), path, lineNumber, IsLine: true));
+                rows.Add(new Row(JsonNode.Parse(line, documentOptions: IO.JsonFiles.NoDuplicateKeys) as JsonObject ?? throw new UserError($"{path}, line {lineNumber}: expected a JSON object."), path, lineNumber, IsLine: true));
             }
             catch (JsonException e) { throw new UserError($"{path}, line {lineNumber}: invalid JSON ({e.Message.Split('.')[0]})."); }
         }

@@ -42,7 +42,7 @@ public sealed class SafetensorsFile
         JsonObject header;
         try
         {
-            header = JsonNode.Parse(Encoding.UTF8.GetString(headerBytes).TrimEnd(' ', '\0')) as JsonObject
+            header = JsonNode.Parse(Encoding.UTF8.GetString(headerBytes).TrimEnd(' ', '\0'), documentOptions: JsonFiles.NoDuplicateKeys) as JsonObject
                      ?? throw new UserError($"{path}: the safetensors header is not a JSON object.");
         }
         catch (JsonException e) { throw new UserError($"{path}: the safetensors header is not valid JSON ({e.Message})."); }
@@ -79,10 +79,10 @@ public sealed class SafetensorsFile
             var obj = node as JsonObject ?? throw new UserError($"{path}: header entry '{name}' is not an object.");
             var dtype = obj["dtype"]?.GetValue<string>() ?? throw new UserError($"{path}: tensor '{name}' has no dtype.");
             var shape = (obj["shape"] as JsonArray ?? throw new UserError($"{path}: tensor '{name}' has no shape."))
-                .Select(x => x!.GetValue<long>()).ToArray();
+                .Select(x => x?.GetValue<long>() ?? throw new UserError($"{path}: tensor '{name}' has a null in its shape.")).ToArray();
             var offsets = obj["data_offsets"] as JsonArray ?? throw new UserError($"{path}: tensor '{name}' has no data_offsets.");
             if (offsets.Count != 2) throw new UserError($"{path}: tensor '{name}' data_offsets must have two numbers.");
-            long begin = offsets[0]!.GetValue<long>(), end = offsets[1]!.GetValue<long>();
+            long begin = offsets[0]?.GetValue<long>() ?? -1, end = offsets[1]?.GetValue<long>() ?? -1;
             int elementSize = ElementSize(dtype) ?? throw new UserError(
                 $"{path}: tensor '{name}' has dtype {dtype}, which is not supported (F32, BF16, F16, F64, I64, I32, I16, I8, U8, BOOL are).");
             if (shape.Any(d => d < 0)) throw new UserError($"{path}: tensor '{name}' has a negative dimension.");

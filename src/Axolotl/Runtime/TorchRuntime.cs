@@ -110,12 +110,19 @@ public static class ElfVersionPatcher
     /// </summary>
     public static int MarkVersionNeedWeak(string path, string versionName)
     {
-        using var file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
-        var data = new byte[file.Length];
-        file.ReadExactly(data);
+        // Read-only first: once patched, an install owned by another account (root, say) must still load.
+        var data = File.ReadAllBytes(path);
         var changes = FindFlagOffsets(data, versionName)
             .Where(o => (BitConverter.ToUInt16(data, o) & VerFlgWeak) == 0)
             .ToList();
+        if (changes.Count == 0) return 0;
+        FileStream file;
+        try { file = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite); }
+        catch (UnauthorizedAccessException)
+        {
+            throw new UserError($"{path} needs a one-time patch on this system (its libstdc++ lacks {versionName}), but this account may not write it; run axolotl once as the file's owner.");
+        }
+        using var _ = file;
         foreach (var offset in changes)
         {
             var flags = (ushort)(BitConverter.ToUInt16(data, offset) | VerFlgWeak);

@@ -53,7 +53,9 @@ public sealed class Tokenizer
         if (File.Exists(path))
         {
             using var tokenizer = JsonRead.Parse(path);
-            pipeline = Pipeline.FromJson(path, tokenizer.RootElement);
+            // A value of the wrong JSON kind deep in a component, which the readers do not check one by one.
+            try { pipeline = Pipeline.FromJson(path, tokenizer.RootElement); }
+            catch (InvalidOperationException e) { throw JsonRead.Invalid(path, e.Message.TrimEnd('.')); }
         }
         else
         {
@@ -62,7 +64,8 @@ public sealed class Tokenizer
                 throw new UserError($"{path} is missing, and so is tokenizer.model: the folder holds no tokenizer this program reads.");
             pipeline = SlowTokenizerFiles.Convert(model, config?.RootElement ?? Null);
         }
-        return new Tokenizer(pipeline, config?.RootElement, map?.RootElement, configFile);
+        try { return new Tokenizer(pipeline, config?.RootElement, map?.RootElement, configFile); }
+        catch (InvalidOperationException e) { throw JsonRead.Invalid(configFile, e.Message.TrimEnd('.')); }
     }
 
     static JsonDocument? ParseOptional(string path) => File.Exists(path) ? JsonRead.Parse(path) : null;
