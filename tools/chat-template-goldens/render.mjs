@@ -1,6 +1,7 @@
 // Renders chat templates with @huggingface/jinja (the renderer transformers.js uses) and writes golden files that the
 // C# engine's tests compare against character for character. Run: npm ci && node render.mjs [outDir] [extraDir...]
-// extraDir: folders of *.jinja files or tokenizer_config.json files, for checking templates that are not committed.
+// extraDir: folders of *.jinja files, tokenizer_config.json files or *.snippets.json files, for checking templates that
+// are not committed. A snippets file lists {name, template, context}: each template rendered once with its own variables.
 import { Template } from "@huggingface/jinja";
 import fs from "node:fs";
 import path from "node:path";
@@ -53,7 +54,27 @@ for (const dir of extraDirs)
     const name = path.relative(dir, f).replaceAll(path.sep, "-");
     if (f.endsWith(".jinja")) sources.push({ name, template: fs.readFileSync(f, "utf8"), special_tokens: defaultTokens });
     else if (path.basename(f) === "tokenizer_config.json") fromTokenizerConfig(f, name, sources);
+    else if (f.endsWith(".snippets.json")) writeSnippets(f, name.slice(0, -".snippets.json".length));
   }
+
+// Small templates exercising one engine feature each, rendered with their own variables.
+function writeSnippets(file, name) {
+  const snippets = JSON.parse(fs.readFileSync(file, "utf8"));
+  const golden = { renderer: "@huggingface/jinja 0.5.11", name, cases: [] };
+  for (const s of snippets) {
+    const c = { snippet: s.name, template: s.template, context: s.context ?? {} };
+    try {
+      c.expected = new Template(s.template).render(structuredClone(c.context));
+    } catch (e) {
+      c.error = String(e.message);
+    }
+    golden.cases.push(c);
+  }
+  fs.mkdirSync(outDir, { recursive: true });
+  fs.writeFileSync(path.join(outDir, `${name}.json`), JSON.stringify(golden, null, 1) + "\n");
+  console.log(`${name}: ${golden.cases.filter((c) => c.error).length} errors / ${golden.cases.length}`);
+}
+writeSnippets(path.join(testdata, "chat-templates/engine.snippets.json"), "engine-snippets");
 
 const conversations = JSON.parse(fs.readFileSync(path.join(testdata, "chat-templates/conversations.json"), "utf8"));
 fs.mkdirSync(outDir, { recursive: true });

@@ -37,6 +37,11 @@ public class ChatTemplateGoldenTests
         var conversations = JsonNode.Parse(File.ReadAllText(TestSetup.Data("chat-templates", "conversations.json")))!.AsArray()
             .ToDictionary(c => (string)c!["id"]!, c => c!.AsObject());
         var name = (string)golden["name"]!;
+        if (golden["template"] is null)
+        {
+            CheckSnippets(golden);
+            return;
+        }
         var source = (string)golden["template"]!;
         if (golden["parse_error"] is not null)
         {
@@ -70,6 +75,40 @@ public class ChatTemplateGoldenTests
             else if (error != (string)c["error"]!) failures.Add($"{label}: expected the error \"{c["error"]}\" but got \"{error}\"");
         }
         Assert.True(failures.Count == 0, string.Join("\n\n", failures));
+    }
+
+    // Each case: its own template and variables. Syntax errors need only fail (their wording is the JavaScript parser's;
+    // line and column are tested apart); rendering errors must carry the renderer's message.
+    static void CheckSnippets(JsonObject golden)
+    {
+        var failures = new List<string>();
+        foreach (var c in golden["cases"]!.AsArray())
+        {
+            var label = (string)c!["snippet"]!;
+            string? actual = null, error = null;
+            bool syntax = false;
+            try
+            {
+                var template = JinjaTemplate.Parse((string)c["template"]!, label);
+                try { actual = template.Render(c["context"]!.DeepClone().AsObject(), new FixedClock()); }
+                catch (ChatTemplateError e) { error = e.Detail; }
+            }
+            catch (ChatTemplateError e) { error = e.Detail; syntax = true; }
+
+            if (c["expected"] is { } expected)
+            {
+                if (actual != (string)expected!) failures.Add($"{label}: expected {Show((string)expected!)} but got {Show(actual ?? "error: " + error)}");
+            }
+            else if (error is null) failures.Add($"{label}: expected the error \"{c["error"]}\" but rendered {Show(actual!)}");
+            else if (!syntax && error != (string)c["error"]!) failures.Add($"{label}: expected the error \"{c["error"]}\" but got \"{error}\"");
+        }
+        Assert.True(failures.Count == 0, string.Join("\n", failures));
+    }
+
+    sealed class FixedClock : TimeProvider
+    {
+        public override DateTimeOffset GetUtcNow() => new(2024, 7, 26, 9, 5, 0, TimeSpan.Zero);
+        public override TimeZoneInfo LocalTimeZone => TimeZoneInfo.Utc;
     }
 
     static string Show(string s) => System.Text.Json.JsonSerializer.Serialize(s);

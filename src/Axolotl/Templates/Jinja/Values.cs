@@ -361,7 +361,8 @@ static class Json
             case FloatValue f: return double.IsFinite(f.V) ? Js.NumberToString(f.V) : "null";
             case BoolValue b: return b.V ? "true" : "false";
             case StrValue str: { var r = Quote(str.V); return o.EnsureAscii ? AsciiSafe(r) : r; }
-            case ArrayValue or ObjValue or NamespaceValue:
+            // As in the renderer, tuples are not serializable (its switch lacks them).
+            case ArrayValue or ObjValue or NamespaceValue when input is not TupleValue:
             {
                 var indentValue = indenting ? new string(' ', Math.Max(0, (int)o.Indent!.Value)) : "";
                 var basePadding = "\n" + string.Concat(Enumerable.Repeat(indentValue, depth));
@@ -430,15 +431,27 @@ static class Json
 
     /// <summary>
     /// An approximation of String.prototype.localeCompare (ICU root collation), which the renderer uses for sort_keys:
-    /// case-insensitive first, lower case before upper case on ties.
+    /// punctuation before digits before letters, letters case-insensitive first, lower case before upper case on ties.
     /// </summary>
     sealed class LocaleComparer : IComparer<string>
     {
         public static readonly LocaleComparer Instance = new();
+        const string Punctuation = " _-,;:!?.'\"()[]{}@*/\\&#%`^+<=>|~$";
+
+        static int Primary(char c) =>
+            char.IsAsciiDigit(c) ? 0x10000 + c
+            : char.IsLetter(c) ? 0x20000 + char.ToLowerInvariant(c)
+            : Punctuation.IndexOf(c) is >= 0 and var i ? i
+            : 0x100 + c;
+
         public int Compare(string? x, string? y)
         {
-            int c = string.CompareOrdinal(x!.ToLowerInvariant(), y!.ToLowerInvariant());
-            return c != 0 ? c : -string.CompareOrdinal(x, y);
+            for (int i = 0; i < Math.Min(x!.Length, y!.Length); i++)
+                if (Primary(x[i]) != Primary(y[i])) return Primary(x[i]).CompareTo(Primary(y[i]));
+            if (x.Length != y.Length) return x.Length.CompareTo(y.Length);
+            for (int i = 0; i < x.Length; i++)
+                if (x[i] != y[i]) return char.IsLower(x[i]) ? -1 : 1;
+            return 0;
         }
     }
 }
