@@ -6,6 +6,19 @@ import { Template } from "@huggingface/jinja";
 import fs from "node:fs";
 import path from "node:path";
 
+// strftime_now reads the clock through Date: goldens are rendered at a fixed instant, in UTC, as the tests' clock is.
+process.env.TZ = "UTC";
+const fixedNow = Date.UTC(2024, 6, 26, 9, 5, 0);
+const RealDate = Date;
+globalThis.Date = class extends RealDate {
+  constructor(...args) {
+    super(...(args.length ? args : [fixedNow]));
+  }
+  static now() {
+    return fixedNow;
+  }
+};
+
 const repo = path.resolve(import.meta.dirname, "../..");
 const testdata = path.join(repo, "tests/Axolotl.Tests/testdata");
 const outDir = process.argv[2] ?? path.join(testdata, "chat-templates/goldens");

@@ -50,7 +50,7 @@ public class ChatTemplateGoldenTests
         }
         var tokens = golden["special_tokens"]!.AsObject();
         var template = new JinjaChatTemplate(source, name, new SpecialTokens(
-            (string?)tokens["bos_token"], (string?)tokens["eos_token"], (string?)tokens["pad_token"], (string?)tokens["unk_token"]));
+            (string?)tokens["bos_token"], (string?)tokens["eos_token"], (string?)tokens["pad_token"], (string?)tokens["unk_token"]), new FixedClock());
         var failures = new List<string>();
         var cases = golden["cases"]!.AsArray();
         Assert.NotEmpty(cases);
@@ -105,7 +105,8 @@ public class ChatTemplateGoldenTests
         Assert.True(failures.Count == 0, string.Join("\n", failures));
     }
 
-    sealed class FixedClock : TimeProvider
+    /// <summary>The instant render.mjs fixes the renderer's clock to.</summary>
+    internal sealed class FixedClock : TimeProvider
     {
         public override DateTimeOffset GetUtcNow() => new(2024, 7, 26, 9, 5, 0, TimeSpan.Zero);
         public override TimeZoneInfo LocalTimeZone => TimeZoneInfo.Utc;
