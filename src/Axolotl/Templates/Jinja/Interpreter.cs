@@ -445,7 +445,7 @@ sealed class Interpreter(TimeProvider clock)
             if (property is IntValue index)
             {
                 value = obj is StrValue s
-                    ? At(s.V.Select(c => c).ToList(), index.V, c => new StrValue(c.ToString()))
+                    ? At(s.V.ToCharArray().ToList(), index.V, c => new StrValue(c.ToString()))
                     : At(((ArrayValue)obj).Items, index.V, x => x);
             }
             else if (property is StrValue key)
