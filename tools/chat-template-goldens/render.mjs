@@ -88,6 +88,7 @@ function writeSnippets(file, name) {
   console.log(`${name}: ${golden.cases.filter((c) => c.error).length} errors / ${golden.cases.length}`);
 }
 writeSnippets(path.join(testdata, "chat-templates/engine.snippets.json"), "engine-snippets");
+writeSnippets(path.join(testdata, "chat-templates/edge.snippets.json"), "edge-snippets");
 
 const conversations = JSON.parse(fs.readFileSync(path.join(testdata, "chat-templates/conversations.json"), "utf8"));
 fs.mkdirSync(outDir, { recursive: true });

@@ -743,12 +743,20 @@ sealed class Interpreter(TimeProvider clock)
         }).Cast<Value>().ToList());
     }
 
-    static List<T> StableSort<T>(List<T> items, Comparison<T> comparison) =>
-        items.Select((x, i) => (x, i)).OrderBy(p => p, Comparer<(T x, int i)>.Create((a, b) =>
-        {
-            var c = comparison(a.x, b.x);
-            return c != 0 ? c : a.i.CompareTo(b.i);
-        })).Select(p => p.x).ToList();
+    // A stable merge sort (as JavaScript's sort is stable) that lets the comparison's errors through unwrapped.
+    static List<T> StableSort<T>(List<T> items, Comparison<T> comparison)
+    {
+        if (items.Count <= 1) return items.ToList();
+        int mid = items.Count / 2;
+        var left = StableSort(items.GetRange(0, mid), comparison);
+        var right = StableSort(items.GetRange(mid, items.Count - mid), comparison);
+        var result = new List<T>(items.Count);
+        int i = 0, j = 0;
+        while (i < left.Count && j < right.Count) result.Add(comparison(right[j], left[i]) < 0 ? right[j++] : left[i++]);
+        result.AddRange(left.Skip(i));
+        result.AddRange(right.Skip(j));
+        return result;
+    }
 
     static int Compare(Value a, Value b, bool caseSensitive)
     {
