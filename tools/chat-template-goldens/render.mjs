@@ -89,6 +89,7 @@ function writeSnippets(file, name) {
 }
 writeSnippets(path.join(testdata, "chat-templates/engine.snippets.json"), "engine-snippets");
 writeSnippets(path.join(testdata, "chat-templates/edge.snippets.json"), "edge-snippets");
+writeSnippets(path.join(testdata, "chat-templates/fuzz.snippets.json"), "fuzz-snippets");
 
 const conversations = JSON.parse(fs.readFileSync(path.join(testdata, "chat-templates/conversations.json"), "utf8"));
 fs.mkdirSync(outDir, { recursive: true });

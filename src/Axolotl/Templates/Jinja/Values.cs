@@ -289,12 +289,11 @@ static class Js
     /// <summary>toUpperCase: full case mapping (ß → SS), which .NET's simple mapping lacks.</summary>
     public static string ToUpper(string s)
     {
-        var upper = s.ToUpperInvariant();
-        if (upper.Length == s.Length && !NeedsSpecialUpper(s)) return upper;
+        if (!NeedsSpecialUpper(s)) return s.ToUpperInvariant();
         var sb = new StringBuilder(s.Length + 8);
-        foreach (var c in s) sb.Append(SpecialUpper.TryGetValue(c, out var u) ? u : char.ToUpperInvariant(c).ToString());
-        // Surrogate pairs: fall back to the whole-string mapping for them.
-        return s.Any(char.IsSurrogate) ? upper : sb.ToString();
+        foreach (var cp in CodePoints(s))
+            sb.Append(cp.Length == 1 && SpecialUpper.TryGetValue(cp[0], out var u) ? u : cp.ToUpperInvariant());
+        return sb.ToString();
     }
 
     static bool NeedsSpecialUpper(string s) { foreach (var c in s) if (SpecialUpper.ContainsKey(c)) return true; return false; }
