@@ -466,26 +466,41 @@ static class JsonInput
             case JsonArray a: return new ArrayValue(a.Select(Convert).ToList());
             case JsonObject o:
             {
+                var map = new OrderedDictionary<string, Value>(o.Count);
+                bool indexKeys = false;
+                foreach (var kv in o) indexKeys |= IsArrayIndex(kv.Key);
                 // JavaScript objects list integer-like keys first, in numeric order, then the rest in insertion order.
-                var map = new OrderedDictionary<string, Value>();
-                foreach (var kv in o.Where(kv => IsArrayIndex(kv.Key)).OrderBy(kv => uint.Parse(kv.Key, CultureInfo.InvariantCulture)))
-                    map[kv.Key] = Convert(kv.Value);
-                foreach (var kv in o.Where(kv => !IsArrayIndex(kv.Key))) map[kv.Key] = Convert(kv.Value);
+                if (indexKeys)
+                    foreach (var kv in o.Where(kv => IsArrayIndex(kv.Key)).OrderBy(kv => uint.Parse(kv.Key, CultureInfo.InvariantCulture)))
+                        map[kv.Key] = Convert(kv.Value);
+                foreach (var kv in o)
+                    if (!indexKeys || !IsArrayIndex(kv.Key)) map[kv.Key] = Convert(kv.Value);
                 return new ObjValue(map);
             }
             default:
                 var value = node.AsValue();
-                switch (value.GetValueKind())
-                {
-                    case JsonValueKind.String: return new StrValue(value.GetValue<string>());
-                    case JsonValueKind.True: return BoolValue.True;
-                    case JsonValueKind.False: return BoolValue.False;
-                    case JsonValueKind.Null: return NullValue.Instance;
-                    case JsonValueKind.Number:
-                        var d = double.Parse(value.ToJsonString(), NumberStyles.Float, CultureInfo.InvariantCulture);
-                        return double.IsFinite(d) && d % 1 == 0 ? new IntValue(d) : new FloatValue(d);
-                    default: throw new ArgumentException($"Unsupported JSON value {value.ToJsonString()}");
-                }
+                if (value.TryGetValue<JsonElement>(out var element)) return Convert(element);
+                if (value.TryGetValue<string>(out var str)) return new StrValue(str);
+                if (value.TryGetValue<bool>(out var b)) return b ? BoolValue.True : BoolValue.False;
+                return Convert(JsonDocument.Parse(value.ToJsonString()).RootElement);
+        }
+    }
+
+    static Value Convert(JsonElement element)
+    {
+        switch (element.ValueKind)
+        {
+            case JsonValueKind.String: return new StrValue(element.GetString()!);
+            case JsonValueKind.True: return BoolValue.True;
+            case JsonValueKind.False: return BoolValue.False;
+            case JsonValueKind.Null: return NullValue.Instance;
+            case JsonValueKind.Number:
+                // JSON.parse: the nearest double; integral values become integers, as the renderer's Number.isInteger decides.
+                var d = double.Parse(element.GetRawText(), NumberStyles.Float, CultureInfo.InvariantCulture);
+                return double.IsFinite(d) && d % 1 == 0 ? new IntValue(d) : new FloatValue(d);
+            case JsonValueKind.Array: return new ArrayValue(element.EnumerateArray().Select(Convert).ToList());
+            case JsonValueKind.Object: return Convert(JsonNode.Parse(element.GetRawText()));
+            default: throw new ArgumentException($"Unsupported JSON value {element.GetRawText()}");
         }
     }
 
