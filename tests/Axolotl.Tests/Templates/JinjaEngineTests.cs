@@ -70,6 +70,19 @@ public class JinjaEngineTests
     }
 
     [Fact]
+    public void BuiltJsonValuesConvertAsParsedOnes()
+    {
+        var variables = new JsonObject
+        {
+            ["i"] = 5, ["l"] = 7L, ["f"] = 2.5, ["whole"] = 1.0, ["s"] = "x", ["b"] = true, ["n"] = null,
+            ["o"] = new JsonObject { ["b"] = 1, ["10"] = 2, ["a"] = 3, ["2"] = 4 },
+        };
+        // JavaScript objects put integer-like keys first; 1.0 is an integer once parsed by JavaScript.
+        Assert.Equal("5 7 2.5 1 true x true  {\"2\": 4, \"10\": 2, \"b\": 1, \"a\": 3}",
+            Render("{{ i }} {{ l }} {{ f }} {{ whole }} {{ whole is integer }} {{ s }} {{ b }} {{ n }} {{ o | tojson }}", variables));
+    }
+
+    [Fact]
     public void StrftimeNowUsesTheClock()
     {
         var clock = new ChatTemplateGoldenTests.FixedClock();

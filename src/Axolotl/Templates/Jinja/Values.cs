@@ -482,7 +482,7 @@ static class JsonInput
                 if (value.TryGetValue<JsonElement>(out var element)) return Convert(element);
                 if (value.TryGetValue<string>(out var str)) return new StrValue(str);
                 if (value.TryGetValue<bool>(out var b)) return b ? BoolValue.True : BoolValue.False;
-                return Convert(JsonDocument.Parse(value.ToJsonString()).RootElement);
+                using (var doc = JsonDocument.Parse(value.ToJsonString())) return Convert(doc.RootElement);
         }
     }
 
