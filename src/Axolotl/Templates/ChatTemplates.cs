@@ -82,7 +82,8 @@ public static class ChatTemplates
 
     /// <summary>
     /// The tokenizer's own template, as transformers loads it: chat_template.jinja, else chat_template.json, else
-    /// tokenizer_config.json's chat_template (a string, or a list of named templates of which "default" is used).
+    /// tokenizer_config.json's chat_template (a string, or a list of named templates: "default", and "tool_use" when
+    /// tools are given, as transformers chooses).
     /// </summary>
     public static JinjaChatTemplate? FromTokenizer(string? tokenizerFolder, SpecialTokens tokens)
     {
@@ -109,7 +110,11 @@ public static class ChatTemplates
                             .Where(t => t.ValueKind == JsonValueKind.Object && t.TryGetProperty("name", out _) && t.TryGetProperty("template", out _))
                             .ToDictionary(t => t.GetProperty("name").GetString() ?? "", t => t.GetProperty("template").GetString() ?? "");
                         if (named.TryGetValue("default", out var text))
-                            return new JinjaChatTemplate(text, $"{file} (chat_template default)", tokens);
+                            return new JinjaChatTemplate(text, $"{file} (chat_template default)", tokens)
+                            {
+                                ToolUseTemplate = named.TryGetValue("tool_use", out var toolUse)
+                                    ? JinjaTemplate.Parse(toolUse, $"{file} (chat_template tool_use)") : null,
+                            };
                         throw new UserError($"{file} lists chat templates ({string.Join(", ", named.Keys)}) but none named \"default\"; " +
                                             "set chat_template: jinja with chat_template_jinja to the one to use.");
                     }

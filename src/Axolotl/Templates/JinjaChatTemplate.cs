@@ -9,13 +9,13 @@ public sealed record SpecialTokens(string? BosToken = null, string? EosToken = n
     public static SpecialTokens From(Tokenizer tokenizer) =>
         new(tokenizer.BosToken, tokenizer.EosToken, tokenizer.PadToken, tokenizer.UnkToken);
 
-    /// <summary>The variables transformers passes: only the tokens that are set.</summary>
+    /// <summary>The variables transformers passes: only the tokens that are set (and not empty).</summary>
     public IEnumerable<KeyValuePair<string, string>> Variables()
     {
-        if (BosToken is not null) yield return new("bos_token", BosToken);
-        if (EosToken is not null) yield return new("eos_token", EosToken);
-        if (UnkToken is not null) yield return new("unk_token", UnkToken);
-        if (PadToken is not null) yield return new("pad_token", PadToken);
+        if (!string.IsNullOrEmpty(BosToken)) yield return new("bos_token", BosToken);
+        if (!string.IsNullOrEmpty(EosToken)) yield return new("eos_token", EosToken);
+        if (!string.IsNullOrEmpty(UnkToken)) yield return new("unk_token", UnkToken);
+        if (!string.IsNullOrEmpty(PadToken)) yield return new("pad_token", PadToken);
     }
 }
 
@@ -40,6 +40,11 @@ public sealed class JinjaChatTemplate : IChatTemplate
     }
 
     public JinjaTemplate Template { get; }
+
+    /// <summary>
+    /// Of a tokenizer's named templates, the one transformers picks instead when tools are given ("tool_use").
+    /// </summary>
+    public JinjaTemplate? ToolUseTemplate { get; init; }
     public string Name => Template.Name;
     public SpecialTokens Tokens => _tokens;
 
@@ -54,6 +59,6 @@ public sealed class JinjaChatTemplate : IChatTemplate
         };
         foreach (var (key, value) in _tokens.Variables()) variables[key] = value;
         if (extraVariables is not null) foreach (var (key, value) in extraVariables) variables[key] = value;
-        return Template.Render(variables, _clock);
+        return (tools is not null && ToolUseTemplate is not null ? ToolUseTemplate : Template).Render(variables, _clock);
     }
 }

@@ -99,13 +99,16 @@ public class ChatTemplatesTests
                 new JsonObject { ["name"] = "default", ["template"] = "default:{{ messages | length }}" }),
         };
         File.WriteAllText(dir["tokenizer_config.json"], config.ToJsonString());
-        Assert.Equal("default:2", ChatTemplates.Resolve("tokenizer_default", null, dir.Path, Tokens).Render(Chat()));
+        var resolved = ChatTemplates.Resolve("tokenizer_default", null, dir.Path, Tokens);
+        Assert.Equal("default:2", resolved.Render(Chat()));
+        Assert.Equal("tools", resolved.Render(Chat(), tools: new JsonArray()));
 
         File.WriteAllText(dir["chat_template.jinja"], "from file");
         Assert.Equal("from file", ChatTemplates.Resolve("tokenizer_default", null, dir.Path, Tokens).Render(Chat()));
 
         File.Delete(dir["chat_template.jinja"]);
         config["chat_template"]!.AsArray().RemoveAt(1);
+        config["chat_template"]!.AsArray().Add(new JsonObject { ["name"] = "other", ["template"] = "x" });
         File.WriteAllText(dir["tokenizer_config.json"], config.ToJsonString());
         var e = Assert.Throws<UserError>(() => ChatTemplates.Resolve("tokenizer_default", null, dir.Path, Tokens));
         Assert.Contains("default", e.Message);
