@@ -48,6 +48,14 @@ public class JinjaEngineTests
     }
 
     [Fact]
+    public void RunawayRecursionIsAnErrorNotACrash()
+    {
+        var e = Assert.Throws<ChatTemplateError>(() => Render("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}\n{{ f(0) }}"));
+        Assert.Equal("Maximum call stack size exceeded", e.Detail);
+        Assert.Throws<ChatTemplateError>(() => JinjaTemplate.Parse("{{ " + new string('(', 100_000) + "1" + new string(')', 100_000) + " }}", "deep"));
+    }
+
+    [Fact]
     public void ChatTemplateReceivesToolsDocumentsAndExtraVariables()
     {
         var template = new JinjaChatTemplate(

@@ -190,6 +190,9 @@ sealed class Interpreter(TimeProvider clock)
     Value Evaluate(Node? node, Env env)
     {
         if (node is null) return UndefinedValue.Instance;
+        // Runaway recursion (a macro calling itself) must end in an error, not a crashed process.
+        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw new TemplateRuntimeError("Maximum call stack size exceeded") { Pos = node.Pos };
         try
         {
             return EvaluateNode(node, env);

@@ -75,6 +75,8 @@ sealed class Parser
 
     Node ParseAny()
     {
+        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw Error("Statements nested too deeply");
         var token = Current;
         switch (token.Type)
         {
@@ -259,7 +261,12 @@ sealed class Parser
         return new ForNode(loopVariable, iterable, body, alternative) { Pos = pos };
     }
 
-    Node ParseExpression() => ParseIfExpression();
+    Node ParseExpression()
+    {
+        if (!System.Runtime.CompilerServices.RuntimeHelpers.TryEnsureSufficientExecutionStack())
+            throw Error("Expression nested too deeply");
+        return ParseIfExpression();
+    }
 
     Node ParseIfExpression()
     {
