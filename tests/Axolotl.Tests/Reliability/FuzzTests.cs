@@ -140,4 +140,17 @@ public class FuzzTests
             finally { Directory.Delete(folder, true); }
         }, FuzzGen.Mutations([seed], FuzzGen.JsonAlphabet, jsonEdits: true), iterations: 200);
     }
+
+    [Fact]
+    public void Jinja_parser_and_renderer_on_mutated_chat_templates()
+    {
+        var templates = Axolotl.Templates.ChatTemplates.BundledNames.Select(n => Axolotl.Templates.ChatTemplates.BundledSource(n)!).ToList();
+        Assert.NotEmpty(templates);
+        var messages = new System.Text.Json.Nodes.JsonArray(
+            new System.Text.Json.Nodes.JsonObject { ["role"] = "system", ["content"] = "Be brief." },
+            new System.Text.Json.Nodes.JsonObject { ["role"] = "user", ["content"] = "Hi" },
+            new System.Text.Json.Nodes.JsonObject { ["role"] = "assistant", ["content"] = "Hello" });
+        FuzzAssert.OnlyUserErrors(text => new Axolotl.Templates.JinjaChatTemplate(text, "fuzz.jinja", new("<s>", "</s>")).Render(messages, addGenerationPrompt: true),
+            FuzzGen.Mutations(templates, FuzzGen.JinjaAlphabet), iterations: 300);
+    }
 }
