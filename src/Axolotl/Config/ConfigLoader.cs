@@ -292,8 +292,6 @@ public static class ConfigLoader
         void RefuseByValue()
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
-            if (c.SamplePacking) Refuse("sample_packing");
-            if (c.EvalSamplePacking == true) Refuse("eval_sample_packing");
             if (c.Adapter is "llama-adapter") Refuse("adapter");
             // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
             if (c.Adapter == "lora" && c.LoadIn4Bit) Refuse("load_in_4bit");
@@ -380,6 +378,7 @@ public static class ConfigLoader
             void Follow(string key, string source) => c.Sources[key] = $"follows {source}";
             if (c.EvalBatchSize is null) { c.EvalBatchSize = micro; Follow("eval_batch_size", "micro_batch_size"); }
             if (c.EvalSamplePacking is null) { c.EvalSamplePacking = c.SamplePacking; Follow("eval_sample_packing", "sample_packing"); }
+            if (c.PadToSequenceLen is null && c.SamplePacking) { c.PadToSequenceLen = true; Follow("pad_to_sequence_len", "sample_packing"); }
             if (c.BaseModelConfig is null) { c.BaseModelConfig = c.BaseModel; Follow("base_model_config", "base_model"); }
             if (c.TokenizerConfig is null) { c.TokenizerConfig = c.BaseModelConfig; Follow("tokenizer_config", "base_model_config"); }
             void Default(string key) => c.Sources[key] = "transformers' default";
@@ -470,6 +469,8 @@ public static class ConfigLoader
         if (c.GradientAccumulationSteps < 1) Fail("'gradient_accumulation_steps' must be at least 1.");
         if (c.BatchSize is < 1) Fail("'batch_size' must be at least 1.");
         if (c.EvalBatchSize is < 1) Fail("'eval_batch_size' must be at least 1.");
+        if (c.SamplePackingGroupSize < 1) Fail("'sample_packing_group_size' must be at least 1.");
+        if (c.SamplePackingBinSize < 1) Fail("'sample_packing_bin_size' must be at least 1.");
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
         var bf16 = c.Bf16.ToLowerInvariant();
