@@ -461,6 +461,9 @@ public static class ConfigLoader
     static void Validate(AxolotlConfig c, string path)
     {
         void Fail(string message) => throw new UserError($"{path}: {message}");
+        // Axolotl tests these for truth (`if cfg.evals_per_epoch:`), so 0 means unset, as its own example configs use it.
+        if (c.EvalsPerEpoch == 0) c.EvalsPerEpoch = null;
+        if (c.SavesPerEpoch == 0) c.SavesPerEpoch = null;
         if (c.LearningRate <= 0) Fail("'learning_rate' must be positive.");
         if (c.SequenceLen < 2) Fail("'sequence_len' must be at least 2.");
         if (c.ExcessLengthStrategy is not ("drop" or "truncate" or "raise"))
@@ -498,11 +501,11 @@ public static class ConfigLoader
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
         if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");
-        if (c.EvalsPerEpoch is <= 0) Fail("'evals_per_epoch' must be positive.");
+        if (c.EvalsPerEpoch is < 0) Fail("'evals_per_epoch' must be positive.");
         if (c.SaveStrategy is not ("steps" or "epoch" or "no")) Fail($"save_strategy '{c.SaveStrategy}' is not supported (steps, epoch, no are).");
         if (c.SaveSteps is not null && c.SavesPerEpoch is not null) Fail("set either 'save_steps' or 'saves_per_epoch', not both.");
         if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
-        if (c.SavesPerEpoch is <= 0) Fail("'saves_per_epoch' must be positive.");
+        if (c.SavesPerEpoch is < 0) Fail("'saves_per_epoch' must be positive.");
         if (c.SaveTotalLimit is <= 0) Fail("'save_total_limit' must be positive.");
         if (c.MetricForBestModel is { } metric)
         {
