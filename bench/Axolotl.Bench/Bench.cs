@@ -14,19 +14,23 @@ using static TorchSharp.torch;
 namespace Axolotl.Bench;
 
 /// <summary>
-/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--out results.jsonl]</c>: matmul peak, preprocessing
-/// throughput and training throughput/MFU for one config, as a table and as JSON lines comparable across commits.
+/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--out results.jsonl]</c>:
+/// matmul peak, preprocessing throughput and training throughput/MFU for one config, as a table and as JSON lines
+/// comparable across commits. With --compare-packing the training benchmark runs twice, sample_packing off and on.
 /// </summary>
 public static class Bench
 {
     const int MatmulSize = 2048;
     const int MatmulRepetitions = 5;
 
+    const string Usage = "usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--out results.jsonl]";
+
     public static int Run(string[] args)
     {
         string? configPath = null, outPath = null;
         int steps = 10, warmup = 2;
         bool? checkpointing = null;
+        bool comparePacking = false;
         for (int i = 0; i < args.Length; i++)
         {
             string Next() => i + 1 < args.Length ? args[++i] : throw new UserError($"{args[i]} needs a value.");
@@ -41,13 +45,14 @@ public static class Bench
                 case "--gradient-checkpointing":
                     checkpointing = Next() switch { "on" => true, "off" => false, var v => throw new UserError($"--gradient-checkpointing needs on or off, not '{v}'.") };
                     break;
-                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--out results.jsonl]");
+                case "--compare-packing": comparePacking = true; break;
+                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; {Usage}");
                 default:
                     if (configPath != null) throw new UserError("give one config file.");
                     configPath = args[i]; break;
             }
         }
-        if (configPath == null) throw new UserError("usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--out results.jsonl]");
+        if (configPath == null) throw new UserError(Usage);
 
         TorchRuntime.EnsureLoaded();
         var context = new JsonObject
@@ -64,7 +69,7 @@ public static class Bench
             },
         };
         var results = new List<JsonObject>();
-        var table = new Table().AddColumns("benchmark", "metric", "value");
+        var table = new Table().AddColumns("benchmark", "metric", "value").Caption($"FLOPs/token = {Flops.Formula}");
         void Row(string bench, string metric, string value) => table.AddRow(Markup.Escape(bench), Markup.Escape(metric), Markup.Escape(value));
 
         // 1. Matmul peak per dtype.
@@ -123,6 +128,41 @@ public static class Bench
         }
 
         // 3. Training: W warm-up + N measured steps through the library's own path, nothing kept.
+        if (checkpointing is bool on) config.GradientCheckpointing = on ? "true" : "false";
+        foreach (bool packing in comparePacking ? [false, true] : new[] { config.SamplePacking })
+        {
+            config.SamplePacking = packing;
+            if (packing) config.PadToSequenceLen ??= true; // as the loader resolves it for sample_packing
+            TrainBench(config, warmup, steps, peak, meanSeq, results, Row);
+        }
+
+        // 4. Bytes the frozen base's Linear weights (all but lm_head, what bnb quantizes) hold: bf16, NF4, int8.
+        AnsiConsole.MarkupLine("[grey]base weight storage…[/]");
+        foreach (var line in BaseWeightBytes(config, DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel)))
+        {
+            results.Add(line);
+            Row("base_weights", $"{line["format"]} bytes (vs bf16)", $"{(long)line["linear_weight_bytes"]! / 1048576.0:F2} MiB ({(double)line["ratio_to_bf16"]!:F3}x)");
+        }
+        AnsiConsole.Write(table);
+
+        var lines = results.Select(r =>
+        {
+            var line = (JsonObject)context.DeepClone();
+            foreach (var (k, v) in r) line[k] = v?.DeepClone();
+            return line.ToJsonString(new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
+        }).ToList();
+        if (outPath != null)
+        {
+            File.AppendAllLines(outPath, lines);
+            AnsiConsole.MarkupLine($"[grey]appended {lines.Count} results to {Markup.Escape(outPath)}[/]");
+        }
+        else foreach (var l in lines) Console.WriteLine(l);
+        return 0;
+    }
+
+    static void TrainBench(AxolotlConfig config, int warmup, int steps, Dictionary<ScalarType, double> peak, double meanSeq,
+                           List<JsonObject> results, Action<string, string, string> Row)
+    {
         var outputDir = Path.Combine(Path.GetTempPath(), $"axolotl-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");
         config.OutputDir = outputDir;
         config.MaxSteps = warmup + steps;
@@ -131,11 +171,10 @@ public static class Bench
         config.LoggingSteps = 1; // so the tokens/s the trainer reports at each step is that step's own
         config.ResumeFromCheckpoint = null;
         config.AutoResumeFromCheckpoints = false;
-        if (checkpointing is bool on) config.GradientCheckpointing = on ? "true" : "false";
         bool bf16 = ModelLoading.ComputeType(config) == ScalarType.BFloat16;
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var observer = new StepRecorder();
-        AnsiConsole.MarkupLine($"[grey]training {warmup} + {steps} steps…[/]");
+        AnsiConsole.MarkupLine($"[grey]training {warmup} + {steps} steps{(config.SamplePacking ? ", sample_packing" : "")}…[/]");
         double peakInUse = peak[bf16 ? ScalarType.BFloat16 : ScalarType.Float32];
         try { FinetuneRecipe.Run(config, observer, peakFlops: peakInUse * 1e9); }
         finally { try { Directory.Delete(outputDir, recursive: true); } catch (IOException) { } }
@@ -154,6 +193,7 @@ public static class Bench
             ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter ?? "full",
             ["gradient_checkpointing"] = config.GradientCheckpointing != "false",
             ["micro_batch_size"] = config.MicroBatchSize, ["gradient_accumulation_steps"] = config.GradientAccumulationSteps,
+            ["sample_packing"] = config.SamplePacking, ["packing_efficiency"] = plan.PackingEfficiency is double e ? Math.Round(e, 5) : null,
             ["warmup_steps"] = warmup, ["measured_steps"] = measured.Count,
             ["tokens_per_second_median"] = Round(medianTps),
             ["step_seconds_p10"] = Round(Stats.Percentile(stepSeconds, 10), 4),
@@ -166,36 +206,15 @@ public static class Bench
             ["mfu_trainer_log_median"] = Math.Round(Stats.Median(observer.LoggedMfu.Where(m => m.Step > warmup).Select(m => m.Mfu).ToList()), 5),
             ["peak_rss_mb"] = Round(rssKb / 1024.0),
         });
-        Row("train", "tokens/s (median)", $"{medianTps:F0}");
-        Row("train", "step s p10 / p50 / p90",
+        string name = config.SamplePacking ? "train (packed)" : "train";
+        if (plan.PackingEfficiency is double efficiency)
+            Row(name, "packing efficiency", $"{efficiency:F4} ({plan.BatchesPerEpoch} micro-batches per epoch)");
+        Row(name, "tokens/s (median)", $"{medianTps:F0}");
+        Row(name, "step s p10 / p50 / p90",
             $"{Stats.Percentile(stepSeconds, 10):F3} / {Stats.Percentile(stepSeconds, 50):F3} / {Stats.Percentile(stepSeconds, 90):F3}");
-        Row("train", "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
-        Row("train", $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
+        Row(name, "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
+        Row(name, $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
         Row("process", $"peak RSS (VmHWM), gradient checkpointing {(config.GradientCheckpointing != "false" ? "on" : "off")}", $"{rssKb / 1024.0:F0} MiB");
-
-        // 4. Bytes the frozen base's Linear weights (all but lm_head, what bnb quantizes) hold: bf16, NF4, int8.
-        AnsiConsole.MarkupLine("[grey]base weight storage…[/]");
-        foreach (var line in BaseWeightBytes(config, architecture))
-        {
-            results.Add(line);
-            Row("base_weights", $"{line["format"]} bytes (vs bf16)", $"{(long)line["linear_weight_bytes"]! / 1048576.0:F2} MiB ({(double)line["ratio_to_bf16"]!:F3}x)");
-        }
-        table.Caption($"FLOPs/token = {Flops.Formula}");
-        AnsiConsole.Write(table);
-
-        var lines = results.Select(r =>
-        {
-            var line = (JsonObject)context.DeepClone();
-            foreach (var (k, v) in r) line[k] = v?.DeepClone();
-            return line.ToJsonString(new JsonSerializerOptions { Encoder = System.Text.Encodings.Web.JavaScriptEncoder.UnsafeRelaxedJsonEscaping });
-        }).ToList();
-        if (outPath != null)
-        {
-            File.AppendAllLines(outPath, lines);
-            AnsiConsole.MarkupLine($"[grey]appended {lines.Count} results to {Markup.Escape(outPath)}[/]");
-        }
-        else foreach (var l in lines) Console.WriteLine(l);
-        return 0;
     }
 
     static double Round(double v, int digits = 2) => Math.Round(v, digits);

@@ -72,7 +72,10 @@ static class Format
 {
     public static string Plan(TrainingPlan p) =>
         $"Training: {p.TotalSteps} steps ({p.Epochs} epoch(s) of {p.StepsPerEpoch}), warmup {p.WarmupSteps}, logging every {p.LoggingSteps}; " +
-        $"{p.TrainableParameters:N0} of {p.TotalParameters:N0} parameters trainable ({100.0 * p.TrainableParameters / p.TotalParameters:F2}%).";
+        $"{p.TrainableParameters:N0} of {p.TotalParameters:N0} parameters trainable ({100.0 * p.TrainableParameters / p.TotalParameters:F2}%)" +
+        (p.PackingEfficiency is double efficiency
+            ? string.Create(CultureInfo.InvariantCulture, $"; sample packing: {p.BatchesPerEpoch} packed micro-batches per epoch, efficiency {efficiency:F4} (tokens / slots).")
+            : ".");
 
     public static string LogLine(JsonObject e, TrainingPlan plan, TimeSpan elapsed)
     {

@@ -76,6 +76,18 @@ public sealed class AxolotlConfig
     public bool SamplePacking { get; set; }
     /// <summary>Unset follows sample_packing, as in Axolotl.</summary>
     public bool? EvalSamplePacking { get; set; }
+    /// <summary>Pad each batch to sequence_len (rounded up to 64); unset means true with sample_packing, as in Axolotl.</summary>
+    public bool? PadToSequenceLen { get; set; }
+    public int SamplePackingGroupSize { get; set; } = 100_000;
+    /// <summary>At most this many examples per packed row.</summary>
+    public int SamplePackingBinSize { get; set; } = 200;
+    public bool SamplePackingSequentially { get; set; }
+    /// <summary>
+    /// Packed micro-batch = micro_batch_size rows of sequence_len (true) or one row of both multiplied (false). Axolotl
+    /// defaults to false only for varlen GPU kernels (flash_attention_2 …); SDPA runs here, where one long row costs
+    /// quadratically more attention for the same loss, so the default is SDPA's.
+    /// </summary>
+    public bool MultipackRealBatches { get; set; } = true;
     public bool ShuffleMergedDatasets { get; set; } = true;
 
     // adapter

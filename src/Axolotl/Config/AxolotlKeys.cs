@@ -188,6 +188,7 @@ static class AxolotlKeys
         ["dataset_prepared_path"] = "names Axolotl's tokenized-data cache; Axolotl.NET keeps none and tokenizes on every run",
         ["dataset_num_proc"] = DataWorkers, ["dataset_processes"] = DataWorkers, ["dataset_keep_in_memory"] = DataWorkers,
         ["dataloader_num_workers"] = DataWorkers, ["dataloader_pin_memory"] = DataWorkers, ["dataloader_prefetch_factor"] = DataWorkers,
+        ["sample_packing_mp_start_method"] = DataWorkers,
         // no effect on a local run
         ["hf_use_auth_token"] = "is for the Hugging Face Hub; models and datasets are read from local paths",
         ["trust_remote_code"] = "lets transformers run a model's own Python; none runs here: the architecture must be one Axolotl.NET implements",

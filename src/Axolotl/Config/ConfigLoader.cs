@@ -292,8 +292,6 @@ public static class ConfigLoader
         void RefuseByValue()
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
-            if (c.SamplePacking) Refuse("sample_packing");
-            if (c.EvalSamplePacking == true) Refuse("eval_sample_packing");
             if (c.Adapter is "llama-adapter") Refuse("adapter");
             // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
             if (c.Adapter == "lora" && c.LoadIn4Bit) Refuse("load_in_4bit");
@@ -380,6 +378,7 @@ public static class ConfigLoader
             void Follow(string key, string source) => c.Sources[key] = $"follows {source}";
             if (c.EvalBatchSize is null) { c.EvalBatchSize = micro; Follow("eval_batch_size", "micro_batch_size"); }
             if (c.EvalSamplePacking is null) { c.EvalSamplePacking = c.SamplePacking; Follow("eval_sample_packing", "sample_packing"); }
+            if (c.PadToSequenceLen is null && c.SamplePacking) { c.PadToSequenceLen = true; Follow("pad_to_sequence_len", "sample_packing"); }
             if (c.BaseModelConfig is null) { c.BaseModelConfig = c.BaseModel; Follow("base_model_config", "base_model"); }
             if (c.TokenizerConfig is null) { c.TokenizerConfig = c.BaseModelConfig; Follow("tokenizer_config", "base_model_config"); }
             void Default(string key) => c.Sources[key] = "transformers' default";
@@ -462,6 +461,9 @@ public static class ConfigLoader
     static void Validate(AxolotlConfig c, string path)
     {
         void Fail(string message) => throw new UserError($"{path}: {message}");
+        // Axolotl tests these for truth (`if cfg.evals_per_epoch:`), so 0 means unset, as its own example configs use it.
+        if (c.EvalsPerEpoch == 0) c.EvalsPerEpoch = null;
+        if (c.SavesPerEpoch == 0) c.SavesPerEpoch = null;
         if (c.LearningRate <= 0) Fail("'learning_rate' must be positive.");
         if (c.SequenceLen < 2) Fail("'sequence_len' must be at least 2.");
         if (c.ExcessLengthStrategy is not ("drop" or "truncate" or "raise"))
@@ -470,6 +472,8 @@ public static class ConfigLoader
         if (c.GradientAccumulationSteps < 1) Fail("'gradient_accumulation_steps' must be at least 1.");
         if (c.BatchSize is < 1) Fail("'batch_size' must be at least 1.");
         if (c.EvalBatchSize is < 1) Fail("'eval_batch_size' must be at least 1.");
+        if (c.SamplePackingGroupSize < 1) Fail("'sample_packing_group_size' must be at least 1.");
+        if (c.SamplePackingBinSize < 1) Fail("'sample_packing_bin_size' must be at least 1.");
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
         var bf16 = c.Bf16.ToLowerInvariant();
@@ -497,11 +501,11 @@ public static class ConfigLoader
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
         if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");
-        if (c.EvalsPerEpoch is <= 0) Fail("'evals_per_epoch' must be positive.");
+        if (c.EvalsPerEpoch is < 0) Fail("'evals_per_epoch' must be positive.");
         if (c.SaveStrategy is not ("steps" or "epoch" or "no")) Fail($"save_strategy '{c.SaveStrategy}' is not supported (steps, epoch, no are).");
         if (c.SaveSteps is not null && c.SavesPerEpoch is not null) Fail("set either 'save_steps' or 'saves_per_epoch', not both.");
         if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
-        if (c.SavesPerEpoch is <= 0) Fail("'saves_per_epoch' must be positive.");
+        if (c.SavesPerEpoch is < 0) Fail("'saves_per_epoch' must be positive.");
         if (c.SaveTotalLimit is <= 0) Fail("'save_total_limit' must be positive.");
         if (c.MetricForBestModel is { } metric)
         {

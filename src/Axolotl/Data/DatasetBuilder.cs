@@ -5,6 +5,8 @@ namespace Axolotl.Data;
 
 public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort)
 {
+    /// <summary>With sample_packing, examples whose labels are all -100 are dropped (Axolotl's drop_no_trainable_tokens).</summary>
+    public int DroppedUntrainable { get; init; }
     /// <summary>The validation split (val_set_size), empty when there is none.</summary>
     public IReadOnlyList<Example> Eval { get; init; } = [];
     public long TotalTokens => Examples.Sum(e => (long)e.InputIds.Length);
@@ -58,11 +60,12 @@ public static class DatasetBuilder
         }
         else tooLong = examples.RemoveAll(e => e.InputIds.Length > config.SequenceLen);
         int tooShort = examples.RemoveAll(e => e.InputIds.Length < MinSampleLen);
+        int untrainable = config.SamplePacking ? examples.RemoveAll(e => e.Labels.All(l => l == Example.IgnoreIndex)) : 0;
         var eval = SplitOffValidation(examples, config.ValSetSize);
         if (examples.Count == 0)
             throw new UserError($"no training examples are left: {tooLong} were longer than sequence_len {config.SequenceLen}, {tooShort} shorter than {MinSampleLen} tokens" +
                                 (eval.Count > 0 ? $" and {eval.Count} went to the validation split" : "") + "; raise sequence_len or check the data.");
-        return new PreparedDataset(examples, rowsRead, tooLong, tooShort) { Eval = eval };
+        return new PreparedDataset(examples, rowsRead, tooLong, tooShort) { Eval = eval, DroppedUntrainable = untrainable };
     }
 
     /// <summary>

@@ -41,21 +41,41 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     /// As <see cref="forward(Tensor)"/>; with a cache, ids are the tokens after those already cached: their positions
     /// continue from the cache's length, they attend to the cached keys, and their keys are appended.
     /// </summary>
-    public Tensor Forward(Tensor ids, KvCache? cache)
+    public Tensor Forward(Tensor ids, KvCache? cache) => Forward(ids, cache, null, null);
+
+    /// <summary>
+    /// As <see cref="forward(Tensor)"/>, for rows that may hold several samples (sample packing). positionIds [batch, seq]:
+    /// each token's position within its own sample, for RoPE (null: 0..seq-1). sequenceIds [batch, seq]: which sample each
+    /// token belongs to; a token attends only to earlier tokens with the same id (null: derived from where positionIds
+    /// restart at 0, as transformers does; both null: one sample per row).
+    /// </summary>
+    public Tensor forward(Tensor ids, Tensor? positionIds, Tensor? sequenceIds) => Forward(ids, null, positionIds, sequenceIds);
+
+    Tensor Forward(Tensor ids, KvCache? cache, Tensor? positionIds, Tensor? sequenceIds)
     {
         var h = embed_tokens.forward(ids);
         // HF makes the normalizer a tensor of the hidden dtype, so sqrt(hidden) is rounded to bf16 in bf16 runs.
         if (_config.ScaleEmbeddings) h = h * tensor(Math.Sqrt(_config.HiddenSize), dtype: h.dtype, device: h.device);
         h = Parts.Dropout(h, _config.EmbeddingDropout, training);
         long past = cache?.Length ?? 0, seq = ids.shape[1];
-        // Length-dependent scalings (dynamic NTK, longrope) see the longest position so far, as transformers' do.
-        var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config, past + seq, h.device);
-        var (cos, sin) = Rope.Angles(arange(past, past + seq, dtype: ScalarType.Int64, device: h.device), invFreq, attentionFactor, h.dtype);
-        var positions = new Positions(cos, sin, past > 0 && seq > 1 ? Mask(past, seq, null, h.device) : null)
+        if (positionIds is null && sequenceIds is null)
         {
-            SlidingMask = _config.SlidingWindow is int window ? Mask(past, seq, window, h.device) : null,
-            Cache = cache,
-        };
+            // Length-dependent scalings (dynamic NTK, longrope) see the longest position so far, as transformers' do.
+            var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config, past + seq, h.device);
+            var (cos, sin) = Rope.Angles(arange(past, past + seq, dtype: ScalarType.Int64, device: h.device), invFreq, attentionFactor, h.dtype);
+            var positions = new Positions(cos, sin, past > 0 && seq > 1 ? Mask(past, seq, null, h.device) : null)
+            {
+                SlidingMask = _config.SlidingWindow is int window ? Mask(past, seq, window, h.device) : null,
+                Cache = cache,
+            };
+            return RunLayers(h, positions);
+        }
+        if (cache != null) throw new ArgumentException("packed rows are for training; they take no cache");
+        return RunLayers(h, PackedPositions(positionIds, sequenceIds, seq, h));
+    }
+
+    Tensor RunLayers(Tensor h, Positions positions)
+    {
         bool recompute = GradientCheckpointing && training && is_grad_enabled();
         foreach (var layer in layers) h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions) : layer.forward(h, positions);
         return norm.forward(h);
@@ -75,6 +95,24 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         var i = arange(past, total, device: device).unsqueeze(1);
         var j = arange(total, device: device).unsqueeze(0);
         return j.le(i).logical_and(j.gt(i - visible));
+    }
+
+    /// <summary>
+    /// Angles and masks for packed rows: cos/sin [batch, 1, seq, rotary_dim] from each token's own position; masks
+    /// [batch, 1, seq, seq] block-diagonal (same sample only) on top of causal or the sliding window. Padding, its own
+    /// sample, sees only padding, so no row of the mask is empty.
+    /// </summary>
+    Positions PackedPositions(Tensor? positionIds, Tensor? sequenceIds, long seq, Tensor h)
+    {
+        positionIds ??= arange(seq, dtype: ScalarType.Int64, device: h.device).expand(h.shape[0], seq);
+        sequenceIds ??= positionIds.eq(0).cumsum(-1);
+        // As transformers with position_ids: length-dependent scalings see the largest position + 1.
+        var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config, positionIds.max().item<long>() + 1, h.device);
+        var (cos, sin) = Rope.Angles(positionIds.unsqueeze(1), invFreq, attentionFactor, h.dtype);
+        var sameSample = sequenceIds.unsqueeze(2).eq(sequenceIds.unsqueeze(1));
+        Tensor Packed(int? window) =>
+            sameSample.logical_and(Mask(0, seq, window, h.device) ?? ones(seq, seq, ScalarType.Bool, h.device).tril()).unsqueeze(1);
+        return new Positions(cos, sin, Packed(null)) { SlidingMask = _config.SlidingWindow is int w ? Packed(w) : null };
     }
 }
 
@@ -108,6 +146,10 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>ids [batch, seq] → logits [batch, seq, vocab] in fp32.</summary>
     public override Tensor forward(Tensor ids) => Head(model.forward(ids)).to(ScalarType.Float32);
 
+    /// <summary>Logits of packed rows; see <see cref="DecoderModel.forward(Tensor, Tensor?, Tensor?)"/>.</summary>
+    public Tensor forward(Tensor ids, Tensor? positionIds, Tensor? sequenceIds) =>
+        Head(model.forward(ids, positionIds, sequenceIds)).to(ScalarType.Float32);
+
     /// <summary>Logits [batch, vocab] (fp32) of the last position, reading and extending <paramref name="cache"/>.</summary>
     public Tensor NextTokenLogits(Tensor ids, KvCache? cache)
     {
@@ -120,10 +162,12 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <summary>
     /// Summed cross-entropy of next-token predictions over labels != -100 (HF's shift: logits[:, :-1] vs labels[:, 1:]),
     /// and how many tokens it covers. Callers divide by the token count of the whole accumulation window.
+    /// Packed rows pass positionIds/sequenceIds (see <see cref="DecoderModel.forward(Tensor, Tensor?, Tensor?)"/>); their
+    /// labels must be -100 at each sample's first token, so no sample predicts the next one's start.
     /// </summary>
-    public (Tensor Sum, long Tokens) LossSum(Tensor ids, Tensor labels)
+    public (Tensor Sum, long Tokens) LossSum(Tensor ids, Tensor labels, Tensor? positionIds = null, Tensor? sequenceIds = null)
     {
-        var (hidden, targets) = Predicted(ids, labels);
+        var (hidden, targets) = Predicted(ids, labels, positionIds, sequenceIds);
         long tokens = targets.shape[0];
         var total = zeros(1, dtype: ScalarType.Float32).sum();
         for (long start = 0; start < tokens; start += LossChunkRows)
@@ -135,9 +179,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <see cref="LossSum"/> and its backward pass (gradients of scale × sum), one head chunk at a time: each chunk's
     /// [rows × vocab] logits are freed as soon as its gradient is taken, instead of all living until one backward.
     /// </summary>
-    public (double Sum, long Tokens) LossSumBackward(Tensor ids, Tensor labels, double scale)
+    public (double Sum, long Tokens) LossSumBackward(Tensor ids, Tensor labels, double scale, Tensor? positionIds = null, Tensor? sequenceIds = null)
     {
-        var (hidden, targets) = Predicted(ids, labels);
+        var (hidden, targets) = Predicted(ids, labels, positionIds, sequenceIds);
         long tokens = targets.shape[0];
         if (tokens == 0) return (0, 0);
         using var detached = hidden.detach().requires_grad_(true);
@@ -154,9 +198,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>Final hidden states at positions whose next token is trained on, and those next tokens.</summary>
-    (Tensor Hidden, Tensor Targets) Predicted(Tensor ids, Tensor labels)
+    (Tensor Hidden, Tensor Targets) Predicted(Tensor ids, Tensor labels, Tensor? positionIds, Tensor? sequenceIds)
     {
-        var hidden = model.forward(ids);
+        var hidden = model.forward(ids, positionIds, sequenceIds);
         long seq = ids.shape[1];
         var h = hidden.narrow(1, 0, seq - 1).reshape(-1, hidden.shape[^1]);
         var y = labels.narrow(1, 1, seq - 1).reshape(-1);

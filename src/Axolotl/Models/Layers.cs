@@ -182,7 +182,7 @@ public static class Rope
         return (cos.to(type), sin.to(type));
     }
 
-    /// <summary>x: [batch, heads, seq, head_dim]; cos/sin: [seq, rotary_dim]. Dims past rotary_dim pass through (partial rotary).</summary>
+    /// <summary>x: [batch, heads, seq, head_dim]; cos/sin: [seq, rotary_dim] or, packed, [batch, 1, seq, rotary_dim]. Dims past rotary_dim pass through (partial rotary).</summary>
     public static Tensor Apply(Tensor x, Tensor cos, Tensor sin)
     {
         long dim = cos.shape[^1];

@@ -87,6 +87,16 @@ public static class FinetuneRecipe
         model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
         reporter.Info($"Precision: {(bf16 ? "bf16 compute, fp32 trainable weights" : "fp32")} (bf16: {config.Bf16}).");
 
+        var packing = new PackingOptions
+        {
+            SequenceLen = config.SequenceLen,
+            MicroBatchSize = config.MicroBatchSize,
+            RealBatches = config.MultipackRealBatches,
+            GroupSize = config.SamplePackingGroupSize,
+            BinSize = config.SamplePackingBinSize,
+            Sequentially = config.SamplePackingSequentially,
+            PadToSequenceLen = config.PadToSequenceLen ?? true,
+        };
         var options = new TrainingOptions
         {
             MicroBatchSize = config.MicroBatchSize,
@@ -117,6 +127,9 @@ public static class FinetuneRecipe
                 ?? (config.LoadBestModelAtEnd || config.EarlyStoppingPatience != null ? "eval_loss" : null),
             GreaterIsBetter = config.GreaterIsBetter ?? false,
             LoraPlusLrRatio = lora != null ? config.LoraplusLrRatio : null,
+            Packing = config.SamplePacking ? packing : null,
+            EvalPacking = config.EvalSamplePacking == true ? packing : null,
+            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : null,
         };
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         // A full fine-tune of a sharded base keeps its shard layout.

@@ -19,6 +19,7 @@ public static class PreprocessRecipe
         reporter.Info($"Data: {data.RowsRead} rows → {data.Examples.Count} examples, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
                       (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than 2 tokens" : "") +
+                      (data.DroppedUntrainable > 0 ? $"; dropped {data.DroppedUntrainable} with no trainable tokens (sample_packing)" : "") +
                       (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for validation (val_set_size {config.ValSetSize})" : ""));
         return (data, tokenizer, tokenizerDir);
     }

@@ -50,6 +50,12 @@ public sealed record TrainingOptions
     public bool GreaterIsBetter { get; init; }
     /// <summary>LoRA+ (loraplus_lr_ratio): lora_B matrices and 1-D parameters learn at this multiple of the rate.</summary>
     public double? LoraPlusLrRatio { get; init; }
+    /// <summary>sample_packing: training micro-batches are packed rows (null: one example per row).</summary>
+    public PackingOptions? Packing { get; init; }
+    /// <summary>eval_sample_packing: evaluation batches are packed, in order (null: eval_batch_size rows per batch).</summary>
+    public PackingOptions? EvalPacking { get; init; }
+    /// <summary>pad_to_sequence_len without packing: rows padded up to a multiple of this (null: to the longest row).</summary>
+    public int? PadToMultipleOf { get; init; }
 }
 
 /// <summary>
@@ -78,7 +84,11 @@ public sealed class TrainingInterrupted(int step, string? checkpoint)
 }
 
 /// <summary>The numbers fixed before the first step.</summary>
-public sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters);
+public sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters)
+{
+    /// <summary>With sample_packing: tokens over token slots of the first epoch's packed batches.</summary>
+    public double? PackingEfficiency { get; init; }
+}
 
 /// <summary>Receives progress; the CLI draws it, tests ignore it.</summary>
 public interface ITrainingObserver
@@ -111,15 +121,21 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         var o = options;
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("no trainable parameters");
-        int batchesPerEpoch = (examples.Count + o.MicroBatchSize - 1) / o.MicroBatchSize;
+        _packed.Clear();
+        int batchesPerEpoch = o.Packing is null ? (examples.Count + o.MicroBatchSize - 1) / o.MicroBatchSize : PackedBatchesPerEpoch(examples);
         int stepsPerEpoch = Math.Max(1, (batchesPerEpoch + o.GradientAccumulationSteps - 1) / o.GradientAccumulationSteps);
-        int totalSteps = o.MaxSteps ?? (int)Math.Ceiling(o.NumEpochs * stepsPerEpoch);
+        // Axolotl's count for packing (calculate_total_num_steps): floor(epochs × max(1, batches // accumulation)).
+        int totalSteps = o.MaxSteps ?? (o.Packing is null ? (int)Math.Ceiling(o.NumEpochs * stepsPerEpoch)
+            : Math.Max(1, (int)Math.Floor(o.NumEpochs * Math.Max(1, batchesPerEpoch / o.GradientAccumulationSteps))));
         int epochs = (totalSteps + stepsPerEpoch - 1) / stepsPerEpoch;
         int warmup = LrSchedule.ResolveWarmup(o.WarmupSteps, o.WarmupRatio, totalSteps);
         int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
         var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
-            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model));
+            trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model))
+        { PackingEfficiency = o.Packing is null ? null : PackedEpochOf(examples, 0).Efficiency };
+        if (o.EvalPacking is { } evalPacking && eval is { Count: > 0 } && !EvalBatches(eval).Any())
+            throw new UserError($"the validation split ({eval.Count} examples) is too small to fill one packed batch of {evalPacking.BinsPerBatch} × {evalPacking.BinCapacity} tokens; set eval_sample_packing: false.");
         _observer.OnStart(plan);
         double flopsPerToken = examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
@@ -157,12 +173,12 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         bool stopped = false;
         for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps && !stopped; epoch++)
         {
-            var batches = Batches(examples, epoch).ToList();
+            var batches = Batches(examples, epoch);
             // Batch order depends only on (seed, epoch), so skipping the windows already trained resumes the same stream.
             int firstWindow = epoch == step / stepsPerEpoch ? step % stepsPerEpoch : 0;
             for (int first = firstWindow * o.GradientAccumulationSteps; first < batches.Count && step < totalSteps; first += o.GradientAccumulationSteps)
             {
-                var window = batches.Skip(first).Take(o.GradientAccumulationSteps).ToList();
+                var window = Enumerable.Range(first, Math.Min(o.GradientAccumulationSteps, batches.Count - first)).Select(i => batches[i]).ToList();
                 long windowTokens = window.Sum(b => b.TrainableTokens);
                 double windowLoss = 0;
                 foreach (var batch in window)
@@ -170,7 +186,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     using var scope = NewDisposeScope();
                     using var ids = tensor(batch.InputIds, [batch.Rows, batch.Length]);
                     using var labels = tensor(batch.Labels, [batch.Rows, batch.Length]);
-                    var (sum, _) = model.LossSumBackward(ids, labels, 1.0 / Math.Max(1, windowTokens));
+                    var (positionIds, sequenceIds) = PackedTensors(batch);
+                    var (sum, _) = model.LossSumBackward(ids, labels, 1.0 / Math.Max(1, windowTokens), positionIds, sequenceIds);
                     windowLoss += sum / Math.Max(1, windowTokens);
                     tokensSinceLog += batch.RealTokens;
                 }
@@ -394,10 +411,12 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         double weighted = 0;
         int rows = 0, batches = 0;
         using (no_grad())
-            foreach (var batch in Collate(eval, Enumerable.Range(0, eval.Count).Chunk(options.EvalBatchSize ?? options.MicroBatchSize)))
+            foreach (var batch in EvalBatches(eval))
             {
                 using var scope = NewDisposeScope();
-                var (sum, tokens) = model.LossSum(tensor(batch.InputIds, [batch.Rows, batch.Length]), tensor(batch.Labels, [batch.Rows, batch.Length]));
+                var (positionIds, sequenceIds) = PackedTensors(batch);
+                var (sum, tokens) = model.LossSum(tensor(batch.InputIds, [batch.Rows, batch.Length]), tensor(batch.Labels, [batch.Rows, batch.Length]),
+                                                  positionIds, sequenceIds);
                 batches++;
                 if (tokens == 0) continue;
                 weighted += sum.item<float>() / tokens * batch.Rows;
@@ -416,15 +435,72 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         };
     }
 
-    sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length, long TrainableTokens, long RealTokens);
-
     /// <summary>Micro-batches of one epoch in a seeded order.</summary>
-    IEnumerable<Batch> Batches(IReadOnlyList<Example> examples, int epoch)
+    IReadOnlyList<Batch> Batches(IReadOnlyList<Example> examples, int epoch)
     {
-        var order = Enumerable.Range(0, examples.Count).ToList();
-        DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
-        return Collate(examples, order.Chunk(options.MicroBatchSize));
+        if (options.Packing is { } packing)
+        {
+            var bins = PackedEpochOf(examples, epoch).Batches;
+            return new CollatedOnDemand(_packedBatchesPerEpoch, i => Packing.Collate(examples, bins[i], packing, options.PadTokenId));
+        }
+        return Collate(examples, EpochOrder(examples.Count, epoch).Chunk(options.MicroBatchSize)).ToList();
     }
+
+    /// <summary>Packed micro-batches collated as the loop reaches them: an epoch of full rows need not sit in memory at once.</summary>
+    sealed class CollatedOnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
+    {
+        public int Count => count;
+        public Batch this[int index] => collate(index);
+        public IEnumerator<Batch> GetEnumerator() => Enumerable.Range(0, count).Select(collate).GetEnumerator();
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+    }
+
+    List<int> EpochOrder(int count, int epoch)
+    {
+        var order = Enumerable.Range(0, count).ToList();
+        DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
+        return order;
+    }
+
+    // Packing a large dataset takes a while, and the first epochs are packed once to plan, so keep them.
+    readonly Dictionary<int, PackedEpoch> _packed = [];
+    int _packedBatchesPerEpoch;
+
+    PackedEpoch PackedEpochOf(IReadOnlyList<Example> examples, int epoch)
+    {
+        if (_packed.TryGetValue(epoch, out var packed)) return packed;
+        packed = Packing.Pack(examples, EpochOrder(examples.Count, epoch), options.Packing!);
+        if (epoch < PlanningEpochs) _packed[epoch] = packed;
+        return packed;
+    }
+
+    /// <summary>As many packings as Axolotl's sampler draws to size an epoch (num_count_samples).</summary>
+    const int PlanningEpochs = 4;
+
+    /// <summary>
+    /// Packed batch counts vary a little with the shuffle, so every epoch is cut to the smallest count among the first
+    /// four epochs' packings, as Axolotl's sampler takes the minimum of four packings and truncates each epoch to it.
+    /// </summary>
+    int PackedBatchesPerEpoch(IReadOnlyList<Example> examples)
+    {
+        _packedBatchesPerEpoch = Enumerable.Range(0, PlanningEpochs).Min(e => PackedEpochOf(examples, e).Batches.Count);
+        if (_packedBatchesPerEpoch == 0)
+            throw new UserError($"the {examples.Count} training examples do not fill one packed micro-batch of {options.Packing!.BinsPerBatch} × {options.Packing.BinCapacity} tokens; lower micro_batch_size or turn sample_packing off.");
+        return _packedBatchesPerEpoch;
+    }
+
+    /// <summary>Evaluation batches in order: packed (dropping an incomplete last batch, as Axolotl) or eval_batch_size rows.</summary>
+    IEnumerable<Batch> EvalBatches(IReadOnlyList<Example> eval)
+    {
+        var order = Enumerable.Range(0, eval.Count).ToList();
+        if (options.EvalPacking is { } packing)
+            return Packing.Pack(eval, order, packing).Batches.Select(bins => Packing.Collate(eval, bins, packing, options.PadTokenId));
+        return Collate(eval, order.Chunk(options.EvalBatchSize ?? options.MicroBatchSize));
+    }
+
+    static (Tensor? PositionIds, Tensor? SequenceIds) PackedTensors(Batch batch) =>
+        batch.PositionIds is null ? (null, null)
+            : (tensor(batch.PositionIds, [batch.Rows, batch.Length]), tensor(batch.SequenceIds!, [batch.Rows, batch.Length]));
 
     /// <summary>Each group of example indices as one batch, right-padded to its longest row.</summary>
     IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups)
@@ -432,6 +508,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         foreach (var chunk in groups)
         {
             int length = chunk.Max(i => examples[i].InputIds.Length);
+            if (options.PadToMultipleOf is int multiple) length = (length + multiple - 1) / multiple * multiple;
             var ids = new long[chunk.Length * length];
             var labels = new long[chunk.Length * length];
             long trainable = 0, real = 0;

@@ -56,7 +56,6 @@ public class ExampleConfigTests
             var value = (v as YamlScalarNode)?.Value;
             bool refusedValue = key switch
             {
-                "sample_packing" or "eval_sample_packing" => value == "true",
                 "load_in_4bit" => value == "true" && adapter == "lora", // Axolotl quantizes to 4 bits only with qlora
                 "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit"
                     or "paged_adamw_32bit" or "adamw_torch_4bit"),
