@@ -90,6 +90,11 @@ public sealed class AxolotlConfig
     public bool MultipackRealBatches { get; set; } = true;
     public bool ShuffleMergedDatasets { get; set; } = true;
 
+    /// <summary>bos/eos/pad/unk tokens set on the tokenizer (as special added tokens), as Axolotl's loader does.</summary>
+    public Dictionary<string, string>? SpecialTokens { get; set; }
+    /// <summary>Tokens added to the tokenizer (only tokens the vocabulary already holds, for now).</summary>
+    public List<string>? Tokens { get; set; }
+
     // adapter
     public string? Adapter { get; set; }
     public string? LoraModelDir { get; set; }

@@ -151,7 +151,7 @@ public static class FinetuneRecipe
 
         SaveWeights(outputDir);
         state.Save(outputDir);
-        if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir);
+        if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir, config.SpecialTokens);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
     }
@@ -217,9 +217,29 @@ public static class FinetuneRecipe
 
     static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"];
 
-    internal static void CopyTokenizerFiles(string from, string to)
+    /// <summary>special_tokens as transformers' save_pretrained records them: in tokenizer_config.json and special_tokens_map.json.</summary>
+    static void WriteSpecialTokens(Dictionary<string, string>? specialTokens, string dir)
+    {
+        if (specialTokens is not { Count: > 0 }) return;
+        foreach (var name in new[] { "tokenizer_config.json", "special_tokens_map.json" })
+        {
+            var path = Path.Combine(dir, name);
+            var json = File.Exists(path) ? JsonFiles.ReadObject(path) : new System.Text.Json.Nodes.JsonObject();
+            foreach (var (key, value) in specialTokens) json[key] = value;
+            AtomicFile.WriteAllText(path, json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
+        }
+    }
+
+    /// <summary>The tokenizer files of <paramref name="from"/> into <paramref name="to"/>, with the config's special_tokens recorded.</summary>
+    internal static void CopyTokenizerFiles(string from, string to, Dictionary<string, string>? specialTokens)
     {
         if (Path.GetFullPath(from) == Path.GetFullPath(to)) return;
+        CopyFiles(from, to);
+        WriteSpecialTokens(specialTokens, to);
+    }
+
+    static void CopyFiles(string from, string to)
+    {
         foreach (var name in TokenizerFiles)
         {
             var source = Path.Combine(from, name);

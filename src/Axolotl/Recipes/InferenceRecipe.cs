@@ -36,7 +36,7 @@ public static class InferenceRecipe
         TorchRuntime.EnsureLoaded();
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var model = ModelLoading.LoadTrained(config, architecture, "inference", reporter);
-        var tokenizer = Tokenizer.FromFolder(config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel);
+        var tokenizer = ModelLoading.LoadTokenizer(config);
         return (model, tokenizer);
     }
 

@@ -3,6 +3,7 @@ using Axolotl.Config;
 using Axolotl.Models;
 using Axolotl.Quantization;
 using Axolotl.Runtime;
+using Axolotl.Tokenization;
 using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
@@ -42,5 +43,23 @@ public static class ModelLoading
             reporter.Info($"LoRA adapter from {dir} (r {settings.Rank}, alpha {settings.Alpha}).");
         }
         return model;
+    }
+
+    /// <summary>The folder the tokenizer comes from: tokenizer_config, else base_model_config, else base_model.</summary>
+    public static string TokenizerDir(AxolotlConfig config) => config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel;
+
+    /// <summary>
+    /// The tokenizer as Axolotl's loader leaves it: special_tokens set (as special added tokens) and tokens added.
+    /// Tokens the vocabulary lacks would need the embeddings resized and the extended tokenizer saved: refused for now.
+    /// </summary>
+    public static Tokenizer LoadTokenizer(AxolotlConfig config)
+    {
+        var dir = TokenizerDir(config);
+        var tokenizer = Tokenizer.FromFolder(dir);
+        int added = ConfigTokens.Apply(tokenizer, config.SpecialTokens, null, config.Tokens, config.Adapter != null, config.LoraModulesToSave);
+        if (added > 0)
+            throw new UserError($"special_tokens/tokens add {added} token(s) that the tokenizer in '{dir}' does not have; growing the vocabulary " +
+                                "(resized embeddings, an extended tokenizer.json) is not implemented yet: use tokens the vocabulary already holds.");
+        return tokenizer;
     }
 }
