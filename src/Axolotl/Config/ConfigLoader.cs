@@ -386,6 +386,18 @@ public static class ConfigLoader
             if (c.AdamBeta1 is null) { c.AdamBeta1 = 0.9; Default("adam_beta1"); }
             if (c.AdamBeta2 is null) { c.AdamBeta2 = 0.999; Default("adam_beta2"); }
             if (c.AdamEpsilon is null) { c.AdamEpsilon = 1e-8; Default("adam_epsilon"); }
+            // Axolotl's normalize_config: per-epoch counts become a fraction of the run (transformers then saves or
+            // evaluates every ceil(fraction × total steps)); a fraction of 1 or more is left to the per-epoch rule.
+            if (c.SavesPerEpoch is int saves && 1.0 / (saves * c.NumEpochs) is var saveFraction && saveFraction < 1)
+            {
+                c.SaveSteps = saveFraction;
+                c.Sources["save_steps"] = "1 / (saves_per_epoch × num_epochs), a fraction of the run";
+            }
+            if (c.EvalsPerEpoch is int evals && c.ValSetSize > 0 && 1.0 / (evals * c.NumEpochs) is var evalFraction && evalFraction < 1)
+            {
+                c.EvalSteps = evalFraction;
+                c.Sources["eval_steps"] = "1 / (evals_per_epoch × num_epochs), a fraction of the run";
+            }
             // These need the step count, known once the data is tokenized.
             if (c.WarmupSteps is null && c.WarmupRatio is null) c.Sources["warmup_steps"] = "min(int(0.03 × total steps), 100) at train time";
             if (c.LoggingSteps is null) c.Sources["logging_steps"] = "max(min(int(0.005 × total steps), 10), 1) at train time";
@@ -429,8 +441,9 @@ public static class ConfigLoader
         }
         if (underlying == typeof(Dictionary<string, string>))
         {
+            if (node is YamlScalarNode { Value: "false" }) return null; // --no-<key>: not set
             if (node is not YamlMappingNode map) throw new UserError($"{where}: '{key}' must be a mapping of names to values.");
-            return map.Children.ToDictionary(kv => ((YamlScalarNode)kv.Key).Value ?? "",
+            return map.Children.ToDictionary(kv => kv.Key is YamlScalarNode name ? name.Value ?? "" : throw new UserError($"{where}: '{key}' names must be single values."),
                 kv => kv.Value is YamlScalarNode v ? v.Value ?? "" : throw new UserError($"{where}: '{key}' values must be single values."));
         }
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");

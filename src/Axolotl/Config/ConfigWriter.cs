@@ -27,10 +27,10 @@ public static class ConfigWriter
             var value = property.GetValue(config);
             if (value is null) continue;
             var key = ConfigLoader.KeyOf(property);
-            if (key == "batch_size")
+            if (key == "batch_size" || (key is "save_steps" or "eval_steps" && config.Sources.GetValueOrDefault(key)?.Contains("_per_epoch") == true))
             {
-                // Derived from the other two; written as well it would contradict them on reading back.
-                yaml.AppendLine($"# batch_size: {value} (micro_batch_size × gradient_accumulation_steps)");
+                // Derived from other keys; written as well it would contradict them on reading back.
+                yaml.AppendLine($"# {key}: {Scalar(value)} ({(key == "batch_size" ? "micro_batch_size × gradient_accumulation_steps" : config.Sources[key])})");
                 continue;
             }
             if (value is List<DatasetConfig> datasets)

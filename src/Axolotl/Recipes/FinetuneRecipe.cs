@@ -120,7 +120,7 @@ public static class FinetuneRecipe
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             EvalSteps = config.EvalSteps,
             EvalBatchSize = config.EvalBatchSize,
-            EvalsPerEpoch = config.EvalsPerEpoch ?? (config.EvalStrategy == "epoch" ? 1 : null),
+            EvalsPerEpoch = (config.EvalSteps != null ? null : config.EvalsPerEpoch) ?? (config.EvalStrategy == "epoch" ? 1 : null),
             PeakFlops = peakFlops,
             EarlyStoppingPatience = config.EarlyStoppingPatience,
             MetricForBestModel = config.MetricForBestModel
@@ -143,7 +143,8 @@ public static class FinetuneRecipe
         var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)
         {
             SaveSteps = config.SaveSteps ?? 500,
-            SavesPerEpoch = config.SavesPerEpoch ?? (config.SaveStrategy == "epoch" ? 1 : null),
+            // A fraction derived from saves_per_epoch (as Axolotl derives it) is a save_steps like any other.
+            SavesPerEpoch = (config.SaveSteps != null ? null : config.SavesPerEpoch) ?? (config.SaveStrategy == "epoch" ? 1 : null),
             SaveTotalLimit = config.SaveTotalLimit,
             LoadWeights = config.LoadBestModelAtEnd ? dir => LoadTrainedWeights(model, dir, lora != null) : null,
         };
