@@ -114,7 +114,7 @@ public static class Cli
     static int Preprocess(AxolotlConfig config, int debugExamples)
     {
         Runtime.TorchRuntime.EnsureLoaded();
-        var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter());
+        var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter(), rebuild: true);
         foreach (var example in data.Examples.Take(debugExamples))
         {
             var line = new System.Text.StringBuilder();

@@ -1,0 +1,169 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Nodes;
+using System.Text.Json.Serialization;
+using Axolotl.Config;
+using Parquet.Serialization;
+
+namespace Axolotl.Data;
+
+/// <summary>
+/// Prepared examples cached in <c>dataset_prepared_path/&lt;key&gt;/</c> as Parquet (columns input_ids, labels,
+/// attention_mask: what HF datasets reads). The key hashes everything that changes the result: the data keys of the
+/// config, each dataset file's path, size and modification time, and the tokenizer files' content (not only their
+/// path: Axolotl's stale-cache bugs). A folder is written under a temporary name and renamed, so a half-written cache
+/// is never found; one that cannot be read is rebuilt.
+/// </summary>
+public static class DatasetCache
+{
+    const int Version = 1;
+
+    public static string Key(AxolotlConfig config, string tokenizerDir, bool hasChatTemplateEngine)
+    {
+        var parts = new JsonObject
+        {
+            ["version"] = Version,
+            ["datasets"] = Describe(config.Datasets),
+            ["test_datasets"] = Describe(config.TestDatasets),
+            ["sequence_len"] = config.SequenceLen,
+            ["train_on_inputs"] = config.TrainOnInputs,
+            ["seed"] = config.Seed,
+            ["shuffle_merged_datasets"] = config.ShuffleMergedDatasets,
+            ["excess_length_strategy"] = config.ExcessLengthStrategy,
+            ["min_sample_len"] = config.MinSampleLen,
+            ["dataset_exact_deduplication"] = config.DatasetExactDeduplication,
+            ["val_set_size"] = config.ValSetSize,
+            ["bad_rows"] = config.BadRows,
+            ["chat_template_engine"] = hasChatTemplateEngine,
+            ["tokenizer"] = TokenizerDigest(config, tokenizerDir),
+        };
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(parts.ToJsonString())))[..32];
+    }
+
+    static JsonArray Describe(IEnumerable<DatasetConfig> datasets)
+    {
+        var list = new JsonArray();
+        foreach (var d in datasets)
+        {
+            var entry = JsonSerializer.SerializeToNode(d)!.AsObject();
+            entry["user_defined"] = d.UserDefined is { } f ? JsonSerializer.SerializeToNode(f) : null;
+            entry["files"] = new JsonArray(DataFiles(d).Select(f =>
+            {
+                var info = new FileInfo(f);
+                return (JsonNode)$"{Path.GetFullPath(f)}|{info.Length}|{info.LastWriteTimeUtc.Ticks}";
+            }).ToArray());
+            list.Add(entry);
+        }
+        return list;
+    }
+
+    static IEnumerable<string> DataFiles(DatasetConfig d)
+    {
+        var roots = new List<string> { d.Path };
+        if (d.DataFiles != null) roots.AddRange(d.DataFiles.Select(f => Directory.Exists(d.Path) && !Path.IsPathRooted(f) ? Path.Combine(d.Path, f) : f));
+        foreach (var root in roots)
+        {
+            if (File.Exists(root)) yield return root;
+            else if (Directory.Exists(root))
+                foreach (var f in Directory.EnumerateFiles(root, "*", SearchOption.AllDirectories).Order(StringComparer.Ordinal)) yield return f;
+        }
+    }
+
+    /// <summary>The content of the tokenizer's files; a dataset set that needs no tokenizer (pre-tokenized) hashes none.</summary>
+    static string TokenizerDigest(AxolotlConfig config, string tokenizerDir)
+    {
+        if (config.Datasets.Concat(config.TestDatasets).All(d => d.Type == null && d.UserDefined == null) || !Directory.Exists(tokenizerDir)) return "";
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        foreach (var name in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja" })
+        {
+            var path = Path.Combine(tokenizerDir, name);
+            if (!File.Exists(path)) continue;
+            hash.AppendData(Encoding.UTF8.GetBytes(name));
+            hash.AppendData(File.ReadAllBytes(path));
+        }
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
+    }
+
+    sealed class Meta
+    {
+        [JsonPropertyName("rows_read")] public int RowsRead { get; set; }
+        [JsonPropertyName("dropped_too_long")] public int DroppedTooLong { get; set; }
+        [JsonPropertyName("dropped_too_short")] public int DroppedTooShort { get; set; }
+        [JsonPropertyName("truncated")] public int Truncated { get; set; }
+        [JsonPropertyName("duplicates")] public int Duplicates { get; set; }
+    }
+
+    sealed class ParquetRow
+    {
+        [JsonPropertyName("input_ids")] public List<int> InputIds { get; set; } = [];
+        [JsonPropertyName("labels")] public List<int> Labels { get; set; } = [];
+        [JsonPropertyName("attention_mask")] public List<int> AttentionMask { get; set; } = [];
+    }
+
+    /// <summary>The cached dataset, or null when there is none; a cache that cannot be read is reported and removed.</summary>
+    public static PreparedDataset? TryLoad(string folder, Action<string> warn)
+    {
+        if (!Directory.Exists(folder)) return null;
+        try
+        {
+            var meta = JsonSerializer.Deserialize<Meta>(File.ReadAllText(Path.Combine(folder, "meta.json")))!;
+            var train = ReadExamples(Path.Combine(folder, "train.parquet"));
+            var evalPath = Path.Combine(folder, "eval.parquet");
+            var eval = File.Exists(evalPath) ? ReadExamples(evalPath) : [];
+            return new PreparedDataset(train, meta.RowsRead, meta.DroppedTooLong, meta.DroppedTooShort)
+            {
+                Eval = eval, Truncated = meta.Truncated, Duplicates = meta.Duplicates, FromCache = true,
+            };
+        }
+        catch (Exception e) when (e is not OutOfMemoryException)
+        {
+            warn($"the prepared dataset in {folder} cannot be read ({e.Message.Split('\n')[0]}); rebuilding it.");
+            try { Directory.Delete(folder, recursive: true); } catch (IOException) { }
+            return null;
+        }
+    }
+
+    static List<Example> ReadExamples(string path)
+    {
+        using var stream = File.OpenRead(path);
+        var rows = ParquetSerializer.DeserializeAsync<ParquetRow>(stream).GetAwaiter().GetResult();
+        return rows.Data.Select(r => r.InputIds.Count == r.Labels.Count && r.InputIds.Count > 0
+            ? new Example(r.InputIds.ToArray(), r.Labels.ToArray())
+            : throw new InvalidDataException($"{path}: a row's input_ids and labels differ in length")).ToList();
+    }
+
+    public static void Save(string folder, PreparedDataset data)
+    {
+        var parent = Path.GetDirectoryName(Path.GetFullPath(folder))!;
+        Directory.CreateDirectory(parent);
+        var temp = Path.Combine(parent, $".{Path.GetFileName(folder)}.tmp-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(temp);
+        try
+        {
+            WriteExamples(Path.Combine(temp, "train.parquet"), data.Examples);
+            if (data.Eval.Count > 0) WriteExamples(Path.Combine(temp, "eval.parquet"), data.Eval);
+            File.WriteAllText(Path.Combine(temp, "meta.json"), JsonSerializer.Serialize(new Meta
+            {
+                RowsRead = data.RowsRead, DroppedTooLong = data.DroppedTooLong, DroppedTooShort = data.DroppedTooShort,
+                Truncated = data.Truncated, Duplicates = data.Duplicates,
+            }));
+            if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
+            Directory.Move(temp, folder);
+        }
+        finally
+        {
+            if (Directory.Exists(temp)) Directory.Delete(temp, recursive: true);
+        }
+    }
+
+    static void WriteExamples(string path, IReadOnlyList<Example> examples)
+    {
+        var rows = examples.Select(e => new ParquetRow
+        {
+            InputIds = [.. e.InputIds], Labels = [.. e.Labels], AttentionMask = [.. Enumerable.Repeat(1, e.InputIds.Length)],
+        });
+        using var stream = File.Create(path);
+        ParquetSerializer.SerializeAsync(rows, stream).GetAwaiter().GetResult();
+    }
+}
