@@ -189,7 +189,7 @@ public static class Bench
         catch (IOException) { return -1; }
     }
 
-    static string CpuModel()
+    internal static string CpuModel()
     {
         try
         {
@@ -199,7 +199,7 @@ public static class Bench
         catch (IOException) { return "unknown"; }
     }
 
-    static string GitCommit()
+    internal static string GitCommit()
     {
         string? Git(string arguments)
         {

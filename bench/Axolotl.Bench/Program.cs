@@ -3,7 +3,7 @@ using Axolotl.Bench;
 
 try
 {
-    return Bench.Run(args);
+    return args.Length > 0 && args[0] == "data" ? DataBench.Run(args[1..]) : Bench.Run(args);
 }
 catch (UserError e)
 {

@@ -4,6 +4,8 @@ using System.Text.Json;
 using System.Text.Json.Nodes;
 using System.Text.Json.Serialization;
 using Axolotl.Config;
+using Apache.Arrow;
+using Apache.Arrow.Ipc;
 using Parquet.Serialization;
 
 namespace Axolotl.Data;
@@ -94,13 +96,6 @@ public static class DatasetCache
         [JsonPropertyName("duplicates")] public int Duplicates { get; set; }
     }
 
-    sealed class ParquetRow
-    {
-        [JsonPropertyName("input_ids")] public List<int> InputIds { get; set; } = [];
-        [JsonPropertyName("labels")] public List<int> Labels { get; set; } = [];
-        [JsonPropertyName("attention_mask")] public List<int> AttentionMask { get; set; } = [];
-    }
-
     /// <summary>The cached dataset, or null when there is none; a cache that cannot be read is reported and removed.</summary>
     public static PreparedDataset? TryLoad(string folder, Action<string> warn)
     {
@@ -108,9 +103,9 @@ public static class DatasetCache
         try
         {
             var meta = JsonSerializer.Deserialize<Meta>(File.ReadAllText(Path.Combine(folder, "meta.json")))!;
-            var train = ReadExamples(Path.Combine(folder, "train.parquet"));
-            var evalPath = Path.Combine(folder, "eval.parquet");
-            var eval = File.Exists(evalPath) ? ReadExamples(evalPath) : [];
+            var train = ReadArrow(Path.Combine(folder, "train.arrow"));
+            var evalPath = Path.Combine(folder, "eval.arrow");
+            var eval = File.Exists(evalPath) ? ReadArrow(evalPath) : [];
             return new PreparedDataset(train, meta.RowsRead, meta.DroppedTooLong, meta.DroppedTooShort)
             {
                 Eval = eval, Truncated = meta.Truncated, Duplicates = meta.Duplicates, FromCache = true,
@@ -124,13 +119,59 @@ public static class DatasetCache
         }
     }
 
-    static List<Example> ReadExamples(string path)
+    /// <summary>
+    /// The same columns as an Arrow IPC stream (what HF datasets' save_to_disk writes), read back as flat buffers: the
+    /// Parquet files are for other tools, this is what makes a cache hit take well under a second.
+    /// </summary>
+    static void WriteArrow(string path, IReadOnlyList<Example> examples)
     {
-        using var stream = File.OpenRead(path);
-        var rows = ParquetSerializer.DeserializeAsync<ParquetRow>(stream).GetAwaiter().GetResult();
-        return rows.Data.Select(r => r.InputIds.Count == r.Labels.Count && r.InputIds.Count > 0
-            ? new Example(r.InputIds.ToArray(), r.Labels.ToArray())
-            : throw new InvalidDataException($"{path}: a row's input_ids and labels differ in length")).ToList();
+        var offsets = new ArrowBuffer.Builder<int>(examples.Count + 1);
+        offsets.Append(0);
+        int total = 0;
+        foreach (var e in examples) offsets.Append(total += e.InputIds.Length);
+        var offsetBuffer = offsets.Build();
+        ListArray Column(Func<Example, int[]> pick)
+        {
+            var values = new ArrowBuffer.Builder<int>(total);
+            foreach (var e in examples) values.Append(pick(e));
+            var array = new Int32Array(values.Build(), ArrowBuffer.Empty, total, 0, 0);
+            return new ListArray(new Apache.Arrow.Types.ListType(Apache.Arrow.Types.Int32Type.Default), examples.Count, offsetBuffer, array, ArrowBuffer.Empty);
+        }
+        var batch = new RecordBatch.Builder()
+            .Append("input_ids", false, Column(e => e.InputIds))
+            .Append("labels", false, Column(e => e.Labels))
+            .Append("attention_mask", false, Column(e => Enumerable.Repeat(1, e.InputIds.Length).ToArray()))
+            .Build();
+        using var stream = File.Create(path);
+        using var writer = new ArrowStreamWriter(stream, batch.Schema);
+        writer.WriteRecordBatch(batch);
+        writer.WriteEnd();
+    }
+
+    static List<Example> ReadArrow(string path)
+    {
+        // Whole-file memory: the reader then slices buffers instead of copying each through a stream.
+        using var reader = new ArrowStreamReader(File.ReadAllBytes(path).AsMemory());
+        var examples = new List<Example>();
+        while (reader.ReadNextRecordBatch() is { } batch)
+            using (batch)
+            {
+                int idsAt = batch.Schema.GetFieldIndex("input_ids"), labelsAt = batch.Schema.GetFieldIndex("labels");
+                if (idsAt < 0 || labelsAt < 0) throw new InvalidDataException("no input_ids or labels column");
+                var ids = (ListArray)batch.Column(idsAt);
+                var labels = (ListArray)batch.Column(labelsAt);
+                var idValues = ((Int32Array)ids.Values).Values;
+                var labelValues = ((Int32Array)labels.Values).Values;
+                var idOffsets = ids.ValueOffsets;
+                var labelOffsets = labels.ValueOffsets;
+                for (int r = 0; r < batch.Length; r++)
+                {
+                    int from = idOffsets[r], to = idOffsets[r + 1];
+                    if (labelOffsets[r] != from || labelOffsets[r + 1] != to || to <= from) throw new InvalidDataException($"row {r}: input_ids and labels differ in length");
+                    examples.Add(new Example(idValues[from..to].ToArray(), labelValues[from..to].ToArray()));
+                }
+            }
+        return examples;
     }
 
     public static void Save(string folder, PreparedDataset data)
@@ -142,7 +183,12 @@ public static class DatasetCache
         try
         {
             WriteExamples(Path.Combine(temp, "train.parquet"), data.Examples);
-            if (data.Eval.Count > 0) WriteExamples(Path.Combine(temp, "eval.parquet"), data.Eval);
+            WriteArrow(Path.Combine(temp, "train.arrow"), data.Examples);
+            if (data.Eval.Count > 0)
+            {
+                WriteExamples(Path.Combine(temp, "eval.parquet"), data.Eval);
+                WriteArrow(Path.Combine(temp, "eval.arrow"), data.Eval);
+            }
             File.WriteAllText(Path.Combine(temp, "meta.json"), JsonSerializer.Serialize(new Meta
             {
                 RowsRead = data.RowsRead, DroppedTooLong = data.DroppedTooLong, DroppedTooShort = data.DroppedTooShort,
@@ -157,6 +203,14 @@ public static class DatasetCache
         }
     }
 
+    sealed class ParquetRow
+    {
+        [JsonPropertyName("input_ids")] public List<int> InputIds { get; set; } = [];
+        [JsonPropertyName("labels")] public List<int> Labels { get; set; } = [];
+        [JsonPropertyName("attention_mask")] public List<int> AttentionMask { get; set; } = [];
+    }
+
+    /// <summary>Parquet with standard LIST columns, for pandas, pyarrow and HF datasets (load_dataset("parquet", ...)).</summary>
     static void WriteExamples(string path, IReadOnlyList<Example> examples)
     {
         var rows = examples.Select(e => new ParquetRow
