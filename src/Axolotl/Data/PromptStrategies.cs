@@ -49,7 +49,7 @@ public static class PromptStrategies
         "alpaca_w_system.load_open_orca", "alpaca_w_system.load_open_orca_chatml",
         "context_qa", "context_qa.load", "context_qa.load_404", "context_qa.load_v2",
         "metharme", "metharme.load", "input_output", "input_output.load", "completion", "completion.load",
-        "chat_template", "chat_template.load",
+        "chat_template", "chat_template.load", "llama2_chat", "llama2_chat.load",
     ];
 
     public static bool IsImplemented(string type)
@@ -100,6 +100,7 @@ public static class PromptStrategies
             "metharme" => new Instruction(c, new Prompter("", "", "", "{instruction}", "{instruction}"),
                 r => new(Str(r, "prompt"), "", Str(r, "generation")), responseEosCount: 3),
             "input_output" => new InputOutput(c),
+            "llama2_chat" => new Llama2Chat(c),
             "completion" => new Completion(c.Tokenizer(), c.SequenceLen, d.Field ?? "text"),
             "chat_template" => new ChatTemplateStrategy(c, d, c.ChatTemplate?.Invoke(d) ?? throw new UserError(
                 $"{d.Origin}: type: chat_template needs a chat template engine, which this build does not have yet; use an alpaca-style or pre-tokenized dataset for now.")),
