@@ -120,7 +120,8 @@ public static class DatasetCache
     }
 
     /// <summary>
-    /// The same columns as an Arrow IPC stream (what HF datasets' save_to_disk writes), read back as flat buffers: the
+    /// input_ids and labels as an Arrow IPC stream (what HF datasets' save_to_disk writes; the attention mask, all ones,
+    /// is left to the Parquet files), read back as flat buffers: the
     /// Parquet files are for other tools, this is what makes a cache hit take well under a second.
     /// </summary>
     static void WriteArrow(string path, IReadOnlyList<Example> examples)
@@ -140,7 +141,6 @@ public static class DatasetCache
         var batch = new RecordBatch.Builder()
             .Append("input_ids", false, Column(e => e.InputIds))
             .Append("labels", false, Column(e => e.Labels))
-            .Append("attention_mask", false, Column(e => Enumerable.Repeat(1, e.InputIds.Length).ToArray()))
             .Build();
         using var stream = File.Create(path);
         using var writer = new ArrowStreamWriter(stream, batch.Schema);
