@@ -155,7 +155,7 @@ public class ChatTemplateTests : IDisposable
         var e = Run(Chat(d => d.MessageFieldTrainingDetail = "detail"), row);
         var content = tok.Encode("Hello world again", addSpecialTokens: false).ToArray();
         var trained = e.InputIds.Select((id, i) => (id, label: e.Labels[i])).Where(x => x.label != -100).Select(x => tok.Decode([x.id])).ToList();
-        Assert.Equal(string.Concat(trained.Where(t => t != "<|im_end|>")), " world");
+        Assert.Equal(" world", string.Concat(trained.Where(t => t != "<|im_end|>")));
         Assert.Contains("<|im_end|>", trained); // train_on_eos: turn still trains the terminator of a trained turn
     }
 
