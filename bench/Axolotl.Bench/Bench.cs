@@ -279,7 +279,7 @@ public static class Bench
         catch (IOException) { return -1; }
     }
 
-    static string CpuModel()
+    internal static string CpuModel()
     {
         try
         {
@@ -289,7 +289,7 @@ public static class Bench
         catch (IOException) { return "unknown"; }
     }
 
-    static string GitCommit()
+    internal static string GitCommit()
     {
         string? Git(string arguments)
         {

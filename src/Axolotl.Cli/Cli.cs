@@ -78,9 +78,9 @@ public static class Cli
                 _ => Train(config),
             };
         }
-        catch (UserError e)
+        catch (Exception e) when (UserMistake(e) is UserError user)
         {
-            Console.Error.WriteLine($"error: {e.Message}");
+            Console.Error.WriteLine($"error: {user.Message}");
             return 2;
         }
         catch (UnauthorizedAccessException e)
@@ -138,7 +138,7 @@ public static class Cli
     static int Preprocess(AxolotlConfig config, int debugExamples)
     {
         Runtime.TorchRuntime.EnsureLoaded();
-        var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter());
+        var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter(), rebuild: true);
         foreach (var example in data.Examples.Take(debugExamples))
         {
             var line = new System.Text.StringBuilder();
@@ -247,6 +247,14 @@ public static class Cli
         EvaluateRecipe.Run(config, new PlainReporter());
         return 0;
     }
+
+    /// <summary>A user error, also when parallel work (tokenizing rows) wrapped it in an AggregateException.</summary>
+    static UserError? UserMistake(Exception e) => e switch
+    {
+        UserError user => user,
+        AggregateException many when many.Flatten().InnerExceptions is var inner && inner.All(x => x is UserError) => (UserError)inner[0],
+        _ => null,
+    };
 
     static int MergeLora(AxolotlConfig config)
     {

@@ -24,11 +24,54 @@ public sealed class DatasetConfig
     public string? Field { get; set; }
     /// <summary>The Hub revision (branch, tag or commit) when <c>path</c> is a dataset repo id.</summary>
     public string? Revision { get; set; }
+    /// <summary>Files to read (relative to a dataset folder, or on their own, read as json).</summary>
+    public List<string>? DataFiles { get; set; }
+    /// <summary>A Hub dataset's configuration: the folder of that name inside the dataset.</summary>
+    public string? Name { get; set; }
+    /// <summary>Keep one of <c>shards</c> contiguous parts (<c>shards_idx</c>, default 0) of the seeded shuffle.</summary>
+    public int? Shards { get; set; }
+    public int? ShardsIdx { get; set; }
+    /// <summary>alpaca_chat's prompt style (chat, chatml, instruct, phi).</summary>
+    public string? Conversation { get; set; }
+    // chat_template: which template (overriding the top-level keys), where the messages are and what their fields mean
+    public string? ChatTemplate { get; set; }
+    public string? ChatTemplateJinja { get; set; }
+    public string? FieldMessages { get; set; }
+    public Dictionary<string, string>? MessagePropertyMappings { get; set; }
+    public string? MessageFieldRole { get; set; }
+    public string? MessageFieldContent { get; set; }
+    public string? MessageFieldTraining { get; set; }
+    public string? MessageFieldTrainingDetail { get; set; }
+    public string? FieldSystem { get; set; }
+    public string? FieldTools { get; set; }
+    /// <summary>{target role: [source roles]}; unset: human/user → user, gpt/assistant → assistant, system, tool.</summary>
+    public Dictionary<string, List<string>>? Roles { get; set; }
+    public List<string>? RolesToTrain { get; set; }
+    /// <summary>all, turn (default), last, none.</summary>
+    public string? TrainOnEos { get; set; }
+    /// <summary>Unset follows train_on_eos.</summary>
+    public string? TrainOnEot { get; set; }
+    public bool DropSystemMessage { get; set; }
+    /// <summary><c>type:</c> given as a mapping (Axolotl's user_defined format).</summary>
+    public UserDefinedFormat? UserDefined { get; internal set; }
     /// <summary>Where this entry sits in the YAML file, for messages about its rows.</summary>
     internal string Origin { get; set; } = "";
     /// <summary><c>type</c> split as Axolotl splits it: "alpaca:chat" is strategy alpaca, prompt style chat.</summary>
     public string? Strategy { get; internal set; }
     public string? Variant { get; internal set; }
+}
+
+/// <summary>Axolotl's <c>type: {field_instruction: ..., format: ...}</c>, with its defaults.</summary>
+public sealed record UserDefinedFormat
+{
+    public string SystemPrompt { get; init; } = "";
+    public string FieldSystem { get; init; } = "system";
+    public string FieldInstruction { get; init; } = "instruction";
+    public string FieldInput { get; init; } = "input";
+    public string FieldOutput { get; init; } = "output";
+    public string Format { get; init; } = "{instruction} {input} ";
+    public string NoInputFormat { get; init; } = "{instruction} ";
+    public string SystemFormat { get; init; } = "{system}";
 }
 
 public sealed class AxolotlConfig
@@ -55,8 +98,6 @@ public sealed class AxolotlConfig
     // data
     public List<DatasetConfig> Datasets { get; set; } = [];
     public int SequenceLen { get; set; } = 512;
-    /// <summary>Examples longer than sequence_len: drop them (counted), truncate them, or raise an error naming the row.</summary>
-    public string ExcessLengthStrategy { get; set; } = "drop";
     public bool TrainOnInputs { get; set; }
     /// <summary>Validation split: a fraction of the examples, or a count when above 1.</summary>
     public double ValSetSize { get; set; }
@@ -89,6 +130,25 @@ public sealed class AxolotlConfig
     /// </summary>
     public bool MultipackRealBatches { get; set; } = true;
     public bool ShuffleMergedDatasets { get; set; } = true;
+    /// <summary>Datasets for evaluation instead of a val_set_size split.</summary>
+    public List<DatasetConfig> TestDatasets { get; set; } = [];
+    /// <summary>drop (default), truncate or raise: what happens to a sequence longer than sequence_len.</summary>
+    public string ExcessLengthStrategy { get; set; } = "drop";
+    /// <summary>Sequences shorter than this are dropped (Axolotl's default 2).</summary>
+    public int MinSampleLen { get; set; } = 2;
+    public bool DatasetExactDeduplication { get; set; }
+    /// <summary>fail (default, as Axolotl) or skip: what a row that cannot be used does. Not an Axolotl key.</summary>
+    public string BadRows { get; set; } = "fail";
+    /// <summary>Where prepared datasets are cached (Axolotl's default last_run_prepared).</summary>
+    public string? DatasetPreparedPath { get; set; }
+
+    /// <summary>The template of chat_template datasets: tokenizer_default (unset), tokenizer_default_fallback_&lt;name&gt;, a bundled name, or jinja.</summary>
+    public string? ChatTemplate { get; set; }
+    /// <summary>With chat_template: jinja, the template text or the path of a .jinja file.</summary>
+    public string? ChatTemplateJinja { get; set; }
+
+    /// <summary>The folder the tokenizer comes from: tokenizer_config, else base_model_config, else base_model.</summary>
+    public string TokenizerFolder() => TokenizerConfig ?? BaseModelConfig ?? BaseModel;
 
     /// <summary>bos/eos/pad/unk tokens set on the tokenizer (as special added tokens), as Axolotl's loader does.</summary>
     public Dictionary<string, string>? SpecialTokens { get; set; }

@@ -185,7 +185,6 @@ static class AxolotlKeys
         ["ring_attn_func"] = OneProcess, ["use_ray"] = OneProcess, ["ray_num_workers"] = OneProcess,
         ["ray_run_name"] = OneProcess, ["resources_per_worker"] = OneProcess,
         // data loading
-        ["dataset_prepared_path"] = "names Axolotl's tokenized-data cache; Axolotl.NET keeps none and tokenizes on every run",
         ["dataset_num_proc"] = DataWorkers, ["dataset_processes"] = DataWorkers, ["dataset_keep_in_memory"] = DataWorkers,
         ["dataloader_num_workers"] = DataWorkers, ["dataloader_pin_memory"] = DataWorkers, ["dataloader_prefetch_factor"] = DataWorkers,
         ["sample_packing_mp_start_method"] = DataWorkers,

@@ -154,7 +154,7 @@ public static class ConfigLoader
             if (TopLevel.TryGetValue(key, out var property))
             {
                 if (IsNull(e.Node)) return; // an empty key means "use the default", as in Axolotl
-                property.SetValue(c, key == "datasets" ? ReadDatasets(e.Node) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
+                property.SetValue(c, key is "datasets" or "test_datasets" ? ReadDatasets(e.Node, key) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
                 spots[key] = e;
                 c.Sources[key] = e.At.Short;
                 return;
@@ -171,24 +171,24 @@ public static class ConfigLoader
             if (Unsupported.Contains(key)) refused.Add(new Refusal(key, Shown(key, e.Node), e.At));
         }
 
-        List<DatasetConfig> ReadDatasets(YamlNode node)
+        List<DatasetConfig> ReadDatasets(YamlNode node, string listKey)
         {
             var where = Spot.In(path, node).Full;
-            if (node is not YamlSequenceNode seq) throw new UserError($"{where}: 'datasets' must be a list of datasets.");
+            if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{listKey}' must be a list of datasets.");
             var list = new List<DatasetConfig>();
             foreach (var item in seq.Children)
             {
                 var at = Spot.In(path, item);
-                if (item is not YamlMappingNode map) throw new UserError($"{at.Full}: each entry of 'datasets' must be a mapping with at least 'path'.");
+                if (item is not YamlMappingNode map) throw new UserError($"{at.Full}: each entry of '{listKey}' must be a mapping with at least 'path'.");
                 var d = new DatasetConfig { Origin = at.Full };
-                string name(string k) => $"datasets[{list.Count}].{k}";
+                string name(string k) => $"{listKey}[{list.Count}].{k}";
                 var valueSpots = new Dictionary<string, Spot>();
                 foreach (var (k, v) in map.Children)
                 {
                     var key = KeyText(k, path);
                     var spot = Spot.In(path, k);
-                    if (key == "type" && v is YamlMappingNode)
-                        refused.Add(new Refusal(name("type"), $"{name("type")}: {{user-defined prompt format}}", spot));
+                    if (key == "type" && v is YamlMappingNode format)
+                        d.UserDefined = ReadUserDefined(format, name("type"));
                     else if (DatasetProperties.TryGetValue(key, out var property))
                     {
                         if (!IsNull(v)) property.SetValue(d, Convert(v, property.PropertyType, key, Spot.In(path, v).Full));
@@ -207,17 +207,44 @@ public static class ConfigLoader
                     var parts = d.Type.Split(':', 2);
                     d.Strategy = parts[0];
                     d.Variant = parts.Length > 1 ? parts[1] : null;
-                    bool implemented = d.Variant is null ? d.Strategy is "alpaca" or "completion" : d.Strategy == "alpaca" && d.Variant == "instruct";
-                    if (implemented) d.Type = d.Strategy;
-                    else refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
+                    if (d.Type == "sharegpt" || d.Strategy == "sharegpt")
+                        throw new UserError($"{valueSpots["type"].Full}: type: sharegpt is deprecated in Axolotl; use type: chat_template with field_messages: conversations and message_property_mappings: {{role: from, content: value}}.");
+                    // instruct is the default prompt style: "alpaca:instruct" is "alpaca".
+                    if (d.Variant == "instruct" && Data.PromptStrategies.IsImplemented(d.Strategy)) d.Type = d.Strategy;
+                    if (!Data.PromptStrategies.IsImplemented(d.Type))
+                        refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
                 }
-                if (d.Split is not (null or "train"))
-                    refused.Add(new Refusal(name("split"), $"{name("split")}: {d.Split}", valueSpots["split"]));
-                if (d.DsType is not (null or "json" or "text"))
-                    refused.Add(new Refusal(name("ds_type"), $"{name("ds_type")}: {d.DsType}", valueSpots["ds_type"]));
+                if (d.DsType is not (null or "json" or "text" or "csv" or "parquet" or "arrow"))
+                    throw new UserError($"{valueSpots["ds_type"].Full}: ds_type '{d.DsType}' is not one of json, csv, parquet, arrow, text.");
+                foreach (var (k, value) in new[] { ("train_on_eos", d.TrainOnEos), ("train_on_eot", d.TrainOnEot) })
+                    if (value is not (null or "all" or "turn" or "last" or "none"))
+                        throw new UserError($"{valueSpots[k].Full}: '{k}' must be all, turn, last or none, not '{value}'.");
+                if (d.ShardsIdx is int idx && (d.Shards is not int shards || idx < 0 || idx >= shards))
+                    throw new UserError($"{valueSpots["shards_idx"].Full}: shards_idx must be between 0 and shards - 1, with shards set.");
                 list.Add(d);
             }
             return list;
+        }
+
+        UserDefinedFormat ReadUserDefined(YamlMappingNode map, string key)
+        {
+            var values = new Dictionary<string, string>();
+            foreach (var (k, v) in map.Children)
+            {
+                var field = ((YamlScalarNode)k).Value ?? "";
+                if (typeof(UserDefinedFormat).GetProperties().All(p => SnakeCase(p.Name) != field))
+                    throw new UserError($"{Spot.In(path, k).Full}: '{field}' is not a key of a user-defined format (system_prompt, field_system, field_instruction, field_input, field_output, format, no_input_format, system_format).");
+                values[field] = v is YamlScalarNode sv ? sv.Value ?? "" : throw new UserError($"{Spot.In(path, v).Full}: '{key}.{field}' must be a string.");
+            }
+            var f = new UserDefinedFormat();
+            string get(string k, string fallback) => values.TryGetValue(k, out var x) ? x : fallback;
+            return f with
+            {
+                SystemPrompt = get("system_prompt", f.SystemPrompt), FieldSystem = get("field_system", f.FieldSystem),
+                FieldInstruction = get("field_instruction", f.FieldInstruction), FieldInput = get("field_input", f.FieldInput),
+                FieldOutput = get("field_output", f.FieldOutput), Format = get("format", f.Format),
+                NoInputFormat = get("no_input_format", f.NoInputFormat), SystemFormat = get("system_format", f.SystemFormat),
+            };
         }
 
         /// <summary>Entries of keys that are refused as a whole still get their typos caught.</summary>
@@ -268,7 +295,7 @@ public static class ConfigLoader
             if (IsGiven("pretraining_dataset") && c.MaxSteps is null) Fail("pretraining_dataset", "max_steps must be set with pretraining_dataset: the length of a stream is unknown, so the schedule needs it.");
             if (c.ValSetSize != 0 && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
                 Fail("val_set_size", "val_set_size is not supported with streaming or pretraining_dataset; use test_datasets for evaluation.");
-            if (c.ValSetSize != 0 && IsGiven("test_datasets")) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
+            if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
             if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
@@ -428,6 +455,16 @@ public static class ConfigLoader
     static object? Convert(YamlNode node, Type type, string key, string where)
     {
         var underlying = Nullable.GetUnderlyingType(type) ?? type;
+        if (underlying == typeof(Dictionary<string, string>) || underlying == typeof(Dictionary<string, List<string>>))
+        {
+            if (node is YamlScalarNode { Value: "false" }) return null; // --no-<key>: not set
+            if (node is not YamlMappingNode map) throw new UserError($"{where}: '{key}' must be a mapping.");
+            var listValues = underlying == typeof(Dictionary<string, List<string>>);
+            var dict = listValues ? (System.Collections.IDictionary)new Dictionary<string, List<string>>() : new Dictionary<string, string>();
+            foreach (var (k, v) in map.Children)
+                dict[k is YamlScalarNode name ? name.Value ?? "" : throw new UserError($"{where}: '{key}' names must be single values.")] = Convert(v, listValues ? typeof(List<string>) : typeof(string), key, where);
+            return dict;
+        }
         if (underlying == typeof(List<string>))
         {
             if (node is YamlScalarNode single) return new List<string> { single.Value ?? "" };
@@ -438,13 +475,6 @@ public static class ConfigLoader
         {
             var items = node is YamlSequenceNode list ? list.Children : [node];
             return items.Select(c => (int)Convert(c, typeof(int), key, where)!).ToList();
-        }
-        if (underlying == typeof(Dictionary<string, string>))
-        {
-            if (node is YamlScalarNode { Value: "false" }) return null; // --no-<key>: not set
-            if (node is not YamlMappingNode map) throw new UserError($"{where}: '{key}' must be a mapping of names to values.");
-            return map.Children.ToDictionary(kv => kv.Key is YamlScalarNode name ? name.Value ?? "" : throw new UserError($"{where}: '{key}' names must be single values."),
-                kv => kv.Value is YamlScalarNode v ? v.Value ?? "" : throw new UserError($"{where}: '{key}' values must be single values."));
         }
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");
         var text = (scalar.Value ?? "").Trim();
@@ -511,6 +541,8 @@ public static class ConfigLoader
         if (c.CosineMinLrRatio is < 0 or > 1) Fail("'cosine_min_lr_ratio' must be in [0, 1].");
         if (c.CosineConstantLrRatio is < 0 or > 1) Fail("'cosine_constant_lr_ratio' must be in [0, 1].");
         if (c.ValSetSize < 0) Fail("'val_set_size' must be 0 (no validation), a fraction below 1, or a row count.");
+        if (c.BadRows is not ("fail" or "skip")) Fail($"'bad_rows' must be fail or skip, not '{c.BadRows}'.");
+        if (c.MinSampleLen < 1) Fail("'min_sample_len' must be at least 1.");
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
         if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");

@@ -39,6 +39,8 @@ public static class ConfigWriter
                 foreach (var dataset in datasets)
                 {
                     var fields = Keys(typeof(DatasetConfig)).Select(p => (Key: ConfigLoader.KeyOf(p), Value: p.GetValue(dataset))).Where(f => f.Value != null).ToList();
+                    if (dataset.UserDefined is { } format)
+                        fields.Add(("type", typeof(UserDefinedFormat).GetProperties().ToDictionary(p => ConfigLoader.SnakeCase(p.Name), p => p.GetValue(format))));
                     for (int i = 0; i < fields.Count; i++)
                         yaml.AppendLine($"{(i == 0 ? "  - " : "    ")}{fields[i].Key}: {Scalar(fields[i].Value!)}");
                 }
@@ -56,7 +58,7 @@ public static class ConfigWriter
         bool b => b ? "true" : "false",
         double d => d.ToString("R", CultureInfo.InvariantCulture),
         IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
-        IDictionary<string, string> map => "{" + string.Join(", ", map.Select(kv => $"{JsonSerializer.Serialize(kv.Key)}: {Scalar(kv.Value)}")) + "}",
+        IDictionary map => "{" + string.Join(", ", map.Keys.Cast<object>().Select(k => $"{Scalar(k)}: {Scalar(map[k]!)}")) + "}",
         IEnumerable list => "[" + string.Join(", ", list.Cast<object>().Select(Scalar)) + "]",
         _ => JsonSerializer.Serialize(value.ToString()),
     };
@@ -92,6 +94,7 @@ public static class ConfigWriter
     static JsonObject Describe(Type type, object? defaultValue)
     {
         var underlying = Nullable.GetUnderlyingType(type) ?? type;
+        if (typeof(IDictionary).IsAssignableFrom(underlying)) return new JsonObject { ["type"] = "object" };
         var schema = new JsonObject
         {
             ["type"] = underlying == typeof(string) ? "string"

@@ -1,4 +1,5 @@
 using Axolotl.Config;
+using Axolotl.Templates;
 using Axolotl.Tokenization;
 
 namespace Axolotl.Data;
@@ -7,65 +8,158 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
 {
     /// <summary>With sample_packing, examples whose labels are all -100 are dropped (Axolotl's drop_no_trainable_tokens).</summary>
     public int DroppedUntrainable { get; init; }
-    /// <summary>The validation split (val_set_size), empty when there is none.</summary>
+    /// <summary>The validation split (val_set_size) or the test_datasets, empty when there is none.</summary>
     public IReadOnlyList<Example> Eval { get; init; } = [];
+    public int Truncated { get; init; }
+    public int Duplicates { get; init; }
+    /// <summary>Rows left out under <c>bad_rows: skip</c>, per reason.</summary>
+    public IReadOnlyList<(string Reason, int Count, string First)> SkippedRows { get; init; } = [];
+    /// <summary>Whether this came from the dataset_prepared_path cache.</summary>
+    public bool FromCache { get; init; }
     public long TotalTokens => Examples.Sum(e => (long)e.InputIds.Length);
     public long TrainableTokens => Examples.Sum(e => (long)e.TrainableTokens);
 }
 
 /// <summary>
-/// Axolotl's data preparation for the supported formats: read each dataset, apply its prompt strategy, concatenate,
-/// shuffle with the seed, handle sequences longer than sequence_len (excess_length_strategy) and drop those shorter than 2.
+/// Axolotl's data preparation: read each dataset (and keep its shard), apply its prompt strategy, concatenate, shuffle
+/// with the seed (shuffle_merged_datasets), handle sequences outside [min_sample_len, sequence_len] by
+/// excess_length_strategy, drop exact duplicates (dataset_exact_deduplication), split off the validation rows.
 /// </summary>
 public static class DatasetBuilder
 {
-    const int MinSampleLen = 2;
+    public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null,
+        Func<DatasetConfig, IChatTemplate>? chatTemplate = null)
+    {
+        var bad = new BadRows(config.BadRows == "skip");
+        chatTemplate ??= d => ResolveChatTemplate(config, d, tokenizer(), warn: null);
+        var context = new StrategyContext(tokenizer, config.SequenceLen, config.TrainOnInputs) { ChatTemplate = chatTemplate };
+        var (examples, rowsRead) = Tokenize(config.Datasets, "train", config, context, bad, progress);
+        if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
+        var (tooLong, tooShort, truncated) = HandleLength(examples, config);
+        int duplicates = config.DatasetExactDeduplication ? Deduplicate(examples) : 0;
+        // Axolotl's drop_no_trainable_tokens: a packed sample without a trained token only takes room.
+        int untrainable = config.SamplePacking ? examples.RemoveAll(e => e.Labels.All(l => l == Example.IgnoreIndex)) : 0;
+        List<Example> eval;
+        if (config.TestDatasets.Count > 0)
+        {
+            eval = Tokenize(config.TestDatasets, "test", config, context, bad, null).Examples;
+            HandleLength(eval, config);
+        }
+        else eval = SplitOffValidation(examples, config.ValSetSize);
+        if (examples.Count == 0)
+            throw new UserError($"no training examples are left: {tooLong} were longer than sequence_len {config.SequenceLen}, {tooShort} shorter than {config.MinSampleLen} tokens" +
+                                (bad.Total > 0 ? $", {bad.Total} rows were skipped as bad ({bad.Summary()})" : "") +
+                                (eval.Count > 0 && config.TestDatasets.Count == 0 ? $" and {eval.Count} went to the validation split" : "") + "; raise sequence_len or check the data.");
+        return new PreparedDataset(examples, rowsRead, tooLong, tooShort)
+        {
+            Eval = eval, Truncated = truncated, Duplicates = duplicates, SkippedRows = bad.Counts, DroppedUntrainable = untrainable,
+        };
+    }
 
-    public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null)
+    /// <summary>A dataset's chat template: its own chat_template keys, else the config's, else the tokenizer's own.</summary>
+    public static IChatTemplate ResolveChatTemplate(AxolotlConfig config, DatasetConfig? d, Tokenizer tokenizer, Action<string>? warn) =>
+        d?.ChatTemplate is { Length: > 0 }
+            ? ChatTemplates.Resolve(d.ChatTemplate, d.ChatTemplateJinja ?? config.ChatTemplateJinja, config.TokenizerFolder(), SpecialTokens.From(tokenizer), warn)
+            : ChatTemplates.Resolve(config.ChatTemplate, config.ChatTemplateJinja, config.TokenizerFolder(), SpecialTokens.From(tokenizer), warn);
+
+    static (List<Example> Examples, int RowsRead) Tokenize(IReadOnlyList<DatasetConfig> datasets, string split, AxolotlConfig config,
+        StrategyContext context, BadRows bad, Action<int>? progress)
     {
         var examples = new List<Example>();
         int rowsRead = 0;
-        foreach (var dataset in config.Datasets)
+        foreach (var dataset in datasets)
         {
-            var rows = RowReader.Read(dataset.Path, dataset.DsType);
-            var strategy = PromptStrategies.For(dataset.Type, tokenizer, config.SequenceLen, config.TrainOnInputs, dataset.Field);
+            var rows = RowReader.Read(dataset, bad, defaultSplit: split);
+            if (dataset.Shards is int shards) rows = Shard(rows, shards, dataset.ShardsIdx ?? 0, config.Seed);
+            var strategy = PromptStrategies.For(dataset, context);
             var perRow = new Example[rows.Count][];
+            var errors = new BadRowError?[rows.Count];
             int done = 0;
-            var errors = new UserError?[rows.Count];
             Parallel.For(0, rows.Count, i =>
             {
-                try
-                {
-                    perRow[i] = strategy.Tokenize(rows[i]).ToArray();
-                    if (config.ExcessLengthStrategy == "raise" && perRow[i].FirstOrDefault(e => e.InputIds.Length > config.SequenceLen) is { } tooLong)
-                        throw new UserError($"{rows[i].Where}: {tooLong.InputIds.Length} tokens, longer than sequence_len {config.SequenceLen} " +
-                                            "(excess_length_strategy: raise); shorten the row, raise sequence_len, or use drop or truncate.");
-                }
-                catch (UserError e) { errors[i] = e; perRow[i] = []; }
+                try { perRow[i] = strategy.Tokenize(rows[i]).ToArray(); }
+                catch (BadRowError e) { errors[i] = e; perRow[i] = []; }
                 int n = Interlocked.Increment(ref done);
                 if (progress != null && (n % 256 == 0 || n == rows.Count)) progress(rowsRead + n);
             });
-            // Report the first bad row in file order, whichever thread met it first.
-            if (errors.FirstOrDefault(e => e != null) is { } firstError) throw firstError;
+            if (config.ExcessLengthStrategy == "raise")
+                for (int i = 0; i < rows.Count; i++)
+                    if (perRow[i].FirstOrDefault(e => e.InputIds.Length > config.SequenceLen) is { } tooLong)
+                        throw new UserError($"{rows[i].Where}: {tooLong.InputIds.Length} tokens, longer than sequence_len {config.SequenceLen} " +
+                                            "(excess_length_strategy: raise); shorten the row, raise sequence_len, or use drop or truncate.");
+            // In file order, whichever thread met them first: the first bad row is the one reported when failing.
+            foreach (var e in errors) if (e != null) bad.Report(e);
             rowsRead += rows.Count;
             foreach (var part in perRow) examples.AddRange(part);
         }
-        if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
-        int tooLong = 0;
-        if (config.ExcessLengthStrategy == "truncate")
+        return (examples, rowsRead);
+    }
+
+    /// <summary>
+    /// Axolotl's shards: shuffle the rows with the seed, then keep the idx-th of n contiguous parts (datasets' shard with
+    /// contiguous=True: the first len % n parts are one row longer).
+    /// </summary>
+    public static IReadOnlyList<Row> Shard(IReadOnlyList<Row> rows, int shards, int index, int seed)
+    {
+        if (shards < 1 || index < 0 || index >= shards) throw new UserError($"shards_idx {index} must be between 0 and shards - 1 ({shards - 1}).");
+        var shuffled = rows.ToList();
+        Shuffle(shuffled, seed);
+        int div = shuffled.Count / shards, mod = shuffled.Count % shards;
+        int start = div * index + Math.Min(index, mod);
+        int end = start + div + (index < mod ? 1 : 0);
+        return shuffled.GetRange(start, end - start);
+    }
+
+    /// <summary>
+    /// Axolotl's handle_long_seq_in_dataset: drop (or raise on) sequences longer than sequence_len and drop those
+    /// shorter than min_sample_len; with truncate, cut long ones to sequence_len instead.
+    /// </summary>
+    static (int TooLong, int TooShort, int Truncated) HandleLength(List<Example> examples, AxolotlConfig config)
+    {
+        int max = config.SequenceLen, min = config.MinSampleLen;
+        int tooShort = examples.RemoveAll(e => e.InputIds.Length < min);
+        switch (config.ExcessLengthStrategy)
         {
-            int n = config.SequenceLen;
-            for (int i = 0; i < examples.Count; i++)
-                if (examples[i].InputIds.Length > n) examples[i] = new Example(examples[i].InputIds[..n], examples[i].Labels[..n]);
+            case "truncate":
+                int truncated = 0;
+                for (int i = 0; i < examples.Count; i++)
+                    if (examples[i].InputIds.Length > max)
+                    {
+                        examples[i] = new Example(examples[i].InputIds[..max], examples[i].Labels[..max]);
+                        truncated++;
+                    }
+                return (0, tooShort, truncated);
+            case "raise":
+                var longest = examples.FirstOrDefault(e => e.InputIds.Length > max);
+                if (longest != null)
+                    throw new UserError($"a sequence of {longest.InputIds.Length} tokens is longer than sequence_len {max} (excess_length_strategy: raise); " +
+                                        "raise sequence_len, or set excess_length_strategy to drop or truncate.");
+                return (0, tooShort, 0);
+            default:
+                return (examples.RemoveAll(e => e.InputIds.Length > max), tooShort, 0);
         }
-        else tooLong = examples.RemoveAll(e => e.InputIds.Length > config.SequenceLen);
-        int tooShort = examples.RemoveAll(e => e.InputIds.Length < MinSampleLen);
-        int untrainable = config.SamplePacking ? examples.RemoveAll(e => e.Labels.All(l => l == Example.IgnoreIndex)) : 0;
-        var eval = SplitOffValidation(examples, config.ValSetSize);
-        if (examples.Count == 0)
-            throw new UserError($"no training examples are left: {tooLong} were longer than sequence_len {config.SequenceLen}, {tooShort} shorter than {MinSampleLen} tokens" +
-                                (eval.Count > 0 ? $" and {eval.Count} went to the validation split" : "") + "; raise sequence_len or check the data.");
-        return new PreparedDataset(examples, rowsRead, tooLong, tooShort) { Eval = eval, DroppedUntrainable = untrainable };
+    }
+
+    /// <summary>dataset_exact_deduplication: keep the first of rows whose input_ids and labels are equal.</summary>
+    static int Deduplicate(List<Example> examples)
+    {
+        var seen = new HashSet<Example>(ExampleComparer.Instance);
+        int before = examples.Count;
+        examples.RemoveAll(e => !seen.Add(e));
+        return before - examples.Count;
+    }
+
+    sealed class ExampleComparer : IEqualityComparer<Example>
+    {
+        public static readonly ExampleComparer Instance = new();
+        public bool Equals(Example? a, Example? b) => a!.InputIds.AsSpan().SequenceEqual(b!.InputIds) && a.Labels.AsSpan().SequenceEqual(b.Labels);
+        public int GetHashCode(Example e)
+        {
+            var h = new HashCode();
+            foreach (var id in e.InputIds) h.Add(id);
+            foreach (var l in e.Labels) h.Add(l);
+            return h.ToHashCode();
+        }
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Nodes;
+using Axolotl.Config;
 
 namespace Axolotl.Data;
 
@@ -9,39 +10,133 @@ public sealed record Row(JsonObject Fields, string File, int Number, bool IsLine
     public string Where => $"{File}, {(IsLine ? "line" : "row")} {Number}";
 }
 
-/// <summary>Reads local dataset files into rows: a JSON array of objects or JSON Lines (what HF's json loader takes).</summary>
+/// <summary>
+/// Reads local datasets into rows as HF <c>datasets</c> loads them for Axolotl: json (an array, JSON Lines, or an object
+/// holding the rows under <c>field</c>), csv, parquet, arrow (also folders written by <c>save_to_disk</c>) and text
+/// files, folders of them, <c>data_files</c>, <c>split</c> (with slices such as <c>train[:100]</c>), <c>name</c>.
+/// </summary>
 public static class RowReader
 {
-    public static IReadOnlyList<Row> Read(string path, string? dsType)
+    public static IReadOnlyList<Row> Read(string path, string? dsType) => Read(new DatasetConfig { Path = path, DsType = dsType });
+
+    public static IReadOnlyList<Row> Read(DatasetConfig dataset, BadRows? bad = null, string defaultSplit = "train")
     {
-        if (Directory.Exists(path)) return ReadFolder(path, dsType);
-        if (!File.Exists(path))
-            throw new UserError($"dataset path '{path}' does not exist.");
-        var rows = ReadFile(path, dsType);
-        if (rows.Count == 0) throw new UserError($"dataset '{path}' has no rows.");
+        bad ??= new BadRows(skip: false);
+        var (split, slice) = ParseSplit(dataset.Split);
+        List<Row> rows;
+        var path = dataset.Path;
+        if (dataset.DataFiles is { Count: > 0 } dataFiles)
+        {
+            // Relative data_files sit in the dataset folder (a Hub snapshot), as HF resolves them against the repo.
+            var root = Directory.Exists(path) ? path : "";
+            var files = dataFiles.Select(f => Path.IsPathRooted(f) || root == "" ? f : Path.Combine(root, f)).ToList();
+            foreach (var f in files)
+                if (!File.Exists(f)) throw new UserError($"data_files: '{f}' does not exist.");
+            // Axolotl reads data_files without a local folder as json; with one, by ds_type or the path's extension.
+            rows = files.SelectMany(f => ReadFile(f, dataset.DsType ?? (root == "" ? "json" : null), dataset.Field, bad)).ToList();
+            CheckSplitOfFile(split, dataset);
+        }
+        else if (Directory.Exists(path))
+        {
+            if (dataset.Name is { Length: > 0 } name)
+            {
+                // A Hub dataset's configurations live in folders of that name (or name the files in the card's configs).
+                var sub = Path.Combine(path, name);
+                if (!Directory.Exists(sub)) throw new UserError($"dataset '{path}' has no configuration named '{name}' (no folder '{name}' in it).");
+                path = sub;
+            }
+            rows = ReadFolder(path, dataset.DsType, split ?? defaultSplit, dataset.Field, bad);
+        }
+        else if (File.Exists(path))
+        {
+            rows = ReadFile(path, dataset.DsType, dataset.Field, bad);
+            CheckSplitOfFile(split, dataset);
+        }
+        else throw new UserError($"dataset path '{path}' does not exist.");
+        if (slice != null) rows = slice(rows);
+        if (rows.Count == 0) throw new UserError($"dataset '{dataset.Path}' has no rows.");
         return rows;
     }
 
-    static readonly string[] Readable = [".json", ".jsonl", ".txt"];
+    /// <summary>A single file is HF's "train" split; asking it for another is Axolotl's "no such split" error.</summary>
+    static void CheckSplitOfFile(string? split, DatasetConfig d)
+    {
+        if (split is not (null or "train"))
+            throw new UserError($"dataset '{d.Path}': a single file holds only the 'train' split, not '{split}'; remove 'split' or point 'path' at a folder with {split} files.");
+    }
+
+    /// <summary>"train", "train[:100]", "train[10:20]", "train[:10%]", "train[-5:]" as HF reads them.</summary>
+    static (string? Split, Func<List<Row>, List<Row>>? Slice) ParseSplit(string? split)
+    {
+        if (string.IsNullOrEmpty(split)) return (null, null);
+        int open = split.IndexOf('[');
+        if (open < 0) return (split, null);
+        if (!split.EndsWith(']')) throw new UserError($"split '{split}': a slice is written as name[start:end], e.g. train[:100] or train[:10%].");
+        var name = split[..open];
+        var parts = split[(open + 1)..^1].Split(':');
+        if (parts.Length != 2) throw new UserError($"split '{split}': a slice is written as name[start:end], e.g. train[:100] or train[:10%].");
+        return (name, rows =>
+        {
+            int Bound(string s, int fallback)
+            {
+                s = s.Trim();
+                if (s == "") return fallback;
+                bool percent = s.EndsWith('%');
+                if (!int.TryParse(percent ? s[..^1] : s, out int v)) throw new UserError($"split '{split}': '{s}' is not a number.");
+                if (percent) v = (int)Math.Round(v / 100.0 * rows.Count, MidpointRounding.ToEven);
+                if (v < 0) v += rows.Count;
+                return Math.Clamp(v, 0, rows.Count);
+            }
+            int start = Bound(parts[0], 0), end = Bound(parts[1], rows.Count);
+            return end > start ? rows.GetRange(start, end - start) : [];
+        });
+    }
+
+    static readonly Dictionary<string, string> Formats = new(StringComparer.OrdinalIgnoreCase)
+    {
+        [".json"] = "json", [".jsonl"] = "json", [".txt"] = "text", [".csv"] = "csv", [".parquet"] = "parquet", [".arrow"] = "arrow",
+    };
 
     /// <summary>
-    /// A folder (a Hub dataset snapshot, say) whose data files are all .json/.jsonl/.txt, read in sorted order. When
-    /// names carry split words, as HF's loader reads them, only the train files count; README, LICENSE and dotfiles are
-    /// not data.
+    /// A folder: one written by <c>save_to_disk</c> (state.json, or dataset_dict.json over split folders), else its data
+    /// files in sorted order, as HF's loader reads a local folder. When names carry split words only the wanted split's
+    /// files count; README, LICENSE and dotfiles are not data.
     /// </summary>
-    static List<Row> ReadFolder(string folder, string? dsType)
+    static List<Row> ReadFolder(string folder, string? dsType, string split, string? field, BadRows bad)
     {
-        var files = DataFiles(Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
-            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/')));
-        var unreadable = files.Where(f => !Readable.Contains(Path.GetExtension(f).ToLowerInvariant())).ToList();
+        if (File.Exists(Path.Combine(folder, "dataset_dict.json")))
+        {
+            var sub = Path.Combine(folder, split);
+            if (!Directory.Exists(sub)) throw new UserError($"dataset '{folder}' (saved with save_to_disk) has no '{split}' split; set 'split' to one of its folders.");
+            folder = sub;
+        }
+        if (File.Exists(Path.Combine(folder, "state.json")))
+        {
+            var state = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "state.json")));
+            var arrows = state?["_data_files"]?.AsArray().Select(f => (string)f!["filename"]!).ToList() ?? [];
+            if (arrows.Count == 0) throw new UserError($"dataset '{folder}': state.json lists no data files.");
+            return arrows.SelectMany(f => ReadFile(Path.Combine(folder, f), "arrow", field, bad)).ToList();
+        }
+        var files = Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
+            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/'))
+            .Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
+            .Order(StringComparer.Ordinal).ToList();
+        if (files.Any(f => SplitWord(f) != null))
+        {
+            var wanted = files.Where(f => SplitWord(f) == split).ToList();
+            if (wanted.Count == 0)
+                throw new UserError($"dataset folder '{folder}' has no '{split}' files (its files name the splits {string.Join(", ", files.Select(SplitWord).Where(s => s != null).Distinct())}); set 'split'.");
+            files = wanted;
+        }
+        else if (split != "train")
+            throw new UserError($"dataset folder '{folder}' has no split named '{split}' (its file names carry no split words, so all of it is 'train').");
+        var unreadable = files.Where(f => !Formats.ContainsKey(Path.GetExtension(f))).ToList();
         if (files.Count == 0 || unreadable.Count > 0)
             throw new UserError($"dataset folder '{folder}' " + (files.Count == 0 ? "holds no data files" :
-                $"holds files that are not read yet: {string.Join(", ", unreadable.Take(5))}{(unreadable.Count > 5 ? $" and {unreadable.Count - 5} more" : "")} (.json, .jsonl and .txt are)") + ".");
-        if (dsType == null && files.Select(f => Path.GetExtension(f).ToLowerInvariant() == ".txt").Distinct().Count() > 1)
-            throw new UserError($"dataset folder '{folder}' mixes .txt with .json/.jsonl files; set ds_type or keep one kind.");
-        var rows = files.SelectMany(f => ReadFile(Path.Combine(folder, f), dsType)).ToList();
-        if (rows.Count == 0) throw new UserError($"dataset folder '{folder}' has no rows.");
-        return rows;
+                $"holds files that are not datasets: {string.Join(", ", unreadable.Take(5))}{(unreadable.Count > 5 ? $" and {unreadable.Count - 5} more" : "")} (.json, .jsonl, .csv, .parquet, .arrow and .txt are)") + ".");
+        if (dsType == null && files.Select(f => Formats[Path.GetExtension(f)]).Distinct().Count() > 1)
+            throw new UserError($"dataset folder '{folder}' mixes file formats ({string.Join(", ", files.Select(f => Path.GetExtension(f).ToLowerInvariant()).Distinct())}); set ds_type or keep one kind.");
+        return files.SelectMany(f => ReadFile(Path.Combine(folder, f), dsType, field, bad)).ToList();
     }
 
     /// <summary>
@@ -66,25 +161,48 @@ public static class RowReader
             switch (part)
             {
                 case "train" or "training": return "train";
-                case "test" or "testing" or "eval" or "evaluation" or "validation" or "valid" or "dev": return part;
+                case "test" or "testing" or "eval" or "evaluation": return "test";
+                case "validation" or "valid" or "dev" or "val": return "validation";
             }
         return null;
     }
 
-    static List<Row> ReadFile(string path, string? dsType)
+    static List<Row> ReadFile(string path, string? dsType, string? field, BadRows bad)
     {
-        var type = dsType ?? Path.GetExtension(path).TrimStart('.').ToLowerInvariant() switch
+        var type = dsType ?? (Formats.TryGetValue(Path.GetExtension(path), out var t) ? t
+            : throw new UserError($"dataset '{path}': files of type '{Path.GetExtension(path)}' are not datasets (.json, .jsonl, .csv, .parquet, .arrow and .txt are); set ds_type if the extension is misleading."));
+        try
         {
-            "json" or "jsonl" => "json",
-            "txt" => "text",
-            var other => throw new UserError($"dataset '{path}': files of type '.{other}' are not read yet (.json and .jsonl are); set ds_type if the extension is misleading."),
-        };
-        if (type is not ("json" or "text")) throw new UserError($"dataset '{path}': ds_type '{type}' is not supported yet (json and text are).");
-        string text;
-        try { text = File.ReadAllText(path); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { throw new UserError($"dataset '{path}' cannot be read ({e.Message})."); }
-        if (type == "text") return ReadText(path, text);
-        return text.TrimStart().StartsWith('[') ? ReadArray(path, text) : ReadLines(path, text);
+            return type switch
+            {
+                "json" => ReadJson(path, File.ReadAllText(path), field, bad),
+                "text" => ReadText(path, File.ReadAllText(path)),
+                "csv" => CsvReader.Read(path, File.ReadAllText(path)),
+                "parquet" => ColumnarReader.ReadParquet(path),
+                "arrow" => ColumnarReader.ReadArrow(path),
+                _ => throw new UserError($"dataset '{path}': ds_type '{type}' is not one of json, csv, parquet, arrow, text."),
+            };
+        }
+        catch (Exception e) when (e is not UserError && e is not OutOfMemoryException)
+        {
+            throw new UserError($"dataset '{path}': not a readable {type} file ({e.Message.Split('\n')[0]}).", e);
+        }
+    }
+
+    static List<Row> ReadJson(string path, string text, string? field, BadRows bad)
+    {
+        var start = text.TrimStart();
+        if (start.StartsWith('[')) return ReadArray(path, text);
+        // One object holding the rows in a list under `field` (HF's json loader with field=...).
+        if (start.StartsWith('{') && field != null && TryParse(text) is JsonObject whole && whole[field] is JsonArray inner)
+            return ToRows(path, inner);
+        return ReadLines(path, text, bad);
+    }
+
+    static JsonNode? TryParse(string text)
+    {
+        try { return JsonNode.Parse(text); }
+        catch (JsonException) { return null; }
     }
 
     /// <summary>HF's text loader: one row per line, in a column named "text".</summary>
@@ -103,13 +221,22 @@ public static class RowReader
         JsonArray array;
         try { array = JsonNode.Parse(text, documentOptions: IO.JsonFiles.NoDuplicateKeys) as JsonArray ?? throw new UserError($"{path}: expected a JSON array of objects."); }
         catch (JsonException e) { throw new UserError($"{path}: invalid JSON at line {e.LineNumber + 1}: {e.Message.Split('.')[0]}."); }
+        return ToRows(path, array);
+    }
+
+    static List<Row> ToRows(string path, JsonArray array)
+    {
         var rows = new List<Row>(array.Count);
         for (int i = 0; i < array.Count; i++)
-            rows.Add(new Row(array[i] as JsonObject ?? throw new UserError($"{path}, row {i + 1}: expected a JSON object."), path, i + 1));
+        {
+            var item = array[i] as JsonObject ?? throw new UserError($"{path}, row {i + 1}: expected a JSON object.");
+            array[i] = null; // detach, so the row owns its object
+            rows.Add(new Row(item, path, i + 1));
+        }
         return rows;
     }
 
-    static List<Row> ReadLines(string path, string text)
+    static List<Row> ReadLines(string path, string text, BadRows bad)
     {
         var rows = new List<Row>();
         int lineNumber = 0;
@@ -117,11 +244,15 @@ public static class RowReader
         {
             lineNumber++;
             if (string.IsNullOrWhiteSpace(line)) continue;
-            try
+            JsonNode? node;
+            try { node = JsonNode.Parse(line, documentOptions: IO.JsonFiles.NoDuplicateKeys); }
+            catch (JsonException e)
             {
-                rows.Add(new Row(JsonNode.Parse(line, documentOptions: IO.JsonFiles.NoDuplicateKeys) as JsonObject ?? throw new UserError($"{path}, line {lineNumber}: expected a JSON object."), path, lineNumber, IsLine: true));
+                bad.Report("invalid JSON", $"{path}, line {lineNumber}: invalid JSON ({e.Message.Split('.')[0]}).");
+                continue;
             }
-            catch (JsonException e) { throw new UserError($"{path}, line {lineNumber}: invalid JSON ({e.Message.Split('.')[0]})."); }
+            if (node is JsonObject obj) rows.Add(new Row(obj, path, lineNumber, IsLine: true));
+            else bad.Report("not a JSON object", $"{path}, line {lineNumber}: expected a JSON object.");
         }
         return rows;
     }

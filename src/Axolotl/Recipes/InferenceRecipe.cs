@@ -60,9 +60,10 @@ public static class InferenceRecipe
     }
 
     /// <summary>Generates an answer to one formatted prompt, writing text to <paramref name="output"/> as tokens arrive.</summary>
-    public static List<int> Answer(CausalLM model, Tokenizer tokenizer, string prompt, GenerationOptions options, TextWriter output)
+    public static List<int> Answer(CausalLM model, Tokenizer tokenizer, string prompt, GenerationOptions options, TextWriter output,
+        bool addSpecialTokens = true)
     {
-        var ids = tokenizer.Encode(prompt, addSpecialTokens: true);
+        var ids = tokenizer.Encode(prompt, addSpecialTokens);
         var stream = new StreamingDecoder(tokenizer);
         var generated = Generation.Generate(model, ids, options, onToken: id =>
         {
@@ -82,13 +83,20 @@ public static class InferenceRecipe
     public static void Run(AxolotlConfig config, InferenceSettings settings, TextReader input, TextWriter output, TextWriter console,
         bool interactive, IRecipeReporter reporter)
     {
-        if (settings.Chat)
-            throw new UserError("inference --chat is not implemented yet (it needs the chat template engine); run without --chat to use the dataset's prompt style.");
         var (model, tokenizer) = Load(config, reporter);
         var options = (settings.Generation ?? AxolotlGeneration(config)) with { EosTokenIds = EosTokenIds(config, tokenizer) };
+        // --chat: the instruction as one user turn through the chat template (chat_template, else the tokenizer's), with
+        // the generation prompt; the template writes its own BOS, so none is added, as apply_chat_template does.
+        var template = settings.Chat ? DatasetBuilder.ResolveChatTemplate(config, null, tokenizer, reporter.Warn) : null;
+        void Respond(string instruction)
+        {
+            if (template is null) { Answer(model, tokenizer, FormatPrompt(config, instruction), options, output); return; }
+            var turn = new System.Text.Json.Nodes.JsonArray(new System.Text.Json.Nodes.JsonObject { ["role"] = "user", ["content"] = instruction.Trim('\n') });
+            Answer(model, tokenizer, template.Render(turn, addGenerationPrompt: true), options, output, addSpecialTokens: false);
+        }
         if (settings.Prompt is not null)
         {
-            Answer(model, tokenizer, FormatPrompt(config, settings.Prompt), options, output);
+            Respond(settings.Prompt);
             return;
         }
         while (true)
@@ -96,7 +104,7 @@ public static class InferenceRecipe
             if (interactive) console.WriteLine("Give me an instruction (Ctrl + D to submit):");
             var instruction = input.ReadToEnd();
             if (instruction.Length == 0) return;
-            Answer(model, tokenizer, FormatPrompt(config, instruction), options, output);
+            Respond(instruction);
         }
     }
 }

@@ -45,16 +45,13 @@ public static class ModelLoading
         return model;
     }
 
-    /// <summary>The folder the tokenizer comes from: tokenizer_config, else base_model_config, else base_model.</summary>
-    public static string TokenizerDir(AxolotlConfig config) => config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel;
-
     /// <summary>
     /// The tokenizer as Axolotl's loader leaves it: special_tokens set (as special added tokens) and tokens added.
     /// Tokens the vocabulary lacks would need the embeddings resized and the extended tokenizer saved: refused for now.
     /// </summary>
     public static Tokenizer LoadTokenizer(AxolotlConfig config)
     {
-        var dir = TokenizerDir(config);
+        var dir = config.TokenizerFolder();
         var tokenizer = Tokenizer.FromFolder(dir);
         int added = ConfigTokens.Apply(tokenizer, config.SpecialTokens, null, config.Tokens, config.Adapter != null, config.LoraModulesToSave);
         if (added > 0)

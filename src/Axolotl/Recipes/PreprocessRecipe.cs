@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using Axolotl.Config;
 using Axolotl.Data;
 using Axolotl.Tokenization;
@@ -6,21 +7,48 @@ namespace Axolotl.Recipes;
 
 /// <summary>
 /// <c>axolotl preprocess</c>, and the data half of <c>train</c>: tokenizer plus datasets → examples. The tokenizer is
-/// loaded only when a dataset needs one (pre-tokenized rows do not).
+/// loaded only when a dataset needs one (pre-tokenized rows do not). With <c>dataset_prepared_path</c>, the result is
+/// cached there and a later run with the same inputs reads it back; <c>preprocess</c> always rebuilds it, as Axolotl's does.
 /// </summary>
 public static class PreprocessRecipe
 {
-    public static (PreparedDataset Data, Tokenizer? Tokenizer, string TokenizerDir) Run(AxolotlConfig config, IRecipeReporter reporter)
+    public static (PreparedDataset Data, Tokenizer? Tokenizer, string TokenizerDir) Run(AxolotlConfig config, IRecipeReporter reporter, bool rebuild = false)
     {
-        var tokenizerDir = config.TokenizerConfig ?? config.BaseModelConfig ?? config.BaseModel;
+        var tokenizerDir = config.TokenizerFolder();
         Tokenizer? tokenizer = null;
-        Tokenizer GetTokenizer() => tokenizer ??= Tokenizer.FromFolder(tokenizerDir);
-        var data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing);
+        Tokenizer GetTokenizer() => tokenizer ??= ModelLoading.LoadTokenizer(config);
+        string? cacheDir = null;
+        PreparedDataset? data = null;
+        if (config.DatasetPreparedPath is { Length: > 0 } prepared)
+        {
+            var watch = Stopwatch.StartNew();
+            cacheDir = Path.Combine(prepared, DatasetCache.Key(config, tokenizerDir));
+            if (!rebuild && DatasetCache.TryLoad(cacheDir, reporter.Warn) is { } cached)
+            {
+                data = cached;
+                // Training still needs the tokenizer (pad id, the saved tokenizer files) when the data had one.
+                if (File.Exists(Path.Combine(tokenizerDir, "tokenizer.json")) || File.Exists(Path.Combine(tokenizerDir, "tokenizer.model"))) GetTokenizer();
+                reporter.Info($"Data: loaded the prepared dataset from {cacheDir} in {watch.Elapsed.TotalSeconds:0.00} s");
+            }
+        }
+        if (data == null)
+        {
+            data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing);
+            if (cacheDir != null)
+            {
+                DatasetCache.Save(cacheDir, data);
+                reporter.Info($"Data: saved the prepared dataset to {cacheDir}");
+            }
+        }
         reporter.Info($"Data: {data.RowsRead} rows → {data.Examples.Count} examples, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
-                      (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than 2 tokens" : "") +
+                      (data.Truncated > 0 ? $"; truncated {data.Truncated} to sequence_len {config.SequenceLen}" : "") +
+                      (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than {config.MinSampleLen} tokens" : "") +
                       (data.DroppedUntrainable > 0 ? $"; dropped {data.DroppedUntrainable} with no trainable tokens (sample_packing)" : "") +
-                      (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for validation (val_set_size {config.ValSetSize})" : ""));
+                      (data.Duplicates > 0 ? $"; dropped {data.Duplicates} exact duplicates" : "") +
+                      (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for evaluation" + (config.TestDatasets.Count > 0 ? " (test_datasets)" : $" (val_set_size {config.ValSetSize})") : ""));
+        foreach (var (reason, count, first) in data.SkippedRows)
+            reporter.Warn($"skipped {count} bad rows ({reason}; bad_rows: skip), the first: {first}");
         return (data, tokenizer, tokenizerDir);
     }
 }

@@ -59,9 +59,9 @@ public class AlpacaTests
     public void Missing_fields_name_the_row()
     {
         var strategy = new Alpaca(Llama2, 512, false);
-        var e = Assert.Throws<UserError>(() => strategy.Tokenize(RowOf("""{"prompt": "x", "output": "y"}""")).ToList());
+        var e = Assert.ThrowsAny<UserError>(() => strategy.Tokenize(RowOf("""{"prompt": "x", "output": "y"}""")).ToList());
         Assert.Equal("data.json, row 1: missing field 'instruction'.", e.Message);
-        e = Assert.Throws<UserError>(() => strategy.Tokenize(RowOf("""{"instruction": "x", "output": 5}""")).ToList());
+        e = Assert.ThrowsAny<UserError>(() => strategy.Tokenize(RowOf("""{"instruction": "x", "output": 5}""")).ToList());
         Assert.Contains("'output' must be a string", e.Message);
     }
 

@@ -116,8 +116,29 @@ public class InferenceTests
         Assert.Contains(Enumerable.Range(2, 4), s => Run("", [.. args, "--seed", s.ToString()]).Out != first.Out);
     }
 
+    [Fact]
+    public void Chat_renders_the_instruction_as_a_user_turn_with_the_tokenizers_template()
+    {
+        using var dir = TestSetup.TempDir();
+        var (code, output) = Run("", "inference", Config(dir), "--chat", "--prompt", "Name a colour.\n", "--temperature", "0", "--max-new-tokens", "12");
+        Assert.Equal(0, code);
+        // Expected through the library: tok-tiny512's own chat_template, rendered by hand here, no BOS added.
+        using var scope = NewDisposeScope();
+        var model = CausalLM.FromPretrained(BaseModel, ScalarType.Float32, ScalarType.Float32);
+        var tokenizer = Tokenizer.FromFolder(TokenizerDir);
+        var ids = tokenizer.Encode("<|im_start|>user\nName a colour.<|im_end|>\n<|im_start|>assistant\n", addSpecialTokens: false);
+        var generated = Generation.Generate(model, ids, new GenerationOptions
+        {
+            MaxNewTokens = 12, RepetitionPenalty = 1.1,
+            EosTokenIds = [.. GenerationOptions.EosFromModelFolder(BaseModel), tokenizer.EosTokenId!.Value],
+        });
+        var expected = tokenizer.Decode(generated, skipSpecialTokens: true);
+        Assert.Equal(expected + Environment.NewLine, output);
+        Assert.NotEqual(Expected("Name a colour.", 12), expected);
+    }
+
     [Theory]
-    [InlineData("--chat")]
+    [InlineData("--chat", "--chat-template-jinja", "{% raise_exception('no') %}", "--chat-template", "jinja")]
     [InlineData("--temperature", "warm")]
     [InlineData("--max-new-tokens")]
     public void Bad_flags_are_user_errors(params string[] flags)

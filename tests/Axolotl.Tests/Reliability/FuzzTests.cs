@@ -97,7 +97,7 @@ public class FuzzTests
         try
         {
             var rows = RowReader.Read(path, null);
-            var alpaca = PromptStrategies.For("alpaca", () => TinyTokenizer.Value, 256, false, null);
+            var alpaca = PromptStrategies.For(new DatasetConfig { Path = path, Type = "alpaca" }, new StrategyContext(() => TinyTokenizer.Value, 256, false));
             return rows.Select(r => alpaca.Tokenize(r).ToList()).ToList();
         }
         finally { File.Delete(path); }
