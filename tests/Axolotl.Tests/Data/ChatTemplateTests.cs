@@ -201,3 +201,53 @@ public class ChatTemplateTests : IDisposable
         Assert.StartsWith(message, e.Message);
     }
 }
+
+/// <summary>chat_template datasets through the config, with the Jinja engine rendering the real templates.</summary>
+public class ChatTemplateConfigTests
+{
+    const string Row = """{"messages": [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}, {"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."}]}""";
+
+    static PreparedDataset Build(TempDir dir, string keys)
+    {
+        File.WriteAllText(dir["chat.jsonl"], Row + "\n");
+        var config = ConfigLoader.Parse($"""
+            base_model: m
+            tokenizer_config: {TestSetup.Data("tok-tiny512")}
+            learning_rate: 0.0002
+            datasets:
+              - path: {dir["chat.jsonl"]}
+                type: chat_template
+            {keys}
+            """, "cfg.yml");
+        return DatasetBuilder.Build(config, () => Tokenizer.FromFolder(TestSetup.Data("tok-tiny512")));
+    }
+
+    [Fact]
+    public void Bundled_chatml_gives_what_the_hand_written_chatml_gives()
+    {
+        using var dir = TestSetup.TempDir();
+        var viaConfig = Build(dir, "chat_template: chatml").Examples.Single();
+        var tok = Tokenizer.FromFolder(TestSetup.Data("tok-tiny512"));
+        var byHand = new ChatTemplateStrategy(new StrategyContext(() => tok, 512, false), new DatasetConfig { Path = "chat.jsonl", Type = "chat_template" }, new ChatMlTemplate())
+            .Tokenize(new Row(JsonNode.Parse(Row)!.AsObject(), "chat.jsonl", 1, IsLine: true)).Single();
+        Assert.Equal(byHand.InputIds, viaConfig.InputIds);
+        Assert.Equal(byHand.Labels, viaConfig.Labels);
+        var trained = tok.Decode(viaConfig.InputIds.Where((_, i) => viaConfig.Labels[i] != Example.IgnoreIndex));
+        Assert.Contains("Hello! How can I help?", trained);
+        Assert.Contains("Blue.", trained);
+        Assert.DoesNotContain("Name a colour.", trained);
+    }
+
+    [Fact]
+    public void Unset_chat_template_uses_the_tokenizers_own_and_a_jinja_template_is_taken_from_the_config()
+    {
+        using var dir = TestSetup.TempDir();
+        var tok = Tokenizer.FromFolder(TestSetup.Data("tok-tiny512"));
+        var fromTokenizer = Build(dir, "").Examples.Single();
+        Assert.StartsWith("<|im_start|>system\nBe kind.<|im_end|>", tok.Decode(fromTokenizer.InputIds));
+        var jinja = Build(dir, "chat_template: jinja\nchat_template_jinja: \"{% for m in messages %}[{{ m.role }}] {{ m.content }}\\n{% endfor %}\"").Examples.Single();
+        Assert.StartsWith("[system] Be kind.\n[user] Hi there\n", tok.Decode(jinja.InputIds));
+        var e = Assert.Throws<UserError>(() => Build(dir, "chat_template: no_such_template"));
+        Assert.Contains("no_such_template", e.Message);
+    }
+}
