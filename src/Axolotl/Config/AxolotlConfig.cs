@@ -152,6 +152,9 @@ public sealed class AxolotlConfig
 
     /// <summary>bos/eos/pad/unk tokens set on the tokenizer (as special added tokens), as Axolotl's loader does.</summary>
     public Dictionary<string, string>? SpecialTokens { get; set; }
+    /// <summary>Embeddings sized to the tokenizer rounded up to a multiple of 32 (a no-op when the model's are already that big).</summary>
+    [AxolotlKey("resize_token_embeddings_to_32x")]
+    public bool ResizeTokenEmbeddingsTo32x { get; set; }
     /// <summary>Tokens added to the tokenizer (only tokens the vocabulary already holds, for now).</summary>
     public List<string>? Tokens { get; set; }
 
@@ -182,6 +185,9 @@ public sealed class AxolotlConfig
     public Dictionary<string, string>? BnbConfigKwargs { get; set; }
 
     // training
+    /// <summary>Stop when the logged loss exceeds this for loss_watchdog_patience (default 3) step ends in a row.</summary>
+    public double? LossWatchdogThreshold { get; set; }
+    public int? LossWatchdogPatience { get; set; }
     public int MicroBatchSize { get; set; } = 1;
     public int GradientAccumulationSteps { get; set; } = 1;
     /// <summary>micro_batch_size × gradient_accumulation_steps; when given instead, gradient_accumulation_steps is derived.</summary>

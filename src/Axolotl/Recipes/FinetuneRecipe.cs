@@ -46,6 +46,9 @@ public static class FinetuneRecipe
         // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
         var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
         var model = LoadModel(config, architecture, weightType, computeType, reporter);
+        // Axolotl resizes only when the embeddings are smaller than this; resizing itself is not implemented here.
+        if (tokenizer != null && config.ResizeTokenEmbeddingsTo32x && (tokenizer.VocabSize + 31) / 32 * 32 is var padded && padded > model.Config.VocabSize)
+            throw new UserError($"resize_token_embeddings_to_32x: the embeddings ({model.Config.VocabSize} rows) would grow to {padded}; resizing embeddings is not implemented yet.");
         if (tokenizer != null && tokenizer.VocabSize > model.Config.VocabSize)
             throw new UserError($"the tokenizer in '{tokenizerDir}' has {tokenizer.VocabSize} tokens but the model's vocab_size is {model.Config.VocabSize}; they do not belong together.");
         int maxId = data.Examples.Max(e => e.InputIds.Max());
@@ -123,6 +126,8 @@ public static class FinetuneRecipe
             EvalsPerEpoch = (config.EvalSteps != null ? null : config.EvalsPerEpoch) ?? (config.EvalStrategy == "epoch" ? 1 : null),
             PeakFlops = peakFlops,
             EarlyStoppingPatience = config.EarlyStoppingPatience,
+            LossWatchdogThreshold = config.LossWatchdogThreshold,
+            LossWatchdogPatience = config.LossWatchdogPatience ?? 3,
             MetricForBestModel = config.MetricForBestModel
                 ?? (config.LoadBestModelAtEnd || config.EarlyStoppingPatience != null ? "eval_loss" : null),
             GreaterIsBetter = config.GreaterIsBetter ?? false,

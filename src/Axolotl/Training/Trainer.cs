@@ -42,6 +42,9 @@ public sealed record TrainingOptions
     /// <summary>Peak FLOP/s of this machine in the compute dtype; when set, each log entry carries <c>mfu</c>
     /// (tokens/s × <see cref="Flops.PerToken(DecoderConfig,long,long,double)"/> ÷ this).</summary>
     public double? PeakFlops { get; init; }
+    /// <summary>Axolotl's LossWatchDogCallback: stop once the last logged loss exceeded this at Patience step ends in a row.</summary>
+    public double? LossWatchdogThreshold { get; init; }
+    public int LossWatchdogPatience { get; init; } = 3;
     /// <summary>Stop after this many evaluations in a row without a better metric (HF's EarlyStoppingCallback, threshold 0).</summary>
     public int? EarlyStoppingPatience { get; init; }
     /// <summary>The evaluation metric that decides the best checkpoint and early stopping (eval_loss, eval_perplexity);
@@ -167,6 +170,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
 
         var clock = Stopwatch.StartNew();
         var sinceLog = Stopwatch.StartNew();
+        int watchdogViolations = 0;
         double lossSinceLog = 0, gradNormSinceLog = 0, lossTotal = 0;
         long tokensSinceLog = 0;
         int stepsSinceLog = 0, stepsThisRun = 0;
@@ -208,6 +212,9 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 // Like HF, the logged learning rate is the scheduler's value after this step.
                 double nextLr = o.LearningRate * schedule.Multiplier(step);
                 _observer.OnStep(step, windowLoss, nextLr, tokensPerSecond, clock.Elapsed);
+                // Checked at step end, before this step's log, against the last logged loss, as the callback sees it.
+                if (o.LossWatchdogThreshold is double threshold && State.LogHistory.Count > 0 && State.LogHistory[^1]["loss"] is JsonNode lastLoss)
+                    watchdogViolations = (double)lastLoss > threshold ? watchdogViolations + 1 : 0;
                 if (step % loggingSteps == 0 || step == totalSteps)
                 {
                     var entry = new JsonObject
@@ -236,6 +243,12 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     (newBest, stopEarly) = JudgeEvaluation(evaluation);
                 }
                 if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer, newBest);
+                if (watchdogViolations >= o.LossWatchdogPatience)
+                {
+                    _observer.OnNotice($"Loss watchdog: the logged loss stayed above loss_watchdog_threshold {o.LossWatchdogThreshold} for {o.LossWatchdogPatience} steps; stopped after step {step} of {totalSteps}.");
+                    stopped = true;
+                    break;
+                }
                 if (stopEarly)
                 {
                     _observer.OnNotice($"Early stopping: no better {o.MetricForBestModel} in {o.EarlyStoppingPatience} evaluation(s) in a row; stopped after step {step} of {totalSteps}.");
