@@ -137,7 +137,6 @@ static class AxolotlKeys
     const string OneProcess = "spreads training over several GPUs; Axolotl.NET trains unsharded in one process (the math of one GPU)";
     const string Placement = "is GPU placement or memory housekeeping; everything runs in this process on the CPU";
     const string DataWorkers = "only sets parallelism of data loading; Axolotl.NET tokenizes with its own threads";
-    const string Tracker = "sends metrics to an experiment tracker, which Axolotl.NET has no client for; the same metrics are in trainer_state.json (log_history) and on the console";
     const string NotInSchema = "is not in Axolotl's schema, which drops it, so it has no effect there either; ignored";
 
     /// <summary>
@@ -189,14 +188,6 @@ static class AxolotlKeys
         ["dataset_num_proc"] = DataWorkers, ["dataset_processes"] = DataWorkers, ["dataset_keep_in_memory"] = DataWorkers,
         ["dataloader_num_workers"] = DataWorkers, ["dataloader_pin_memory"] = DataWorkers, ["dataloader_prefetch_factor"] = DataWorkers,
         ["sample_packing_mp_start_method"] = DataWorkers,
-        // experiment trackers: they record metrics, they do not change training
-        ["wandb_project"] = Tracker, ["wandb_entity"] = Tracker, ["wandb_name"] = Tracker, ["wandb_run_id"] = Tracker,
-        ["wandb_mode"] = Tracker, ["wandb_watch"] = Tracker, ["wandb_log_model"] = Tracker, ["use_wandb"] = Tracker,
-        ["use_mlflow"] = Tracker, ["mlflow_tracking_uri"] = Tracker, ["mlflow_experiment_name"] = Tracker, ["mlflow_run_name"] = Tracker,
-        ["hf_mlflow_log_artifacts"] = Tracker, ["use_comet"] = Tracker, ["comet_api_key"] = Tracker, ["comet_workspace"] = Tracker,
-        ["comet_project_name"] = Tracker, ["comet_experiment_key"] = Tracker, ["comet_mode"] = Tracker, ["comet_online"] = Tracker,
-        ["comet_experiment_config"] = Tracker, ["use_tensorboard"] = Tracker, ["use_otel_metrics"] = Tracker,
-        ["otel_metrics_host"] = Tracker, ["otel_metrics_port"] = Tracker,
         // no effect on a local run
         ["hf_use_auth_token"] = "is for the Hugging Face Hub; models and datasets are read from local paths",
         ["trust_remote_code"] = "lets transformers run a model's own Python; none runs here: the architecture must be one Axolotl.NET implements",
