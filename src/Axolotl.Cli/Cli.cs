@@ -150,6 +150,8 @@ public static class Cli
                 line.Append($"[{color}]{Markup.Escape(token)}({label}, {id})[/] ");
             }
             AnsiConsole.MarkupLine(line.ToString().TrimEnd());
+            Console.WriteLine($"Total input len: {example.InputIds.Length}");
+            Console.WriteLine($"Count of labels: {example.TrainableTokens}");
             AnsiConsole.WriteLine();
         }
         return 0;

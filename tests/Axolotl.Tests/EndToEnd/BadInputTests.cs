@@ -88,5 +88,8 @@ public class BadInputTests
         Assert.Contains("Response(-100,", stdout);         // the prompt's last words are masked
         Assert.Contains("</s>(2, 2)", stdout);             // EOS appended to the response and trained on
         Assert.Contains("\\n(-100, 13)", stdout);         // newlines shown escaped
+        var total = stdout.Split('\n').Single(l => l.StartsWith("Total input len: "));
+        var labels = stdout.Split('\n').Single(l => l.StartsWith("Count of labels: "));
+        Assert.True(int.Parse(total["Total input len: ".Length..]) > int.Parse(labels["Count of labels: ".Length..]));
     }
 }
