@@ -51,6 +51,13 @@ public class RunOutputsTests
         Assert.Contains(history, e => e["train_loss"] != null);
         AssertSameEntries(history, MetricsLines(dir));
 
+        var html = File.ReadAllText(dir["out/loss_curve.html"]);
+        Assert.DoesNotContain("<script", html);
+        var polyline = System.Text.RegularExpressions.Regex.Match(html, "<polyline[^>]* points=\"([^\"]*)\"");
+        Assert.True(polyline.Success);
+        Assert.Equal(history.Count(e => e["loss"] != null), polyline.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length);
+        Assert.Equal(history.Count(e => e["eval_loss"] != null), System.Text.RegularExpressions.Regex.Matches(html, "<circle ").Count);
+
         // Resumed into the same output_dir: the file restarts from the checkpoint's history, then continues.
         File.WriteAllText(dir["r.yml"], Config(dir, $"resume_from_checkpoint: {dir["out/checkpoint-2"]}"));
         Assert.Equal(0, Cli.Cli.Run(["train", dir["r.yml"]]));
