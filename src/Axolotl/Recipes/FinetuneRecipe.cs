@@ -164,6 +164,7 @@ public static class FinetuneRecipe
 
         SaveWeights(outputDir);
         state.Save(outputDir);
+        ModelCard.Write(outputDir, config, state);
         LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
         if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir, config.SpecialTokens);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");

@@ -58,6 +58,12 @@ public class RunOutputsTests
         Assert.Equal(history.Count(e => e["loss"] != null), polyline.Groups[1].Value.Split(' ', StringSplitOptions.RemoveEmptyEntries).Length);
         Assert.Equal(history.Count(e => e["eval_loss"] != null), System.Text.RegularExpressions.Regex.Matches(html, "<circle ").Count);
 
+        var card = File.ReadAllText(dir["out/README.md"]);
+        Assert.Contains("```yaml\n" + File.ReadAllText(dir["out/axolotl_config.yml"]) + "```", card.Replace("\r\n", "\n"));
+        Assert.Contains("base_model: \"" + TestSetup.Data("reference", "models", "tiny-llama") + "\"", card);
+        // One results row per logged training step.
+        Assert.Equal(history.Count(e => e["loss"] != null), card.Split('\n').Count(l => System.Text.RegularExpressions.Regex.IsMatch(l, @"^\| \d+ \|")));
+
         // Resumed into the same output_dir: the file restarts from the checkpoint's history, then continues.
         File.WriteAllText(dir["r.yml"], Config(dir, $"resume_from_checkpoint: {dir["out/checkpoint-2"]}"));
         Assert.Equal(0, Cli.Cli.Run(["train", dir["r.yml"]]));
