@@ -155,7 +155,7 @@ public static class FinetuneRecipe
         };
         var restored = resumeFrom != null && File.Exists(Path.Combine(resumeFrom, TrainerState.FileName)) ? TrainerState.Load(resumeFrom).LogHistory : [];
         TrainerState state;
-        using (var metrics = new MetricsLog(outputDir, restored, reporter))
+        using (var metrics = new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null })
         {
             state = new Trainer(model, options, metrics, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
             // The summary entry is added without being reported as a log.

@@ -25,11 +25,15 @@ public sealed class MetricsLog : ITrainingObserver, IDisposable
 
     public string Path { get; }
 
+    /// <summary>Also receives every entry (use_tensorboard).</summary>
+    public TensorBoardWriter? TensorBoard { get; init; }
+
     /// <summary>Records an entry that the trainer adds without reporting it (the final summary).</summary>
     public void Append(JsonObject entry)
     {
         _writer.Write(entry.ToJsonString() + "\n");
         _writer.Flush();
+        TensorBoard?.Write(entry);
     }
 
     public void OnStart(TrainingPlan plan) => _inner.OnStart(plan);
@@ -38,5 +42,9 @@ public sealed class MetricsLog : ITrainingObserver, IDisposable
     public void OnLog(JsonObject entry) { Append(entry); _inner.OnLog(entry); }
     public void OnNotice(string message) => _inner.OnNotice(message);
 
-    public void Dispose() => _writer.Dispose();
+    public void Dispose()
+    {
+        _writer.Dispose();
+        TensorBoard?.Dispose();
+    }
 }
