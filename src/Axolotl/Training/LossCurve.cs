@@ -39,12 +39,13 @@ public static class LossCurve
             double x0 = xTicks[0], x1 = xTicks[^1], y0 = yTicks[0], y1 = yTicks[^1];
             double X(double v) => Left + (v - x0) / Math.Max(1e-12, x1 - x0) * (Width - Left - Right);
             double Y(double v) => Height - Bottom - (v - y0) / Math.Max(1e-12, y1 - y0) * (Height - Top - Bottom);
-            svg.Append(Inv($"<line x1=\"{Left}\" y1=\"{Height - Bottom}\" x2=\"{Width - Right}\" y2=\"{Height - Bottom}\" stroke=\"#333\"/>\n"));
-            svg.Append(Inv($"<line x1=\"{Left}\" y1=\"{Top}\" x2=\"{Left}\" y2=\"{Height - Bottom}\" stroke=\"#333\"/>\n"));
             foreach (var t in xTicks)
                 svg.Append(Inv($"<line x1=\"{X(t):0.##}\" y1=\"{Height - Bottom}\" x2=\"{X(t):0.##}\" y2=\"{Height - Bottom + 5}\" stroke=\"#333\"/><text x=\"{X(t):0.##}\" y=\"{Height - Bottom + 18}\" text-anchor=\"middle\">{t:G6}</text>\n"));
             foreach (var t in yTicks)
                 svg.Append(Inv($"<line x1=\"{Left - 5}\" y1=\"{Y(t):0.##}\" x2=\"{Width - Right}\" y2=\"{Y(t):0.##}\" stroke=\"#ddd\"/><text x=\"{Left - 8}\" y=\"{Y(t) + 4:0.##}\" text-anchor=\"end\">{t:G6}</text>\n"));
+            // Axes after the grid, so the grid line at the lowest tick does not cover the x axis.
+            svg.Append(Inv($"<line x1=\"{Left}\" y1=\"{Height - Bottom}\" x2=\"{Width - Right}\" y2=\"{Height - Bottom}\" stroke=\"#333\"/>\n"));
+            svg.Append(Inv($"<line x1=\"{Left}\" y1=\"{Top}\" x2=\"{Left}\" y2=\"{Height - Bottom}\" stroke=\"#333\"/>\n"));
             svg.Append(Inv($"<text x=\"{(Left + Width - Right) / 2}\" y=\"{Height - 10}\" text-anchor=\"middle\">step</text>\n"));
             svg.Append(Inv($"<text x=\"15\" y=\"{(Top + Height - Bottom) / 2}\" text-anchor=\"middle\" transform=\"rotate(-90 15 {(Top + Height - Bottom) / 2})\">loss</text>\n"));
             if (train.Count > 0)
