@@ -153,10 +153,19 @@ public static class FinetuneRecipe
             SaveTotalLimit = config.SaveTotalLimit,
             LoadWeights = config.LoadBestModelAtEnd ? dir => LoadTrainedWeights(model, dir, lora != null) : null,
         };
-        var state = new Trainer(model, options, reporter, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
+        var restored = resumeFrom != null && File.Exists(Path.Combine(resumeFrom, TrainerState.FileName)) ? TrainerState.Load(resumeFrom).LogHistory : [];
+        TrainerState state;
+        using (var metrics = new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null })
+        {
+            state = new Trainer(model, options, metrics, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
+            // The summary entry is added without being reported as a log.
+            metrics.Append(state.LogHistory[^1]);
+        }
 
         SaveWeights(outputDir);
         state.Save(outputDir);
+        ModelCard.Write(outputDir, config, state);
+        LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
         if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir, config.SpecialTokens);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
