@@ -187,7 +187,7 @@ public static class Bench
         double medianTps = Stats.Median(tokensPerSecond);
         double achieved = medianTps * flopsPerToken / 1e9;
         double mfu = achieved / peakInUse;
-        long rssKb = PeakRssKb();
+        long rssKb = Hardware.PeakRssKb();
         results.Add(new JsonObject
         {
             ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter ?? "full",
@@ -267,16 +267,6 @@ public static class Bench
             gflops.Add(flops / clock.Elapsed.TotalSeconds / 1e9);
         }
         return gflops;
-    }
-
-    static long PeakRssKb()
-    {
-        try
-        {
-            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-            return line == null ? -1 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
-        }
-        catch (IOException) { return -1; }
     }
 
     internal static string CpuModel()

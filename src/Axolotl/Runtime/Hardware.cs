@@ -14,4 +14,15 @@ public static class Hardware
         }
         catch (IOException) { return false; }
     }
+
+    /// <summary>The process's peak resident memory (VmHWM) in KiB, or -1 where /proc does not tell.</summary>
+    public static long PeakRssKb()
+    {
+        try
+        {
+            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
+            return line == null ? -1 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture);
+        }
+        catch (IOException) { return -1; }
+    }
 }
