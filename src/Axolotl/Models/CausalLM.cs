@@ -253,7 +253,10 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// Copies weights from model.safetensors (or the shards of model.safetensors.index.json) by HF key, reading each
     /// tensor from its memory-mapped file only when it is copied.
     /// </summary>
-    public void LoadWeights(string modelDir)
+    /// <param name="growVocabSeed">When set, checkpoint embeddings (and an untied head) with fewer rows than the
+    /// model's vocabulary are grown as transformers' resize_token_embeddings(mean_resizing=False) does, which is how
+    /// Axolotl calls it: the new rows from _init_weights, normal(0, initializer_range), seeded; a head bias with zeros.</param>
+    public void LoadWeights(string modelDir, long? growVocabSeed = null)
     {
         var layout = ShardedSafetensors.LayoutOf(modelDir);
         var files = ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
@@ -278,6 +281,15 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         {
             var file = byKey[name];
             var entry = file.Entries[name];
+            if (growVocabSeed is long seed && name is "model.embed_tokens.weight" or "lm_head.weight" or "lm_head.bias"
+                && entry.Shape.Length == parameter.shape.Length && entry.Shape[0] < parameter.shape[0] && entry.Shape.Skip(1).SequenceEqual(parameter.shape.Skip(1)))
+            {
+                if (name == "lm_head.bias") parameter.zero_();
+                else parameter.normal_(0, Config.InitializerRange, new Generator((ulong)seed + (name == "lm_head.weight" ? 1UL : 0UL)));
+                using var rows = file.Read(name);
+                parameter.narrow(0, 0, entry.Shape[0]).copy_(rows);
+                continue;
+            }
             if (!entry.Shape.SequenceEqual(parameter.shape))
                 throw new UserError($"{file.Path}: tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] but config.json implies [{string.Join(", ", parameter.shape)}].");
             if (entry.DType is not ("F32" or "BF16" or "F16" or "F64"))

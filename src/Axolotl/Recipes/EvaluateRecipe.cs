@@ -29,7 +29,7 @@ public static class EvaluateRecipe
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, reporter);
 
         using var scope = NewDisposeScope();
-        var model = ModelLoading.LoadTrained(config, architecture, "evaluate", reporter);
+        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "evaluate", reporter);
 
         var trainer = new Trainer(model, new TrainingOptions
         {

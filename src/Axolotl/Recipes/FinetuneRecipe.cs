@@ -45,12 +45,14 @@ public static class FinetuneRecipe
         bool bf16 = computeType == ScalarType.BFloat16;
         // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
         var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
-        var model = LoadModel(config, architecture, weightType, computeType, reporter);
-        // Axolotl resizes only when the embeddings are smaller than this; resizing itself is not implemented here.
-        if (tokenizer != null && config.ResizeTokenEmbeddingsTo32x && (tokenizer.VocabSize + 31) / 32 * 32 is var padded && padded > model.Config.VocabSize)
-            throw new UserError($"resize_token_embeddings_to_32x: the embeddings ({model.Config.VocabSize} rows) would grow to {padded}; resizing embeddings is not implemented yet.");
-        if (tokenizer != null && tokenizer.VocabSize > model.Config.VocabSize)
-            throw new UserError($"the tokenizer in '{tokenizerDir}' has {tokenizer.VocabSize} tokens but the model's vocab_size is {model.Config.VocabSize}; they do not belong together.");
+        int fileVocab = architecture.VocabSize;
+        var model = LoadModel(config, ModelLoading.WithTokenizerVocab(architecture, config, tokenizer), weightType, computeType, reporter);
+        if (model.Config.VocabSize > fileVocab)
+        {
+            reporter.Info($"Embeddings resized from {fileVocab} to {model.Config.VocabSize} rows for the config's tokens (new rows: normal(0, {model.Config.InitializerRange}), as transformers' resize_token_embeddings).");
+            if (config.Adapter != null && !(config.LoraModulesToSave is { } saved && ConfigTokens.EmbeddingModules.All(saved.Contains)))
+                reporter.Warn("the new tokens' embeddings are not trained by the adapter (set lora_modules_to_save: [embed_tokens, lm_head] to train them).");
+        }
         int maxId = data.Examples.Max(e => e.InputIds.Max());
         if (maxId >= model.Config.VocabSize)
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
@@ -166,7 +168,7 @@ public static class FinetuneRecipe
         state.Save(outputDir);
         ModelCard.Write(outputDir, config, state);
         LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
-        if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir, config.SpecialTokens);
+        if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir, config, tokenizer);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
     }
@@ -209,7 +211,7 @@ public static class FinetuneRecipe
             return model;
         }
         var loaded = CausalLM.Create(architecture, weightType, computeType);
-        loaded.LoadWeights(config.BaseModel);
+        loaded.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
         reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()):N0} parameters).");
         return loaded;
     }
@@ -245,12 +247,16 @@ public static class FinetuneRecipe
         }
     }
 
-    /// <summary>The tokenizer files of <paramref name="from"/> into <paramref name="to"/>, with the config's special_tokens recorded.</summary>
-    internal static void CopyTokenizerFiles(string from, string to, Dictionary<string, string>? specialTokens)
+    /// <summary>
+    /// The tokenizer files of <paramref name="from"/> into <paramref name="to"/>, with what the config changed recorded
+    /// as save_pretrained would: special_tokens, and the added tokens (special_tokens and tokens new to the vocabulary).
+    /// </summary>
+    internal static void CopyTokenizerFiles(string from, string to, AxolotlConfig config, Tokenizer tokenizer)
     {
         if (Path.GetFullPath(from) == Path.GetFullPath(to)) return;
         CopyFiles(from, to);
-        WriteSpecialTokens(specialTokens, to);
+        WriteSpecialTokens(config.SpecialTokens, to);
+        if (config.SpecialTokens is { Count: > 0 } || config.Tokens is { Count: > 0 }) tokenizer.WriteAddedTokens(to);
     }
 
     static void CopyFiles(string from, string to)

@@ -35,8 +35,8 @@ public static class InferenceRecipe
     {
         TorchRuntime.EnsureLoaded();
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
-        var model = ModelLoading.LoadTrained(config, architecture, "inference", reporter);
         var tokenizer = ModelLoading.LoadTokenizer(config);
+        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "inference", reporter);
         return (model, tokenizer);
     }
 

@@ -20,11 +20,13 @@ public static class MergeRecipe
         var adapterDir = config.LoraModelDir ?? config.OutputDir;
         if (!Directory.Exists(adapterDir))
             throw new UserError($"merge-lora: the adapter folder '{adapterDir}' does not exist (set lora_model_dir or --lora-model-dir).");
-        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        // The embeddings grow as in training when the config adds tokens (the adapter's saved embed_tokens/lm_head fill them).
+        var tokenizer = ModelLoading.LoadTokenizer(config);
+        var architecture = ModelLoading.WithTokenizerVocab(DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel), config, tokenizer);
         var storedType = CausalLM.StoredWeightType(config.BaseModel);
         // Merge in fp32 whatever the checkpoint holds, and round to its dtype once, when saving.
         var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
-        model.LoadWeights(config.BaseModel);
+        model.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
         if (QuantizationSettings.FromConfig(config) is { Kind: QuantKind.Nf4 } nf4)
         {
             // Axolotl's merge of a QLoRA adapter (lora_merge.py, simulate_nf4): every weight matrix goes through an
@@ -43,7 +45,7 @@ public static class MergeRecipe
         // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
         var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
         if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
-        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), outputDir, config.SpecialTokens);
+        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), outputDir, config, tokenizer);
         reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
         return outputDir;
     }

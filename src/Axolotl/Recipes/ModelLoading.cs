@@ -29,10 +29,10 @@ public static class ModelLoading
     /// (a QLoRA adapter learned against the NF4 base, so it is scored on that base), plus the adapter from
     /// lora_model_dir, else output_dir.
     /// </summary>
-    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, string command, IRecipeReporter reporter)
+    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, Tokenizer? tokenizer, string command, IRecipeReporter reporter)
     {
         var type = ComputeType(config);
-        var model = FinetuneRecipe.LoadModel(config, architecture, type, type, reporter);
+        var model = FinetuneRecipe.LoadModel(config, WithTokenizerVocab(architecture, config, tokenizer), type, type, reporter);
         QuantizeAsConfigured(model, config, reporter);
         if (config.Adapter is "lora" or "qlora")
         {
@@ -45,18 +45,29 @@ public static class ModelLoading
         return model;
     }
 
-    /// <summary>
-    /// The tokenizer as Axolotl's loader leaves it: special_tokens set (as special added tokens) and tokens added.
-    /// Tokens the vocabulary lacks would need the embeddings resized and the extended tokenizer saved: refused for now.
-    /// </summary>
+    /// <summary>The tokenizer as Axolotl's loader leaves it: special_tokens set (as special added tokens) and tokens added.</summary>
     public static Tokenizer LoadTokenizer(AxolotlConfig config)
     {
-        var dir = config.TokenizerFolder();
-        var tokenizer = Tokenizer.FromFolder(dir);
-        int added = ConfigTokens.Apply(tokenizer, config.SpecialTokens, null, config.Tokens, config.Adapter != null, config.LoraModulesToSave);
-        if (added > 0)
-            throw new UserError($"special_tokens/tokens add {added} token(s) that the tokenizer in '{dir}' does not have; growing the vocabulary " +
-                                "(resized embeddings, an extended tokenizer.json) is not implemented yet: use tokens the vocabulary already holds.");
+        var tokenizer = Tokenizer.FromFolder(config.TokenizerFolder());
+        ConfigTokens.Apply(tokenizer, config.SpecialTokens, null, config.Tokens, config.Adapter != null, config.LoraModulesToSave);
         return tokenizer;
+    }
+
+    /// <summary>
+    /// The architecture with room for every token, as Axolotl's model loader resizes it: to len(tokenizer), rounded up
+    /// to a multiple of 32 with resize_token_embeddings_to_32x, when the embeddings are smaller. Growth is for tokens the
+    /// config adds; a tokenizer that is simply bigger than the model does not belong to it.
+    /// </summary>
+    public static DecoderConfig WithTokenizerVocab(DecoderConfig architecture, AxolotlConfig config, Tokenizer? tokenizer)
+    {
+        if (tokenizer is null) return architecture;
+        int needed = config.ResizeTokenEmbeddingsTo32x ? (tokenizer.VocabSize + 31) / 32 * 32 : tokenizer.VocabSize;
+        if (needed <= architecture.VocabSize) return architecture;
+        bool configAdds = config.SpecialTokens is { Count: > 0 } || config.Tokens is { Count: > 0 } || config.ResizeTokenEmbeddingsTo32x;
+        if (!configAdds)
+            throw new UserError($"the tokenizer in '{config.TokenizerFolder()}' has {tokenizer.VocabSize} tokens but the model's vocab_size is {architecture.VocabSize}; they do not belong together.");
+        var raw = (System.Text.Json.Nodes.JsonObject)architecture.Raw.DeepClone();
+        raw["vocab_size"] = needed;
+        return architecture with { VocabSize = needed, Raw = raw };
     }
 }

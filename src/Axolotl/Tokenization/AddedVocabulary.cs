@@ -17,6 +17,8 @@ sealed class AddedVocabulary
     Matcher _raw = Matcher.Empty, _normalized = Matcher.Empty;
 
     public IEnumerable<string> Contents => _contentToId.Keys;
+    /// <summary>Every added token with its id, in id order (tokenizer.json's added_tokens).</summary>
+    public IEnumerable<(int Id, AddedToken Token)> All => _idToToken.OrderBy(kv => kv.Key).Select(kv => (kv.Key, kv.Value));
     public int? TokenToId(string content) => _contentToId.TryGetValue(content, out var id) ? id : null;
     public string? IdToToken(int id) => _idToToken.TryGetValue(id, out var t) ? t.Content : null;
     public bool IsSpecial(string content) => _special.Contains(content);

@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using System.Text.Json;
 
 namespace Axolotl.Tokenization;
@@ -228,6 +229,44 @@ public sealed class Tokenizer
         _added.Build(_normalizer is null ? null : _normalizer.Normalize);
         _specialTokens[key] = content;
         return VocabSize > before;
+    }
+
+    /// <summary>
+    /// Writes this tokenizer's added tokens (those of the files plus any added since, e.g. from the config's
+    /// special_tokens and tokens) into a copy of its files, as save_pretrained records them: tokenizer.json's
+    /// <c>added_tokens</c> and tokenizer_config.json's <c>added_tokens_decoder</c>. Everything else in the files is kept.
+    /// </summary>
+    public void WriteAddedTokens(string folder)
+    {
+        static JsonObject Entry(AddedToken t) => new()
+        {
+            ["content"] = t.Content, ["single_word"] = t.SingleWord, ["lstrip"] = t.LStrip, ["rstrip"] = t.RStrip,
+            ["normalized"] = t.Normalized, ["special"] = t.Special,
+        };
+        var options = new JsonSerializerOptions { WriteIndented = true };
+        var tokenizerJson = Path.Combine(folder, "tokenizer.json");
+        if (File.Exists(tokenizerJson))
+        {
+            var root = IO.JsonFiles.ReadObject(tokenizerJson);
+            var list = new JsonArray();
+            foreach (var (id, token) in _added.All)
+            {
+                var entry = Entry(token);
+                entry.Insert(0, "id", id);
+                list.Add(entry);
+            }
+            root["added_tokens"] = list;
+            IO.AtomicFile.WriteAllText(tokenizerJson, root.ToJsonString(options));
+        }
+        var configJson = Path.Combine(folder, "tokenizer_config.json");
+        if (File.Exists(configJson))
+        {
+            var root = IO.JsonFiles.ReadObject(configJson);
+            var decoder = new JsonObject();
+            foreach (var (id, token) in _added.All) decoder[id.ToString(System.Globalization.CultureInfo.InvariantCulture)] = Entry(token);
+            root["added_tokens_decoder"] = decoder;
+            IO.AtomicFile.WriteAllText(configJson, root.ToJsonString(options));
+        }
     }
 
     /// <summary>Number of distinct tokens: the model vocabulary plus added tokens not in it (<c>len(tokenizer)</c>).</summary>

@@ -21,12 +21,14 @@ public class SpecialTokensConfigTests
     }
 
     [Fact]
-    public void Tokens_the_vocabulary_lacks_are_refused_by_name_until_embeddings_can_grow()
+    public void A_new_token_grows_the_vocabulary_and_with_an_adapter_Axolotl_demands_trainable_embeddings()
     {
         var full = Load("special_tokens:\n  pad_token: \"<|my_pad|>\"\n", adapter: "");
-        var e = Assert.Throws<UserError>(() => ModelLoading.LoadTokenizer(full));
-        Assert.Contains("not implemented yet", e.Message);
-        // With an adapter and a new non-pad special token, Axolotl's own demand comes first.
+        var plain = ModelLoading.LoadTokenizer(Load(""));
+        var grown = ModelLoading.LoadTokenizer(full);
+        Assert.Equal(plain.VocabSize + 1, grown.VocabSize);
+        Assert.Equal(plain.VocabSize, grown.PadTokenId);
+        // With an adapter and a new non-pad special token, Axolotl's own demand.
         var lora = Load("special_tokens:\n  eos_token: \"<|my_end_of_turn|>\"\n");
         Assert.Contains("lora_modules_to_save", Assert.Throws<UserError>(() => ModelLoading.LoadTokenizer(lora)).Message);
     }
