@@ -187,6 +187,8 @@ public sealed class AxolotlConfig
     // training
     /// <summary>Also write the logged scalars as TensorBoard event files under output_dir/runs/.</summary>
     public bool UseTensorboard { get; set; }
+    /// <summary>Batches in the prepared data's order every epoch (Axolotl's SequentialSampler) instead of shuffled.</summary>
+    public bool CurriculumSampling { get; set; }
     /// <summary>Stop when the logged loss exceeds this for loss_watchdog_patience (default 3) step ends in a row.</summary>
     public double? LossWatchdogThreshold { get; set; }
     public int? LossWatchdogPatience { get; set; }

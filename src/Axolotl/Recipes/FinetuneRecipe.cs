@@ -129,6 +129,7 @@ public static class FinetuneRecipe
             PeakFlops = peakFlops,
             EarlyStoppingPatience = config.EarlyStoppingPatience,
             LossWatchdogThreshold = config.LossWatchdogThreshold,
+            CurriculumSampling = config.CurriculumSampling,
             LossWatchdogPatience = config.LossWatchdogPatience ?? 3,
             MetricForBestModel = config.MetricForBestModel
                 ?? (config.LoadBestModelAtEnd || config.EarlyStoppingPatience != null ? "eval_loss" : null),

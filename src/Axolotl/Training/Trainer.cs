@@ -42,6 +42,8 @@ public sealed record TrainingOptions
     /// <summary>Peak FLOP/s of this machine in the compute dtype; when set, each log entry carries <c>mfu</c>
     /// (tokens/s × <see cref="Flops.PerToken(DecoderConfig,long,long,double)"/> ÷ this).</summary>
     public double? PeakFlops { get; init; }
+    /// <summary>Train on the examples in their prepared order each epoch instead of a seeded shuffle (curriculum_sampling).</summary>
+    public bool CurriculumSampling { get; init; }
     /// <summary>Axolotl's LossWatchDogCallback: stop once the last logged loss exceeded this at Patience step ends in a row.</summary>
     public double? LossWatchdogThreshold { get; init; }
     public int LossWatchdogPatience { get; init; } = 3;
@@ -471,7 +473,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     List<int> EpochOrder(int count, int epoch)
     {
         var order = Enumerable.Range(0, count).ToList();
-        DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
+        // curriculum_sampling: Axolotl's SequentialSampler, the data in its prepared order every epoch.
+        if (!options.CurriculumSampling) DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
         return order;
     }
 

@@ -90,11 +90,11 @@ public class ConfigLoaderTests
         var e = Assert.Throws<UnsupportedKeysError>(() => Parse((Lora + """
 
             lora_fan_in_fan_out: true
-            curriculum_sampling: true
+            peft_layer_replication: true
             lisa_n_layers: 4
             optimizer: muon
             """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_chosen: chosen\n    field_rejected: rejected")));
-        Assert.Equal(["datasets[0].field_chosen", "datasets[0].field_rejected", "lora_fan_in_fan_out", "curriculum_sampling", "lisa_n_layers", "optimizer"], e.Keys);
+        Assert.Equal(["datasets[0].field_chosen", "datasets[0].field_rejected", "lora_fan_in_fan_out", "peft_layer_replication", "lisa_n_layers", "optimizer"], e.Keys);
         Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_chosen: chosen' (4:5), " +
                           "'datasets[0].field_rejected: rejected' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
         Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
@@ -237,9 +237,9 @@ public class ConfigLoaderTests
         Assert.Equal("--flash-attention: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.Equal(("sdpa", "adamw_torch", "--optimizer"), (c.AttnImplementation, c.Optimizer, c.Warnings[1].Split(':')[0]));
 
-        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--curriculum-sampling", "--relora"));
-        Assert.Equal(["lisa_n_layers", "curriculum_sampling", "relora"], e.Keys);
-        Assert.Contains("'curriculum_sampling: true' (--curriculum-sampling)", e.Message);
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--kd-trainer", "--relora"));
+        Assert.Equal(["lisa_n_layers", "kd_trainer", "relora"], e.Keys);
+        Assert.Contains("'kd_trainer: true' (--kd-trainer)", e.Message);
 
         // --no-... turns a refused key off, as leaving it false in the file would.
         c = Parse(Minimal + "\nload_in_8bit: true\nadapter: lora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true\nsample_packing: true\n", "--no-load-in-8bit", "--no-sample-packing");

@@ -34,8 +34,8 @@ public class PackingConfigTests
     {
         var c = Parse("sample_packing: true\nsample_packing_mp_start_method: spawn");
         Assert.Contains("'sample_packing_mp_start_method: spawn' only sets parallelism", Assert.Single(c.Warnings));
-        var e = Assert.Throws<UnsupportedKeysError>(() => Parse("sample_packing: true\nsample_packing_eff_est: 0.95\ncurriculum_sampling: true"));
-        Assert.Equal(["sample_packing_eff_est", "curriculum_sampling"], e.Keys);
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse("sample_packing: true\nsample_packing_eff_est: 0.95"));
+        Assert.Equal(["sample_packing_eff_est"], e.Keys);
         Assert.Contains("'sample_packing_bin_size' must be at least 1", Assert.ThrowsAny<UserError>(() => Parse("sample_packing_bin_size: 0")).Message);
     }
 }

@@ -50,3 +50,34 @@ public class LossWatchdogTests
         Assert.Null(c.LossWatchdogPatience);
     }
 }
+
+/// <summary>curriculum_sampling: Axolotl's SequentialSampler, the prepared order every epoch.</summary>
+public class CurriculumSamplingTests
+{
+    static List<double> StepLosses(List<Example> examples, bool curriculum)
+    {
+        using var scope = NewDisposeScope();
+        var model = CausalLM.FromPretrained(TestSetup.Data("reference", "models", "tiny-llama"), ScalarType.Float32, ScalarType.Float32);
+        var options = new TrainingOptions
+        {
+            LearningRate = 0, LrScheduler = "constant", NumEpochs = 1, LoggingSteps = 1, MicroBatchSize = 1, CurriculumSampling = curriculum,
+        };
+        return new Trainer(model, options).Train(examples).LogHistory.Where(e => e["loss"] != null).Select(e => (double)e["loss"]!).ToList();
+    }
+
+    [Fact]
+    public void With_curriculum_sampling_steps_follow_the_data_order()
+    {
+        var random = new Random(3);
+        var examples = Enumerable.Range(0, 6).Select(i =>
+        {
+            var ids = Enumerable.Range(0, 10 + 3 * i).Select(_ => random.Next(3, 512)).ToArray();
+            return new Example(ids, ids);
+        }).ToList();
+        // Learning rate 0: each step's loss is its example's, so the log shows the order the examples were taken in.
+        var forward = StepLosses(examples, curriculum: true);
+        var backward = StepLosses(Enumerable.Reverse(examples).ToList(), curriculum: true);
+        Assert.Equal(forward.AsEnumerable().Reverse().Select(l => Math.Round(l, 5)), backward.Select(l => Math.Round(l, 5)));
+        Assert.NotEqual(forward.Select(l => Math.Round(l, 5)), StepLosses(examples, curriculum: false).Select(l => Math.Round(l, 5)));
+    }
+}
