@@ -27,6 +27,7 @@ public static class EvaluateRecipe
         manual_seed(config.Seed);
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, reporter);
+        tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
         using var scope = NewDisposeScope();
         var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "evaluate", reporter);

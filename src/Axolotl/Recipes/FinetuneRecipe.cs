@@ -40,6 +40,8 @@ public static class FinetuneRecipe
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
 
         var (data, tokenizer, tokenizerDir) = PreprocessRecipe.Run(config, reporter);
+        // A cache hit skips the tokenizer; training still wants it (pad id, embeddings for added tokens, saved files).
+        tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
         var computeType = ModelLoading.ComputeType(config);
         bool bf16 = computeType == ScalarType.BFloat16;

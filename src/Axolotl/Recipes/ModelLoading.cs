@@ -54,6 +54,14 @@ public static class ModelLoading
     }
 
     /// <summary>
+    /// The tokenizer when the folder has one, else null (pre-tokenized data needs none): what train and evaluate use
+    /// when the data came from the cache without loading it.
+    /// </summary>
+    public static Tokenizer? LoadTokenizerIfPresent(AxolotlConfig config) =>
+        File.Exists(Path.Combine(config.TokenizerFolder(), "tokenizer.json")) || File.Exists(Path.Combine(config.TokenizerFolder(), "tokenizer.model"))
+            ? LoadTokenizer(config) : null;
+
+    /// <summary>
     /// The architecture with room for every token, as Axolotl's model loader resizes it: to len(tokenizer), rounded up
     /// to a multiple of 32 with resize_token_embeddings_to_32x, when the embeddings are smaller. Growth is for tokens the
     /// config adds; a tokenizer that is simply bigger than the model does not belong to it.

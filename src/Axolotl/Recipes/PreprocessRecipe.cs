@@ -26,8 +26,6 @@ public static class PreprocessRecipe
             if (!rebuild && DatasetCache.TryLoad(cacheDir, reporter.Warn) is { } cached)
             {
                 data = cached;
-                // Training still needs the tokenizer (pad id, the saved tokenizer files) when the data had one.
-                if (File.Exists(Path.Combine(tokenizerDir, "tokenizer.json")) || File.Exists(Path.Combine(tokenizerDir, "tokenizer.model"))) GetTokenizer();
                 reporter.Info($"Data: loaded the prepared dataset from {cacheDir} in {watch.Elapsed.TotalSeconds:0.00} s");
             }
         }

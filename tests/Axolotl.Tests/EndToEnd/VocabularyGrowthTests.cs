@@ -67,4 +67,19 @@ public class VocabularyGrowthTests
         using var scope = NewDisposeScope();
         Assert.Equal(513, CausalLM.FromPretrained(dir["out/merged"], ScalarType.Float32, ScalarType.Float32).Config.VocabSize);
     }
+
+    [Fact]
+    public void A_run_from_the_dataset_cache_still_has_its_tokenizer_and_trains_the_same()
+    {
+        using var dir = TestSetup.TempDir();
+        var config = Config(dir, $"tokens: [\"<|brand_new|>\"]\ndataset_prepared_path: {dir["prepared"]}");
+        Assert.Equal(0, Cli.Cli.Run(["train", config]));
+        var first = File.ReadAllText(dir["out/trainer_state.json"]);
+        Directory.Delete(dir["out"], recursive: true);
+        Assert.Equal(0, Cli.Cli.Run(["train", config])); // the data comes from the cache this time
+        Assert.True(File.Exists(dir["out/tokenizer.json"]));
+        Assert.Equal(513, (int)JsonNode.Parse(File.ReadAllText(dir["out/config.json"]))!["vocab_size"]!);
+        static IEnumerable<double> Losses(string state) => JsonNode.Parse(state)!["log_history"]!.AsArray().Where(e => e!["loss"] != null).Select(e => (double)e!["loss"]!);
+        Assert.Equal(Losses(first), Losses(File.ReadAllText(dir["out/trainer_state.json"])));
+    }
 }
