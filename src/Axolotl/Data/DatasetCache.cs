@@ -102,6 +102,7 @@ public static class DatasetCache
         [JsonPropertyName("dropped_too_short")] public int DroppedTooShort { get; set; }
         [JsonPropertyName("truncated")] public int Truncated { get; set; }
         [JsonPropertyName("duplicates")] public int Duplicates { get; set; }
+        [JsonPropertyName("dropped_untrainable")] public int DroppedUntrainable { get; set; }
     }
 
     /// <summary>The cached dataset, or null when there is none; a cache that cannot be read is reported and removed.</summary>
@@ -116,7 +117,7 @@ public static class DatasetCache
             var eval = File.Exists(evalPath) ? ReadArrow(evalPath) : [];
             return new PreparedDataset(train, meta.RowsRead, meta.DroppedTooLong, meta.DroppedTooShort)
             {
-                Eval = eval, Truncated = meta.Truncated, Duplicates = meta.Duplicates, FromCache = true,
+                Eval = eval, Truncated = meta.Truncated, Duplicates = meta.Duplicates, DroppedUntrainable = meta.DroppedUntrainable, FromCache = true,
             };
         }
         catch (Exception e) when (e is not OutOfMemoryException)
@@ -200,7 +201,7 @@ public static class DatasetCache
             File.WriteAllText(Path.Combine(temp, "meta.json"), JsonSerializer.Serialize(new Meta
             {
                 RowsRead = data.RowsRead, DroppedTooLong = data.DroppedTooLong, DroppedTooShort = data.DroppedTooShort,
-                Truncated = data.Truncated, Duplicates = data.Duplicates,
+                Truncated = data.Truncated, Duplicates = data.Duplicates, DroppedUntrainable = data.DroppedUntrainable,
             }));
             if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
             Directory.Move(temp, folder);

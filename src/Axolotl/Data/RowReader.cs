@@ -117,10 +117,8 @@ public static class RowReader
             if (arrows.Count == 0) throw new UserError($"dataset '{folder}': state.json lists no data files.");
             return arrows.SelectMany(f => ReadFile(Path.Combine(folder, f), "arrow", field, bad)).ToList();
         }
-        var files = Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
-            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/'))
-            .Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
-            .Order(StringComparer.Ordinal).ToList();
+        var files = DataCandidates(Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
+            .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/')));
         if (files.Any(f => SplitWord(f) != null))
         {
             var wanted = files.Where(f => SplitWord(f) == split).ToList();
@@ -145,10 +143,14 @@ public static class RowReader
     /// </summary>
     public static List<string> DataFiles(IEnumerable<string> relativePaths)
     {
-        var files = relativePaths.Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
-            .Order(StringComparer.Ordinal).ToList();
+        var files = DataCandidates(relativePaths);
         return files.Any(f => SplitWord(f) != null) ? files.Where(f => SplitWord(f) == "train").ToList() : files;
     }
+
+    /// <summary>A folder's files that may hold data, sorted: no dotfiles or dot-folders, no README/LICENSE/markdown.</summary>
+    static List<string> DataCandidates(IEnumerable<string> relativePaths) =>
+        relativePaths.Where(f => !f.Split('/').Any(part => part.StartsWith('.')) && !IsDocument(Path.GetFileName(f)))
+            .Order(StringComparer.Ordinal).ToList();
 
     static bool IsDocument(string name) =>
         name.StartsWith("README", StringComparison.OrdinalIgnoreCase) || name.StartsWith("LICENSE", StringComparison.OrdinalIgnoreCase) ||

@@ -285,9 +285,14 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
                 && entry.Shape.Length == parameter.shape.Length && entry.Shape[0] < parameter.shape[0] && entry.Shape.Skip(1).SequenceEqual(parameter.shape.Skip(1)))
             {
                 if (name == "lm_head.bias") parameter.zero_();
-                else parameter.normal_(0, Config.InitializerRange, new Generator((ulong)seed + (name == "lm_head.weight" ? 1UL : 0UL)));
+                else
+                {
+                    using var generator = new Generator((ulong)seed + (name == "lm_head.weight" ? 1UL : 0UL));
+                    parameter.normal_(0, Config.InitializerRange, generator);
+                }
                 using var rows = file.Read(name);
-                parameter.narrow(0, 0, entry.Shape[0]).copy_(rows);
+                using var kept = parameter.narrow(0, 0, entry.Shape[0]);
+                kept.copy_(rows);
                 continue;
             }
             if (!entry.Shape.SequenceEqual(parameter.shape))
