@@ -83,8 +83,8 @@ public class ChatTemplatesTests
         var unknown = Assert.Throws<UserError>(() => ChatTemplates.Resolve("chatmll", null, null, Tokens));
         Assert.Contains("'chatmll' not found", unknown.Message);
         Assert.Contains("chatml", unknown.Message);
-        var notBundled = Assert.Throws<UserError>(() => ChatTemplates.Resolve("qwen3", null, null, Tokens));
-        Assert.Contains("qwen3", notBundled.Message);
+        var notBundled = Assert.Throws<UserError>(() => ChatTemplates.Resolve("qwen3_5", null, null, Tokens));
+        Assert.Contains("qwen3_5", notBundled.Message);
         Assert.Contains("chat_template_jinja", notBundled.Message);
     }
 
