@@ -52,6 +52,12 @@ public sealed class DatasetConfig
     /// <summary>Unset follows train_on_eos.</summary>
     public string? TrainOnEot { get; set; }
     public bool DropSystemMessage { get; set; }
+    /// <summary>Move &lt;think&gt;...&lt;/think&gt; (and Axolotl's other reasoning tags) out of assistant content into the thinking key.</summary>
+    public bool SplitThinking { get; set; }
+    /// <summary>The message key the template reads the reasoning from (default reasoning_content).</summary>
+    public string? TemplateThinkingKey { get; set; }
+    /// <summary>Accepted as Axolotl accepts it; it has no effect there (see ConfigLoader's warning).</summary>
+    public string? FieldThinking { get; set; }
     /// <summary><c>type:</c> given as a mapping (Axolotl's user_defined format).</summary>
     public UserDefinedFormat? UserDefined { get; internal set; }
     /// <summary>Where this entry sits in the YAML file, for messages about its rows.</summary>
@@ -146,6 +152,8 @@ public sealed class AxolotlConfig
     public string? ChatTemplate { get; set; }
     /// <summary>With chat_template: jinja, the template text or the path of a .jinja file.</summary>
     public string? ChatTemplateJinja { get; set; }
+    /// <summary>The tokens that end a turn, trained per train_on_eot; unset: the tokenizer's EOS.</summary>
+    public List<string>? EotTokens { get; set; }
 
     /// <summary>The folder the tokenizer comes from: tokenizer_config, else base_model_config, else base_model.</summary>
     public string TokenizerFolder() => TokenizerConfig ?? BaseModelConfig ?? BaseModel;

@@ -219,6 +219,8 @@ public static class ConfigLoader
                 foreach (var (k, value) in new[] { ("train_on_eos", d.TrainOnEos), ("train_on_eot", d.TrainOnEot) })
                     if (value is not (null or "all" or "turn" or "last" or "none"))
                         throw new UserError($"{valueSpots[k].Full}: '{k}' must be all, turn, last or none, not '{value}'.");
+                if (d.FieldThinking != null)
+                    Warn(valueSpots["field_thinking"], $"{name("field_thinking")} has no effect, as in Axolotl (its message_property_mappings always holds role and content, which turns off the default that reads field_thinking); map it with message_property_mappings: {{reasoning_content: {d.FieldThinking}}}.");
                 if (d.ShardsIdx is int idx && (d.Shards is not int shards || idx < 0 || idx >= shards))
                     throw new UserError($"{valueSpots["shards_idx"].Full}: shards_idx must be between 0 and shards - 1, with shards set.");
                 list.Add(d);

@@ -28,11 +28,14 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
 public static class DatasetBuilder
 {
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null,
-        Func<DatasetConfig, IChatTemplate>? chatTemplate = null)
+        Func<DatasetConfig, IChatTemplate>? chatTemplate = null, Action<string>? warn = null)
     {
         var bad = new BadRows(config.BadRows == "skip");
-        chatTemplate ??= d => ResolveChatTemplate(config, d, tokenizer(), warn: null);
-        var context = new StrategyContext(tokenizer, config.SequenceLen, config.TrainOnInputs) { ChatTemplate = chatTemplate };
+        chatTemplate ??= d => ResolveChatTemplate(config, d, tokenizer(), warn);
+        var context = new StrategyContext(tokenizer, config.SequenceLen, config.TrainOnInputs)
+        {
+            ChatTemplate = chatTemplate, EotTokens = config.EotTokens, Warn = warn,
+        };
         var (examples, rowsRead) = Tokenize(config.Datasets, "train", config, context, bad, progress);
         if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
         var (tooLong, tooShort, truncated) = HandleLength(examples, config);

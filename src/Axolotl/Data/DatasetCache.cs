@@ -42,6 +42,7 @@ public static class DatasetCache
             ["tokens"] = config.Tokens is { } tokens ? JsonSerializer.SerializeToNode(tokens) : null,
             ["chat_template"] = config.ChatTemplate,
             ["chat_template_jinja"] = FileOrText(config.ChatTemplateJinja),
+            ["eot_tokens"] = config.EotTokens is { } eot ? new JsonArray(eot.Select(t => (JsonNode)t).ToArray()) : null,
             ["tokenizer"] = TokenizerDigest(config, tokenizerDir),
         };
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(parts.ToJsonString())))[..32];

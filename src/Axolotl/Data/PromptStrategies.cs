@@ -26,6 +26,8 @@ public sealed record StrategyContext(Func<Tokenizer> Tokenizer, int SequenceLen,
     public Func<DatasetConfig, IChatTemplate>? ChatTemplate { get; init; }
     /// <summary>The config's <c>eot_tokens</c>; null: the tokenizer's EOS.</summary>
     public IReadOnlyList<string>? EotTokens { get; init; }
+    /// <summary>Where a strategy's warnings about the config go (Axolotl logs them).</summary>
+    public Action<string>? Warn { get; init; }
 }
 
 public static class PromptStrategies

@@ -31,7 +31,7 @@ public static class PreprocessRecipe
         }
         if (data == null)
         {
-            data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing);
+            data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing, warn: reporter.Warn);
             if (cacheDir != null)
             {
                 DatasetCache.Save(cacheDir, data);
