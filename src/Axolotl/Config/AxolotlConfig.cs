@@ -28,7 +28,7 @@ public sealed class DatasetConfig
     public List<string>? DataFiles { get; set; }
     /// <summary>A Hub dataset's configuration: the folder of that name inside the dataset.</summary>
     public string? Name { get; set; }
-    /// <summary>Keep one of <c>shards</c> contiguous parts (<c>shards_idx</c>, default 0) of the seeded shuffle.</summary>
+    /// <summary>Keep one of <c>shards</c> contiguous parts (<c>shards_idx</c>, default 0) of the rows shuffled as datasets shuffles them with <c>seed</c>.</summary>
     public int? Shards { get; set; }
     public int? ShardsIdx { get; set; }
     /// <summary>alpaca_chat's prompt style (chat, chatml, instruct, phi).</summary>

@@ -99,18 +99,19 @@ public static class DatasetBuilder
     }
 
     /// <summary>
-    /// Axolotl's shards: shuffle the rows with the seed, then keep the idx-th of n contiguous parts (datasets' shard with
-    /// contiguous=True: the first len % n parts are one row longer).
+    /// Axolotl's shards: <c>dataset.shuffle(seed=seed).shard(n, idx)</c>, that is the rows in the order of NumPy's
+    /// <c>default_rng(seed).permutation</c>, then the idx-th of n contiguous parts (datasets' shard with contiguous=True:
+    /// the first len % n parts are one row longer).
     /// </summary>
     public static IReadOnlyList<Row> Shard(IReadOnlyList<Row> rows, int shards, int index, int seed)
     {
         if (shards < 1 || index < 0 || index >= shards) throw new UserError($"shards_idx {index} must be between 0 and shards - 1 ({shards - 1}).");
-        var shuffled = rows.ToList();
-        Shuffle(shuffled, seed);
-        int div = shuffled.Count / shards, mod = shuffled.Count % shards;
+        if (seed < 0) throw new UserError($"seed {seed} must be non-negative with shards (NumPy's generator, which datasets' shuffle uses, refuses it).");
+        var order = NumpyRandom.DefaultRng(seed).Permutation(rows.Count);
+        int div = rows.Count / shards, mod = rows.Count % shards;
         int start = div * index + Math.Min(index, mod);
         int end = start + div + (index < mod ? 1 : 0);
-        return shuffled.GetRange(start, end - start);
+        return order[start..end].Select(i => rows[i]).ToList();
     }
 
     /// <summary>
