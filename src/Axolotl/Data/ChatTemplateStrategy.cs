@@ -148,8 +148,9 @@ public sealed class ChatTemplateStrategy : IPromptStrategy
     {
         var eos = tokenizer.EosToken;
         var tokens = c.EotTokens?.ToList() ?? (eos is null ? [] : [eos]);
+        // A template without source text (a hand-written IChatTemplate) cannot be checked, as Axolotl skips without one.
         if (source is null) { }
-        else if (tokens.Count == 1 && tokens[0] == eos)
+        else if (tokens is [var only] && only == eos)
         {
             // Axolotl accepts the template naming the variable as well as the token itself.
             if (!source.Contains(eos, StringComparison.Ordinal) && !source.Contains("eos_token", StringComparison.Ordinal))
