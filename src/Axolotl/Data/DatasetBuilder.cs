@@ -22,7 +22,7 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
 
 /// <summary>
 /// Axolotl's data preparation: read each dataset (and keep its shard), apply its prompt strategy, concatenate, shuffle
-/// with the seed (shuffle_merged_datasets), handle sequences outside [min_sample_len, sequence_len] by
+/// with the seed as datasets does (shuffle_merged_datasets), handle sequences outside [min_sample_len, sequence_len] by
 /// excess_length_strategy, drop exact duplicates (dataset_exact_deduplication), split off the validation rows.
 /// </summary>
 public static class DatasetBuilder
@@ -37,7 +37,7 @@ public static class DatasetBuilder
             ChatTemplate = chatTemplate, EotTokens = config.EotTokens, Warn = warn,
         };
         var (examples, rowsRead) = Tokenize(config.Datasets, "train", config, context, bad, progress);
-        if (config.ShuffleMergedDatasets) Shuffle(examples, config.Seed);
+        if (config.ShuffleMergedDatasets) examples = ShuffleAsDatasets(examples, config.Seed);
         var (tooLong, tooShort, truncated) = HandleLength(examples, config);
         int duplicates = config.DatasetExactDeduplication ? Deduplicate(examples) : 0;
         // Axolotl's drop_no_trainable_tokens: a packed sample without a trained token only takes room.
@@ -106,12 +106,21 @@ public static class DatasetBuilder
     public static IReadOnlyList<Row> Shard(IReadOnlyList<Row> rows, int shards, int index, int seed)
     {
         if (shards < 1 || index < 0 || index >= shards) throw new UserError($"shards_idx {index} must be between 0 and shards - 1 ({shards - 1}).");
-        if (seed < 0) throw new UserError($"seed {seed} must be non-negative with shards (NumPy's generator, which datasets' shuffle uses, refuses it).");
-        var order = NumpyRandom.DefaultRng(seed).Permutation(rows.Count);
+        var shuffled = ShuffleAsDatasets(rows, seed);
         int div = rows.Count / shards, mod = rows.Count % shards;
         int start = div * index + Math.Min(index, mod);
         int end = start + div + (index < mod ? 1 : 0);
-        return order[start..end].Select(i => rows[i]).ToList();
+        return shuffled.GetRange(start, end - start);
+    }
+
+    /// <summary>
+    /// Hugging Face datasets' <c>shuffle(seed=seed)</c>, which Axolotl uses for shards and shuffle_merged_datasets: item k
+    /// of the result is item p[k] of the input, p being NumPy's <c>default_rng(seed).permutation(count)</c>.
+    /// </summary>
+    public static List<T> ShuffleAsDatasets<T>(IReadOnlyList<T> items, int seed)
+    {
+        if (seed < 0) throw new UserError($"seed {seed} must be non-negative: datasets' shuffle seeds NumPy's generator with it, which refuses negative seeds.");
+        return NumpyRandom.DefaultRng(seed).Permutation(items.Count).Select(i => items[i]).ToList();
     }
 
     /// <summary>

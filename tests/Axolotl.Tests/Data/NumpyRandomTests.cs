@@ -103,4 +103,19 @@ public class NumpyRandomTests
         Assert.Equal(order[7..], parts[2]);
         Assert.Throws<UserError>(() => DatasetBuilder.Shard(rows, 3, 0, -1));
     }
+
+    [Fact]
+    public void Shuffle_merged_datasets_orders_examples_as_datasets_shuffle_does()
+    {
+        // Pre-tokenized rows whose first id is the row number: after the merged shuffle, example k is row p[k].
+        using var dir = TestSetup.TempDir();
+        File.WriteAllLines(dir["rows.jsonl"], Enumerable.Range(0, 20).Select(i => $$"""{"input_ids": [{{i + 10}}, 5, 6], "labels": [{{i + 10}}, 5, 6]}"""));
+        var config = new Axolotl.Config.AxolotlConfig
+        {
+            BaseModel = TestSetup.Data("tok-tiny512"), LearningRate = 1e-3, SequenceLen = 64, Seed = 7,
+            Datasets = [new Axolotl.Config.DatasetConfig { Path = dir["rows.jsonl"] }],
+        };
+        var built = DatasetBuilder.Build(config, () => Axolotl.Tokenization.Tokenizer.FromFolder(TestSetup.Data("tok-tiny512")));
+        Assert.Equal(NumpyRandom.DefaultRng(7).Permutation(20).Select(i => i + 10), built.Examples.Select(e => e.InputIds[0]));
+    }
 }
