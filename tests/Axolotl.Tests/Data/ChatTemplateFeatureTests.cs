@@ -338,6 +338,20 @@ public class ChatTemplateFeatureTests : IDisposable
     }
 
     [Fact]
+    public void Train_detail_on_a_turn_with_reasoning_counts_offsets_from_the_content_not_the_reasoning()
+    {
+        // The dummy keeps the reasoning, so the span starts at the answer and the offsets fall on " world".
+        const string row = """
+            {"messages": [{"role": "user", "content": "Hi"},
+              {"role": "assistant", "content": "Hello world again", "reasoning_content": "Greet back.",
+               "detail": [{"begin_offset": 5, "end_offset": 10, "train": true}]}]}
+            """;
+        var e = Run(Strategy(imEndEos, Chat(d => d.MessageFieldTrainingDetail = "detail"), Bundled("qwen3", imEndEos)), row);
+        Assert.Contains("<think>\nGreet back.\n</think>\n\nHello world again<|im_end|>", imEndEos.Decode(e.InputIds));
+        Assert.Equal(" world<|im_end|>", imEndEos.Decode(e.InputIds.Where((_, i) => e.Labels[i] != Example.IgnoreIndex)));
+    }
+
+    [Fact]
     public void Reasoning_parts_with_flags_train_only_their_flagged_reasoning_and_not_the_answer()
     {
         // A reasoning training detail without a content one trains the reasoning's flagged parts and leaves the answer
