@@ -344,9 +344,11 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     {
         var kept = Checkpoints(outputDir).Select(x => x.Path).ToList();
         int best = State.BestModelCheckpoint is { } b ? kept.FindIndex(p => Path.GetFullPath(p) == Path.GetFullPath(b)) : -1;
-        if (best >= 0 && kept.Count >= 2)
+        if (best >= 0)
         {
-            (kept[best], kept[^2]) = (kept[^2], kept[best]);
+            // As transformers' _sorted_checkpoints: the best moves up to second newest (the newest stays last), and
+            // a limit of 1 keeps 2 when the best is not the newest.
+            for (int i = best; i < kept.Count - 2; i++) (kept[i], kept[i + 1]) = (kept[i + 1], kept[i]);
             if (limit == 1 && best != kept.Count - 1) limit = 2;
         }
         foreach (var old in kept.Take(Math.Max(0, kept.Count - limit))) DeleteCheckpoint(old);
