@@ -159,6 +159,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
 
     public KvCache NewCache() => new(Config.NumLayers);
 
+    /// <summary>Where the weights live (ModelLoading.Place); batches and everything made from them go there too.</summary>
+    public Device Device => model.embed_tokens.weight.device;
+
     /// <summary>
     /// Summed cross-entropy of next-token predictions over labels != -100 (HF's shift: logits[:, :-1] vs labels[:, 1:]),
     /// and how many tokens it covers. Callers divide by the token count of the whole accumulation window.
@@ -169,7 +172,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     {
         var (hidden, targets) = Predicted(ids, labels, positionIds, sequenceIds);
         long tokens = targets.shape[0];
-        var total = zeros(1, dtype: ScalarType.Float32).sum();
+        var total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).sum();
         for (long start = 0; start < tokens; start += LossChunkRows)
             total = total + ChunkLoss(hidden, targets, start);
         return (total, tokens);

@@ -4,6 +4,7 @@ using Axolotl.Models;
 using Axolotl.Quantization;
 using Axolotl.Runtime;
 using Axolotl.Tokenization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
@@ -29,7 +30,7 @@ public static class ModelLoading
     /// (a QLoRA adapter learned against the NF4 base, so it is scored on that base), plus the adapter from
     /// lora_model_dir, else output_dir.
     /// </summary>
-    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, Tokenizer? tokenizer, string command, IRecipeReporter reporter)
+    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, Tokenizer? tokenizer, string command, IRecipeReporter reporter, Device device)
     {
         var type = ComputeType(config);
         var model = FinetuneRecipe.LoadModel(config, WithTokenizerVocab(architecture, config, tokenizer), type, type, reporter);
@@ -42,6 +43,21 @@ public static class ModelLoading
             var settings = Lora.Load(model, dir);
             reporter.Info($"LoRA adapter from {dir} (r {settings.Rank}, alpha {settings.Alpha}).");
         }
+        return Place(model, device, reporter);
+    }
+
+    /// <summary>The device the config's <c>device</c> key names on this machine (a UserError naming the key when it is not there).</summary>
+    public static Device ResolveDevice(AxolotlConfig config) => ComputeDevice.Resolve(config.Device, config.SourcePath);
+
+    /// <summary>
+    /// Moves a model that was built, loaded, quantized and given its adapter on the CPU to <paramref name="device"/>:
+    /// parameters, buffers, quantized codes and LoRA weights together. Optimizers and parameter lists must be taken
+    /// after this, since moving replaces each parameter. On the CPU nothing moves.
+    /// </summary>
+    public static CausalLM Place(CausalLM model, Device device, IRecipeReporter reporter)
+    {
+        if (device.type != DeviceType.CPU) model.to(device);
+        reporter.Info($"Device: {ComputeDevice.Describe(device)}.");
         return model;
     }
 

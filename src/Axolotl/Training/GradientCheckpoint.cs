@@ -1,4 +1,5 @@
 using Axolotl.Models;
+using Axolotl.Runtime;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -27,6 +28,9 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
         var (layer, positions, x) = ((DecoderLayer)vars[0], (Positions)vars[1], (Tensor)vars[2]);
+        // A CUDA generator's state cannot be read through TorchSharp, so on a GPU the layer runs from a fresh seed
+        // (drawn from the CPU generator) that the recomputation sets again.
+        if (ComputeDevice.IsCuda(x.device)) ctx.save_data("cudaSeed", ComputeDevice.ReseedCuda());
         using (var rng = random.get_rng_state()) ctx.save_data("rng", rng.bytes.ToArray());
         ctx.save_data("layer", layer);
         ctx.save_data("positions", positions);
@@ -53,6 +57,7 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
                     then.bytes = (byte[])ctx.get_data("rng");
                     random.set_rng_state(then);
                 }
+                if (ComputeDevice.IsCuda(x.device)) cuda.manual_seed_all((long)ctx.get_data("cudaSeed"));
                 using (enable_grad()) output = layer.forward(x, positions);
                 random.set_rng_state(now);
             }
