@@ -77,7 +77,14 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     Tensor RunLayers(Tensor h, Positions positions)
     {
         bool recompute = GradientCheckpointing && training && is_grad_enabled();
-        foreach (var layer in layers) h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions) : layer.forward(h, positions);
+        // TorchSharp cannot read a CUDA generator's state, so in GPU training each layer's dropout starts from a seed
+        // drawn from the CPU generator (which checkpoints save): gradient checkpointing sets it again to recompute.
+        bool reseed = training && Runtime.ComputeDevice.IsCuda(h.device);
+        foreach (var layer in layers)
+        {
+            long? cudaSeed = reseed ? Runtime.ComputeDevice.ReseedCuda() : null;
+            h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions, cudaSeed) : layer.forward(h, positions);
+        }
         return norm.forward(h);
     }
 

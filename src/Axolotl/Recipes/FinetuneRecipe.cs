@@ -45,7 +45,7 @@ public static class FinetuneRecipe
         // A cache hit skips the tokenizer; training still wants it (pad id, embeddings for added tokens, saved files).
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
-        var computeType = ModelLoading.ComputeType(config);
+        var computeType = ModelLoading.ComputeType(config, device);
         bool bf16 = computeType == ScalarType.BFloat16;
         // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
         var weightType = config.Adapter != null ? computeType : ScalarType.Float32;

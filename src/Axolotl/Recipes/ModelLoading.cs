@@ -12,9 +12,13 @@ namespace Axolotl.Recipes;
 /// <summary>How every command turns a config into a model: the same precision, quantization and adapter rules.</summary>
 public static class ModelLoading
 {
-    /// <summary>bf16: true, or auto on a CPU with native bf16; else fp32.</summary>
-    public static ScalarType ComputeType(AxolotlConfig config) =>
-        config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16()) ? ScalarType.BFloat16 : ScalarType.Float32;
+    /// <summary>
+    /// bf16: true, or auto on a GPU or on a CPU with native bf16; else fp32. On a GPU auto assumes bf16 support
+    /// (Ampere or newer), as TorchSharp cannot read the compute capability that torch.cuda.is_bf16_supported checks.
+    /// </summary>
+    public static ScalarType ComputeType(AxolotlConfig config, Device? device = null) =>
+        config.Bf16 == "true" || (config.Bf16 == "auto" && (device is not null && ComputeDevice.IsCuda(device) || Hardware.CpuHasBf16()))
+            ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>Quantizes the base's Linear layers as load_in_4bit / load_in_8bit ask, as bitsandbytes would at load time.</summary>
     public static void QuantizeAsConfigured(CausalLM model, AxolotlConfig config, IRecipeReporter reporter)
@@ -32,7 +36,7 @@ public static class ModelLoading
     /// </summary>
     public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, Tokenizer? tokenizer, string command, IRecipeReporter reporter, Device device)
     {
-        var type = ComputeType(config);
+        var type = ComputeType(config, device);
         var model = FinetuneRecipe.LoadModel(config, WithTokenizerVocab(architecture, config, tokenizer), type, type, reporter);
         QuantizeAsConfigured(model, config, reporter);
         if (config.Adapter is "lora" or "qlora")
@@ -57,6 +61,7 @@ public static class ModelLoading
     public static CausalLM Place(CausalLM model, Device device, IRecipeReporter reporter)
     {
         if (device.type != DeviceType.CPU) model.to(device);
+        if (ComputeDevice.IsCuda(device)) Hardware.GpuInUse = true;
         reporter.Info($"Device: {ComputeDevice.Describe(device)}.");
         return model;
     }
