@@ -14,20 +14,21 @@ using static TorchSharp.torch;
 namespace Axolotl.Bench;
 
 /// <summary>
-/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--out results.jsonl]</c>:
+/// <c>axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--device D] [--out results.jsonl]</c>:
 /// matmul peak, preprocessing throughput and training throughput/MFU for one config, as a table and as JSON lines
 /// comparable across commits. With --compare-packing the training benchmark runs twice, sample_packing off and on.
+/// --device (auto, cpu, cuda, cuda:N; default the config's <c>device</c>) runs the matmul peak and the training there.
 /// </summary>
 public static class Bench
 {
     const int MatmulSize = 2048;
     const int MatmulRepetitions = 5;
 
-    const string Usage = "usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--out results.jsonl]";
+    const string Usage = "usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--device auto|cpu|cuda|cuda:N] [--out results.jsonl]";
 
     public static int Run(string[] args)
     {
-        string? configPath = null, outPath = null;
+        string? configPath = null, outPath = null, deviceSetting = null;
         int steps = 10, warmup = 2;
         bool? checkpointing = null;
         bool comparePacking = false;
@@ -46,6 +47,7 @@ public static class Bench
                     checkpointing = Next() switch { "on" => true, "off" => false, var v => throw new UserError($"--gradient-checkpointing needs on or off, not '{v}'.") };
                     break;
                 case "--compare-packing": comparePacking = true; break;
+                case "--device": deviceSetting = Next(); break;
                 case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; {Usage}");
                 default:
                     if (configPath != null) throw new UserError("give one config file.");
@@ -55,6 +57,8 @@ public static class Bench
         if (configPath == null) throw new UserError(Usage);
 
         TorchRuntime.EnsureLoaded();
+        var config = ConfigLoader.Load(configPath, deviceSetting is null ? null : ["--device", deviceSetting]);
+        var device = ModelLoading.ResolveDevice(config);
         var context = new JsonObject
         {
             ["timestamp"] = DateTimeOffset.UtcNow.ToString("o", CultureInfo.InvariantCulture),
@@ -66,6 +70,7 @@ public static class Bench
                 ["cpu_model"] = CpuModel(),
                 ["bf16"] = Hardware.CpuHasBf16(),
                 ["torch_threads"] = get_num_threads(),
+                ["device"] = ComputeDevice.Describe(device),
             },
         };
         var results = new List<JsonObject>();
@@ -77,7 +82,7 @@ public static class Bench
         foreach (var (dtype, name) in new[] { (ScalarType.BFloat16, "bf16"), (ScalarType.Float32, "fp32") })
         {
             AnsiConsole.MarkupLine($"[grey]matmul {MatmulSize}³ {name}…[/]");
-            var gflops = MatmulGflops(dtype);
+            var gflops = MatmulGflops(dtype, device);
             peak[dtype] = Stats.Median(gflops);
             results.Add(new JsonObject
             {
@@ -88,7 +93,6 @@ public static class Bench
         }
 
         // 2. Preprocessing (tokenizer load included, as a run pays it).
-        var config = ConfigLoader.Load(configPath);
         AnsiConsole.MarkupLine("[grey]preprocessing…[/]");
         var clock = Stopwatch.StartNew();
         var (data, tokenizer, tokenizerDir) = PreprocessRecipe.Run(config, new QuietReporter());
@@ -133,7 +137,7 @@ public static class Bench
         {
             config.SamplePacking = packing;
             if (packing) config.PadToSequenceLen ??= true; // as the loader resolves it for sample_packing
-            TrainBench(config, warmup, steps, peak, meanSeq, results, Row);
+            TrainBench(config, device, warmup, steps, peak, meanSeq, results, Row);
         }
 
         // 4. Bytes the frozen base's Linear weights (all but lm_head, what bnb quantizes) hold: bf16, NF4, int8.
@@ -160,7 +164,7 @@ public static class Bench
         return 0;
     }
 
-    static void TrainBench(AxolotlConfig config, int warmup, int steps, Dictionary<ScalarType, double> peak, double meanSeq,
+    static void TrainBench(AxolotlConfig config, Device device, int warmup, int steps, Dictionary<ScalarType, double> peak, double meanSeq,
                            List<JsonObject> results, Action<string, string, string> Row)
     {
         var outputDir = Path.Combine(Path.GetTempPath(), $"axolotl-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");
@@ -171,7 +175,7 @@ public static class Bench
         config.LoggingSteps = 1; // so the tokens/s the trainer reports at each step is that step's own
         config.ResumeFromCheckpoint = null;
         config.AutoResumeFromCheckpoints = false;
-        bool bf16 = ModelLoading.ComputeType(config) == ScalarType.BFloat16;
+        bool bf16 = ModelLoading.ComputeType(config, device) == ScalarType.BFloat16;
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var observer = new StepRecorder();
         AnsiConsole.MarkupLine($"[grey]training {warmup} + {steps} steps{(config.SamplePacking ? ", sample_packing" : "")}…[/]");
@@ -188,6 +192,7 @@ public static class Bench
         double achieved = medianTps * flopsPerToken / 1e9;
         double mfu = achieved / peakInUse;
         long rssKb = Hardware.PeakRssKb();
+        long gpuBytes = observer.PeakGpuBytes;
         results.Add(new JsonObject
         {
             ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter ?? "full",
@@ -205,7 +210,9 @@ public static class Bench
             ["achieved_gflops"] = Round(achieved), ["peak_gflops"] = Round(peakInUse), ["mfu"] = Math.Round(mfu, 5),
             ["mfu_trainer_log_median"] = Math.Round(Stats.Median(observer.LoggedMfu.Where(m => m.Step > warmup).Select(m => m.Mfu).ToList()), 5),
             ["peak_rss_mb"] = Round(rssKb / 1024.0),
+            ["device"] = ComputeDevice.Describe(device),
         });
+        if (gpuBytes > 0) results[^1]["peak_gpu_memory_in_use_mb"] = Round(gpuBytes / 1048576.0);
         string name = config.SamplePacking ? "train (packed)" : "train";
         if (plan.PackingEfficiency is double efficiency)
             Row(name, "packing efficiency", $"{efficiency:F4} ({plan.BatchesPerEpoch} micro-batches per epoch)");
@@ -215,6 +222,7 @@ public static class Bench
         Row(name, "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
         Row(name, $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
         Row("process", $"peak RSS (VmHWM), gradient checkpointing {(config.GradientCheckpointing != "false" ? "on" : "off")}", $"{rssKb / 1024.0:F0} MiB");
+        if (gpuBytes > 0) Row("process", "peak GPU memory in use (cudaMemGetInfo after each step)", $"{gpuBytes / 1048576.0:F0} MiB");
     }
 
     static double Round(double v, int digits = 2) => Math.Round(v, digits);
@@ -253,17 +261,20 @@ public static class Bench
         return lines;
     }
 
-    static List<double> MatmulGflops(ScalarType dtype)
+    static List<double> MatmulGflops(ScalarType dtype, Device device)
     {
         double flops = 2.0 * MatmulSize * MatmulSize * MatmulSize;
-        using var a = randn(MatmulSize, MatmulSize, dtype: dtype);
-        using var b = randn(MatmulSize, MatmulSize, dtype: dtype);
-        using (matmul(a, b)) { } // warm-up: thread pool, kernel selection
+        // CUDA kernels return before they finish: the clock stops only once the device is idle.
+        void Sync() { if (ComputeDevice.IsCuda(device)) cuda.synchronize(device); }
+        using var a = randn(MatmulSize, MatmulSize, dtype: dtype, device: device);
+        using var b = randn(MatmulSize, MatmulSize, dtype: dtype, device: device);
+        using (matmul(a, b)) Sync(); // warm-up: thread pool, kernel selection, cuBLAS handles
         var gflops = new List<double>();
         for (int r = 0; r < MatmulRepetitions; r++)
         {
             var clock = Stopwatch.StartNew();
             using var c = matmul(a, b);
+            Sync();
             gflops.Add(flops / clock.Elapsed.TotalSeconds / 1e9);
         }
         return gflops;
@@ -313,8 +324,10 @@ public static class Bench
         }
         TimeSpan _last;
         public void OnStart(TrainingPlan plan) { Plan = plan; _last = TimeSpan.Zero; }
+        public long PeakGpuBytes = -1;
         public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed)
         {
+            PeakGpuBytes = Math.Max(PeakGpuBytes, Hardware.PeakGpuMemoryInUseBytes());
             Steps.Add((step, (elapsed - _last).TotalSeconds, tokensPerSecond));
             _last = elapsed;
         }

@@ -27,7 +27,8 @@ public static class Cli
                       repo into the Hugging Face cache, print its snapshot folder
           fetch       axolotl fetch examples [--dest DIR]: copy Axolotl.NET's examples (default ./examples)
 
-        Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs.
+        Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs,
+        --device cuda (train, evaluate and inference run on device: auto, cpu, cuda or cuda:N).
         """;
 
     public static int Run(string[] args)

@@ -85,6 +85,6 @@ static class Format
         int step = (int)e["step"]!;
         var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, step) * (plan.TotalSteps - step));
         return string.Create(CultureInfo.InvariantCulture,
-            $"step {step}/{plan.TotalSteps} | loss {(double)e["loss"]!:F4} | grad_norm {(double)e["grad_norm"]!:F4} | lr {(double)e["learning_rate"]!:0.000e+0} | epoch {(double)e["epoch"]!:F2} | {(double)e["tokens_per_second"]!:F0} tok/s{(e["mfu"] is { } mfu ? $" | mfu {(double)mfu:P1}" : "")} | peak RSS {Runtime.Hardware.PeakRssKb() / 1024} MiB | ETA {eta:hh\\:mm\\:ss}");
+            $"step {step}/{plan.TotalSteps} | loss {(double)e["loss"]!:F4} | grad_norm {(double)e["grad_norm"]!:F4} | lr {(double)e["learning_rate"]!:0.000e+0} | epoch {(double)e["epoch"]!:F2} | {(double)e["tokens_per_second"]!:F0} tok/s{(e["mfu"] is { } mfu ? $" | mfu {(double)mfu:P1}" : "")} | peak RSS {Runtime.Hardware.PeakRssKb() / 1024} MiB{(Runtime.Hardware.PeakGpuMemoryInUseBytes() is > 0 and var gpu ? $" | GPU memory {gpu >> 20} MiB" : "")} | ETA {eta:hh\\:mm\\:ss}");
     }
 }

@@ -145,6 +145,11 @@ public sealed class AxolotlConfig
     public bool DatasetExactDeduplication { get; set; }
     /// <summary>fail (default, as Axolotl) or skip: what a row that cannot be used does. Not an Axolotl key.</summary>
     public string BadRows { get; set; } = "fail";
+    /// <summary>
+    /// auto (default), cpu, cuda or cuda:N: where the model and its batches live. Axolotl computes this key itself
+    /// (cuda when torch sees a GPU, else cpu) and overwrites a given value; here auto is that rule and the others pin it.
+    /// </summary>
+    public string Device { get; set; } = "auto";
     /// <summary>Where prepared datasets are cached (Axolotl's default last_run_prepared).</summary>
     public string? DatasetPreparedPath { get; set; }
 

@@ -135,7 +135,7 @@ static class AxolotlKeys
     const string Kernel = "only swaps in a faster GPU kernel; PyTorch's standard ops run instead (same math)";
     const string Memory = "only saves GPU memory; activations are kept for the backward pass instead (same gradients)";
     const string OneProcess = "spreads training over several GPUs; Axolotl.NET trains unsharded in one process (the math of one GPU)";
-    const string Placement = "is GPU placement or memory housekeeping; everything runs in this process on the CPU";
+    const string Placement = "is multi-GPU placement or memory housekeeping; the whole model runs in this process on one device (the 'device' key)";
     const string DataWorkers = "only sets parallelism of data loading; Axolotl.NET tokenizes with its own threads";
     const string NotInSchema = "is not in Axolotl's schema, which drops it, so it has no effect there either; ignored";
 
@@ -173,7 +173,7 @@ static class AxolotlKeys
         ["activation_offloading"] = Memory, ["layer_offloading"] = Memory,
         ["tiled_mlp"] = Memory, ["tiled_mlp_num_shards"] = Memory, ["tiled_mlp_use_original_mlp"] = Memory,
         ["low_cpu_mem_usage"] = Placement, ["device_map"] = Placement, ["max_memory"] = Placement, ["gpu_memory_limit"] = Placement,
-        ["device"] = Placement, ["experimental_skip_move_to_device"] = Placement, ["torch_empty_cache_steps"] = Placement,
+        ["experimental_skip_move_to_device"] = Placement, ["torch_empty_cache_steps"] = Placement,
         ["gc_steps"] = Placement, ["gc_collect_steps"] = Placement,
         // distribution
         ["deepspeed"] = OneProcess + "; its JSON file is not read", ["fsdp"] = OneProcess, ["fsdp_config"] = OneProcess,

@@ -349,8 +349,19 @@ public static class ConfigLoader
         {
             void WarnKey(Entry e, string key, string note) => Warn(e.At, $"'{Shown(key, e.Node)}' {note}.");
 
+            // transformers' device_map naming one device ("cpu", "cuda:0", a GPU number, or {"": …}) puts the whole
+            // model there, which is what 'device' says here; "auto" and per-module maps stay a warning.
+            bool deviceMapped = false;
+            if (set.TryGetValue("device_map", out var deviceMap) && SingleDevice(deviceMap.Node) is { } mapped)
+            {
+                if (spots.ContainsKey("device") && c.Device != mapped)
+                    throw new UserError($"{deviceMap.At.Full}: device_map '{mapped}' and device '{c.Device}' disagree; set only device.");
+                c.Device = mapped;
+                c.Sources["device"] = $"device_map ({deviceMap.At.Short})";
+                deviceMapped = true;
+            }
             foreach (var (key, e) in set)
-                if (AxolotlKeys.Warned.TryGetValue(key, out var note)) WarnKey(e, key, note);
+                if (!(key == "device_map" && deviceMapped) && AxolotlKeys.Warned.TryGetValue(key, out var note)) WarnKey(e, key, note);
 
             // Legacy flags mean an attn_implementation (the first set one in Axolotl's priority order wins).
             string? requested = c.AttnImplementation, from = requested != null ? "attn_implementation" : null;
@@ -438,6 +449,15 @@ public static class ConfigLoader
 
     static IEnumerable<string> Plugins(YamlNode node) =>
         (node is YamlSequenceNode seq ? seq.Children : [node]).OfType<YamlScalarNode>().Select(s => s.Value ?? "");
+
+    /// <summary>The one device a device_map puts everything on (canonical <c>device</c> form), or null.</summary>
+    static string? SingleDevice(YamlNode node) => node switch
+    {
+        YamlScalarNode s when int.TryParse(s.Value, NumberStyles.None, CultureInfo.InvariantCulture, out var gpu) => $"cuda:{gpu}",
+        YamlScalarNode s => Runtime.ComputeDevice.Normalize(s.Value) is { } d and not "auto" ? d : null,
+        YamlMappingNode m when m.Children.Count == 1 && m.Children.Keys.Single() is YamlScalarNode { Value: "" } => SingleDevice(m.Children.Values.Single()),
+        _ => null,
+    };
 
     static bool IsSpeedOnlyPlugin(string plugin) => AxolotlKeys.SpeedOnlyPlugins.Contains(plugin.Split('.')[^1]);
 
@@ -544,6 +564,7 @@ public static class ConfigLoader
         if (c.CosineConstantLrRatio is < 0 or > 1) Fail("'cosine_constant_lr_ratio' must be in [0, 1].");
         if (c.ValSetSize < 0) Fail("'val_set_size' must be 0 (no validation), a fraction below 1, or a row count.");
         if (c.BadRows is not ("fail" or "skip")) Fail($"'bad_rows' must be fail or skip, not '{c.BadRows}'.");
+        c.Device = Runtime.ComputeDevice.Normalize(c.Device) ?? throw new UserError($"{path}: 'device' must be {Runtime.ComputeDevice.Values}, not '{c.Device}'.");
         if (c.MinSampleLen < 1) Fail("'min_sample_len' must be at least 1.");
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");

@@ -77,7 +77,14 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     Tensor RunLayers(Tensor h, Positions positions)
     {
         bool recompute = GradientCheckpointing && training && is_grad_enabled();
-        foreach (var layer in layers) h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions) : layer.forward(h, positions);
+        // TorchSharp cannot read a CUDA generator's state, so in GPU training each layer's dropout starts from a seed
+        // drawn from the CPU generator (which checkpoints save): gradient checkpointing sets it again to recompute.
+        bool reseed = training && Runtime.ComputeDevice.IsCuda(h.device);
+        foreach (var layer in layers)
+        {
+            long? cudaSeed = reseed ? Runtime.ComputeDevice.ReseedCuda() : null;
+            h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions, cudaSeed) : layer.forward(h, positions);
+        }
         return norm.forward(h);
     }
 
@@ -159,6 +166,9 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
 
     public KvCache NewCache() => new(Config.NumLayers);
 
+    /// <summary>Where the weights live (ModelLoading.Place); batches and everything made from them go there too.</summary>
+    public Device Device => model.embed_tokens.weight.device;
+
     /// <summary>
     /// Summed cross-entropy of next-token predictions over labels != -100 (HF's shift: logits[:, :-1] vs labels[:, 1:]),
     /// and how many tokens it covers. Callers divide by the token count of the whole accumulation window.
@@ -169,7 +179,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     {
         var (hidden, targets) = Predicted(ids, labels, positionIds, sequenceIds);
         long tokens = targets.shape[0];
-        var total = zeros(1, dtype: ScalarType.Float32).sum();
+        var total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).sum();
         for (long start = 0; start < tokens; start += LossChunkRows)
             total = total + ChunkLoss(hidden, targets, start);
         return (total, tokens);

@@ -63,7 +63,7 @@ public static class Generation
         model.eval();
         using var noGrad = no_grad();
         using var cache = options.UseCache ? model.NewCache() : null;
-        var generator = options.DoSample ? new Generator(options.Seed) : null;
+        using var generator = options.DoSample ? new Generator(options.Seed) : null;
         var sequence = prompt.ToList();
         var generated = new List<int>();
         try
@@ -73,11 +73,12 @@ public static class Generation
                 using var scope = NewDisposeScope();
                 // With a cache only the newest token goes in; its keys and values join those already cached.
                 var input = cache is null || step == 0 ? sequence : sequence.GetRange(sequence.Count - 1, 1);
-                var logits = model.NextTokenLogits(tensor(input.Select(i => (long)i).ToArray()).unsqueeze(0), cache);
+                var logits = model.NextTokenLogits(tensor(input.Select(i => (long)i).ToArray(), device: model.Device).unsqueeze(0), cache);
                 onLogits?.Invoke(logits);
                 var scores = Process(logits, sequence, options);
                 int next = options.DoSample
-                    ? (int)F.softmax(scores, -1).multinomial(1, false, generator).item<long>()
+                    // Drawn on the host with a CPU generator: the same seed samples the same tokens on any device.
+                    ? (int)F.softmax(scores, -1).cpu().multinomial(1, false, generator).item<long>()
                     : (int)scores.argmax(-1).item<long>();
                 sequence.Add(next);
                 generated.Add(next);
@@ -98,7 +99,7 @@ public static class Generation
         var scores = logits;
         if (o.RepetitionPenalty != 1.0)
         {
-            var seen = tensor(sequence.Distinct().Select(i => (long)i).ToArray()).unsqueeze(0);
+            var seen = tensor(sequence.Distinct().Select(i => (long)i).ToArray(), device: scores.device).unsqueeze(0);
             var picked = scores.gather(1, seen);
             // Dividing a negative logit would raise it, so negative ones are multiplied instead.
             picked = where(picked < 0, picked * o.RepetitionPenalty, picked / o.RepetitionPenalty);
@@ -120,7 +121,7 @@ public static class Generation
             var (sorted, order) = scores.sort(-1, descending: false);
             var cumulative = F.softmax(sorted, -1).cumsum(-1);
             var remove = cumulative <= 1 - o.TopP;
-            remove.index_fill_(-1, tensor(new long[] { remove.shape[^1] - 1 }), false);
+            remove.index_fill_(-1, tensor(new long[] { remove.shape[^1] - 1 }, device: remove.device), false);
             scores = scores.masked_fill(remove.scatter(-1, order, remove), double.NegativeInfinity);
         }
         return scores;

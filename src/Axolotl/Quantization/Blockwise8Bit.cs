@@ -32,7 +32,7 @@ public sealed class Blockwise8Bit : IDisposable
         using var scope = NewDisposeScope();
         for (int e = 0; e < 7; e++)
         {
-            var bounds = linspace(0.1, 1, (1 << e) + 1, dtype: ScalarType.Float32);
+            var bounds = linspace(0.1, 1, (1 << e) + 1, dtype: ScalarType.Float32, device: CPU); // a host table
             var means = (bounds.narrow(0, 0, bounds.shape[0] - 1) + bounds.narrow(0, 1, bounds.shape[0] - 1)) / 2.0;
             // Python multiplies by the float 10**(e-6) (an int for e = 6); torch rounds that scalar to fp32 first.
             var scaled = means * Math.Pow(10, e - 6);
@@ -48,7 +48,8 @@ public sealed class Blockwise8Bit : IDisposable
 
     public static Blockwise8Bit Quantize(Tensor values, int blockSize)
     {
-        var flat = values.detach().to(ScalarType.Float32).contiguous().data<float>().ToArray();
+        // The search over the code runs here in C#, on a host copy; the codes go back where the values were.
+        var flat = values.detach().to(ScalarType.Float32).cpu().contiguous().data<float>().ToArray();
         int blocks = (flat.Length + blockSize - 1) / blockSize;
         var codes = new byte[flat.Length];
         var absmax = new float[blocks];
@@ -61,14 +62,14 @@ public sealed class Blockwise8Bit : IDisposable
             float reciprocal = 1.0f / max;
             for (int i = start; i < end; i++) codes[i] = Nearest(DynamicMap, flat[i] * reciprocal);
         }
-        return new Blockwise8Bit(tensor(codes), tensor(absmax), blockSize);
+        return new Blockwise8Bit(tensor(codes, device: values.device), tensor(absmax, device: values.device), blockSize);
     }
 
     public Tensor Dequantize()
     {
         using var scope = NewDisposeScope();
         long n = Codes.shape[0];
-        var values = tensor(DynamicMap).index_select(0, Codes.to(ScalarType.Int64));
+        var values = tensor(DynamicMap, device: Codes.device).index_select(0, Codes.to(ScalarType.Int64));
         var scale = Absmax.repeat_interleave(BlockSize).narrow(0, 0, n);
         return (values * scale).MoveToOuterDisposeScope();
     }
@@ -90,6 +91,14 @@ public sealed class Blockwise8Bit : IDisposable
         if (lowerPivot == 0) lower = code[0];
         if (x > val) return (byte)(x > (upper + val) * 0.5f ? upperPivot : pivot);
         return (byte)(x < (lower + val) * 0.5f ? lowerPivot : pivot);
+    }
+
+    /// <summary>A copy on <paramref name="device"/>; this one is disposed.</summary>
+    public Blockwise8Bit To(Device device)
+    {
+        var moved = new Blockwise8Bit(Codes.to(device).DetachFromDisposeScope(), Absmax.to(device).DetachFromDisposeScope(), BlockSize);
+        Dispose();
+        return moved;
     }
 
     public void Dispose()

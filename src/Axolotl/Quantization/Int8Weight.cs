@@ -31,6 +31,14 @@ public sealed class Int8Weight : IDisposable
         return new Int8Weight(scaled.to(ScalarType.Int8).MoveToOuterDisposeScope(), absmax.MoveToOuterDisposeScope(), weight.dtype);
     }
 
+    /// <summary>A copy on <paramref name="device"/>; this one is disposed.</summary>
+    public Int8Weight To(Device device)
+    {
+        var moved = new Int8Weight(Codes.to(device).DetachFromDisposeScope(), RowAbsmax.to(device).DetachFromDisposeScope(), DType);
+        Dispose();
+        return moved;
+    }
+
     public Tensor Dequantize(ScalarType? type = null)
     {
         using var scope = NewDisposeScope();

@@ -67,7 +67,7 @@ public sealed class Nf4Weight : IDisposable
     {
         using var scope = NewDisposeScope();
         var (codes, absmax) = Codes(weight);
-        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(4).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L, device: codes.device)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
         Tensor? plainAbsmax = null;
         Blockwise8Bit? nested = null;
         float offset = 0;
@@ -93,7 +93,7 @@ public sealed class Nf4Weight : IDisposable
         var grid = flat.view(blocks, BlockSize);
         var absmax = grid.abs().amax([1]);
         var scaled = grid * absmax.reciprocal().unsqueeze(1);
-        var codes = bucketize(scaled, tensor(Thresholds), right: false);
+        var codes = bucketize(scaled, tensor(Thresholds, device: scaled.device), right: false);
         codes = where(scaled.isnan(), zeros_like(codes), codes).reshape(-1);
         long kept = n + (n & 1);
         return (codes.narrow(0, 0, kept).to(ScalarType.Byte), absmax);
@@ -107,14 +107,25 @@ public sealed class Nf4Weight : IDisposable
     public Tensor Dequantize(ScalarType? type = null)
     {
         using var scope = NewDisposeScope();
-        var high = Packed.bitwise_right_shift(4);
-        var low = Packed.bitwise_and(0x0F);
+        // Shift and mask as tensors on the codes' device (a bare number would become one on the default device).
+        var high = Packed.bitwise_right_shift(tensor(4L, device: Packed.device));
+        var low = Packed.bitwise_and(tensor(0x0FL, device: Packed.device));
         var codes = stack([high, low], 1).reshape(-1).narrow(0, 0, Count).to(ScalarType.Int64);
-        var values = tensor(Codebook).index_select(0, codes);
+        var values = tensor(Codebook, device: codes.device).index_select(0, codes);
         var scale = BlockAbsmax().repeat_interleave(BlockSize).narrow(0, 0, Count);
         var result = (values * scale).to(DType).view(Shape);
         if (type is { } t && t != DType) result = result.to(t);
         return result.MoveToOuterDisposeScope();
+    }
+
+    /// <summary>A copy on <paramref name="device"/>; this one is disposed.</summary>
+    public Nf4Weight To(Device device)
+    {
+        var moved = new Nf4Weight(Packed.to(device).DetachFromDisposeScope(), Absmax?.to(device).DetachFromDisposeScope(),
+            NestedAbsmax?.To(device), Offset, Shape, DType);
+        Packed.Dispose();
+        Absmax?.Dispose();
+        return moved;
     }
 
     /// <summary>Bytes held by the stored tensors (codes and scales).</summary>

@@ -14,21 +14,27 @@ public interface IQuantizedWeight : IDisposable
     /// <summary>The weight in <paramref name="type"/>, rounded first to the dtype it was quantized from (as bnb does).</summary>
     Tensor Dequantize(ScalarType? type = null);
     long Bytes { get; }
+    /// <summary>The same weight on <paramref name="device"/>; this one is disposed when it had to move.</summary>
+    IQuantizedWeight To(Device device);
 }
 
 public sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
 {
+    public Nf4Weight Stored => w;
     public long[] Shape => w.Shape;
     public Tensor Dequantize(ScalarType? type = null) => w.Dequantize(type);
     public long Bytes => w.Bytes;
+    public IQuantizedWeight To(Device device) => Runtime.ComputeDevice.Same(w.Packed.device, device) ? this : new Nf4Quantized(w.To(device));
     public void Dispose() => w.Dispose();
 }
 
 public sealed class Int8Quantized(Int8Weight w) : IQuantizedWeight
 {
+    public Int8Weight Stored => w;
     public long[] Shape => [w.Codes.shape[0], w.Codes.shape[1]];
     public Tensor Dequantize(ScalarType? type = null) => w.Dequantize(type);
     public long Bytes => w.Bytes;
+    public IQuantizedWeight To(Device device) => Runtime.ComputeDevice.Same(w.Codes.device, device) ? this : new Int8Quantized(w.To(device));
     public void Dispose() => w.Dispose();
 }
 
@@ -40,7 +46,7 @@ public sealed class Int8Quantized(Int8Weight w) : IQuantizedWeight
 public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
 {
     public Parameter? bias;
-    public IQuantizedWeight Weight { get; }
+    public IQuantizedWeight Weight { get; private set; }
     public long InFeatures { get; }
     public long OutFeatures { get; }
     /// <summary>bnb_4bit_compute_dtype: inputs are cast to it and outputs back; null computes in the input's dtype.</summary>
@@ -64,6 +70,19 @@ public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
         var b = bias is null ? null : bias.dtype == type ? bias : bias.to(type);
         var y = DequantizedMatmul.apply(input, b, Weight);
         return y.dtype == x.dtype ? y : y.to(x.dtype);
+    }
+
+    /// <summary>Module.to(device) moves parameters and buffers; the codes and scales are neither, so they move here.</summary>
+    protected override nn.Module _to(DeviceType deviceType, int deviceIndex, bool non_blocking)
+    {
+        Weight = Weight.To(new Device(deviceType, deviceType == DeviceType.CUDA ? deviceIndex : -1));
+        return base._to(deviceType, deviceIndex, non_blocking);
+    }
+
+    protected override nn.Module _to(Device device, ScalarType dtype, bool non_blocking)
+    {
+        Weight = Weight.To(device);
+        return base._to(device, dtype, non_blocking);
     }
 
     /// <summary>Bytes of the stored weight (codes and scales), without the bias.</summary>

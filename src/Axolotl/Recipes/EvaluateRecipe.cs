@@ -25,12 +25,13 @@ public static class EvaluateRecipe
     {
         TorchRuntime.EnsureLoaded();
         manual_seed(config.Seed);
+        var device = ModelLoading.ResolveDevice(config);
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, reporter);
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
         using var scope = NewDisposeScope();
-        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "evaluate", reporter);
+        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "evaluate", reporter, device);
 
         var trainer = new Trainer(model, new TrainingOptions
         {

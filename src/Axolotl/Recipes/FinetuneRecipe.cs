@@ -36,6 +36,8 @@ public static class FinetuneRecipe
         TorchRuntime.EnsureLoaded();
         var outputDir = PrepareOutputDir(config.OutputDir);
         manual_seed(config.Seed);
+        // A GPU that is not there should fail before minutes of tokenization too.
+        var device = ModelLoading.ResolveDevice(config);
         // Read the architecture first: a wrong model path should fail before minutes of tokenization.
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
 
@@ -43,7 +45,7 @@ public static class FinetuneRecipe
         // A cache hit skips the tokenizer; training still wants it (pad id, embeddings for added tokens, saved files).
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
-        var computeType = ModelLoading.ComputeType(config);
+        var computeType = ModelLoading.ComputeType(config, device);
         bool bf16 = computeType == ScalarType.BFloat16;
         // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
         var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
@@ -92,6 +94,7 @@ public static class FinetuneRecipe
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
         model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
+        ModelLoading.Place(model, device, reporter);
         reporter.Info($"Precision: {(bf16 ? "bf16 compute, fp32 trainable weights" : "fp32")} (bf16: {config.Bf16}).");
 
         var packing = new PackingOptions

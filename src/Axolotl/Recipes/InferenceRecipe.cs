@@ -34,9 +34,10 @@ public static class InferenceRecipe
     public static (CausalLM Model, Tokenizer Tokenizer) Load(AxolotlConfig config, IRecipeReporter reporter)
     {
         TorchRuntime.EnsureLoaded();
+        var device = ModelLoading.ResolveDevice(config);
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
         var tokenizer = ModelLoading.LoadTokenizer(config);
-        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "inference", reporter);
+        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "inference", reporter, device);
         return (model, tokenizer);
     }
 

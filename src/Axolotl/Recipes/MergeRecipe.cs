@@ -17,6 +17,8 @@ public static class MergeRecipe
     public static string Run(AxolotlConfig config, IRecipeReporter reporter)
     {
         TorchRuntime.EnsureLoaded();
+        // Folding B·A into W is one matmul per layer: no reason to need a GPU, and the result is written from host memory.
+        if (config.Device.StartsWith("cuda", StringComparison.Ordinal)) reporter.Info($"merge-lora works on the CPU (device: {config.Device} applies to train, evaluate and inference).");
         var adapterDir = config.LoraModelDir ?? config.OutputDir;
         if (!Directory.Exists(adapterDir))
             throw new UserError($"merge-lora: the adapter folder '{adapterDir}' does not exist (set lora_model_dir or --lora-model-dir).");

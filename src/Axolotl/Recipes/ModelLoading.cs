@@ -4,6 +4,7 @@ using Axolotl.Models;
 using Axolotl.Quantization;
 using Axolotl.Runtime;
 using Axolotl.Tokenization;
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
@@ -11,9 +12,13 @@ namespace Axolotl.Recipes;
 /// <summary>How every command turns a config into a model: the same precision, quantization and adapter rules.</summary>
 public static class ModelLoading
 {
-    /// <summary>bf16: true, or auto on a CPU with native bf16; else fp32.</summary>
-    public static ScalarType ComputeType(AxolotlConfig config) =>
-        config.Bf16 == "true" || (config.Bf16 == "auto" && Hardware.CpuHasBf16()) ? ScalarType.BFloat16 : ScalarType.Float32;
+    /// <summary>
+    /// bf16: true, or auto on a GPU or on a CPU with native bf16; else fp32. On a GPU auto assumes bf16 support
+    /// (Ampere or newer), as TorchSharp cannot read the compute capability that torch.cuda.is_bf16_supported checks.
+    /// </summary>
+    public static ScalarType ComputeType(AxolotlConfig config, Device? device = null) =>
+        config.Bf16 == "true" || (config.Bf16 == "auto" && (device is not null && ComputeDevice.IsCuda(device) || Hardware.CpuHasBf16()))
+            ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>Quantizes the base's Linear layers as load_in_4bit / load_in_8bit ask, as bitsandbytes would at load time.</summary>
     public static void QuantizeAsConfigured(CausalLM model, AxolotlConfig config, IRecipeReporter reporter)
@@ -29,9 +34,9 @@ public static class ModelLoading
     /// (a QLoRA adapter learned against the NF4 base, so it is scored on that base), plus the adapter from
     /// lora_model_dir, else output_dir.
     /// </summary>
-    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, Tokenizer? tokenizer, string command, IRecipeReporter reporter)
+    public static CausalLM LoadTrained(AxolotlConfig config, DecoderConfig architecture, Tokenizer? tokenizer, string command, IRecipeReporter reporter, Device device)
     {
-        var type = ComputeType(config);
+        var type = ComputeType(config, device);
         var model = FinetuneRecipe.LoadModel(config, WithTokenizerVocab(architecture, config, tokenizer), type, type, reporter);
         QuantizeAsConfigured(model, config, reporter);
         if (config.Adapter is "lora" or "qlora")
@@ -42,6 +47,22 @@ public static class ModelLoading
             var settings = Lora.Load(model, dir);
             reporter.Info($"LoRA adapter from {dir} (r {settings.Rank}, alpha {settings.Alpha}).");
         }
+        return Place(model, device, reporter);
+    }
+
+    /// <summary>The device the config's <c>device</c> key names on this machine (a UserError naming the key when it is not there).</summary>
+    public static Device ResolveDevice(AxolotlConfig config) => ComputeDevice.Resolve(config.Device, config.SourcePath);
+
+    /// <summary>
+    /// Moves a model that was built, loaded, quantized and given its adapter on the CPU to <paramref name="device"/>:
+    /// parameters, buffers, quantized codes and LoRA weights together. Optimizers and parameter lists must be taken
+    /// after this, since moving replaces each parameter. On the CPU nothing moves.
+    /// </summary>
+    public static CausalLM Place(CausalLM model, Device device, IRecipeReporter reporter)
+    {
+        if (device.type != DeviceType.CPU) model.to(device);
+        if (ComputeDevice.IsCuda(device)) Hardware.GpuInUse = true;
+        reporter.Info($"Device: {ComputeDevice.Describe(device)}.");
         return model;
     }
 

@@ -18,15 +18,20 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
 {
     public override string Name => nameof(GradientCheckpoint);
 
-    /// <summary>layer(x, positions) with the activations inside the layer recomputed in backward instead of kept.</summary>
-    public static Tensor Run(DecoderLayer layer, Tensor x, Positions positions) =>
-        apply([layer, positions, x, .. TrainableWeights(layer)]);
+    /// <summary>
+    /// layer(x, positions) with the activations inside the layer recomputed in backward instead of kept.
+    /// <paramref name="cudaSeed"/>: the seed the CUDA generators were given just before (GPU dropout), set again for the
+    /// recomputation, since TorchSharp cannot save and restore a CUDA generator's state as it does the CPU one's.
+    /// </summary>
+    public static Tensor Run(DecoderLayer layer, Tensor x, Positions positions, long? cudaSeed = null) =>
+        apply([layer, positions, cudaSeed ?? (object)false, x, .. TrainableWeights(layer)]);
 
     static IEnumerable<Tensor> TrainableWeights(DecoderLayer layer) => layer.parameters().Where(p => p.requires_grad);
 
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
-        var (layer, positions, x) = ((DecoderLayer)vars[0], (Positions)vars[1], (Tensor)vars[2]);
+        var (layer, positions, x) = ((DecoderLayer)vars[0], (Positions)vars[1], (Tensor)vars[3]);
+        ctx.save_data("cudaSeed", vars[2]);
         using (var rng = random.get_rng_state()) ctx.save_data("rng", rng.bytes.ToArray());
         ctx.save_data("layer", layer);
         ctx.save_data("positions", positions);
@@ -53,6 +58,7 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
                     then.bytes = (byte[])ctx.get_data("rng");
                     random.set_rng_state(then);
                 }
+                if (ctx.get_data("cudaSeed") is long cudaSeed) cuda.manual_seed_all(cudaSeed);
                 using (enable_grad()) output = layer.forward(x, positions);
                 random.set_rng_state(now);
             }
@@ -60,6 +66,6 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
             // The engine takes the gradients after this returns; until then they belong to the caller's scope.
             foreach (var g in grads) g.MoveToOuterDisposeScope();
         }
-        return [null!, null!, inputNeedsGrad ? grads[0] : null!, .. grads.Skip(inputNeedsGrad ? 1 : 0)];
+        return [null!, null!, null!, inputNeedsGrad ? grads[0] : null!, .. grads.Skip(inputNeedsGrad ? 1 : 0)];
     }
 }

@@ -143,7 +143,7 @@ public abstract class TrainingOptimizer : IDisposable
             {
                 var shape = p.Parameter.shape;
                 return shape.Length >= 2
-                    ? new[] { zeros(shape[..^1], dtype: ScalarType.Float32), zeros([.. shape[..^2], shape[^1]], dtype: ScalarType.Float32) }
+                    ? new[] { zeros(shape[..^1], dtype: ScalarType.Float32, device: p.Parameter.device), zeros([.. shape[..^2], shape[^1]], dtype: ScalarType.Float32, device: p.Parameter.device) }
                     : [zeros_like(p.Parameter, dtype: ScalarType.Float32)];
             }).ToList();
         }

@@ -3,6 +3,7 @@ using System.Text.Json.Nodes;
 using Axolotl.Data;
 using Axolotl.IO;
 using Axolotl.Models;
+using Axolotl.Runtime;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -145,6 +146,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         double flopsPerToken = examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
 
+        var device = model.Device;
         using var optimizer = TrainingOptimizer.Create(o.Optimizer, trainable, o);
         var parameters = trainable.Select(p => p.parameter).ToList();
         model.train();
@@ -187,12 +189,11 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 var window = Enumerable.Range(first, Math.Min(o.GradientAccumulationSteps, batches.Count - first)).Select(i => batches[i]).ToList();
                 long windowTokens = window.Sum(b => b.TrainableTokens);
                 double windowLoss = 0;
+                if (ComputeDevice.IsCuda(device)) ComputeDevice.ReseedCuda(); // GPU dropout follows the CPU generator a checkpoint saves
                 foreach (var batch in window)
                 {
                     using var scope = NewDisposeScope();
-                    using var ids = tensor(batch.InputIds, [batch.Rows, batch.Length]);
-                    using var labels = tensor(batch.Labels, [batch.Rows, batch.Length]);
-                    var (positionIds, sequenceIds) = PackedTensors(batch);
+                    var (ids, labels, positionIds, sequenceIds) = ToTensors(batch, device);
                     var (sum, _) = model.LossSumBackward(ids, labels, 1.0 / Math.Max(1, windowTokens), positionIds, sequenceIds);
                     windowLoss += sum / Math.Max(1, windowTokens);
                     tokensSinceLog += batch.RealTokens;
@@ -431,9 +432,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             foreach (var batch in EvalBatches(eval))
             {
                 using var scope = NewDisposeScope();
-                var (positionIds, sequenceIds) = PackedTensors(batch);
-                var (sum, tokens) = model.LossSum(tensor(batch.InputIds, [batch.Rows, batch.Length]), tensor(batch.Labels, [batch.Rows, batch.Length]),
-                                                  positionIds, sequenceIds);
+                var (ids, labels, positionIds, sequenceIds) = ToTensors(batch, model.Device);
+                var (sum, tokens) = model.LossSum(ids, labels, positionIds, sequenceIds);
                 batches++;
                 if (tokens == 0) continue;
                 weighted += sum.item<float>() / tokens * batch.Rows;
@@ -516,9 +516,13 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         return Collate(eval, order.Chunk(options.EvalBatchSize ?? options.MicroBatchSize));
     }
 
-    static (Tensor? PositionIds, Tensor? SequenceIds) PackedTensors(Batch batch) =>
-        batch.PositionIds is null ? (null, null)
-            : (tensor(batch.PositionIds, [batch.Rows, batch.Length]), tensor(batch.SequenceIds!, [batch.Rows, batch.Length]));
+    /// <summary>A batch as tensors on the model's device (position and sequence ids only for packed rows).</summary>
+    static (Tensor Ids, Tensor Labels, Tensor? PositionIds, Tensor? SequenceIds) ToTensors(Batch batch, Device device)
+    {
+        Tensor Make(long[] values) => tensor(values, [batch.Rows, batch.Length], device: device);
+        return (Make(batch.InputIds), Make(batch.Labels),
+            batch.PositionIds is null ? null : Make(batch.PositionIds), batch.PositionIds is null ? null : Make(batch.SequenceIds!));
+    }
 
     /// <summary>Each group of example indices as one batch, right-padded to its longest row.</summary>
     IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups)
