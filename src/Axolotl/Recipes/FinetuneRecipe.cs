@@ -45,8 +45,9 @@ public static class FinetuneRecipe
 
         var computeType = ModelLoading.ComputeType(config);
         bool bf16 = computeType == ScalarType.BFloat16;
-        // Frozen base weights can live in the compute dtype; trained weights stay fp32 (master copies) and are cast on use.
-        var weightType = config.Adapter != null ? computeType : ScalarType.Float32;
+        // Weights live in the compute dtype; a full fine-tune's fp32 master copies live in the optimizer (Optimizers.cs),
+        // and LoRA's adapter weights are fp32 themselves.
+        var weightType = computeType;
         int fileVocab = architecture.VocabSize;
         var model = LoadModel(config, ModelLoading.WithTokenizerVocab(architecture, config, tokenizer), weightType, computeType, reporter);
         if (model.Config.VocabSize > fileVocab)
