@@ -150,10 +150,12 @@ public abstract class TrainingOptimizer : IDisposable
             {
                 if (Gradient(slot) is not { } g) continue;
                 if (g.dtype == ScalarType.Float32) { double n = g.norm().item<float>(); squares += n * n; continue; }
+                // Pieces big enough to cost few calls, small enough that their fp32 copies stay in the heap.
+                const long NormChunk = 8 * ChunkElements;
                 using var flat = g.reshape(-1);
-                for (long start = 0; start < flat.shape[0]; start += ChunkElements)
+                for (long start = 0; start < flat.shape[0]; start += NormChunk)
                 {
-                    using var chunk = flat.narrow(0, start, Math.Min(ChunkElements, flat.shape[0] - start));
+                    using var chunk = flat.narrow(0, start, Math.Min(NormChunk, flat.shape[0] - start));
                     using var chunk32 = chunk.to(ScalarType.Float32);
                     double n = chunk32.norm().item<float>();
                     squares += n * n;

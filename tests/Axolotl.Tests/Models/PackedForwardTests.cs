@@ -203,13 +203,13 @@ public class LossGradientTests
     {
         using var scope = NewDisposeScope();
         var json = family == "gemma2" ? NewFamilyTests.Gemma2() : NewFamilyTests.Llama("llama");
-        json["vocab_size"] = 100_000; // 41 rows per chunk: the 70 trained positions below take two
+        json["vocab_size"] = 200_000; // 40 rows per chunk: the 70 trained positions below take two
         var type = bf16 ? ScalarType.BFloat16 : ScalarType.Float32;
         var model = CausalLM.Create(NewFamilyTests.FromJson(json), type, type);
         model.InitializeWeights(3);
         model.eval();
         var random = new Random(5);
-        var ids = tensor(Enumerable.Range(0, 80).Select(_ => (long)random.Next(3, 100_000)).ToArray(), [2, 40]);
+        var ids = tensor(Enumerable.Range(0, 80).Select(_ => (long)random.Next(3, 200_000)).ToArray(), [2, 40]);
         var labels = ids.clone();
         labels[0, ..9] = tensor(-100L);
         var (sum, tokens) = model.LossSumBackward(ids, labels, 1.0 / 7);
