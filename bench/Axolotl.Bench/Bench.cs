@@ -77,7 +77,7 @@ public static class Bench
         foreach (var (dtype, name) in new[] { (ScalarType.BFloat16, "bf16"), (ScalarType.Float32, "fp32") })
         {
             AnsiConsole.MarkupLine($"[grey]matmul {MatmulSize}³ {name}…[/]");
-            var gflops = MatmulGflops(dtype);
+            var gflops = Flops.MeasureMatmulGflops(dtype, MatmulSize, MatmulRepetitions);
             peak[dtype] = Stats.Median(gflops);
             results.Add(new JsonObject
             {
@@ -251,22 +251,6 @@ public static class Bench
             });
         }
         return lines;
-    }
-
-    static List<double> MatmulGflops(ScalarType dtype)
-    {
-        double flops = 2.0 * MatmulSize * MatmulSize * MatmulSize;
-        using var a = randn(MatmulSize, MatmulSize, dtype: dtype);
-        using var b = randn(MatmulSize, MatmulSize, dtype: dtype);
-        using (matmul(a, b)) { } // warm-up: thread pool, kernel selection
-        var gflops = new List<double>();
-        for (int r = 0; r < MatmulRepetitions; r++)
-        {
-            var clock = Stopwatch.StartNew();
-            using var c = matmul(a, b);
-            gflops.Add(flops / clock.Elapsed.TotalSeconds / 1e9);
-        }
-        return gflops;
     }
 
     internal static string CpuModel()
