@@ -62,7 +62,7 @@ public abstract class TrainingOptimizer : IDisposable
     {
         public readonly Parameter Parameter = parameter;
         public readonly double WeightDecay = weightDecay, LrScale = lrScale;
-        public readonly Tensor Master = parameter.dtype == ScalarType.Float32 ? parameter : parameter.detach().to(ScalarType.Float32);
+        public readonly Tensor Master = parameter.dtype == ScalarType.Float32 ? parameter : parameter.detach().to(ScalarType.Float32).DetachFromDisposeScope();
         public bool HasSeparateMaster => !ReferenceEquals(Master, Parameter);
         /// <summary>fp32 sum of collected low-precision gradients (<see cref="CollectGradients"/>), else null.</summary>
         public Tensor? GradSum;
@@ -80,6 +80,9 @@ public abstract class TrainingOptimizer : IDisposable
         protected long StepCount;
 
         protected Manual(List<Slot> slots) => Slots = slots;
+
+        /// <summary>State lives as long as the optimizer, whatever dispose scope it is created in; Dispose frees it.</summary>
+        protected static Tensor Persistent(Tensor t) => t.DetachFromDisposeScope();
 
         /// <summary>Per-slot state tensors (fp32, the parameter's shape unless the rule says otherwise).</summary>
         protected abstract IEnumerable<Tensor> StateOf(int slot);
@@ -170,7 +173,8 @@ public abstract class TrainingOptimizer : IDisposable
             foreach (var slot in Slots)
             {
                 if (!slot.HasSeparateMaster || slot.Parameter.grad is not { } g) continue;
-                slot.GradSum ??= zeros_like(slot.Master);
+                // Created inside a micro-batch's dispose scope, but lives for the whole run.
+                slot.GradSum ??= zeros_like(slot.Master).DetachFromDisposeScope();
                 slot.GradSum.add_(g);
                 g.zero_();
             }
@@ -224,7 +228,7 @@ public abstract class TrainingOptimizer : IDisposable
         public AdamW(List<Slot> slots, double beta1, double beta2, double eps) : base(slots)
         {
             (_beta1, _beta2, _eps) = (beta1, beta2, eps);
-            _moments = Slots.Select(s => (zeros_like(s.Master), zeros_like(s.Master))).ToList();
+            _moments = Slots.Select(s => (Persistent(zeros_like(s.Master)), Persistent(zeros_like(s.Master)))).ToList();
         }
 
         protected override IEnumerable<Tensor> StateOf(int slot) => [_moments[slot].M, _moments[slot].V];
@@ -265,7 +269,7 @@ public abstract class TrainingOptimizer : IDisposable
         public Lion(List<Slot> slots, double beta1, double beta2) : base(slots)
         {
             (_beta1, _beta2) = (beta1, beta2);
-            _momentum = Slots.Select(s => zeros_like(s.Master)).ToList();
+            _momentum = Slots.Select(s => Persistent(zeros_like(s.Master))).ToList();
         }
 
         protected override IEnumerable<Tensor> StateOf(int slot) => [_momentum[slot]];
@@ -296,8 +300,8 @@ public abstract class TrainingOptimizer : IDisposable
             {
                 var shape = s.Master.shape;
                 return shape.Length >= 2
-                    ? new[] { zeros(shape[..^1], dtype: ScalarType.Float32), zeros([.. shape[..^2], shape[^1]], dtype: ScalarType.Float32) }
-                    : [zeros_like(s.Master)];
+                    ? new[] { Persistent(zeros(shape[..^1], dtype: ScalarType.Float32)), Persistent(zeros([.. shape[..^2], shape[^1]], dtype: ScalarType.Float32)) }
+                    : [Persistent(zeros_like(s.Master))];
             }).ToList();
         }
 
