@@ -82,7 +82,7 @@ public static class Bench
         foreach (var (dtype, name) in new[] { (ScalarType.BFloat16, "bf16"), (ScalarType.Float32, "fp32") })
         {
             AnsiConsole.MarkupLine($"[grey]matmul {MatmulSize}³ {name}…[/]");
-            var gflops = MatmulGflops(dtype, device);
+            var gflops = Flops.MeasureMatmulGflops(dtype, MatmulSize, MatmulRepetitions, device);
             peak[dtype] = Stats.Median(gflops);
             results.Add(new JsonObject
             {
@@ -259,25 +259,6 @@ public static class Bench
             });
         }
         return lines;
-    }
-
-    static List<double> MatmulGflops(ScalarType dtype, Device device)
-    {
-        double flops = 2.0 * MatmulSize * MatmulSize * MatmulSize;
-        // CUDA kernels return before they finish: the clock stops only once the device is idle.
-        void Sync() { if (ComputeDevice.IsCuda(device)) cuda.synchronize(device); }
-        using var a = randn(MatmulSize, MatmulSize, dtype: dtype, device: device);
-        using var b = randn(MatmulSize, MatmulSize, dtype: dtype, device: device);
-        using (matmul(a, b)) Sync(); // warm-up: thread pool, kernel selection, cuBLAS handles
-        var gflops = new List<double>();
-        for (int r = 0; r < MatmulRepetitions; r++)
-        {
-            var clock = Stopwatch.StartNew();
-            using var c = matmul(a, b);
-            Sync();
-            gflops.Add(flops / clock.Elapsed.TotalSeconds / 1e9);
-        }
-        return gflops;
     }
 
     internal static string CpuModel()

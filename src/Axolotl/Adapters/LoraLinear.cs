@@ -62,7 +62,8 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
     {
         var result = base_layer.forward(x);
         var input = _dropout > 0 ? nn.functional.dropout(x, _dropout, training) : x;
-        var lora = lora_B.forward(lora_A.forward(input)) * Scaling;
+        // Scaled on the rank-wide intermediate rather than the output: the same product, a smaller elementwise pass.
+        var lora = lora_B.forward(lora_A.forward(input) * Scaling);
         if (lora_magnitude_vector is null) return result + lora;
         using var norm = WeightNorm();
         var factor = (lora_magnitude_vector / norm).to(x.dtype);

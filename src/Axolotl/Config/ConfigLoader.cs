@@ -393,7 +393,7 @@ public static class ConfigLoader
             }
             if (set.TryGetValue("bfloat16", out var bfloat16))
             {
-                WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 compute with fp32 trainable weights runs instead (bf16: true)");
+                WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 weights with fp32 master copies in the optimizer run instead (bf16: true)");
                 c.Bf16 = "true";
                 c.Sources["bf16"] = "bfloat16";
             }

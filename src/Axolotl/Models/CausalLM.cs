@@ -131,8 +131,14 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     public DecoderConfig Config { get; }
     public ScalarType ComputeType { get; }
 
-    /// <summary>Rows of hidden states sent through the head at once: full [tokens x vocab] fp32 logits dominate memory and time.</summary>
-    const int LossChunkRows = 256;
+    /// <summary>
+    /// Logits computed at once in the loss: [tokens × vocab] fp32 logits dominate memory and time, so the head runs over
+    /// chunks of rows, each under 32 MiB in fp32 — glibc's largest mmap threshold (TorchRuntime), so the heap reuses
+    /// the same pages — and as many rows as that allows, since the head's matmul gets faster with more of them.
+    /// </summary>
+    const long LossChunkElements = 8_000_000;
+
+    long LossChunkRows => Math.Clamp(LossChunkElements / Config.VocabSize, 8, 1024);
 
     CausalLM(DecoderConfig config, ScalarType dtype, ScalarType computeType) : base("CausalLM")
     {
@@ -186,8 +192,10 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>
-    /// <see cref="LossSum"/> and its backward pass (gradients of scale × sum), one head chunk at a time: each chunk's
-    /// [rows × vocab] logits are freed as soon as its gradient is taken, instead of all living until one backward.
+    /// <see cref="LossSum"/> and its backward pass (gradients of scale × sum), one head chunk at a time. The cross-entropy
+    /// gradient, scale · (softmax − onehot), is formed in place from the chunk's fp32 log-probabilities and sent back
+    /// through the head in the compute dtype: no autograd graph over [rows × vocab], no zero-filled one-hot gradient,
+    /// and each chunk's buffers are freed before the next.
     /// </summary>
     public (double Sum, long Tokens) LossSumBackward(Tensor ids, Tensor labels, double scale, Tensor? positionIds = null, Tensor? sequenceIds = null)
     {
@@ -199,9 +207,19 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         for (long start = 0; start < tokens; start += LossChunkRows)
         {
             using var scope = NewDisposeScope();
-            var part = ChunkLoss(detached, targets, start);
-            (part * scale).backward();
-            total += part.item<float>();
+            long n = Math.Min(LossChunkRows, tokens - start);
+            var logits = Head(detached.narrow(0, start, n));
+            Tensor gradient;
+            using (no_grad())
+            {
+                var target = targets.narrow(0, start, n).unsqueeze(1);
+                var logProbs = F.log_softmax(logits.to(ScalarType.Float32), -1);
+                total -= logProbs.gather(1, target).sum().item<float>();
+                var softmax = logProbs.exp_();
+                softmax.scatter_add_(1, target, full([n, 1], -1f, ScalarType.Float32, softmax.device));
+                gradient = softmax.mul_(scale).to(logits.dtype);
+            }
+            logits.backward([gradient]);
         }
         hidden.backward([detached.grad!]);
         return (total, tokens);

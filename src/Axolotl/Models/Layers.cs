@@ -11,8 +11,8 @@ namespace Axolotl.Models;
 #pragma warning disable IDE1006
 
 /// <summary>
-/// y = x W^T + b, computed in the input's dtype. Trainable weights can stay fp32 (master copies) while the
-/// activations run in bf16: the cast happens here, and autograd carries fp32 gradients back to the master.
+/// y = x W^T + b, computed in the input's dtype. fp32 weights (LoRA's adapters) with bf16 activations are cast here,
+/// and autograd carries fp32 gradients back to them.
 /// </summary>
 public sealed class Linear : nn.Module<Tensor, Tensor>
 {

@@ -1,4 +1,6 @@
+using System.Diagnostics;
 using Axolotl.Models;
+using static TorchSharp.torch;
 
 namespace Axolotl.Training;
 
@@ -32,4 +34,28 @@ public static class Flops
         PerToken(totalParameters, trainableParameters,
                  config.TieWordEmbeddings ? 0 : (long)config.VocabSize * config.HiddenSize,
                  config.NumLayers, config.NumHeads * config.HeadDim, sequenceLength);
+
+    /// <summary>
+    /// GFLOP/s of <paramref name="repetitions"/> square matmuls of <paramref name="size"/> in <paramref name="dtype"/>
+    /// after one warm-up (thread pool, kernel selection): the machine's peak that MFU is measured against. Constant
+    /// inputs, so the global RNG that training draws from is untouched.
+    /// </summary>
+    public static List<double> MeasureMatmulGflops(ScalarType dtype, int size, int repetitions, Device? device = null)
+    {
+        double flops = 2.0 * size * size * size;
+        using var a = full(size, size, 0.5, dtype: dtype, device: device);
+        using var b = full(size, size, 0.25, dtype: dtype, device: device);
+        // CUDA kernels return before they finish: the clock stops only once the device is idle.
+        void Sync() { if (a.device_type == TorchSharp.DeviceType.CUDA) cuda.synchronize(a.device); }
+        using (matmul(a, b)) Sync();
+        var gflops = new List<double>();
+        for (int r = 0; r < repetitions; r++)
+        {
+            var clock = Stopwatch.StartNew();
+            using var c = matmul(a, b);
+            Sync();
+            gflops.Add(flops / clock.Elapsed.TotalSeconds / 1e9);
+        }
+        return gflops;
+    }
 }

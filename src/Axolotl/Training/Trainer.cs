@@ -148,7 +148,6 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
 
         var device = model.Device;
         using var optimizer = TrainingOptimizer.Create(o.Optimizer, trainable, o);
-        var parameters = trainable.Select(p => p.parameter).ToList();
         model.train();
         State.MaxSteps = totalSteps; State.LoggingSteps = loggingSteps; State.NumTrainEpochs = epochs;
         State.TrainBatchSize = o.MicroBatchSize;
@@ -196,6 +195,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     var (ids, labels, positionIds, sequenceIds) = ToTensors(batch, device);
                     var (sum, _) = model.LossSumBackward(ids, labels, 1.0 / Math.Max(1, windowTokens), positionIds, sequenceIds);
                     windowLoss += sum / Math.Max(1, windowTokens);
+                    if (window.Count > 1) optimizer.CollectGradients();
                     tokensSinceLog += batch.RealTokens;
                 }
                 if (!double.IsFinite(windowLoss))
@@ -204,8 +204,10 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 double gradNorm;
                 using (var scope = NewDisposeScope())
                 {
-                    gradNorm = nn.utils.clip_grad_norm_(parameters, o.MaxGradNorm > 0 ? o.MaxGradNorm : double.PositiveInfinity);
-                    optimizer.Step(o.LearningRate * schedule.Multiplier(step));
+                    // torch's clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
+                    gradNorm = optimizer.GradNorm();
+                    double clip = o.MaxGradNorm > 0 ? Math.Min(1.0, o.MaxGradNorm / (gradNorm + 1e-6)) : 1.0;
+                    optimizer.Step(o.LearningRate * schedule.Multiplier(step), clip);
                     optimizer.ZeroGrad();
                 }
                 step++; stepsThisRun++;

@@ -8,7 +8,7 @@ namespace Axolotl.Tests.EndToEnd;
 [Collection(GlobalTorchRng.Name)]
 public class ResumeTests
 {
-    static string Config(TempDir dir, string outputDir, string extra, bool lora = true) => $"""
+    static string Config(TempDir dir, string outputDir, string extra, bool lora = true, bool bf16 = false) => $"""
         base_model: {TestSetup.Data("reference", "models", "tiny-llama")}
         datasets:
           - path: {WriteData(dir)}
@@ -21,7 +21,7 @@ public class ResumeTests
         lr_scheduler: cosine
         warmup_steps: 1
         logging_steps: 1
-        bf16: false
+        bf16: {(bf16 ? "true" : "false")}
         save_steps: 2
         output_dir: {outputDir}
         {extra}
@@ -68,11 +68,14 @@ public class ResumeTests
         AssertSameTensors(Path.Combine(dir["a"], "adapter_model.safetensors"), Path.Combine(dir["b"], "adapter_model.safetensors"));
     }
 
-    [Fact]
-    public void Auto_resume_picks_the_newest_checkpoint_and_full_finetunes_resume_too()
+    /// <summary>In bf16 the weights are bf16 and their fp32 masters live in optimizer.bin: the resume restores both.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Auto_resume_picks_the_newest_checkpoint_and_full_finetunes_resume_too(bool bf16)
     {
         using var dir = TestSetup.TempDir();
-        Train(dir, "a.yml", Config(dir, dir["a"], "", lora: false));
+        Train(dir, "a.yml", Config(dir, dir["a"], "", lora: false, bf16: bf16));
         Directory.CreateDirectory(dir["c"]);
         foreach (var step in new[] { 2, 4 })
         {
@@ -84,10 +87,11 @@ public class ResumeTests
         File.Delete(Path.Combine(dir["c"], "checkpoint-2", "model.safetensors"));
         // A half-written checkpoint (no trainer_state.json) must be ignored.
         Directory.CreateDirectory(Path.Combine(dir["c"], "checkpoint-5"));
-        Train(dir, "c.yml", Config(dir, dir["c"], "auto_resume_from_checkpoints: true", lora: false));
+        Train(dir, "c.yml", Config(dir, dir["c"], "auto_resume_from_checkpoints: true", lora: false, bf16: bf16));
         Assert.Equal(Losses(dir["a"]), Losses(dir["c"]));
         Assert.False(File.Exists(Path.Combine(dir["c"], "checkpoint-2", "model.safetensors")));
         AssertSameTensors(Path.Combine(dir["a"], "model.safetensors"), Path.Combine(dir["c"], "model.safetensors"));
+        Assert.Equal(bf16 ? "BF16" : "F32", SafetensorsFile.Open(Path.Combine(dir["c"], "model.safetensors")).Entries["model.norm.weight"].DType);
     }
 
     [Fact]

@@ -17,7 +17,7 @@ public class OptimizerTests
     const double Lr = 0.01, Decay = 0.1;
 
     /// <summary>Runs three steps of <paramref name="name"/> on a [2, 3] weight (decayed) and a [3] bias (not).</summary>
-    static (float[] W, float[] B) Run(string name, bool saveAndReloadAfterFirst = false)
+    static (float[] W, float[] B) Run(string name, bool saveAndReloadAfterFirst = false, double gradScale = 1.0)
     {
         using var scope = NewDisposeScope();
         var w = new Parameter(tensor(W0.Select(v => (float)v).ToArray(), [2, 3]));
@@ -28,7 +28,7 @@ public class OptimizerTests
         {
             w.grad = tensor(GradW[step].Select(v => (float)v).ToArray(), [2, 3]);
             b.grad = tensor(GradB[step].Select(v => (float)v).ToArray());
-            optimizer.Step(Lr);
+            optimizer.Step(Lr, gradScale);
             optimizer.ZeroGrad();
             if (saveAndReloadAfterFirst && step == 0)
             {
@@ -110,6 +110,74 @@ public class OptimizerTests
         var (W, B) = Run("adafactor");
         AssertClose(w, W);
         AssertClose(b, B);
+    }
+
+    [Fact]
+    public void AdamW_follows_torch_with_the_clipping_scale_applied_to_the_gradient()
+    {
+        const double Scale = 0.5, Eps = 1e-8;
+        double[] w = [.. W0], b = [.. B0], mw = new double[6], vw = new double[6], mb = new double[3], vb = new double[3];
+        static void Update(double[] p, double[] m, double[] v, double[] grad, double decay, int t)
+        {
+            for (int i = 0; i < p.Length; i++)
+            {
+                double g = grad[i] * Scale;
+                p[i] *= 1 - Lr * decay;
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.99 * v[i] + 0.01 * g * g;
+                double denominator = Math.Sqrt(v[i]) / Math.Sqrt(1 - Math.Pow(0.99, t)) + Eps;
+                p[i] -= Lr / (1 - Math.Pow(0.9, t)) * m[i] / denominator;
+            }
+        }
+        for (int s = 0; s < 3; s++) { Update(w, mw, vw, GradW[s], Decay, s + 1); Update(b, mb, vb, GradB[s], 0, s + 1); }
+        var (W, B) = Run("adamw_torch", gradScale: Scale);
+        AssertClose(w, W);
+        AssertClose(b, B);
+    }
+
+    [Theory]
+    [InlineData("adamw_torch")]
+    [InlineData("sgd")]
+    [InlineData("lion_32bit")]
+    [InlineData("adafactor")]
+    public void A_bf16_parameter_is_updated_through_an_fp32_master_copy(string name)
+    {
+        using var scope = NewDisposeScope();
+        var options = new TrainingOptions { LearningRate = Lr, WeightDecay = Decay, Beta1 = 0.9, Beta2 = 0.99 };
+        var twin = new Parameter(tensor(W0.Select(v => (float)v).ToArray(), [2, 3]).to(ScalarType.BFloat16).to(ScalarType.Float32));
+        var low = new Parameter(tensor(W0.Select(v => (float)v).ToArray(), [2, 3]).to(ScalarType.BFloat16));
+        using var reference = TrainingOptimizer.Create(name, [("layer.weight", twin)], options);
+        using var mixed = TrainingOptimizer.Create(name, [("layer.weight", low)], options);
+        for (int step = 0; step < 3; step++)
+        {
+            // Two micro-batches: the bf16 gradients are summed in fp32, as the fp32 twin's are.
+            var halves = new[] { 0.25, 0.75 }.Select(f => tensor(GradW[step].Select(v => (float)(v * f)).ToArray(), [2, 3]).to(ScalarType.BFloat16)).ToArray();
+            twin.grad = halves[0].to(ScalarType.Float32) + halves[1].to(ScalarType.Float32);
+            low.grad = halves[0].clone();
+            mixed.CollectGradients();
+            low.grad.add_(halves[1]);
+            Assert.Equal(reference.GradNorm(), mixed.GradNorm(), 6);
+            reference.Step(Lr, 0.9); mixed.Step(Lr, 0.9);
+            reference.ZeroGrad(); mixed.ZeroGrad();
+            Assert.Equal(ScalarType.BFloat16, low.dtype);
+            // The parameter is the master rounded to bf16, so it equals the fp32 twin rounded.
+            Assert.Equal(twin.to(ScalarType.BFloat16).to(ScalarType.Float32).data<float>().ToArray(), low.to(ScalarType.Float32).data<float>().ToArray());
+        }
+    }
+
+    [Fact]
+    public void Updates_below_bf16_resolution_accumulate_in_the_master_copy()
+    {
+        using var scope = NewDisposeScope();
+        // 1.0 in bf16 is followed by 1.0078125: steps of 1e-3 each vanish in bf16, but ten of them move the master past it.
+        var p = new Parameter(ones(4, dtype: ScalarType.BFloat16));
+        using var sgd = TrainingOptimizer.Create("sgd", [("x.bias", p)], new TrainingOptions { LearningRate = 1e-3 });
+        for (int i = 0; i < 10; i++)
+        {
+            p.grad = full(4, -1f, dtype: ScalarType.BFloat16);
+            sgd.Step(1e-3);
+        }
+        Assert.All(p.to(ScalarType.Float32).data<float>().ToArray(), v => Assert.Equal(1.0078125f, v));
     }
 
     [Theory]
