@@ -83,7 +83,9 @@ public sealed unsafe class MappedExamples : IReadOnlyList<Example>, IDisposable
     public int LengthOf(int index)
     {
         var (s, r) = Locate(index);
-        return s.IdOffsets[r + 1] - s.IdOffsets[r];
+        int length = s.IdOffsets[r + 1] - s.IdOffsets[r];
+        GC.KeepAlive(this);
+        return length;
     }
 
     /// <summary>Labels that are not -100, over all rows: one vectorised pass over the mapped labels, then remembered.</summary>
