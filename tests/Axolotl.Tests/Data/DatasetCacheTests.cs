@@ -96,6 +96,10 @@ public class DatasetCacheTests
                 }
             }
         Assert.Equal(rows.Count, row);
+        // And as a dataset of pre-tokenized rows (no type), the way a prepared set is fed back in.
+        var asDataset = RowReader.Read(Path.Combine(dir.Path, split.Files.Single().Name), null).SelectMany(r => new PreTokenized().Tokenize(r)).ToList();
+        Assert.Equal(rows.Select(r => r.InputIds), asDataset.Select(e => e.InputIds));
+        Assert.Equal(rows.Select(r => r.Labels), asDataset.Select(e => e.Labels));
     }
 
     [Theory]
