@@ -4,7 +4,8 @@ using Axolotl.Tokenization;
 
 namespace Axolotl.Data;
 
-public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort)
+/// <summary>Prepared examples; read from the cache, they are memory-mapped and Dispose unmaps them.</summary>
+public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort) : IDisposable
 {
     /// <summary>With sample_packing, examples whose labels are all -100 are dropped (Axolotl's drop_no_trainable_tokens).</summary>
     public int DroppedUntrainable { get; init; }
@@ -16,8 +17,14 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
     public IReadOnlyList<(string Reason, int Count, string First)> SkippedRows { get; init; } = [];
     /// <summary>Whether this came from the dataset_prepared_path cache.</summary>
     public bool FromCache { get; init; }
-    public long TotalTokens => Examples.Sum(e => (long)e.InputIds.Length);
-    public long TrainableTokens => Examples.Sum(e => (long)e.TrainableTokens);
+    public long TotalTokens => Examples is MappedExamples mapped ? mapped.TotalTokens : Examples.Sum(e => (long)e.InputIds.Length);
+    public long TrainableTokens => Examples is MappedExamples mapped ? mapped.TrainableTokens : Examples.Sum(e => (long)e.TrainableTokens);
+
+    public void Dispose()
+    {
+        (Examples as IDisposable)?.Dispose();
+        (Eval as IDisposable)?.Dispose();
+    }
 }
 
 /// <summary>

@@ -11,15 +11,19 @@ using Parquet.Serialization;
 namespace Axolotl.Data;
 
 /// <summary>
-/// Prepared examples cached in <c>dataset_prepared_path/&lt;key&gt;/</c> as Parquet (columns input_ids, labels,
-/// attention_mask: what HF datasets reads). The key hashes everything that changes the result: the data keys of the
-/// config, each dataset file's path, size and modification time, and the tokenizer files' content (not only their
-/// path: Axolotl's stale-cache bugs). A folder is written under a temporary name and renamed, so a half-written cache
-/// is never found; one that cannot be read is rebuilt.
+/// Prepared examples cached in <c>dataset_prepared_path/&lt;key&gt;/</c>: Arrow IPC stream files
+/// (<c>train-00000-of-00001.arrow</c>, the format of HF datasets' save_to_disk), which a later run memory-maps and
+/// trains from in place (<see cref="MappedExamples"/>), and Parquet copies (columns input_ids, labels, attention_mask)
+/// for pandas and HF datasets' load_dataset("parquet"). Arrow is what is read back because it needs no decoding: a
+/// Parquet read of 100k rows takes seconds, a mapping milliseconds. The key hashes everything that changes the
+/// result: the data keys of the config, each dataset file's path, size and modification time, and the tokenizer
+/// files' content (not only their path: Axolotl's stale-cache bugs). A folder is written under a temporary name and
+/// renamed, so a half-written cache is never found; one whose files do not match meta.json's sizes and row counts,
+/// or whose Arrow structure is broken, is rebuilt.
 /// </summary>
 public static class DatasetCache
 {
-    const int Version = 1;
+    const int Version = 2;
 
     public static string Key(AxolotlConfig config, string tokenizerDir)
     {
@@ -81,20 +85,29 @@ public static class DatasetCache
         }
     }
 
-    /// <summary>The content of the tokenizer's files; a dataset set that needs no tokenizer (pre-tokenized) hashes none.</summary>
+    /// <summary>
+    /// The content of the tokenizer's files; a dataset set that needs no tokenizer (pre-tokenized) hashes none. Hashed
+    /// once per process for each set of file sizes and modification times (the stamp data files are keyed by too).
+    /// </summary>
     static string TokenizerDigest(AxolotlConfig config, string tokenizerDir)
     {
         if (config.Datasets.Concat(config.TestDatasets).All(d => d.Type == null && d.UserDefined == null) || !Directory.Exists(tokenizerDir)) return "";
-        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
-        foreach (var name in new[] { "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja" })
+        var files = TokenizerFiles.Select(name => new FileInfo(Path.Combine(tokenizerDir, name))).Where(f => f.Exists).ToList();
+        var stamp = string.Join("|", files.Select(f => $"{f.FullName}:{f.Length}:{f.LastWriteTimeUtc.Ticks}"));
+        return Digests.GetOrAdd(stamp, _ =>
         {
-            var path = Path.Combine(tokenizerDir, name);
-            if (!File.Exists(path)) continue;
-            hash.AppendData(Encoding.UTF8.GetBytes(name));
-            hash.AppendData(File.ReadAllBytes(path));
-        }
-        return Convert.ToHexStringLower(hash.GetHashAndReset());
+            using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+            foreach (var f in files)
+            {
+                hash.AppendData(Encoding.UTF8.GetBytes(f.Name));
+                hash.AppendData(File.ReadAllBytes(f.FullName));
+            }
+            return Convert.ToHexStringLower(hash.GetHashAndReset());
+        });
     }
+
+    static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json", "chat_template.jinja"];
+    static readonly System.Collections.Concurrent.ConcurrentDictionary<string, string> Digests = new();
 
     sealed class Meta
     {
@@ -104,18 +117,30 @@ public static class DatasetCache
         [JsonPropertyName("truncated")] public int Truncated { get; set; }
         [JsonPropertyName("duplicates")] public int Duplicates { get; set; }
         [JsonPropertyName("dropped_untrainable")] public int DroppedUntrainable { get; set; }
+        [JsonPropertyName("train")] public SplitFiles Train { get; set; } = new();
+        [JsonPropertyName("eval")] public SplitFiles Eval { get; set; } = new();
     }
+
+    /// <summary>A split's Arrow files with their sizes and its row count: what makes a truncated or swapped file cheap to notice.</summary>
+    internal sealed class SplitFiles
+    {
+        [JsonPropertyName("rows")] public int Rows { get; set; }
+        [JsonPropertyName("files")] public List<ArrowFile> Files { get; set; } = [];
+    }
+
+    internal sealed record ArrowFile([property: JsonPropertyName("name")] string Name, [property: JsonPropertyName("bytes")] long Bytes);
 
     /// <summary>The cached dataset, or null when there is none; a cache that cannot be read is reported and removed.</summary>
     public static PreparedDataset? TryLoad(string folder, Action<string> warn)
     {
         if (!Directory.Exists(folder)) return null;
+        MappedExamples? train = null, eval = null;
         try
         {
             var meta = JsonSerializer.Deserialize<Meta>(File.ReadAllText(Path.Combine(folder, "meta.json")))!;
-            var train = ReadArrow(Path.Combine(folder, "train.arrow"));
-            var evalPath = Path.Combine(folder, "eval.arrow");
-            var eval = File.Exists(evalPath) ? ReadArrow(evalPath) : [];
+            if (meta.Train.Files.Count == 0) throw new InvalidDataException("meta.json lists no training files");
+            train = Open(folder, meta.Train);
+            eval = Open(folder, meta.Eval);
             return new PreparedDataset(train, meta.RowsRead, meta.DroppedTooLong, meta.DroppedTooShort)
             {
                 Eval = eval, Truncated = meta.Truncated, Duplicates = meta.Duplicates, DroppedUntrainable = meta.DroppedUntrainable, FromCache = true,
@@ -123,30 +148,80 @@ public static class DatasetCache
         }
         catch (Exception e) when (e is not OutOfMemoryException)
         {
+            train?.Dispose();
+            eval?.Dispose();
             warn($"the prepared dataset in {folder} cannot be read ({e.Message.Split('\n')[0]}); rebuilding it.");
             try { Directory.Delete(folder, recursive: true); } catch (IOException) { }
             return null;
         }
     }
 
-    /// <summary>
-    /// input_ids and labels as an Arrow IPC stream (what HF datasets' save_to_disk writes; the attention mask, all ones,
-    /// is left to the Parquet files), read back as flat buffers: the
-    /// Parquet files are for other tools, this is what makes a cache hit take well under a second.
-    /// </summary>
-    static void WriteArrow(string path, IReadOnlyList<Example> examples)
+    /// <summary>Maps a split's files after checking their sizes against meta.json; the rows they hold must be the count it records.</summary>
+    internal static MappedExamples Open(string folder, SplitFiles split)
     {
-        var offsets = new ArrowBuffer.Builder<int>(examples.Count + 1);
+        foreach (var f in split.Files)
+        {
+            var info = new FileInfo(Path.Combine(folder, f.Name));
+            if (!info.Exists || info.Length != f.Bytes)
+                throw new InvalidDataException($"{f.Name} is {(info.Exists ? $"{info.Length} bytes, not {f.Bytes}" : "missing")}");
+        }
+        var examples = MappedExamples.Open(split.Files.Select(f => Path.Combine(folder, f.Name)));
+        if (examples.Count != split.Rows)
+        {
+            examples.Dispose();
+            throw new InvalidDataException($"the Arrow files hold {examples.Count} rows, not {split.Rows}");
+        }
+        return examples;
+    }
+
+    /// <summary>Under 2 GiB, the most one mapping can be read as; a smaller size keeps a file easy to move around.</summary>
+    internal const long MaxArrowFileBytes = 1L << 30;
+
+    /// <summary>
+    /// input_ids and labels as list&lt;int32&gt; columns in Arrow IPC stream files (the format of HF datasets'
+    /// save_to_disk, data-00000-of-00001.arrow), split into files of at most <paramref name="maxFileBytes"/>: this is
+    /// what training maps. The attention mask, all ones, is left to the Parquet files.
+    /// </summary>
+    internal static SplitFiles WriteArrow(string folder, string split, IReadOnlyList<Example> examples, long maxFileBytes = MaxArrowFileBytes)
+    {
+        var parts = new List<(int From, int To)>();
+        long bytes = 0;
+        int start = 0;
+        for (int i = 0; i < examples.Count; i++)
+        {
+            long row = 8 + 8L * examples[i].InputIds.Length; // an offset and the tokens, in each of the two columns
+            if (i > start && bytes + row > maxFileBytes)
+            {
+                parts.Add((start, i));
+                (start, bytes) = (i, 0);
+            }
+            bytes += row;
+        }
+        parts.Add((start, examples.Count));
+        var result = new SplitFiles { Rows = examples.Count };
+        foreach (var (from, to) in parts)
+        {
+            var name = $"{split}-{result.Files.Count:D5}-of-{parts.Count:D5}.arrow";
+            var path = Path.Combine(folder, name);
+            WriteArrowFile(path, examples, from, to);
+            result.Files.Add(new ArrowFile(name, new FileInfo(path).Length));
+        }
+        return result;
+    }
+
+    static void WriteArrowFile(string path, IReadOnlyList<Example> examples, int from, int to)
+    {
+        var offsets = new ArrowBuffer.Builder<int>(to - from + 1);
         offsets.Append(0);
         int total = 0;
-        foreach (var e in examples) offsets.Append(total += e.InputIds.Length);
+        for (int i = from; i < to; i++) offsets.Append(total += examples[i].InputIds.Length);
         var offsetBuffer = offsets.Build();
         ListArray Column(Func<Example, int[]> pick)
         {
             var values = new ArrowBuffer.Builder<int>(total);
-            foreach (var e in examples) values.Append(pick(e));
+            for (int i = from; i < to; i++) values.Append(pick(examples[i]));
             var array = new Int32Array(values.Build(), ArrowBuffer.Empty, total, 0, 0);
-            return new ListArray(new Apache.Arrow.Types.ListType(Apache.Arrow.Types.Int32Type.Default), examples.Count, offsetBuffer, array, ArrowBuffer.Empty);
+            return new ListArray(new Apache.Arrow.Types.ListType(Apache.Arrow.Types.Int32Type.Default), to - from, offsetBuffer, array, ArrowBuffer.Empty);
         }
         var batch = new RecordBatch.Builder()
             .Append("input_ids", false, Column(e => e.InputIds))
@@ -158,32 +233,6 @@ public static class DatasetCache
         writer.WriteEnd();
     }
 
-    static List<Example> ReadArrow(string path)
-    {
-        // Whole-file memory: the reader then slices buffers instead of copying each through a stream.
-        using var reader = new ArrowStreamReader(File.ReadAllBytes(path).AsMemory());
-        var examples = new List<Example>();
-        while (reader.ReadNextRecordBatch() is { } batch)
-            using (batch)
-            {
-                int idsAt = batch.Schema.GetFieldIndex("input_ids"), labelsAt = batch.Schema.GetFieldIndex("labels");
-                if (idsAt < 0 || labelsAt < 0) throw new InvalidDataException("no input_ids or labels column");
-                var ids = (ListArray)batch.Column(idsAt);
-                var labels = (ListArray)batch.Column(labelsAt);
-                var idValues = ((Int32Array)ids.Values).Values;
-                var labelValues = ((Int32Array)labels.Values).Values;
-                var idOffsets = ids.ValueOffsets;
-                var labelOffsets = labels.ValueOffsets;
-                for (int r = 0; r < batch.Length; r++)
-                {
-                    int from = idOffsets[r], to = idOffsets[r + 1];
-                    if (labelOffsets[r] != from || labelOffsets[r + 1] != to || to <= from) throw new InvalidDataException($"row {r}: input_ids and labels differ in length");
-                    examples.Add(new Example(idValues[from..to].ToArray(), labelValues[from..to].ToArray()));
-                }
-            }
-        return examples;
-    }
-
     public static void Save(string folder, PreparedDataset data)
     {
         var parent = Path.GetDirectoryName(Path.GetFullPath(folder))!;
@@ -193,16 +242,18 @@ public static class DatasetCache
         try
         {
             WriteExamples(Path.Combine(temp, "train.parquet"), data.Examples);
-            WriteArrow(Path.Combine(temp, "train.arrow"), data.Examples);
+            var train = WriteArrow(temp, "train", data.Examples);
+            var eval = new SplitFiles();
             if (data.Eval.Count > 0)
             {
                 WriteExamples(Path.Combine(temp, "eval.parquet"), data.Eval);
-                WriteArrow(Path.Combine(temp, "eval.arrow"), data.Eval);
+                eval = WriteArrow(temp, "eval", data.Eval);
             }
             File.WriteAllText(Path.Combine(temp, "meta.json"), JsonSerializer.Serialize(new Meta
             {
                 RowsRead = data.RowsRead, DroppedTooLong = data.DroppedTooLong, DroppedTooShort = data.DroppedTooShort,
                 Truncated = data.Truncated, Duplicates = data.Duplicates, DroppedUntrainable = data.DroppedUntrainable,
+                Train = train, Eval = eval,
             }));
             if (Directory.Exists(folder)) Directory.Delete(folder, recursive: true);
             Directory.Move(temp, folder);

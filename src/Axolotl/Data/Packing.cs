@@ -48,7 +48,7 @@ public static class Packing
         var lengths = new int[order.Count];
         for (int k = 0; k < lengths.Length; k++)
         {
-            lengths[k] = examples[order[k]].InputIds.Length;
+            lengths[k] = examples is MappedExamples mapped ? mapped.LengthOf(order[k]) : examples[order[k]].InputIds.Length;
             if (lengths[k] > capacity)
                 throw new ArgumentException($"an example of {lengths[k]} tokens cannot be packed into bins of {capacity}");
         }

@@ -396,10 +396,20 @@ public sealed class PreTokenized : IPromptStrategy
     static int[]? IntArray(Row row, string field)
     {
         if (row.Fields[field] is not JsonArray array) return null;
-        try { return array.Select(x => x!.GetValue<int>()).ToArray(); }
-        catch (Exception e) when (e is InvalidOperationException or FormatException or NullReferenceException)
-        {
-            throw new BadRowError("wrong type", $"{row.Where}: '{field}' must be a list of integers.");
-        }
+        var ids = new int[array.Count];
+        for (int i = 0; i < ids.Length; i++)
+            if (!TryInt(array[i], out ids[i])) throw new BadRowError("wrong type", $"{row.Where}: '{field}' must be a list of integers.");
+        return ids;
+    }
+
+    /// <summary>Parsed JSON holds numbers as text, Parquet and Arrow columns as longs (int64 or widened int32).</summary>
+    static bool TryInt(JsonNode? node, out int value)
+    {
+        value = 0;
+        if (node is not JsonValue v) return false;
+        if (v.TryGetValue(out value)) return true;
+        if (!v.TryGetValue(out long wide) || wide is < int.MinValue or > int.MaxValue) return false;
+        value = (int)wide;
+        return true;
     }
 }

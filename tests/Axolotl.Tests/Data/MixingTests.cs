@@ -137,7 +137,7 @@ public class MixingTests
 
         // A corrupt cache is rebuilt with a warning, never trusted.
         var key = DatasetCache.Key(config, config.BaseModel);
-        File.WriteAllText(Path.Combine(dir["prepared"], key, "train.arrow"), "garbage");
+        File.WriteAllText(Path.Combine(dir["prepared"], key, "train-00000-of-00001.arrow"), "garbage");
         var third = new Recorder();
         var rebuilt = PreprocessRecipe.Run(config, third).Data;
         Assert.False(rebuilt.FromCache);
