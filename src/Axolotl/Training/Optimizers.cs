@@ -217,7 +217,7 @@ public abstract class TrainingOptimizer : IDisposable
     }
 
     /// <summary>
-    /// torch's AdamW (single-tensor path): p ← p·(1 − lr·wd); m ← lerp(m, g, 1 − β1); v ← β2·v + (1 − β2)·g²;
+    /// torch's AdamW (single-tensor path): p ← p·(1 − lr·wd); m ← β1·m + (1 − β1)·g; v ← β2·v + (1 − β2)·g²;
     /// p ← p − lr/(1 − β1ᵗ) · m / (√v / √(1 − β2ᵗ) + ε).
     /// </summary>
     sealed class AdamW : Manual
@@ -237,7 +237,7 @@ public abstract class TrainingOptimizer : IDisposable
         {
             var (m, v) = (state[0], state[1]);
             if (slot.WeightDecay != 0) p.mul_(1 - lr * slot.WeightDecay);
-            m.lerp_(g, 1 - _beta1);
+            m.mul_(_beta1).add_(g, alpha: 1 - _beta1); // not lerp_: TorchSharp makes its weight a tensor on the default device
             v.mul_(_beta2).addcmul_(g, g, 1 - _beta2);
             double stepSize = lr / (1 - Math.Pow(_beta1, StepCount));
             double correction2Sqrt = Math.Sqrt(1 - Math.Pow(_beta2, StepCount));
