@@ -19,6 +19,7 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
     public bool FromCache { get; init; }
     public long TotalTokens => Examples is MappedExamples mapped ? mapped.TotalTokens : Examples.Sum(e => (long)e.InputIds.Length);
     public long TrainableTokens => Examples is MappedExamples mapped ? mapped.TrainableTokens : Examples.Sum(e => (long)e.TrainableTokens);
+    public int MaxTokenId => Examples is MappedExamples mapped ? mapped.MaxTokenId() : Examples.Max(e => e.InputIds.Length == 0 ? int.MinValue : e.InputIds.Max());
 
     public void Dispose()
     {

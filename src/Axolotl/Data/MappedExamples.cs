@@ -106,6 +106,20 @@ public sealed unsafe class MappedExamples : IReadOnlyList<Example>, IDisposable
         }
     }
 
+    /// <summary>The largest token id over all rows: one pass over the mapped ids, no row copied.</summary>
+    public int MaxTokenId()
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int max = int.MinValue;
+        foreach (var s in _segments)
+        {
+            int from = s.IdOffsets[0], to = s.IdOffsets[s.Rows];
+            foreach (int id in new ReadOnlySpan<int>(s.Ids + from, to - from)) if (id > max) max = id;
+        }
+        GC.KeepAlive(this);
+        return max;
+    }
+
     (Segment Segment, int Row) Locate(int index)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);

@@ -37,6 +37,8 @@ public static class EvaluateRecipe
         {
             MicroBatchSize = config.MicroBatchSize,
             EvalBatchSize = config.EvalBatchSize,
+            // As during training: eval_sample_packing (default sample_packing) packs the evaluated rows too.
+            EvalPacking = config.EvalSamplePacking == true ? FinetuneRecipe.Packing(config) : null,
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             Seed = config.Seed,
         });

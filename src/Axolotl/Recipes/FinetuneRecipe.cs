@@ -58,7 +58,7 @@ public static class FinetuneRecipe
             if (config.Adapter != null && !(config.LoraModulesToSave is { } saved && ConfigTokens.EmbeddingModules.All(saved.Contains)))
                 reporter.Warn("the new tokens' embeddings are not trained by the adapter (set lora_modules_to_save: [embed_tokens, lm_head] to train them).");
         }
-        int maxId = data.Examples.Max(e => e.InputIds.Max());
+        int maxId = data.MaxTokenId;
         if (maxId >= model.Config.VocabSize)
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
@@ -98,16 +98,7 @@ public static class FinetuneRecipe
         ModelLoading.Place(model, device, reporter);
         reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {config.Bf16}).");
 
-        var packing = new PackingOptions
-        {
-            SequenceLen = config.SequenceLen,
-            MicroBatchSize = config.MicroBatchSize,
-            RealBatches = config.MultipackRealBatches,
-            GroupSize = config.SamplePackingGroupSize,
-            BinSize = config.SamplePackingBinSize,
-            Sequentially = config.SamplePackingSequentially,
-            PadToSequenceLen = config.PadToSequenceLen ?? true,
-        };
+        var packing = Packing(config);
         var options = new TrainingOptions
         {
             MicroBatchSize = config.MicroBatchSize,
@@ -207,6 +198,18 @@ public static class FinetuneRecipe
         if (checkpoint != null) reporter.Info($"Resuming from {checkpoint}.");
         return checkpoint;
     }
+
+    /// <summary>The packing the config asks for (used for training with sample_packing, for evaluation with eval_sample_packing).</summary>
+    internal static PackingOptions Packing(AxolotlConfig config) => new()
+    {
+        SequenceLen = config.SequenceLen,
+        MicroBatchSize = config.MicroBatchSize,
+        RealBatches = config.MultipackRealBatches,
+        GroupSize = config.SamplePackingGroupSize,
+        BinSize = config.SamplePackingBinSize,
+        Sequentially = config.SamplePackingSequentially,
+        PadToSequenceLen = config.PadToSequenceLen ?? true,
+    };
 
     /// <summary>
     /// A quick peak for the logged mfu: the median of three 1024³ matmuls (a few milliseconds in bf16). The benchmark's

@@ -442,6 +442,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 rows += batch.Rows;
             }
         if (training) model.train();
+        if (batches == 0 && eval.Count > 0 && options.EvalPacking is { } packed)
+            throw new UserError($"the {prefix} split ({eval.Count} examples) is too small to fill one packed batch of {packed.BinsPerBatch} × {packed.BinCapacity} tokens; set eval_sample_packing: false.");
         double loss = weighted / Math.Max(1, rows);
         double seconds = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
         return new JsonObject

@@ -136,11 +136,12 @@ public class LoadBestModelTests
 
 public class EvaluateCommandTests
 {
-    static string Config(TempDir dir) => $"""
+    static string Config(TempDir dir, bool packed = false) => $"""
         base_model: {TestSetup.Data("reference", "models", "tiny-llama")}
         datasets:
           - path: {TestSetup.WriteReferenceRows(dir, i => 30 + 8 * i)}
         sequence_len: 64
+        sample_packing: {(packed ? "true" : "false")}
         val_set_size: 2
         adapter: lora
         lora_r: 4
@@ -156,11 +157,14 @@ public class EvaluateCommandTests
         output_dir: {dir["out"]}
         """;
 
-    [Fact]
-    public void Evaluate_scores_the_trained_adapter_and_writes_axolotls_eval_summary()
+    /// <summary>Packed (eval_sample_packing follows sample_packing) as the trainer evaluated, or row by row.</summary>
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Evaluate_scores_the_trained_adapter_and_writes_axolotls_eval_summary(bool packed)
     {
         using var dir = TestSetup.TempDir();
-        File.WriteAllText(dir["c.yml"], Config(dir));
+        File.WriteAllText(dir["c.yml"], Config(dir, packed));
         Assert.Equal(0, Cli.Cli.Run(["train", dir["c.yml"]]));
         Assert.Equal(0, Cli.Cli.Run(["evaluate", dir["c.yml"]]));
 
