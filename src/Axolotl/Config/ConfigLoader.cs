@@ -154,7 +154,7 @@ public static class ConfigLoader
             if (TopLevel.TryGetValue(key, out var property))
             {
                 if (IsNull(e.Node)) return; // an empty key means "use the default", as in Axolotl
-                property.SetValue(c, key is "datasets" or "test_datasets" ? ReadDatasets(e.Node, key) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
+                property.SetValue(c, key is "datasets" or "test_datasets" or "pretraining_dataset" ? ReadDatasets(e.Node, key) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
                 spots[key] = e;
                 c.Sources[key] = e.At.Short;
                 return;
@@ -174,9 +174,13 @@ public static class ConfigLoader
         List<DatasetConfig> ReadDatasets(YamlNode node, string listKey)
         {
             var where = Spot.In(path, node).Full;
-            if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{listKey}' must be a list of datasets.");
+            bool pretraining = listKey == "pretraining_dataset";
+            // Axolotl takes a single mapping for pretraining_dataset as a list of one.
+            IEnumerable<YamlNode> items = node is YamlSequenceNode seq ? seq.Children
+                : pretraining && node is YamlMappingNode one ? [one]
+                : throw new UserError($"{where}: '{listKey}' must be a list of datasets.");
             var list = new List<DatasetConfig>();
-            foreach (var item in seq.Children)
+            foreach (var item in items)
             {
                 var at = Spot.In(path, item);
                 if (item is not YamlMappingNode map) throw new UserError($"{at.Full}: each entry of '{listKey}' must be a mapping with at least 'path'.");
@@ -189,6 +193,10 @@ public static class ConfigLoader
                     var spot = Spot.In(path, k);
                     if (key == "type" && v is YamlMappingNode format)
                         d.UserDefined = ReadUserDefined(format, name("type"));
+                    else if (key is "text_column" or "skip" && !pretraining)
+                    {
+                        if (IsSet(v)) refused.Add(new Refusal(name(key), Shown(name(key), v), spot));
+                    }
                     else if (DatasetProperties.TryGetValue(key, out var property))
                     {
                         if (!IsNull(v)) property.SetValue(d, Convert(v, property.PropertyType, key, Spot.In(path, v).Full));
@@ -201,7 +209,9 @@ public static class ConfigLoader
                 if (string.IsNullOrWhiteSpace(d.Path) && unknown.Count == 0) throw new UserError($"{d.Origin}: dataset entry has no 'path'.");
 
                 if (d.Type == "") d.Type = null;
-                if (d.Type != null)
+                // A pretraining entry's default type: raw text, tokenized by the stream itself.
+                if (pretraining && d.Type is null or "pretrain" && d.UserDefined == null) d.Type = "pretrain";
+                else if (d.Type != null)
                 {
                     // Axolotl's split: "alpaca:chat" is strategy alpaca in prompt style chat; instruct is alpaca's default style.
                     var parts = d.Type.Split(':', 2);
@@ -219,6 +229,7 @@ public static class ConfigLoader
                 foreach (var (k, value) in new[] { ("train_on_eos", d.TrainOnEos), ("train_on_eot", d.TrainOnEot) })
                     if (value is not (null or "all" or "turn" or "last" or "none"))
                         throw new UserError($"{valueSpots[k].Full}: '{k}' must be all, turn, last or none, not '{value}'.");
+                if (d.Skip is < 0) throw new UserError($"{valueSpots["skip"].Full}: 'skip' must be a number of rows, 0 or more.");
                 if (d.ShardsIdx is int idx && (d.Shards is not int shards || idx < 0 || idx >= shards))
                     throw new UserError($"{valueSpots["shards_idx"].Full}: shards_idx must be between 0 and shards - 1, with shards set.");
                 list.Add(d);
@@ -269,7 +280,12 @@ public static class ConfigLoader
                     $"'{u.Key}' at {u.At.Short}" + (u.Suggestion != null ? $" ({Hint(u.Suggestion)})" : ""))) + ".");
         }
 
-        bool IsGiven(string key) => set.ContainsKey(key);
+        bool IsGiven(string key) => key switch
+        {
+            "pretraining_dataset" => c.PretrainingDataset.Count > 0,
+            "streaming" => c.Streaming,
+            _ => set.ContainsKey(key),
+        };
 
         string At(string key) => spots.TryGetValue(key, out var e) ? e.At.Full : path;
 
@@ -320,6 +336,10 @@ public static class ConfigLoader
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
             if (c.Adapter is "llama-adapter") Refuse("adapter");
+            // Streaming covers pretraining_dataset only; Axolotl's streamed SFT datasets are another path.
+            if (c.Streaming && c.PretrainingDataset.Count == 0) Refuse("streaming");
+            if (!c.PretrainMultipackAttn && c.PretrainingDataset.Count > 0 && c.SamplePacking) Refuse("pretrain_multipack_attn");
+            if (c.PretrainingDataset.Count > 0 && c.TestDatasets.Count > 0) Refuse("test_datasets");
             // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
             if (c.Adapter == "lora" && c.LoadIn4Bit) Refuse("load_in_4bit");
             if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
@@ -349,6 +369,12 @@ public static class ConfigLoader
 
             foreach (var (key, e) in set)
                 if (AxolotlKeys.Warned.TryGetValue(key, out var note)) WarnKey(e, key, note);
+
+            if (c.PretrainingDataset.Count > 1)
+                Warn(spots["pretraining_dataset"].At, $"pretraining_dataset has {c.PretrainingDataset.Count} entries; only the first is streamed, as in Axolotl.");
+            if (c.PretrainingDataset.Count > 0 && c.Datasets.Count > 0)
+                Warn(spots["datasets"].At, "'datasets' is not read when pretraining_dataset is set, as in Axolotl.");
+            if (c.PretrainingDataset.Count > 0) c.Streaming = true;
 
             // Legacy flags mean an attn_implementation (the first set one in Axolotl's priority order wins).
             string? requested = c.AttnImplementation, from = requested != null ? "attn_implementation" : null;
@@ -519,6 +545,7 @@ public static class ConfigLoader
         if (c.SamplePackingBinSize < 1) Fail("'sample_packing_bin_size' must be at least 1.");
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
+        if (c.StreamingMultipackBufferSize < 1) Fail("'streaming_multipack_buffer_size' must be at least 1.");
         var bf16 = c.Bf16.ToLowerInvariant();
         if (bf16 is not ("auto" or "true" or "false")) Fail($"'bf16' must be auto, true or false, not '{c.Bf16}'.");
         c.Bf16 = bf16;
