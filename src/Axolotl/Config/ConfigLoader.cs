@@ -32,8 +32,11 @@ public static class ConfigLoader
     public static readonly FrozenSet<string> Unsupported =
         AxolotlKeys.All.Except(TopLevel.Keys).Except(AxolotlKeys.Warned.Keys).Except(ByValue).ToFrozenSet(StringComparer.Ordinal);
 
+    /// <summary>Entry keys read only in pretraining_dataset; in datasets and test_datasets they are refused.</summary>
+    static readonly string[] PretrainingOnlyKeys = ["text_column", "skip"];
+
     public static readonly FrozenSet<string> UnsupportedDatasetKeys =
-        AxolotlKeys.DatasetKeys.Except(DatasetProperties.Keys).ToFrozenSet(StringComparer.Ordinal);
+        AxolotlKeys.DatasetKeys.Except(DatasetProperties.Keys).Concat(PretrainingOnlyKeys).ToFrozenSet(StringComparer.Ordinal);
 
     static readonly FrozenSet<string> KnownTopLevel =
         TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
@@ -193,7 +196,7 @@ public static class ConfigLoader
                     var spot = Spot.In(path, k);
                     if (key == "type" && v is YamlMappingNode format)
                         d.UserDefined = ReadUserDefined(format, name("type"));
-                    else if (key is "text_column" or "skip" && !pretraining)
+                    else if (PretrainingOnlyKeys.Contains(key) && !pretraining)
                     {
                         if (IsSet(v)) refused.Add(new Refusal(name(key), Shown(name(key), v), spot));
                     }
