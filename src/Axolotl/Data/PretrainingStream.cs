@@ -134,7 +134,8 @@ public sealed class PretrainingStream : IBatchStream
             }
             group.Add((Example)unit);
             if (group.Count < _o.MicroBatchSize) continue;
-            yield return (Batch.Pad(group, _o.PadTokenId, _o.PadToMultipleOf), new StreamPosition(epoch, bufferStart, used, ++count));
+            var batch = Batch.Pad(group, _o.PadTokenId, _o.PadToMultipleOf);
+            yield return (_o.Concatenate ? MaskPadding(batch) : batch, new StreamPosition(epoch, bufferStart, used, ++count));
             group.Clear();
         }
     }
@@ -264,6 +265,23 @@ public sealed class PretrainingStream : IBatchStream
             if (ids.Count == length) yield return Close();
         }
         if (ids.Count > 0) yield return Close();
+    }
+
+    /// <summary>
+    /// A concatenated block's attention as transformers builds it from Axolotl's attention_mask: causal across the
+    /// texts (positions 0 … sequence_len − 1, one sample), with the pad tokens (the only untrained tokens here) seen by no
+    /// query; a pad as a query still sees the tokens before it.
+    /// </summary>
+    static Batch MaskPadding(Batch b)
+    {
+        var positions = new long[b.InputIds.Length];
+        var sequences = new long[b.InputIds.Length];
+        for (int i = 0; i < positions.Length; i++)
+        {
+            positions[i] = i % b.Length;
+            sequences[i] = b.Labels[i] == Example.IgnoreIndex ? -1 : 1;
+        }
+        return b with { PositionIds = positions, SequenceIds = sequences };
     }
 
     /// <summary>Axolotl's encode_packed_streaming over one buffer: tokenize, drop out-of-range lengths, pack, collate each bin.</summary>

@@ -99,6 +99,37 @@ public class PretrainingDatasetTests
     }
 
     [Fact]
+    public void In_a_concatenated_block_pads_are_masked_keys_while_the_texts_attend_across_each_other()
+    {
+        using var scope = TorchSharp.torch.NewDisposeScope();
+        var tiny = Tokenizer.FromFolder(TestSetup.Data("tok-tiny512"));
+        var model = Axolotl.Models.CausalLM.FromPretrained(TestSetup.Data("reference", "models", "tiny-llama"), TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.ScalarType.Float32);
+        model.eval();
+        Row Text(string t) => new(new JsonObject { ["text"] = t }, "mem", 1);
+        var stream = new PretrainingStream(() => [Text("The cat sat on the mat."), Text("A dog ran far away from home.")], () => tiny,
+            Options(40, concatenate: true) with { PadTokenId = tiny.PadTokenId!.Value });
+        var block = stream.Batches(StreamPosition.Start).First().Batch;
+        int first = tiny.Encode("The cat sat on the mat.").Count;
+        Assert.Equal(-100L, block.Labels[first + 1]); // text, EOS, pad, next text
+        TorchSharp.torch.Tensor Logits(long[] ids) => model.forward(TorchSharp.torch.tensor(ids, [1, block.Length]),
+            TorchSharp.torch.tensor(block.PositionIds!, [1, block.Length]), TorchSharp.torch.tensor(block.SequenceIds!, [1, block.Length]));
+        var logits = Logits(block.InputIds);
+        var real = Enumerable.Range(0, block.Length).Where(t => block.Labels[t] != -100).Select(t => (long)t).ToArray();
+        var realIndex = TorchSharp.torch.tensor(real);
+        // Another pad id changes nothing a trained token computes: no trained token attends to a pad.
+        var otherPads = block.InputIds.Select((id, t) => block.Labels[t] == -100 ? 7L : id).ToArray();
+        Assert.True(Logits(otherPads).index_select(1, realIndex).allclose(logits.index_select(1, realIndex), 1e-5, 1e-6));
+        // Another first text changes what the second text computes: attention crosses texts, as transformers' does.
+        var otherFirst = (long[])block.InputIds.Clone();
+        otherFirst[1] = otherFirst[1] == 100 ? 101 : 100;
+        var second = TorchSharp.torch.tensor(real.Where(t => t > first + 1).ToArray());
+        Assert.False(Logits(otherFirst).index_select(1, second).allclose(logits.index_select(1, second), 1e-5, 1e-6));
+        // The pad after the first text predicts the second's first token (trained): as a query it sees the text before it.
+        var pad = TorchSharp.torch.tensor(new long[] { first + 1 });
+        Assert.False(Logits(otherFirst).index_select(1, pad).allclose(logits.index_select(1, pad), 1e-5, 1e-6));
+    }
+
+    [Fact]
     public void Skip_leaves_out_the_first_rows()
     {
         var o = Options(128) with { Skip = 3 };
