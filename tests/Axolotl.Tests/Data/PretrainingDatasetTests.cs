@@ -200,6 +200,39 @@ public class PretrainingDatasetTests
         Assert.Equal(straight[7].Batch.InputIds, regenerated.Current.InputIds);
     }
 
+    sealed class TextRow
+    {
+        [System.Text.Json.Serialization.JsonPropertyName("text")] public string Text { get; set; } = "";
+        [System.Text.Json.Serialization.JsonPropertyName("n")] public long N { get; set; }
+    }
+
+    [Fact]
+    public async Task Streamed_files_give_the_rows_a_whole_read_gives()
+    {
+        using var dir = TestSetup.TempDir();
+        // Parquet with several row groups, read one group at a time.
+        var rows = Enumerable.Range(0, 10).Select(i => new TextRow { Text = $"row {i}", N = i }).ToList();
+        await using (var fs = File.Create(dir["d.parquet"]))
+            await Parquet.Serialization.ParquetSerializer.SerializeAsync(rows, fs, new Parquet.ParquetOptions { RowGroupSize = 3 });
+        await using (var fs = File.OpenRead(dir["d.parquet"]))
+        await using (var reader = await Parquet.ParquetReader.CreateAsync(fs))
+            Assert.True(reader.RowGroupCount > 1, $"{reader.RowGroupCount} row group(s)");
+        // Text with CRLF endings, an empty line and no final newline; JSON Lines with a blank line.
+        File.WriteAllText(dir["d.txt"], "first\r\n\nthird\nlast");
+        File.WriteAllText(dir["d.jsonl"], "{\"text\": \"a\"}\n\n{\"text\": \"b\", \"n\": 2}\n");
+        foreach (var file in new[] { "d.parquet", "d.txt", "d.jsonl" })
+        {
+            var d = new DatasetConfig { Path = dir[file] };
+            var whole = RowReader.Read(d);
+            var streamed = RowReader.Stream(d).ToList();
+            Assert.Equal(whole.Select(r => (r.Fields.ToJsonString(), r.Where)), streamed.Select(r => (r.Fields.ToJsonString(), r.Where)));
+        }
+        Assert.Equal(10, RowReader.Stream(new DatasetConfig { Path = dir["d.parquet"] }).Count());
+        Assert.Equal(4, RowReader.Stream(new DatasetConfig { Path = dir["d.txt"] }).Count());
+        var slice = Assert.Throws<UserError>(() => RowReader.Stream(new DatasetConfig { Path = dir["d.txt"], Split = "train[:5]" }));
+        Assert.Contains("use 'skip'", slice.Message);
+    }
+
     [Fact]
     public void Overflowing_windows_follow_tokenizers_truncation_with_a_stride()
     {
