@@ -281,7 +281,7 @@ public sealed class PretrainingStream : IBatchStream
             positions[i] = i % b.Length;
             sequences[i] = b.Labels[i] == Example.IgnoreIndex ? -1 : 1;
         }
-        return b with { PositionIds = positions, SequenceIds = sequences };
+        return b with { PositionIds = positions, SequenceIds = sequences, RealTokens = sequences.Count(s => s > 0) };
     }
 
     /// <summary>Axolotl's encode_packed_streaming over one buffer: tokenize, drop out-of-range lengths, pack, collate each bin.</summary>
