@@ -314,6 +314,8 @@ public static class ConfigLoader
             if (IsGiven("pretraining_dataset") && c.MaxSteps is null) Fail("pretraining_dataset", "max_steps must be set with pretraining_dataset: the length of a stream is unknown, so the schedule needs it.");
             if (c.ValSetSize != 0 && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
                 Fail("val_set_size", "val_set_size is not supported with streaming or pretraining_dataset; use test_datasets for evaluation.");
+            if (c.DatasetExactDeduplication && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
+                Fail("dataset_exact_deduplication", "dataset_exact_deduplication is not available for streaming datasets.");
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
