@@ -94,6 +94,9 @@ public sealed class PretrainingStream : IBatchStream
     /// <summary>The position after the last micro-batch handed out by <see cref="From"/>.</summary>
     public StreamPosition Consumed { get; private set; } = StreamPosition.Start;
 
+    /// <summary>Rows left out under bad_rows: skip, per reason (a row read again after a restart or resume counts again).</summary>
+    public IReadOnlyList<(string Reason, int Count, string First)> SkippedRows => _bad.Counts;
+
     public double TokensPerRow => _o.Packing is { } p ? p.BinCapacity : _o.SequenceLen;
 
     /// <summary>Writes <see cref="Consumed"/> into a checkpoint folder.</summary>

@@ -183,6 +183,8 @@ public static class FinetuneRecipe
             metrics.Append(state.LogHistory[^1]);
         }
 
+        foreach (var (reason, count, first) in stream?.SkippedRows ?? [])
+            reporter.Warn($"skipped {count} bad rows of the stream ({reason}; bad_rows: skip), the first: {first}");
         SaveWeights(outputDir);
         state.Save(outputDir);
         ModelCard.Write(outputDir, config, state);
