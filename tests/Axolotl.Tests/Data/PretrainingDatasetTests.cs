@@ -130,6 +130,25 @@ public class PretrainingDatasetTests
     }
 
     [Fact]
+    public void A_row_without_text_fails_with_its_line_or_is_skipped_and_counted()
+    {
+        using var dir = TestSetup.TempDir();
+        File.WriteAllText(dir["d.jsonl"], "{\"text\": \"one\"}\n{\"body\": \"two\"}\n{\"text\": \"three\"}\n");
+        PretrainingStream Over(bool skip) => new(() => RowReader.Stream(new DatasetConfig { Path = dir["d.jsonl"] }), () => Llama2,
+            Options(64), bad: new BadRows(skip));
+        using (var failing = Over(skip: false).From(0))
+        {
+            Assert.True(failing.MoveNext());
+            var e = Assert.ThrowsAny<UserError>(() => failing.MoveNext());
+            Assert.Contains("d.jsonl, line 2: missing field 'text'", e.Message);
+        }
+        var skipping = Over(skip: true);
+        var rows = skipping.Batches(StreamPosition.Start).Take(2).Select(b => Row(b.Batch, 0)).ToList();
+        Assert.Equal([Truncated("one", 62), Truncated("three", 62)], rows);
+        Assert.Equal(("missing field", 1), (skipping.SkippedRows.Single().Reason, skipping.SkippedRows.Single().Count));
+    }
+
+    [Fact]
     public void Skip_leaves_out_the_first_rows()
     {
         var o = Options(128) with { Skip = 3 };
