@@ -58,6 +58,10 @@ public sealed class DatasetConfig
     public string? TemplateThinkingKey { get; set; }
     /// <summary>Accepted as Axolotl accepts it; it has no effect there (see ConfigLoader's warning).</summary>
     public string? FieldThinking { get; set; }
+    /// <summary>pretraining_dataset only: the column holding the text (Axolotl's default "text").</summary>
+    public string? TextColumn { get; set; }
+    /// <summary>pretraining_dataset only: rows left out at the start of the stream.</summary>
+    public int? Skip { get; set; }
     /// <summary><c>type:</c> given as a mapping (Axolotl's user_defined format).</summary>
     public UserDefinedFormat? UserDefined { get; internal set; }
     /// <summary>Where this entry sits in the YAML file, for messages about its rows.</summary>
@@ -136,6 +140,19 @@ public sealed class AxolotlConfig
     /// </summary>
     public bool MultipackRealBatches { get; set; } = true;
     public bool ShuffleMergedDatasets { get; set; } = true;
+    /// <summary>
+    /// Text streamed from these (Axolotl reads only the first entry) instead of a prepared dataset; needs max_steps.
+    /// See <see cref="Data.PretrainingStream"/>.
+    /// </summary>
+    public List<DatasetConfig> PretrainingDataset { get; set; } = [];
+    /// <summary>Set with pretraining_dataset (implied by it, as in Axolotl); streaming SFT datasets are not implemented.</summary>
+    public bool Streaming { get; set; }
+    /// <summary>pretraining_dataset without packing: true packs whole texts into sequence_len blocks; unset or false, one text per row.</summary>
+    public bool? PretrainingSampleConcatenation { get; set; }
+    /// <summary>Rows tokenized (and shuffled, and packed) together from a stream.</summary>
+    public int StreamingMultipackBufferSize { get; set; } = 10_000;
+    /// <summary>Packed streamed samples do not attend across each other (false is refused: cross-attention is not implemented).</summary>
+    public bool PretrainMultipackAttn { get; set; } = true;
     /// <summary>Datasets for evaluation instead of a val_set_size split.</summary>
     public List<DatasetConfig> TestDatasets { get; set; } = [];
     /// <summary>drop (default), truncate or raise: what happens to a sequence longer than sequence_len.</summary>

@@ -32,8 +32,11 @@ public static class ConfigLoader
     public static readonly FrozenSet<string> Unsupported =
         AxolotlKeys.All.Except(TopLevel.Keys).Except(AxolotlKeys.Warned.Keys).Except(ByValue).ToFrozenSet(StringComparer.Ordinal);
 
+    /// <summary>Entry keys read only in pretraining_dataset; in datasets and test_datasets they are refused.</summary>
+    static readonly string[] PretrainingOnlyKeys = ["text_column", "skip"];
+
     public static readonly FrozenSet<string> UnsupportedDatasetKeys =
-        AxolotlKeys.DatasetKeys.Except(DatasetProperties.Keys).ToFrozenSet(StringComparer.Ordinal);
+        AxolotlKeys.DatasetKeys.Except(DatasetProperties.Keys).Concat(PretrainingOnlyKeys).ToFrozenSet(StringComparer.Ordinal);
 
     static readonly FrozenSet<string> KnownTopLevel =
         TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
@@ -154,7 +157,7 @@ public static class ConfigLoader
             if (TopLevel.TryGetValue(key, out var property))
             {
                 if (IsNull(e.Node)) return; // an empty key means "use the default", as in Axolotl
-                property.SetValue(c, key is "datasets" or "test_datasets" ? ReadDatasets(e.Node, key) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
+                property.SetValue(c, key is "datasets" or "test_datasets" or "pretraining_dataset" ? ReadDatasets(e.Node, key) : Convert(e.Node, property.PropertyType, key, e.ValueAt.Full));
                 spots[key] = e;
                 c.Sources[key] = e.At.Short;
                 return;
@@ -174,9 +177,13 @@ public static class ConfigLoader
         List<DatasetConfig> ReadDatasets(YamlNode node, string listKey)
         {
             var where = Spot.In(path, node).Full;
-            if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{listKey}' must be a list of datasets.");
+            bool pretraining = listKey == "pretraining_dataset";
+            // Axolotl takes a single mapping for pretraining_dataset as a list of one.
+            IEnumerable<YamlNode> items = node is YamlSequenceNode seq ? seq.Children
+                : pretraining && node is YamlMappingNode one ? [one]
+                : throw new UserError($"{where}: '{listKey}' must be a list of datasets.");
             var list = new List<DatasetConfig>();
-            foreach (var item in seq.Children)
+            foreach (var item in items)
             {
                 var at = Spot.In(path, item);
                 if (item is not YamlMappingNode map) throw new UserError($"{at.Full}: each entry of '{listKey}' must be a mapping with at least 'path'.");
@@ -189,6 +196,10 @@ public static class ConfigLoader
                     var spot = Spot.In(path, k);
                     if (key == "type" && v is YamlMappingNode format)
                         d.UserDefined = ReadUserDefined(format, name("type"));
+                    else if (PretrainingOnlyKeys.Contains(key) && !pretraining)
+                    {
+                        if (IsSet(v)) refused.Add(new Refusal(name(key), Shown(name(key), v), spot));
+                    }
                     else if (DatasetProperties.TryGetValue(key, out var property))
                     {
                         if (!IsNull(v)) property.SetValue(d, Convert(v, property.PropertyType, key, Spot.In(path, v).Full));
@@ -201,7 +212,9 @@ public static class ConfigLoader
                 if (string.IsNullOrWhiteSpace(d.Path) && unknown.Count == 0) throw new UserError($"{d.Origin}: dataset entry has no 'path'.");
 
                 if (d.Type == "") d.Type = null;
-                if (d.Type != null)
+                // A pretraining entry's default type: raw text, tokenized by the stream itself.
+                if (pretraining && d.Type is null or "pretrain" && d.UserDefined == null) d.Type = "pretrain";
+                else if (d.Type != null)
                 {
                     // Axolotl's split: "alpaca:chat" is strategy alpaca in prompt style chat; instruct is alpaca's default style.
                     var parts = d.Type.Split(':', 2);
@@ -221,6 +234,7 @@ public static class ConfigLoader
                         throw new UserError($"{valueSpots[k].Full}: '{k}' must be all, turn, last or none, not '{value}'.");
                 if (d.FieldThinking != null)
                     Warn(valueSpots["field_thinking"], $"{name("field_thinking")} has no effect, as in Axolotl (its message_property_mappings always holds role and content, which turns off the default that reads field_thinking); map it with message_property_mappings: {{reasoning_content: {d.FieldThinking}}}.");
+                if (d.Skip is < 0) throw new UserError($"{valueSpots["skip"].Full}: 'skip' must be a number of rows, 0 or more.");
                 if (d.ShardsIdx is int idx && (d.Shards is not int shards || idx < 0 || idx >= shards))
                     throw new UserError($"{valueSpots["shards_idx"].Full}: shards_idx must be between 0 and shards - 1, with shards set.");
                 list.Add(d);
@@ -271,7 +285,12 @@ public static class ConfigLoader
                     $"'{u.Key}' at {u.At.Short}" + (u.Suggestion != null ? $" ({Hint(u.Suggestion)})" : ""))) + ".");
         }
 
-        bool IsGiven(string key) => set.ContainsKey(key);
+        bool IsGiven(string key) => key switch
+        {
+            "pretraining_dataset" => c.PretrainingDataset.Count > 0,
+            "streaming" => c.Streaming,
+            _ => set.ContainsKey(key),
+        };
 
         string At(string key) => spots.TryGetValue(key, out var e) ? e.At.Full : path;
 
@@ -297,6 +316,8 @@ public static class ConfigLoader
             if (IsGiven("pretraining_dataset") && c.MaxSteps is null) Fail("pretraining_dataset", "max_steps must be set with pretraining_dataset: the length of a stream is unknown, so the schedule needs it.");
             if (c.ValSetSize != 0 && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
                 Fail("val_set_size", "val_set_size is not supported with streaming or pretraining_dataset; use test_datasets for evaluation.");
+            if (c.DatasetExactDeduplication && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
+                Fail("dataset_exact_deduplication", "dataset_exact_deduplication is not available for streaming datasets.");
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
@@ -322,6 +343,10 @@ public static class ConfigLoader
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
             if (c.Adapter is "llama-adapter") Refuse("adapter");
+            // Streaming covers pretraining_dataset only; Axolotl's streamed SFT datasets are another path.
+            if (c.Streaming && c.PretrainingDataset.Count == 0) Refuse("streaming");
+            if (!c.PretrainMultipackAttn && c.PretrainingDataset.Count > 0 && c.SamplePacking) Refuse("pretrain_multipack_attn");
+            if (c.PretrainingDataset.Count > 0 && c.TestDatasets.Count > 0) Refuse("test_datasets");
             // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
             if (c.Adapter == "lora" && c.LoadIn4Bit) Refuse("load_in_4bit");
             if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
@@ -362,6 +387,12 @@ public static class ConfigLoader
             }
             foreach (var (key, e) in set)
                 if (!(key == "device_map" && deviceMapped) && AxolotlKeys.Warned.TryGetValue(key, out var note)) WarnKey(e, key, note);
+
+            if (c.PretrainingDataset.Count > 1)
+                Warn(spots["pretraining_dataset"].At, $"pretraining_dataset has {c.PretrainingDataset.Count} entries; only the first is streamed, as in Axolotl.");
+            if (c.PretrainingDataset.Count > 0 && c.Datasets.Count > 0)
+                Warn(spots["datasets"].At, "'datasets' is not read when pretraining_dataset is set, as in Axolotl.");
+            if (c.PretrainingDataset.Count > 0) c.Streaming = true;
 
             // Legacy flags mean an attn_implementation (the first set one in Axolotl's priority order wins).
             string? requested = c.AttnImplementation, from = requested != null ? "attn_implementation" : null;
@@ -541,6 +572,7 @@ public static class ConfigLoader
         if (c.SamplePackingBinSize < 1) Fail("'sample_packing_bin_size' must be at least 1.");
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
+        if (c.StreamingMultipackBufferSize < 1) Fail("'streaming_multipack_buffer_size' must be at least 1.");
         var bf16 = c.Bf16.ToLowerInvariant();
         if (bf16 is not ("auto" or "true" or "false")) Fail($"'bf16' must be auto, true or false, not '{c.Bf16}'.");
         c.Bf16 = bf16;

@@ -12,4 +12,30 @@ public sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length,
 
     /// <summary>Packed rows only: which sample of its row each token belongs to (1, 2, …; 0 for padding).</summary>
     public long[]? SequenceIds { get; init; }
+
+    /// <summary>
+    /// Rows right-padded to the longest (rounded up to <paramref name="padToMultipleOf"/>): padding gets the pad id and
+    /// label -100. A row's first label is never predicted (the shift), so it is not a trainable token.
+    /// </summary>
+    public static Batch Pad(IReadOnlyList<Example> rows, int padTokenId, int? padToMultipleOf)
+    {
+        int length = rows.Max(e => e.InputIds.Length);
+        if (padToMultipleOf is int multiple) length = (length + multiple - 1) / multiple * multiple;
+        var ids = new long[rows.Count * length];
+        var labels = new long[rows.Count * length];
+        long trainable = 0, real = 0;
+        for (int r = 0; r < rows.Count; r++)
+        {
+            var e = rows[r];
+            for (int t = 0; t < length; t++)
+            {
+                bool inside = t < e.InputIds.Length;
+                ids[r * length + t] = inside ? e.InputIds[t] : padTokenId;
+                labels[r * length + t] = inside ? e.Labels[t] : Example.IgnoreIndex;
+                if (inside && t > 0 && e.Labels[t] != Example.IgnoreIndex) trainable++;
+            }
+            real += e.InputIds.Length;
+        }
+        return new Batch(ids, labels, rows.Count, length, trainable, real);
+    }
 }

@@ -23,6 +23,28 @@ static class ColumnarReader
         return rows;
     }
 
+    /// <summary>The rows of <see cref="ReadParquet"/>, one row group in memory at a time.</summary>
+    public static IEnumerable<Row> StreamParquet(string path)
+    {
+        using var stream = File.OpenRead(path);
+        int groups;
+        var reader = Parquet.ParquetReader.CreateAsync(stream, leaveStreamOpen: true).GetAwaiter().GetResult();
+        try { groups = reader.RowGroupCount; }
+        finally { reader.DisposeAsync().AsTask().GetAwaiter().GetResult(); }
+        int number = 0;
+        for (int g = 0; g < groups; g++)
+        {
+            stream.Position = 0;
+            var result = ParquetSerializer.DeserializeUntypedAsync(stream, null, g).GetAwaiter().GetResult();
+            foreach (var values in result.Data)
+            {
+                var obj = new JsonObject();
+                foreach (var (key, value) in values) obj[key] = ToJson(value);
+                yield return new Row(obj, path, ++number);
+            }
+        }
+    }
+
     static JsonNode? ToJson(object? value) => value switch
     {
         null => null,

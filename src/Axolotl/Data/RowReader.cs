@@ -1,3 +1,4 @@
+using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Axolotl.Config;
@@ -23,7 +24,41 @@ public static class RowReader
     {
         bad ??= new BadRows(skip: false);
         var (split, slice) = ParseSplit(dataset.Split);
-        List<Row> rows;
+        var rows = Files(dataset, split, defaultSplit).SelectMany(f => ReadFile(f.Path, f.Type, dataset.Field, bad)).ToList();
+        if (slice != null) rows = slice(rows);
+        if (rows.Count == 0) throw new UserError($"dataset '{dataset.Path}' has no rows.");
+        return rows;
+    }
+
+    /// <summary>
+    /// The rows of <see cref="Read(DatasetConfig, BadRows?, string)"/>, one at a time as they are pulled: JSON Lines and
+    /// text files line by line, Parquet row group by row group (other formats are read whole, file by file).
+    /// </summary>
+    public static IEnumerable<Row> Stream(DatasetConfig dataset, BadRows? bad = null)
+    {
+        bad ??= new BadRows(skip: false);
+        var (split, slice) = ParseSplit(dataset.Split);
+        if (slice != null)
+            throw new UserError($"dataset '{dataset.Path}': split '{dataset.Split}' is a slice, which a stream cannot take; use 'skip' to leave out the first rows.");
+        var files = Files(dataset, split, "train");
+        return Rows();
+
+        IEnumerable<Row> Rows()
+        {
+            bool any = false;
+            foreach (var (path, type) in files)
+                foreach (var row in StreamFile(path, type, dataset.Field, bad))
+                {
+                    any = true;
+                    yield return row;
+                }
+            if (!any) throw new UserError($"dataset '{dataset.Path}' has no rows.");
+        }
+    }
+
+    /// <summary>The files a dataset entry reads, in order, each with its ds_type (null: from the extension).</summary>
+    static List<(string Path, string? Type)> Files(DatasetConfig dataset, string? split, string defaultSplit)
+    {
         var path = dataset.Path;
         if (dataset.DataFiles is { Count: > 0 } dataFiles)
         {
@@ -32,11 +67,11 @@ public static class RowReader
             var files = dataFiles.Select(f => Path.IsPathRooted(f) || root == "" ? f : Path.Combine(root, f)).ToList();
             foreach (var f in files)
                 if (!File.Exists(f)) throw new UserError($"data_files: '{f}' does not exist.");
-            // Axolotl reads data_files without a local folder as json; with one, by ds_type or the path's extension.
-            rows = files.SelectMany(f => ReadFile(f, dataset.DsType ?? (root == "" ? "json" : null), dataset.Field, bad)).ToList();
             CheckSplitOfFile(split, dataset);
+            // Axolotl reads data_files without a local folder as json; with one, by ds_type or the path's extension.
+            return files.Select(f => (f, dataset.DsType ?? (root == "" ? "json" : null))).ToList();
         }
-        else if (Directory.Exists(path))
+        if (Directory.Exists(path))
         {
             if (dataset.Name is { Length: > 0 } name)
             {
@@ -45,17 +80,14 @@ public static class RowReader
                 if (!Directory.Exists(sub)) throw new UserError($"dataset '{path}' has no configuration named '{name}' (no folder '{name}' in it).");
                 path = sub;
             }
-            rows = ReadFolder(path, dataset.DsType, split ?? defaultSplit, dataset.Field, bad);
+            return FolderFiles(path, dataset.DsType, split ?? defaultSplit);
         }
-        else if (File.Exists(path))
+        if (File.Exists(path))
         {
-            rows = ReadFile(path, dataset.DsType, dataset.Field, bad);
             CheckSplitOfFile(split, dataset);
+            return [(path, dataset.DsType)];
         }
-        else throw new UserError($"dataset path '{path}' does not exist.");
-        if (slice != null) rows = slice(rows);
-        if (rows.Count == 0) throw new UserError($"dataset '{dataset.Path}' has no rows.");
-        return rows;
+        throw new UserError($"dataset path '{path}' does not exist.");
     }
 
     /// <summary>A single file is HF's "train" split; asking it for another is Axolotl's "no such split" error.</summary>
@@ -102,7 +134,7 @@ public static class RowReader
     /// files in sorted order, as HF's loader reads a local folder. When names carry split words only the wanted split's
     /// files count; README, LICENSE and dotfiles are not data.
     /// </summary>
-    static List<Row> ReadFolder(string folder, string? dsType, string split, string? field, BadRows bad)
+    static List<(string Path, string? Type)> FolderFiles(string folder, string? dsType, string split)
     {
         if (File.Exists(Path.Combine(folder, "dataset_dict.json")))
         {
@@ -115,7 +147,7 @@ public static class RowReader
             var state = JsonNode.Parse(File.ReadAllText(Path.Combine(folder, "state.json")));
             var arrows = state?["_data_files"]?.AsArray().Select(f => (string)f!["filename"]!).ToList() ?? [];
             if (arrows.Count == 0) throw new UserError($"dataset '{folder}': state.json lists no data files.");
-            return arrows.SelectMany(f => ReadFile(Path.Combine(folder, f), "arrow", field, bad)).ToList();
+            return arrows.Select(f => (Path.Combine(folder, f), (string?)"arrow")).ToList();
         }
         var files = DataCandidates(Directory.EnumerateFiles(folder, "*", SearchOption.AllDirectories)
             .Select(f => Path.GetRelativePath(folder, f).Replace('\\', '/')));
@@ -134,7 +166,7 @@ public static class RowReader
                 $"holds files that are not datasets: {string.Join(", ", unreadable.Take(5))}{(unreadable.Count > 5 ? $" and {unreadable.Count - 5} more" : "")} (.json, .jsonl, .csv, .parquet, .arrow and .txt are)") + ".");
         if (dsType == null && files.Select(f => Formats[Path.GetExtension(f)]).Distinct().Count() > 1)
             throw new UserError($"dataset folder '{folder}' mixes file formats ({string.Join(", ", files.Select(f => Path.GetExtension(f).ToLowerInvariant()).Distinct())}); set ds_type or keep one kind.");
-        return files.SelectMany(f => ReadFile(Path.Combine(folder, f), dsType, field, bad)).ToList();
+        return files.Select(f => (Path.Combine(folder, f), dsType)).ToList();
     }
 
     /// <summary>
@@ -169,10 +201,12 @@ public static class RowReader
         return null;
     }
 
+    static string FileType(string path, string? dsType) => dsType ?? (Formats.TryGetValue(Path.GetExtension(path), out var t) ? t
+        : throw new UserError($"dataset '{path}': files of type '{Path.GetExtension(path)}' are not datasets (.json, .jsonl, .csv, .parquet, .arrow and .txt are); set ds_type if the extension is misleading."));
+
     static List<Row> ReadFile(string path, string? dsType, string? field, BadRows bad)
     {
-        var type = dsType ?? (Formats.TryGetValue(Path.GetExtension(path), out var t) ? t
-            : throw new UserError($"dataset '{path}': files of type '{Path.GetExtension(path)}' are not datasets (.json, .jsonl, .csv, .parquet, .arrow and .txt are); set ds_type if the extension is misleading."));
+        var type = FileType(path, dsType);
         try
         {
             return type switch
@@ -189,6 +223,64 @@ public static class RowReader
         {
             throw new UserError($"dataset '{path}': not a readable {type} file ({e.Message.Split('\n')[0]}).", e);
         }
+    }
+
+    /// <summary>
+    /// One file's rows as they are pulled. JSON Lines, text and Parquet never sit in memory whole; a JSON array, a
+    /// JSON object with <c>field</c>, CSV and Arrow are read whole (their rows then go out one by one).
+    /// </summary>
+    static IEnumerable<Row> StreamFile(string path, string? dsType, string? field, BadRows bad)
+    {
+        var type = FileType(path, dsType);
+        IEnumerable<Row> rows = type switch
+        {
+            "json" when !StartsLikeJsonLines(path, field) => ReadFile(path, type, field, bad),
+            "json" => JsonLines(path, bad),
+            "text" => Lines(path).Select((line, i) => new Row(new JsonObject { ["text"] = line.TrimEnd('\r') }, path, i + 1, IsLine: true)),
+            "parquet" => ColumnarReader.StreamParquet(path),
+            _ => ReadFile(path, type, field, bad),
+        };
+        using var e = rows.GetEnumerator();
+        while (true)
+        {
+            try { if (!e.MoveNext()) yield break; }
+            catch (Exception x) when (x is not UserError && x is not OutOfMemoryException)
+            {
+                throw new UserError($"dataset '{path}': not a readable {type} file ({x.Message.Split('\n')[0]}).", x);
+            }
+            yield return e.Current;
+        }
+    }
+
+    /// <summary>An array, or an object holding the rows under <c>field</c>, must be parsed whole; anything else is JSON Lines.</summary>
+    static bool StartsLikeJsonLines(string path, string? field)
+    {
+        using var reader = new StreamReader(path);
+        int c;
+        while ((c = reader.Read()) >= 0 && char.IsWhiteSpace((char)c)) { }
+        return !(c == '[' || (c == '{' && field != null));
+    }
+
+    /// <summary>The pieces between '\n's, as <see cref="ReadText"/> splits a whole file (no empty last piece).</summary>
+    static IEnumerable<string> Lines(string path)
+    {
+        using var reader = new StreamReader(path);
+        var line = new StringBuilder();
+        int c;
+        while ((c = reader.Read()) >= 0)
+        {
+            if (c != '\n') { line.Append((char)c); continue; }
+            yield return line.ToString();
+            line.Clear();
+        }
+        if (line.Length > 0) yield return line.ToString();
+    }
+
+    static IEnumerable<Row> JsonLines(string path, BadRows bad)
+    {
+        int lineNumber = 0;
+        foreach (var line in Lines(path))
+            if (ParseLine(path, line, ++lineNumber, bad) is { } row) yield return row;
     }
 
     static List<Row> ReadJson(string path, string text, string? field, BadRows bad)
@@ -243,19 +335,22 @@ public static class RowReader
         var rows = new List<Row>();
         int lineNumber = 0;
         foreach (var line in text.Split('\n'))
-        {
-            lineNumber++;
-            if (string.IsNullOrWhiteSpace(line)) continue;
-            JsonNode? node;
-            try { node = JsonNode.Parse(line, documentOptions: IO.JsonFiles.NoDuplicateKeys); }
-            catch (JsonException e)
-            {
-                bad.Report("invalid JSON", $"{path}, line {lineNumber}: invalid JSON ({e.Message.Split('.')[0]}).");
-                continue;
-            }
-            if (node is JsonObject obj) rows.Add(new Row(obj, path, lineNumber, IsLine: true));
-            else bad.Report("not a JSON object", $"{path}, line {lineNumber}: expected a JSON object.");
-        }
+            if (ParseLine(path, line, ++lineNumber, bad) is { } row) rows.Add(row);
         return rows;
+    }
+
+    static Row? ParseLine(string path, string line, int lineNumber, BadRows bad)
+    {
+        if (string.IsNullOrWhiteSpace(line)) return null;
+        JsonNode? node;
+        try { node = JsonNode.Parse(line, documentOptions: IO.JsonFiles.NoDuplicateKeys); }
+        catch (JsonException e)
+        {
+            bad.Report("invalid JSON", $"{path}, line {lineNumber}: invalid JSON ({e.Message.Split('.')[0]}).");
+            return null;
+        }
+        if (node is JsonObject obj) return new Row(obj, path, lineNumber, IsLine: true);
+        bad.Report("not a JSON object", $"{path}, line {lineNumber}: expected a JSON object.");
+        return null;
     }
 }

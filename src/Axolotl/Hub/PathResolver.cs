@@ -47,6 +47,9 @@ public static class PathResolver
         config.LoraModelDir = One("lora_model_dir", config.LoraModelDir, "model", null, HubWant.Adapter);
         for (int i = 0; i < config.Datasets.Count; i++)
             config.Datasets[i].Path = One($"datasets[{i}].path", config.Datasets[i].Path, "dataset", config.Datasets[i].Revision, HubWant.Dataset)!;
+        // Only the first entry is streamed, so only it is fetched.
+        if (config.PretrainingDataset.Count > 0)
+            config.PretrainingDataset[0].Path = One("pretraining_dataset[0].path", config.PretrainingDataset[0].Path, "dataset", config.PretrainingDataset[0].Revision, HubWant.Dataset)!;
         return notes;
     }
 }

@@ -47,7 +47,8 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     /// As <see cref="forward(Tensor)"/>, for rows that may hold several samples (sample packing). positionIds [batch, seq]:
     /// each token's position within its own sample, for RoPE (null: 0..seq-1). sequenceIds [batch, seq]: which sample each
     /// token belongs to; a token attends only to earlier tokens with the same id (null: derived from where positionIds
-    /// restart at 0, as transformers does; both null: one sample per row).
+    /// restart at 0, as transformers does; both null: one sample per row). A negative id -s marks a masked-out token
+    /// (attention_mask 0 inside a row): no query sees it as a key, and as a query it sees sample s.
     /// </summary>
     public Tensor forward(Tensor ids, Tensor? positionIds, Tensor? sequenceIds) => Forward(ids, null, positionIds, sequenceIds);
 
@@ -116,7 +117,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         // As transformers with position_ids: length-dependent scalings see the largest position + 1.
         var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config, positionIds.max().item<long>() + 1, h.device);
         var (cos, sin) = Rope.Angles(positionIds.unsqueeze(1), invFreq, attentionFactor, h.dtype);
-        var sameSample = sequenceIds.unsqueeze(2).eq(sequenceIds.unsqueeze(1));
+        var sameSample = sequenceIds.abs().unsqueeze(2).eq(sequenceIds.unsqueeze(1));
         Tensor Packed(int? window) =>
             sameSample.logical_and(Mask(0, seq, window, h.device) ?? ones(seq, seq, ScalarType.Bool, h.device).tril()).unsqueeze(1);
         return new Positions(cos, sin, Packed(null)) { SlidingMask = _config.SlidingWindow is int w ? Packed(w) : null };

@@ -41,7 +41,11 @@ public static class FinetuneRecipe
         // Read the architecture first: a wrong model path should fail before minutes of tokenization.
         var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
 
-        var (data, tokenizer, tokenizerDir) = PreprocessRecipe.Run(config, reporter);
+        // pretraining_dataset is read while training runs; nothing is prepared (or cached) before.
+        bool streaming = config.PretrainingDataset.Count > 0;
+        var (data, tokenizer, tokenizerDir) = streaming
+            ? (new PreparedDataset([], 0, 0, 0), ModelLoading.LoadTokenizer(config), config.TokenizerFolder())
+            : PreprocessRecipe.Run(config, reporter);
         // A cache hit skips the tokenizer; training still wants it (pad id, embeddings for added tokens, saved files).
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
@@ -58,7 +62,7 @@ public static class FinetuneRecipe
             if (config.Adapter != null && !(config.LoraModulesToSave is { } saved && ConfigTokens.EmbeddingModules.All(saved.Contains)))
                 reporter.Warn("the new tokens' embeddings are not trained by the adapter (set lora_modules_to_save: [embed_tokens, lm_head] to train them).");
         }
-        int maxId = data.MaxTokenId;
+        int maxId = data.Examples.Count == 0 ? 0 : data.MaxTokenId;
         if (maxId >= model.Config.VocabSize)
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
@@ -136,6 +140,14 @@ public static class FinetuneRecipe
             EvalPacking = config.EvalSamplePacking == true ? packing : null,
             PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : null,
         };
+        PretrainingStream? stream = null;
+        if (streaming)
+        {
+            var streamTokenizer = tokenizer!;
+            stream = PretrainingStreams.ForConfig(config, () => streamTokenizer, options.PadTokenId);
+            if (resumeFrom != null) stream.ResumeFrom(resumeFrom);
+            reporter.Info(PretrainingStreams.Describe(config));
+        }
         // Weights and the resolved config go together into output_dir and every checkpoint, so each can be re-run.
         // A full fine-tune of a sharded base keeps its shard layout.
         var layout = lora == null && !config.RandomInitWeights ? ShardedSafetensors.LayoutOf(config.BaseModel) : null;
@@ -144,6 +156,8 @@ public static class FinetuneRecipe
             if (lora != null) Lora.Save(model, lora, dir, config.BaseModelRepoId ?? config.BaseModel);
             else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32, layout);
             AtomicFile.WriteAllText(Path.Combine(dir, ConfigWriter.FileName), ConfigWriter.ToYaml(config));
+            // Where the stream stands, so a resume from this folder re-reads only the current buffer.
+            stream?.SavePosition(dir);
         }
         var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)
         {
@@ -157,11 +171,15 @@ public static class FinetuneRecipe
         TrainerState state;
         using (var metrics = new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null })
         {
-            state = new Trainer(model, options, metrics, checkpoints).Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
+            var trainer = new Trainer(model, options, metrics, checkpoints);
+            state = stream != null ? trainer.Train(stream, resumeFrom, stop)
+                : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
             // The summary entry is added without being reported as a log.
             metrics.Append(state.LogHistory[^1]);
         }
 
+        foreach (var (reason, count, first) in stream?.SkippedRows ?? [])
+            reporter.Warn($"skipped {count} bad rows of the stream ({reason}; bad_rows: skip), the first: {first}");
         SaveWeights(outputDir);
         state.Save(outputDir);
         ModelCard.Write(outputDir, config, state);

@@ -21,7 +21,8 @@ public static class ModelCard
     public static string Render(AxolotlConfig config, TrainerState state, string name)
     {
         var baseModel = config.BaseModelRepoId ?? config.BaseModel;
-        var datasets = config.Datasets.Select(d => d.Path).ToList();
+        // With pretraining_dataset, what was trained on is its (first, streamed) entry; datasets is not read.
+        var datasets = (config.PretrainingDataset.Count > 0 ? config.PretrainingDataset.Take(1) : config.Datasets).Select(d => d.Path).ToList();
         var card = new StringBuilder();
         card.AppendLine("---");
         card.AppendLine($"base_model: {Quote(baseModel)}");

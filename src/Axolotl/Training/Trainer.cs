@@ -122,13 +122,25 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
 
     /// <summary>Trains to the planned step count; with <paramref name="resumeFrom"/> it continues a checkpoint exactly.</summary>
     public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null, IReadOnlyList<Example>? eval = null,
-                              CancellationToken stop = default)
+                              CancellationToken stop = default) => Train(examples, null, resumeFrom, eval, stop);
+
+    /// <summary>
+    /// Trains on micro-batches read from a stream (pretraining_dataset) for MaxSteps steps, one "epoch" of
+    /// MaxSteps × gradient_accumulation_steps batches, as transformers runs an iterable dataset. A resume asks the
+    /// stream for the batches from the first untrained one on.
+    /// </summary>
+    public TrainerState Train(IBatchStream stream, string? resumeFrom = null, CancellationToken stop = default) =>
+        Train([], stream, resumeFrom, null, stop);
+
+    TrainerState Train(IReadOnlyList<Example> examples, IBatchStream? stream, string? resumeFrom, IReadOnlyList<Example>? eval, CancellationToken stop)
     {
         var o = options;
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("no trainable parameters");
         _packed.Clear();
-        int batchesPerEpoch = o.Packing is null ? (examples.Count + o.MicroBatchSize - 1) / o.MicroBatchSize : PackedBatchesPerEpoch(examples);
+        if (stream != null && o.MaxSteps is null) throw new InvalidOperationException("a streamed run needs MaxSteps");
+        int batchesPerEpoch = stream != null ? checked(o.MaxSteps!.Value * o.GradientAccumulationSteps)
+            : o.Packing is null ? (examples.Count + o.MicroBatchSize - 1) / o.MicroBatchSize : PackedBatchesPerEpoch(examples);
         int stepsPerEpoch = Math.Max(1, (batchesPerEpoch + o.GradientAccumulationSteps - 1) / o.GradientAccumulationSteps);
         // Axolotl's count for packing (calculate_total_num_steps): floor(epochs × max(1, batches // accumulation)).
         int totalSteps = o.MaxSteps ?? (o.Packing is null ? (int)Math.Ceiling(o.NumEpochs * stepsPerEpoch)
@@ -139,11 +151,12 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
             trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model))
-        { PackingEfficiency = o.Packing is null ? null : PackedEpochOf(examples, 0).Efficiency };
+        { PackingEfficiency = o.Packing is null || stream != null ? null : PackedEpochOf(examples, 0).Efficiency };
         if (o.EvalPacking is { } evalPacking && eval is { Count: > 0 } && !EvalBatches(eval).Any())
             throw new UserError($"the validation split ({eval.Count} examples) is too small to fill one packed batch of {evalPacking.BinsPerBatch} × {evalPacking.BinCapacity} tokens; set eval_sample_packing: false.");
         _observer.OnStart(plan);
-        double flopsPerToken = examples.Count == 0 ? 0
+        double flopsPerToken = stream != null ? Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, stream.TokensPerRow)
+            : examples.Count == 0 ? 0
             : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
 
         var device = model.Device;
@@ -171,6 +184,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             step = Restore(resumeFrom, optimizer);
         }
 
+        using var streamed = stream is null ? null : new StreamedEpoch(stream.From((long)step * o.GradientAccumulationSteps), batchesPerEpoch, step * o.GradientAccumulationSteps);
         var clock = Stopwatch.StartNew();
         var sinceLog = Stopwatch.StartNew();
         int watchdogViolations = 0;
@@ -180,7 +194,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         bool stopped = false;
         for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps && !stopped; epoch++)
         {
-            var batches = Batches(examples, epoch);
+            var batches = streamed ?? Batches(examples, epoch);
             // Batch order depends only on (seed, epoch), so skipping the windows already trained resumes the same stream.
             int firstWindow = epoch == step / stepsPerEpoch ? step % stepsPerEpoch : 0;
             for (int first = firstWindow * o.GradientAccumulationSteps; first < batches.Count && step < totalSteps; first += o.GradientAccumulationSteps)
@@ -467,6 +481,24 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         return Collate(examples, EpochOrder(examples.Count, epoch).Chunk(options.MicroBatchSize)).ToList();
     }
 
+    /// <summary>A stream's batches as the loop indexes them: in order, from the first untrained one.</summary>
+    sealed class StreamedEpoch(IEnumerator<Batch> batches, int count, int next) : IReadOnlyList<Batch>, IDisposable
+    {
+        public int Count => count;
+        public Batch this[int index]
+        {
+            get
+            {
+                if (index != next++) throw new InvalidOperationException($"streamed batch {index} asked for out of order");
+                if (!batches.MoveNext()) throw new InvalidOperationException("the batch stream ended");
+                return batches.Current;
+            }
+        }
+        public IEnumerator<Batch> GetEnumerator() => throw new NotSupportedException("a stream is read by index, in order");
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+        public void Dispose() => batches.Dispose();
+    }
+
     /// <summary>Packed micro-batches collated as the loop reaches them: an epoch of full rows need not sit in memory at once.</summary>
     sealed class CollatedOnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
     {
@@ -529,29 +561,6 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     }
 
     /// <summary>Each group of example indices as one batch, right-padded to its longest row.</summary>
-    IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups)
-    {
-        foreach (var chunk in groups)
-        {
-            int length = chunk.Max(i => examples[i].InputIds.Length);
-            if (options.PadToMultipleOf is int multiple) length = (length + multiple - 1) / multiple * multiple;
-            var ids = new long[chunk.Length * length];
-            var labels = new long[chunk.Length * length];
-            long trainable = 0, real = 0;
-            for (int r = 0; r < chunk.Length; r++)
-            {
-                var e = examples[chunk[r]];
-                for (int t = 0; t < length; t++)
-                {
-                    bool inside = t < e.InputIds.Length;
-                    ids[r * length + t] = inside ? e.InputIds[t] : options.PadTokenId;
-                    labels[r * length + t] = inside ? e.Labels[t] : Example.IgnoreIndex;
-                    // The first label is never predicted (the shift), so it is not a trainable token.
-                    if (inside && t > 0 && e.Labels[t] != Example.IgnoreIndex) trainable++;
-                }
-                real += e.InputIds.Length;
-            }
-            yield return new Batch(ids, labels, chunk.Length, length, trainable, real);
-        }
-    }
+    IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups) =>
+        groups.Select(chunk => Batch.Pad(chunk.Select(i => examples[i]).ToList(), options.PadTokenId, options.PadToMultipleOf));
 }
