@@ -230,12 +230,12 @@ public static class FinetuneRecipe
     };
 
     /// <summary>
-    /// A quick peak for the logged mfu: the median of three 1024³ matmuls (a few milliseconds in bf16). The benchmark's
-    /// 2048³ peak is steadier; on this CPU the two agree within a few percent.
+    /// A quick peak for the logged mfu: the fastest of five 1024³ matmuls (a few milliseconds each in bf16); the fastest,
+    /// because a probe this short is easily slowed by anything else the machine does at start-up.
     /// </summary>
     static double MeasurePeak(ScalarType computeType, Device device, IRecipeReporter reporter)
     {
-        var gflops = Flops.MeasureMatmulGflops(computeType, 1024, 3, device).Order().ToList()[1];
+        var gflops = Flops.MeasureMatmulGflops(computeType, 1024, 5, device).Max();
         reporter.Info($"Matmul peak ({(computeType == ScalarType.BFloat16 ? "bf16" : "fp32")}, 1024³): {gflops:F0} GFLOP/s; the logged mfu is measured against it.");
         return gflops * 1e9;
     }
