@@ -75,7 +75,8 @@ public abstract class TrainingOptimizer : IDisposable
     /// </summary>
     abstract class Manual : TrainingOptimizer
     {
-        const long ChunkElements = 1 << 17;
+        // 2 MiB per fp32 tensor: a chunk's few tensors stay in the last-level cache, and 4x fewer calls than 128K (measured).
+        const long ChunkElements = 1 << 19;
         protected readonly List<Slot> Slots;
         protected long StepCount;
 
