@@ -33,7 +33,7 @@ public static class ConfigLoader
         AxolotlKeys.All.Except(TopLevel.Keys).Except(AxolotlKeys.Warned.Keys).Except(ByValue).ToFrozenSet(StringComparer.Ordinal);
 
     /// <summary>Entry keys read only in pretraining_dataset; in datasets and test_datasets they are refused.</summary>
-    static readonly string[] PretrainingOnlyKeys = ["text_column", "skip"];
+    internal static readonly string[] PretrainingOnlyKeys = ["text_column", "skip"];
 
     public static readonly FrozenSet<string> UnsupportedDatasetKeys =
         AxolotlKeys.DatasetKeys.Except(DatasetProperties.Keys).Concat(PretrainingOnlyKeys).ToFrozenSet(StringComparer.Ordinal);

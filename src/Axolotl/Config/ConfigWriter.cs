@@ -70,7 +70,7 @@ public static class ConfigWriter
         var properties = new JsonObject();
         foreach (var property in Keys(typeof(AxolotlConfig)))
             properties[ConfigLoader.KeyOf(property)] = property.PropertyType == typeof(List<DatasetConfig>)
-                ? new JsonObject { ["type"] = "array", ["items"] = DatasetSchema() }
+                ? new JsonObject { ["type"] = "array", ["items"] = DatasetSchema(pretraining: property.Name == nameof(AxolotlConfig.PretrainingDataset)) }
                 : Describe(property.PropertyType, property.GetValue(defaults));
         return new JsonObject
         {
@@ -83,11 +83,13 @@ public static class ConfigWriter
         };
     }
 
-    static JsonObject DatasetSchema()
+    /// <summary>A dataset entry; text_column and skip belong to pretraining_dataset entries only (refused elsewhere).</summary>
+    static JsonObject DatasetSchema(bool pretraining)
     {
         var properties = new JsonObject();
         foreach (var property in Keys(typeof(DatasetConfig)))
-            properties[ConfigLoader.KeyOf(property)] = Describe(property.PropertyType, null);
+            if (pretraining || !ConfigLoader.PretrainingOnlyKeys.Contains(ConfigLoader.KeyOf(property)))
+                properties[ConfigLoader.KeyOf(property)] = Describe(property.PropertyType, null);
         return new JsonObject { ["type"] = "object", ["required"] = new JsonArray("path"), ["properties"] = properties };
     }
 

@@ -343,6 +343,9 @@ public class ConfigWriterTests
         Assert.Equal("cosine", (string)properties["lr_scheduler"]!["default"]!);
         Assert.Equal("array", (string)properties["datasets"]!["type"]!);
         Assert.True(properties["datasets"]!["items"]!["properties"]!.AsObject().ContainsKey("path"));
+        // text_column and skip are refused in datasets; only pretraining_dataset entries take them.
+        Assert.False(properties["datasets"]!["items"]!["properties"]!.AsObject().ContainsKey("text_column"));
+        Assert.True(properties["pretraining_dataset"]!["items"]!["properties"]!.AsObject().ContainsKey("text_column"));
         Assert.False(properties.ContainsKey("lora_fan_in_fan_out"));
         Assert.Equal("object", (string)properties["bnb_config_kwargs"]!["type"]!);
         Assert.Equal("integer", (string)properties["peft_layers_to_transform"]!["items"]!["type"]!);
