@@ -478,7 +478,9 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             var bins = PackedEpochOf(examples, epoch).Batches;
             return new CollatedOnDemand(_packedBatchesPerEpoch, i => Packing.Collate(examples, bins[i], packing, options.PadTokenId));
         }
-        return Collate(examples, EpochOrder(examples.Count, epoch).Chunk(options.MicroBatchSize)).ToList();
+        // Collated as the loop reaches them: an epoch of padded rows need not sit in memory at once.
+        var groups = EpochOrder(examples.Count, epoch).Chunk(options.MicroBatchSize).ToArray();
+        return new CollatedOnDemand(groups.Length, i => Collate(examples, [groups[i]]).Single());
     }
 
     /// <summary>A stream's batches as the loop indexes them: in order, from the first untrained one.</summary>
@@ -499,7 +501,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         public void Dispose() => batches.Dispose();
     }
 
-    /// <summary>Packed micro-batches collated as the loop reaches them: an epoch of full rows need not sit in memory at once.</summary>
+    /// <summary>Micro-batches collated as the loop reaches them: an epoch of full rows need not sit in memory at once.</summary>
     sealed class CollatedOnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
     {
         public int Count => count;
