@@ -31,14 +31,7 @@ public class ChatTemplateFeatureTests : IDisposable
     readonly Tokenizer imEndEos;                                                    // EOS <|im_end|>, as Qwen's tokenizers have it
     readonly List<string> warnings = [];
 
-    public ChatTemplateFeatureTests()
-    {
-        foreach (var f in Directory.GetFiles(TestSetup.Data("tok-tiny512"))) File.Copy(f, Path.Combine(dir.Path, Path.GetFileName(f)));
-        var config = JsonNode.Parse(File.ReadAllText(dir["tokenizer_config.json"]))!.AsObject();
-        config["eos_token"] = "<|im_end|>";
-        File.WriteAllText(dir["tokenizer_config.json"], config.ToJsonString());
-        imEndEos = Tokenizer.FromFolder(dir.Path);
-    }
+    public ChatTemplateFeatureTests() => imEndEos = ChatTemplateTests.ImEndEosTokenizer(dir);
 
     public void Dispose() => dir.Dispose();
 
@@ -79,18 +72,8 @@ public class ChatTemplateFeatureTests : IDisposable
         }
     }
 
-    const string Conversation = """
-        {"messages": [
-          {"role": "system", "content": "Be kind."},
-          {"role": "user", "content": "Hi there"},
-          {"role": "assistant", "content": "Hello! How can I help?"},
-          {"role": "user", "content": "Tell me a joke"},
-          {"role": "assistant", "content": "Why did the cat sit on the mouse?"}
-        ]}
-        """;
-
-    static readonly (string Role, string Content)[] Turns =
-        [("system", "Be kind."), ("user", "Hi there"), ("assistant", "Hello! How can I help?"), ("user", "Tell me a joke"), ("assistant", "Why did the cat sit on the mouse?")];
+    const string Conversation = ChatTemplateTests.Conversation;
+    static readonly (string Role, string Content)[] Turns = ChatTemplateTests.Turns;
 
     /// <summary>ChatML: &lt;|im_start|&gt;role\ncontent&lt;|im_end|&gt;\n per turn; the assistant contents trained.</summary>
     Expect ChatMl(Tokenizer tok, Func<int, bool> terminator)

@@ -30,14 +30,16 @@ public class ChatTemplateTests : IDisposable
     readonly Tokenizer tok;
     const int ImEnd = 511;
 
-    public ChatTemplateTests()
+    public ChatTemplateTests() => tok = ImEndEosTokenizer(dir);
+
+    /// <summary>tok-tiny512 with &lt;|im_end|&gt; as EOS, as Qwen's tokenizers have it: the turn terminator is the EOS token.</summary>
+    internal static Tokenizer ImEndEosTokenizer(TempDir dir)
     {
-        // tok-tiny512 with <|im_end|> as EOS, as Qwen's tokenizers have it: the turn terminator is the EOS token.
         foreach (var f in Directory.GetFiles(TestSetup.Data("tok-tiny512"))) File.Copy(f, Path.Combine(dir.Path, Path.GetFileName(f)));
         var config = JsonNode.Parse(File.ReadAllText(dir["tokenizer_config.json"]))!.AsObject();
         config["eos_token"] = "<|im_end|>";
         File.WriteAllText(dir["tokenizer_config.json"], config.ToJsonString());
-        tok = Tokenizer.FromFolder(dir.Path);
+        return Tokenizer.FromFolder(dir.Path);
     }
 
     public void Dispose() => dir.Dispose();
@@ -53,7 +55,7 @@ public class ChatTemplateTests : IDisposable
         return d;
     }
 
-    const string Conversation = """
+    internal const string Conversation = """
         {"messages": [
           {"role": "system", "content": "Be kind."},
           {"role": "user", "content": "Hi there"},
@@ -63,7 +65,7 @@ public class ChatTemplateTests : IDisposable
         ]}
         """;
 
-    static readonly (string Role, string Content)[] Turns =
+    internal static readonly (string Role, string Content)[] Turns =
         [("system", "Be kind."), ("user", "Hi there"), ("assistant", "Hello! How can I help?"), ("user", "Tell me a joke"), ("assistant", "Why did the cat sit on the mouse?")];
 
     /// <summary>The expected ids built turn by turn; trained(i) says whether turn i's content and its &lt;|im_end|&gt; are labelled.</summary>
