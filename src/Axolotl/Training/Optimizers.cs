@@ -131,9 +131,11 @@ public abstract class TrainingOptimizer : IDisposable
             }
         }
 
+        /// <summary>The gradient in fp32 times <paramref name="scale"/>, leaving the gradient itself as it is.</summary>
         static Tensor Fp32Scaled(Tensor g, double scale)
         {
-            var g32 = g.dtype == ScalarType.Float32 ? g.alias() : g.to(ScalarType.Float32);
+            if (g.dtype == ScalarType.Float32) return scale == 1.0 ? g.alias() : g.mul(scale);
+            var g32 = g.to(ScalarType.Float32);
             return scale == 1.0 ? g32 : g32.mul_(scale);
         }
 
@@ -175,7 +177,7 @@ public abstract class TrainingOptimizer : IDisposable
             {
                 if (!slot.HasSeparateMaster || slot.Parameter.grad is not { } g) continue;
                 // Created inside a micro-batch's dispose scope, but lives for the whole run.
-                slot.GradSum ??= zeros_like(slot.Master).DetachFromDisposeScope();
+                slot.GradSum ??= Persistent(zeros_like(slot.Master));
                 slot.GradSum.add_(g);
                 g.zero_();
             }

@@ -480,7 +480,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         }
         // Collated as the loop reaches them: an epoch of padded rows need not sit in memory at once.
         var groups = EpochOrder(examples.Count, epoch).Chunk(options.MicroBatchSize).ToArray();
-        return new CollatedOnDemand(groups.Length, i => Collate(examples, [groups[i]]).Single());
+        return new CollatedOnDemand(groups.Length, i => Pad(examples, groups[i]));
     }
 
     /// <summary>A stream's batches as the loop indexes them: in order, from the first untrained one.</summary>
@@ -563,6 +563,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     }
 
     /// <summary>Each group of example indices as one batch, right-padded to its longest row.</summary>
-    IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups) =>
-        groups.Select(chunk => Batch.Pad(chunk.Select(i => examples[i]).ToList(), options.PadTokenId, options.PadToMultipleOf));
+    IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups) => groups.Select(chunk => Pad(examples, chunk));
+
+    Batch Pad(IReadOnlyList<Example> examples, int[] rows) =>
+        Batch.Pad(rows.Select(i => examples[i]).ToList(), options.PadTokenId, options.PadToMultipleOf);
 }
