@@ -257,17 +257,10 @@ public sealed class Instruction(StrategyContext c, Prompter prompter, Func<Row, 
     }
 }
 
-/// <summary>
-/// Axolotl's <c>type: alpaca</c> in its default instruct style (kept as a type of its own for its callers).
-/// </summary>
-public sealed class Alpaca(Tokenizer tokenizer, int sequenceLen, bool trainOnInputs) : IPromptStrategy
+/// <summary>Axolotl's alpaca prompt in its default instruct style, up to "### Response:" (inference formats prompts with it).</summary>
+public static class AlpacaPrompt
 {
-    readonly Instruction inner = new(new StrategyContext(() => tokenizer, sequenceLen, trainOnInputs), Prompter.Alpaca("instruct"),
-        r => new(PromptStrategies.Str(r, "instruction"), PromptStrategies.Opt(r, "input"), PromptStrategies.Str(r, "output")));
-
-    public static string Prompt(string instruction, string? input) => Prompter.Alpaca("instruct").Build(new Parts(instruction, input ?? "", ""));
-
-    public IEnumerable<Example> Tokenize(Row row) => inner.Tokenize(row);
+    public static string Instruct(string instruction, string? input) => Prompter.Alpaca("instruct").Build(new Parts(instruction, input ?? "", ""));
 }
 
 /// <summary>

@@ -48,7 +48,7 @@ public static class InferenceRecipe
     public static string FormatPrompt(AxolotlConfig config, string instruction) =>
         config.Datasets.FirstOrDefault()?.Strategy switch
         {
-            "alpaca" => Alpaca.Prompt(instruction.Trim('\n'), null),
+            "alpaca" => AlpacaPrompt.Instruct(instruction.Trim('\n'), null),
             _ => instruction.Trim(),
         };
 

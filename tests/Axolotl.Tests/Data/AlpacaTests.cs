@@ -11,24 +11,28 @@ public class AlpacaTests
 
     static Row RowOf(string json) => new(JsonNode.Parse(json)!.AsObject(), "data.json", 1);
 
+    /// <summary>The registry's strategy for <c>type: alpaca</c>, as a config names it.</summary>
+    static IPromptStrategy Alpaca(int sequenceLen, bool trainOnInputs) =>
+        PromptStrategies.For(new Axolotl.Config.DatasetConfig { Type = "alpaca" }, new StrategyContext(() => Llama2, sequenceLen, trainOnInputs));
+
     [Fact]
     public void Prompt_text_is_axolotls_with_and_without_input()
     {
         Assert.Equal(
             "Below is an instruction that describes a task, paired with an input that provides further context. " +
             "Write a response that appropriately completes the request.\n\n### Instruction:\nAdd\n\n### Input:\n2 3\n\n### Response:\n",
-            Alpaca.Prompt("Add", "2 3"));
+            AlpacaPrompt.Instruct("Add", "2 3"));
         Assert.Equal(
             "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n" +
             "### Instruction:\nAdd\n\n### Response:\n",
-            Alpaca.Prompt("Add", ""));
+            AlpacaPrompt.Instruct("Add", ""));
     }
 
     [Fact]
     public void Response_boundary_matches_axolotls_test_alpaca()
     {
         // axolotl tests/test_prompt_tokenizers.py::test_alpaca, with the same LLaMA vocabulary: "▁Hi" is 6324.
-        var example = new Alpaca(Llama2, 2048, trainOnInputs: false).Tokenize(RowOf("""{"instruction": "hello!", "output": "Hi! How can I help?"}""")).Single();
+        var example = Alpaca(2048, false).Tokenize(RowOf("""{"instruction": "hello!", "output": "Hi! How can I help?"}""")).Single();
         int hi = Array.IndexOf(example.InputIds, 6324);
         Assert.True(hi > 0);
         Assert.Equal(6324, example.Labels[hi]);
@@ -39,8 +43,8 @@ public class AlpacaTests
     public void Prompt_is_masked_response_keeps_no_bos_and_ends_with_eos()
     {
         var row = RowOf("""{"instruction": "Name a colour.", "input": "", "output": "Blue."}""");
-        var example = new Alpaca(Llama2, 512, trainOnInputs: false).Tokenize(row).Single();
-        var prompt = Llama2.Encode(Alpaca.Prompt("Name a colour.", ""));
+        var example = Alpaca(512, false).Tokenize(row).Single();
+        var prompt = Llama2.Encode(AlpacaPrompt.Instruct("Name a colour.", ""));
         var response = Llama2.Encode("Blue.", addSpecialTokens: false);
         Assert.Equal(1, prompt[0]); // BOS from the Llama-2 post-processor
         Assert.Equal([.. prompt, .. response, 2], example.InputIds);
@@ -51,14 +55,14 @@ public class AlpacaTests
     public void Train_on_inputs_trains_every_token()
     {
         var row = RowOf("""{"instruction": "Say hi", "output": "hi"}""");
-        var example = new Alpaca(Llama2, 512, trainOnInputs: true).Tokenize(row).Single();
+        var example = Alpaca(512, true).Tokenize(row).Single();
         Assert.Equal(example.InputIds, example.Labels);
     }
 
     [Fact]
     public void Missing_fields_name_the_row()
     {
-        var strategy = new Alpaca(Llama2, 512, false);
+        var strategy = Alpaca(512, false);
         var e = Assert.ThrowsAny<UserError>(() => strategy.Tokenize(RowOf("""{"prompt": "x", "output": "y"}""")).ToList());
         Assert.Equal("data.json, row 1: missing field 'instruction'.", e.Message);
         e = Assert.ThrowsAny<UserError>(() => strategy.Tokenize(RowOf("""{"instruction": "x", "output": 5}""")).ToList());

@@ -88,6 +88,12 @@ public class BadInputTests
         Assert.Contains("Response(-100,", stdout);         // the prompt's last words are masked
         Assert.Contains("</s>(2, 2)", stdout);             // EOS appended to the response and trained on
         Assert.Contains("\\n(-100, 13)", stdout);         // newlines shown escaped
+        // Piped output is never hard-wrapped (Spectre's default would wrap at 80 columns) and has no colour codes:
+        // the whole example, BOS to EOS, is one line.
+        var tokens = stdout.Split('\n').Single(l => l.Contains("<s>(-100, 1)"));
+        Assert.Contains("</s>(2, 2)", tokens);
+        Assert.True(tokens.Length > 80, tokens);
+        Assert.DoesNotContain('\u001b', stdout);
         var total = stdout.Split('\n').Single(l => l.StartsWith("Total input len: "));
         var labels = stdout.Split('\n').Single(l => l.StartsWith("Count of labels: "));
         Assert.True(int.Parse(total["Total input len: ".Length..]) > int.Parse(labels["Count of labels: ".Length..]));

@@ -46,7 +46,7 @@ public class InferenceTests
         var model = CausalLM.FromPretrained(BaseModel, ScalarType.Float32, ScalarType.Float32);
         if (adapter != null) Lora.Load(model, adapter);
         var tokenizer = Tokenizer.FromFolder(TokenizerDir);
-        var ids = tokenizer.Encode(Alpaca.Prompt(instruction, null));
+        var ids = tokenizer.Encode(AlpacaPrompt.Instruct(instruction, null));
         var generated = Generation.Generate(model, ids, new GenerationOptions
         {
             MaxNewTokens = maxNewTokens, RepetitionPenalty = 1.1,
