@@ -89,7 +89,7 @@ public sealed class AxolotlChatClient : IChatClient
     public async IAsyncEnumerable<ChatResponseUpdate> GetStreamingResponseAsync(IEnumerable<ChatMessage> messages, ChatOptions? options = null,
         [EnumeratorCancellation] CancellationToken cancellationToken = default)
     {
-        var request = Prepare(messages, options);
+        var request = PrepareChat(messages, options);
         await Task.Run(() => Enqueue(request, cancellationToken, wait: true), cancellationToken).ConfigureAwait(false);
         await foreach (var update in Stream(request, cancellationToken).ConfigureAwait(false)) yield return update;
     }
@@ -117,14 +117,24 @@ public sealed class AxolotlChatClient : IChatClient
     }
 
     /// <summary>Renders and tokenizes the conversation and maps the options; ArgumentException names a bad option or message.</summary>
-    internal Request Prepare(IEnumerable<ChatMessage> messages, ChatOptions? options)
+    internal Request PrepareChat(IEnumerable<ChatMessage> messages, ChatOptions? options)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var list = messages?.ToList() ?? throw new ArgumentNullException(nameof(messages));
-        var ids = _tokenizer.Encode(RenderPrompt(list, options?.Instructions), addSpecialTokens: _template is null);
-        var generation = Map(options, ids.Count);
-        return new Request { PromptIds = ids, Options = generation, Stops = options?.StopSequences?.Where(s => s.Length > 0).ToList() ?? [] };
+        // A chat template writes its own BOS, so none is added (as apply_chat_template tokenizes).
+        return Prepared(_tokenizer.Encode(RenderPrompt(list, options?.Instructions), addSpecialTokens: _template is null), options);
     }
+
+    /// <summary>A raw text completion (OpenAI's /v1/completions): the prompt as given, with the tokenizer's special tokens.</summary>
+    internal Request PrepareCompletion(string prompt, ChatOptions? options)
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        if (prompt.Length == 0) throw new ArgumentException("the prompt is empty.", "prompt");
+        return Prepared(_tokenizer.Encode(prompt, addSpecialTokens: true), options);
+    }
+
+    Request Prepared(IReadOnlyList<int> ids, ChatOptions? options) =>
+        new() { PromptIds = ids, Options = Map(options, ids.Count), Stops = options?.StopSequences?.Where(s => s.Length > 0).ToList() ?? [] };
 
     string RenderPrompt(List<ChatMessage> messages, string? instructions)
     {
