@@ -38,6 +38,12 @@ public sealed class AxolotlChatClient : IChatClient
     readonly BlockingCollection<Job> _queue;
     readonly Thread _worker;
     int _disposed;
+    long _arrivals;
+
+    /// <summary>Seen by tests: a request leaves the queue and its generation starts.</summary>
+    internal event Action<Request>? GenerationStarted;
+    /// <summary>For tests: runs after each token (a pause makes a generation long enough to interrupt).</summary>
+    internal Action? AfterEachToken { get; set; }
 
     /// <summary>The name the model answers to (output_dir's folder for an adapter, else base_model's).</summary>
     public string ModelId { get; }
@@ -47,6 +53,10 @@ public sealed class AxolotlChatClient : IChatClient
 
     /// <summary>Requests waiting for the generation in progress.</summary>
     public int QueuedRequests => _queue.Count;
+
+    /// <summary>Whether a generation is running now.</summary>
+    public bool Busy => Volatile.Read(ref _busy) != 0;
+    int _busy;
 
     AxolotlChatClient(AxolotlConfig config, CausalLM model, Tokenizer tokenizer, IChatTemplate? template, int maxQueuedRequests)
     {
@@ -103,6 +113,10 @@ public sealed class AxolotlChatClient : IChatClient
         public string Id { get; } = "chatcmpl-" + Guid.NewGuid().ToString("N")[..24];
         public DateTimeOffset Created { get; } = DateTimeOffset.UtcNow;
         internal Job? Job { get; set; }
+        /// <summary>Arrival order: set when queued.</summary>
+        internal long Sequence { get; set; }
+        /// <summary>Tokens generated so far.</summary>
+        internal int Produced;
     }
 
     /// <summary>How a generation ended.</summary>
@@ -186,8 +200,18 @@ public sealed class AxolotlChatClient : IChatClient
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         var job = new Job(request, cancellationToken);
         request.Job = job;
-        if (wait) { _queue.Add(job, cancellationToken); return true; }
-        return _queue.TryAdd(job);
+        while (true)
+        {
+            // Numbered under the lock that orders the queue, so the numbers are the queue's order.
+            lock (_queue)
+            {
+                request.Sequence = _arrivals + 1;
+                if (_queue.TryAdd(job)) { _arrivals++; return true; }
+            }
+            if (!wait) return false;
+            // A library caller waits for room (the server answers 503 instead).
+            Task.Delay(10, cancellationToken).Wait(cancellationToken);
+        }
     }
 
     /// <summary>The updates of a queued request: text pieces as generated, then one with the finish reason and usage.</summary>
@@ -220,8 +244,10 @@ public sealed class AxolotlChatClient : IChatClient
                 job.Pieces.Writer.TryComplete(new OperationCanceledException(job.CancellationToken));
                 continue;
             }
+            Volatile.Write(ref _busy, 1);
             try
             {
+                GenerationStarted?.Invoke(job.Request);
                 var outcome = Generate(job);
                 job.Pieces.Writer.TryComplete();
                 job.Done.TrySetResult(outcome);
@@ -236,6 +262,7 @@ public sealed class AxolotlChatClient : IChatClient
                 job.Pieces.Writer.TryComplete(e);
                 job.Done.TrySetException(e);
             }
+            finally { Volatile.Write(ref _busy, 0); }
         }
     }
 
@@ -258,8 +285,10 @@ public sealed class AxolotlChatClient : IChatClient
         }
         void OnToken(int id)
         {
+            AfterEachToken?.Invoke();
             job.CancellationToken.ThrowIfCancellationRequested();
             produced++;
+            request.Produced = produced;
             text.Append(decoder.Push(id));
             if (FirstStop(text, request.Stops, Math.Max(0, sent - request.Stops.Select(s => s.Length).DefaultIfEmpty(0).Max())) is int at)
             {
