@@ -25,7 +25,13 @@ static class ServeCommand
             bool inline = args[i].Contains('=');
             if (!inline && i + 1 >= args.Count) throw new UserError($"--{name} needs a value.");
             var value = inline ? args[i][(args[i].IndexOf('=') + 1)..] : args[i + 1];
-            if (name == "host") host = value;
+            if (name == "host")
+            {
+                // Before the model loads: a host name is a mistake to hear about at once.
+                if (!System.Net.IPAddress.TryParse(value, out _) && value != "localhost")
+                    throw new UserError($"--host must be an IP address to listen on (127.0.0.1, 0.0.0.0, ::), not '{value}'.");
+                host = value;
+            }
             else if (!int.TryParse(value, out port) || port is < 0 or > 65535) throw new UserError($"--port needs a port number (0 to 65535), not '{value}'.");
             args.RemoveRange(i, inline ? 1 : 2);
             i--;
