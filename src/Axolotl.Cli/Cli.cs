@@ -21,7 +21,10 @@ public static class Cli
           evaluate    score the model (and adapter: lora_model_dir, else output_dir) on the train and validation splits; write output_dir/eval_summary.csv
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
           inference   answer prompts (--prompt TEXT, or stdin until EOF) with base_model (+ the adapter), streaming the text;
-                      --max-new-tokens N, --temperature T (0: greedy), --top-k K, --top-p P, --repetition-penalty R
+                      --max-new-tokens N, --temperature T (0: greedy), --top-k K, --top-p P, --repetition-penalty R;
+                      --gradio: serve instead (below), as Axolotl's browser UI
+          serve       a chat page at / and an OpenAI-compatible API at /v1 over base_model (+ the adapter), until Ctrl-C;
+                      --port N (default 7860), --host ADDRESS (default 127.0.0.1; 0.0.0.0 opens it to the network)
           config-schema  print the JSON schema of the keys Axolotl.NET implements (no config file needed)
           download    axolotl download org/name [--revision R] [--repo-type model|dataset] [--include GLOB]: fetch a Hub
                       repo into the Hugging Face cache, print its snapshot folder
@@ -50,11 +53,13 @@ public static class Cli
         {
             if (command == "download") return HubCommands.Download(args[1..]);
             if (command == "fetch") return HubCommands.Fetch(args[1..]);
-            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate" or "inference"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, inference, download, fetch.");
+            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate" or "inference" or "serve"))
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, inference, serve, download, fetch.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
+            if (command == "inference" && overrides.Contains("--gradio")) command = "serve";
+            (string Host, int Port)? serve = command == "serve" ? ServeCommand.TakeFlags(overrides) : null;
             int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
             (string? Prompt, bool Chat, Dictionary<string, string> Sampling)? inference = command == "inference" ? TakeInferenceFlags(overrides) : null;
             config = ConfigLoader.Load(args[1], overrides);
@@ -77,6 +82,7 @@ public static class Cli
                 "merge-lora" => MergeLora(config),
                 "evaluate" => Evaluate(config),
                 "inference" => Inference(config, inference!.Value),
+                "serve" => ServeCommand.Run(config, serve!.Value),
                 _ => Train(config),
             };
         }
