@@ -260,6 +260,10 @@ public sealed class AxolotlConfig
     /// <summary>steps (default) or no; epoch means once per epoch.</summary>
     public string SaveStrategy { get; set; } = "steps";
     public int? SaveTotalLimit { get; set; }
+    /// <summary>A DeepSpeed JSON file; its zero_optimization.stage (1 or 2) shards the optimizer state across MPI ranks.</summary>
+    public string? Deepspeed { get; set; }
+    /// <summary>Read from the deepspeed file (0 without one).</summary>
+    public int ZeroStage { get; internal set; }
     public string? ResumeFromCheckpoint { get; set; }
     public bool AutoResumeFromCheckpoints { get; set; }
     public bool Strict { get; set; }
