@@ -322,8 +322,6 @@ public static class ConfigLoader
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
             if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
-            foreach (var key in new[] { "fsdp", "fsdp_config" }.Where(IsGiven))
-                Fail(key, $"'{key}' (parameters sharded across processes) is not built yet; run data parallel under mpirun, with 'deepspeed' ZeRO stage 1 or 2 to shard the optimizer state.");
             if (IsGiven("max_memory") && IsGiven("gpu_memory_limit")) Fail("gpu_memory_limit", "max_memory and gpu_memory_limit are mutually exclusive.");
             if (set.TryGetValue("chat_template", out var template) && template.Node is YamlScalarNode { Value: "jinja" } && !IsGiven("chat_template_jinja"))
                 Fail("chat_template", "chat_template: jinja needs the template itself in chat_template_jinja.");
@@ -374,7 +372,7 @@ public static class ConfigLoader
         /// <summary>Axolotl's derived values, and what runs instead of each speed-only key.</summary>
         void Resolve()
         {
-            void WarnKey(Entry e, string key, string note) => Warn(e.At, $"'{Shown(key, e.Node)}' {note}.");
+            void WarnKey(Entry e, string key, string note) { c.WarnedKeys.Add(key); Warn(e.At, $"'{Shown(key, e.Node)}' {note}."); }
 
             // transformers' device_map naming one device ("cpu", "cuda:0", a GPU number, or {"": …}) puts the whole
             // model there, which is what 'device' says here; "auto" and per-module maps stay a warning.
@@ -600,7 +598,6 @@ public static class ConfigLoader
         if (c.BadRows is not ("fail" or "skip")) Fail($"'bad_rows' must be fail or skip, not '{c.BadRows}'.");
         c.Device = Runtime.ComputeDevice.Normalize(c.Device) ?? throw new UserError($"{path}: 'device' must be {Runtime.ComputeDevice.Values}, not '{c.Device}'.");
         if (c.MinSampleLen < 1) Fail("'min_sample_len' must be at least 1.");
-        if (c.Deepspeed is { Length: > 0 } deepspeed) c.ZeroStage = Distributed.DeepSpeedConfig.ZeroStage(deepspeed, path);
         if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
         if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");

@@ -17,9 +17,13 @@ public static class DataParallelRun
         var world = MpiLaunch.World;
         if (world is not { WorldSize: > 1 })
         {
-            if (config.ZeroStage > 0) info($"deepspeed: ZeRO stage {config.ZeroStage} has nothing to shard in a single process; it runs unsharded.");
+            if (config.Deepspeed is { Length: > 0 }) info("deepspeed: one process has nothing to shard; it trains unsharded (start several with mpirun -np N or --nproc N).");
             return null;
         }
+        if (config.WarnedKeys.FirstOrDefault(k => k is "fsdp" or "fsdp_config") is { } fsdp)
+            throw new UserError($"{config.SourcePath}: '{fsdp}' (parameters sharded across processes and gathered layer by layer) is not built yet; " +
+                                "over several processes use 'deepspeed' with ZeRO stage 1 (sharded optimizer state) or 2 (also sharded gradients).");
+        int zeroStage = config.Deepspeed is { Length: > 0 } deepspeed ? DeepSpeedConfig.ZeroStage(deepspeed, config.SourcePath) : 0;
         // N ranks on one machine each with all its cores would slow every one; OMP_NUM_THREADS, when set, wins.
         if (Environment.GetEnvironmentVariable("OMP_NUM_THREADS") == null)
             TorchSharp.torch.set_num_threads(Math.Max(1, Environment.ProcessorCount / MpiLaunch.LocalSize));
@@ -30,9 +34,9 @@ public static class DataParallelRun
         }
         info($"Data parallel: {world.WorldSize} processes ({world.Describe()}), {TorchSharp.torch.get_num_threads()} torch threads each; " +
              $"global batch {config.MicroBatchSize} × {config.GradientAccumulationSteps} × {world.WorldSize} = {config.MicroBatchSize * config.GradientAccumulationSteps * world.WorldSize} " +
-             (config.ZeroStage > 0 ? $"(micro_batch_size × gradient_accumulation_steps × processes); ZeRO stage {config.ZeroStage}: optimizer state{(config.ZeroStage == 2 ? " and gradients" : "")} sharded across processes."
+             (zeroStage > 0 ? $"(micro_batch_size × gradient_accumulation_steps × processes); ZeRO stage {zeroStage}: optimizer state{(zeroStage == 2 ? " and gradients" : "")} sharded across processes."
                                    : "(micro_batch_size × gradient_accumulation_steps × processes)."));
-        return new DataParallel(world, config.ZeroStage);
+        return new DataParallel(world, zeroStage);
     }
 
     /// <summary>Rank 0 does <paramref name="work"/> first (preparing and caching the data); the others wait, then do it
