@@ -26,6 +26,8 @@ internal sealed unsafe class Mpi
     readonly delegate* unmanaged<nint, int> _barrier;
     readonly delegate* unmanaged<nint, int, int> _abort;
     readonly delegate* unmanaged<byte*, int*, int> _libraryVersion;
+    readonly delegate* unmanaged<nint, int, nint, int, int, nint, int> _send;
+    readonly delegate* unmanaged<nint, int, nint, int, int, nint, nint, int> _recv;
 
     public int Rank { get; }
     public int Size { get; }
@@ -51,6 +53,8 @@ internal sealed unsafe class Mpi
         _barrier = (delegate* unmanaged<nint, int>)abi.Function("MPI_Barrier");
         _abort = (delegate* unmanaged<nint, int, int>)abi.Function("MPI_Abort");
         _libraryVersion = (delegate* unmanaged<byte*, int*, int>)abi.Function("MPI_Get_library_version");
+        _send = (delegate* unmanaged<nint, int, nint, int, int, nint, int>)abi.Function("MPI_Send");
+        _recv = (delegate* unmanaged<nint, int, nint, int, int, nint, nint, int>)abi.Function("MPI_Recv");
 
         int flag;
         Check(_initialized(&flag), "MPI_Initialized");
@@ -118,6 +122,13 @@ internal sealed unsafe class Mpi
             Check(_bcast(buffer + (nint)(done * size), n, Handle(type), root, _abi.CommWorld), "MPI_Bcast");
         }
     }
+
+    /// <summary>Point to point: <paramref name="count"/> bytes to rank <paramref name="destination"/> (blocking).</summary>
+    public void Send(nint buffer, int count, int destination, int tag) =>
+        Check(_send(buffer, count, _abi.Byte, destination, tag, _abi.CommWorld), "MPI_Send");
+
+    public void Receive(nint buffer, int count, int source, int tag) =>
+        Check(_recv(buffer, count, _abi.Byte, source, tag, _abi.CommWorld, _abi.StatusIgnore), "MPI_Recv");
 
     public void Barrier() => Check(_barrier(_abi.CommWorld), "MPI_Barrier");
 

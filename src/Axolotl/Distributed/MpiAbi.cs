@@ -10,7 +10,7 @@ namespace Axolotl.Distributed;
 /// second factory here and nothing else.
 /// </summary>
 internal sealed record MpiAbi(string Library, nint Handle, nint CommWorld, nint Float, nint Double, nint Int64, nint Byte,
-                              nint OpSum, nint OpMax, nint InPlace)
+                              nint OpSum, nint OpMax, nint InPlace, nint StatusIgnore)
 {
     /// <summary>AXOLOTL_MPI_LIBRARY wins; else Open MPI's soname (libmpi.so.40 since Open MPI 3), then the dev symlink.</summary>
     static IEnumerable<string> Candidates() =>
@@ -43,7 +43,8 @@ internal sealed record MpiAbi(string Library, nint Handle, nint CommWorld, nint 
             Byte: Symbol("ompi_mpi_byte"),
             OpSum: Symbol("ompi_mpi_op_sum"),
             OpMax: Symbol("ompi_mpi_op_max"),
-            InPlace: 1); // mpi.h: #define MPI_IN_PLACE ((void *) 1)
+            InPlace: 1, // mpi.h: #define MPI_IN_PLACE ((void *) 1)
+            StatusIgnore: 0); // mpi.h: #define MPI_STATUS_IGNORE ((MPI_Status *) 0)
     }
 
     public nint Function(string name) => NativeLibrary.GetExport(Handle, name);

@@ -105,6 +105,31 @@ public sealed class MpiCollectives : IDisposable
         fixed (byte* p = bytes) _mpi.Broadcast((nint)p, bytes.Length, Mpi.Type.Byte, root);
     }
 
+    /// <summary>Every rank's bytes, on rank 0 (in rank order); null on the other ranks. For per-rank state a checkpoint
+    /// keeps (a ZeRO shard, a generator state), which rank 0 writes.</summary>
+    public unsafe byte[][]? GatherToRoot(byte[] mine)
+    {
+        const int LengthTag = 19001, DataTag = 19002;
+        if (Rank != 0)
+        {
+            long length = mine.Length;
+            _mpi.Send((nint)(&length), sizeof(long), 0, LengthTag);
+            fixed (byte* p = mine) _mpi.Send((nint)p, mine.Length, 0, DataTag);
+            return null;
+        }
+        var all = new byte[WorldSize][];
+        all[0] = mine;
+        for (int k = 1; k < WorldSize; k++)
+        {
+            long length;
+            _mpi.Receive((nint)(&length), sizeof(long), k, LengthTag);
+            if (length > int.MaxValue) throw new InvalidOperationException($"rank {k}'s state is over 2 GiB");
+            all[k] = new byte[length];
+            fixed (byte* p = all[k]) _mpi.Receive((nint)p, (int)length, k, DataTag);
+        }
+        return all;
+    }
+
     public void Barrier() => _mpi.Barrier();
 
     /// <summary>Ends the whole job with <paramref name="code"/>: the launcher stops every other rank.</summary>

@@ -57,9 +57,15 @@ public abstract class TrainingOptimizer : IDisposable
     /// </summary>
     public virtual void SynchronizeGradients() { }
 
-    /// <summary>The checkpoint file this rank writes its optimizer state to, or null when another rank writes it (all ranks
-    /// hold the same state without ZeRO, so rank 0 alone saves it).</summary>
-    public virtual string? CheckpointFile => "optimizer.bin";
+    /// <summary>
+    /// Several ranks: collects each rank's own state (its generator, and with ZeRO its share of the optimizer state) on
+    /// rank 0, whose <see cref="Save"/> writes them all into the checkpoint. Every rank calls it before a save.
+    /// </summary>
+    public virtual void GatherRankState() { }
+
+    /// <summary>After <see cref="Load"/> of a multi-rank checkpoint: this rank's generator state, to restore after the
+    /// checkpoint's (rank 0's) one.</summary>
+    public byte[]? RestoredRngState { get; protected set; }
 
     /// <summary>
     /// One update of every parameter from its gradient times <paramref name="gradScale"/> (the clipping coefficient)
@@ -148,9 +154,6 @@ public abstract class TrainingOptimizer : IDisposable
         /// <paramref name="state"/> (views of <see cref="StateOf"/> at the same offsets).
         /// </summary>
         protected abstract void Update(Slot slot, Tensor p, Tensor g, Tensor[] state, double lr);
-
-        public override string? CheckpointFile => Sharded != null ? $"optimizer.rank-{Parallel!.World.Rank}.bin"
-            : Parallel is { World.Rank: > 0 } ? null : "optimizer.bin";
 
         public override void SynchronizeGradients()
         {
@@ -281,33 +284,74 @@ public abstract class TrainingOptimizer : IDisposable
 
         IEnumerable<Tensor> SavedTensors() => Slots.SelectMany((slot, i) => (slot.HasSeparateMaster ? [slot.Master] : Array.Empty<Tensor>()).Concat(StateOf(i)));
 
+        /// <summary>Marks a checkpoint written by several ranks: their per-rank sections come first.</summary>
+        const long RanksMagic = 0x534B4E41525F4C41; // "AL_RANKS"
+        byte[][]? _gatheredRanks;
+
+        public override void GatherRankState()
+        {
+            if (Parallel is not { } parallel) return;
+            using var bytes = new MemoryStream();
+            using (var w = new BinaryWriter(bytes, System.Text.Encoding.UTF8, leaveOpen: true))
+            {
+                using var rng = random.get_rng_state();
+                var generator = rng.bytes.ToArray();
+                w.Write(generator.Length);
+                w.Write(generator);
+                // ZeRO: this rank's share of the state (its masters and moments); without it, the state every rank holds
+                // alike is written once, after the sections.
+                if (Sharded != null) { w.Write(StepCount); foreach (var t in SavedTensors()) t.Save(w); }
+            }
+            _gatheredRanks = parallel.World.GatherToRoot(bytes.ToArray());
+        }
+
         public override void Save(BinaryWriter writer)
         {
-            // A sharded state says which share it is, so a resume on another layout is refused instead of misread.
-            if (Sharded != null) { writer.Write(ShardedMagic); writer.Write(Parallel!.World.WorldSize); writer.Write(Parallel.World.Rank); writer.Write(Sharded.Total); }
+            if (Parallel != null)
+            {
+                var sections = _gatheredRanks ?? throw new InvalidOperationException("a multi-rank checkpoint needs GatherRankState on every rank first");
+                writer.Write(RanksMagic);
+                writer.Write(sections.Length);
+                writer.Write(Sharded != null);
+                foreach (var section in sections) { writer.Write(section.Length); writer.Write(section); }
+                _gatheredRanks = null;
+                if (Sharded != null) return;
+            }
             writer.Write(StepCount);
             foreach (var t in SavedTensors()) t.Save(writer);
         }
 
-        const long ShardedMagic = 0x305245_5A4F4C41; // "ALOZER0": a ZeRO shard, not a whole optimizer state
-
         public override void Load(BinaryReader reader)
         {
             long first = reader.ReadInt64();
-            if ((first == ShardedMagic) != (Sharded != null))
-                throw new UserError(Sharded != null
-                    ? "resume: the checkpoint's optimizer state is not sharded (saved without deepspeed ZeRO); resume with the same deepspeed setting it was trained with."
-                    : "resume: the checkpoint's optimizer state is ZeRO-sharded; resume with the same deepspeed config and number of processes it was trained with.");
-            if (Sharded != null)
+            int ranks = Parallel?.World.WorldSize ?? 1;
+            bool sharded = false;
+            if (first == RanksMagic)
             {
-                int world = reader.ReadInt32(), rank = reader.ReadInt32();
-                long total = reader.ReadInt64();
-                if (world != Parallel!.World.WorldSize || rank != Parallel.World.Rank || total != Sharded.Total)
-                    throw new UserError($"resume: the checkpoint's optimizer state is sharded over {world} processes and this run has {Parallel.World.WorldSize}; " +
-                                        $"resume with {world} processes (mpirun -np {world} or --nproc {world}): re-sharding is not implemented.");
+                int savedRanks = reader.ReadInt32();
+                sharded = reader.ReadBoolean();
+                var sections = new byte[savedRanks][];
+                for (int k = 0; k < savedRanks; k++) sections[k] = reader.ReadBytes(reader.ReadInt32());
+                if (sharded && (Sharded == null || savedRanks != ranks))
+                    throw new UserError($"resume: the checkpoint's optimizer state is ZeRO-sharded over {savedRanks} processes and this run {(Sharded == null ? "does not shard it" : $"has {ranks}")}; " +
+                                        $"resume with {savedRanks} processes and the same deepspeed config (re-sharding is not implemented).");
+                // This rank's own generator (its dropout masks continue as if never stopped) and, with ZeRO, its shard.
+                if (Parallel != null && savedRanks == ranks)
+                {
+                    using var r = new BinaryReader(new MemoryStream(sections[Parallel.World.Rank]));
+                    RestoredRngState = r.ReadBytes(r.ReadInt32());
+                    if (sharded) { LoadState(r, r.ReadInt64()); return; }
+                }
                 first = reader.ReadInt64();
             }
-            StepCount = first;
+            else if (Sharded != null)
+                throw new UserError("resume: the checkpoint's optimizer state is not sharded (saved without deepspeed ZeRO or by one process); resume with the setting it was trained with.");
+            LoadState(reader, first);
+        }
+
+        void LoadState(BinaryReader reader, long stepCount)
+        {
+            StepCount = stepCount;
             using var _ = no_grad();
             foreach (var t in SavedTensors()) t.Load(reader);
             foreach (var slot in Slots.Where(s => s.HasSeparateMaster))
