@@ -43,9 +43,9 @@ public class DataParallelTrainTests
             warmup_steps: 1
             logging_steps: 1
             bf16: false
-            save_strategy: "no"
             dataset_prepared_path: {dir["prepared-" + name]}
             output_dir: {dir[name]}
+            {(extra.Contains("save_strategy") ? "" : "save_strategy: \"no\"")}
             {extra}
             """);
         return path;
@@ -131,7 +131,9 @@ public class DataParallelTrainTests
     {
         using var dir = TestSetup.TempDir();
         TrainOk(1, Config(dir, "one", 4, ""));
-        TrainOk(2, Config(dir, "two", 2, "", $"deepspeed: {ZeroConfig(dir, 2)}"));
+        var (code, stdout, stderr) = Train(2, Config(dir, "two", 2, "", $"deepspeed: {ZeroConfig(dir, 2)}"));
+        Assert.True(code == 0, stderr + stdout);
+        Assert.Contains("ZeRO stage 2: optimizer state and gradients sharded across processes", stdout);
         AssertParity(dir, "one", "two", "model.safetensors");
     }
 
