@@ -67,6 +67,10 @@ public abstract class TrainingOptimizer : IDisposable
     /// checkpoint's (rank 0's) one.</summary>
     public byte[]? RestoredRngState { get; protected set; }
 
+    /// <summary>Seconds spent in collectives (gradient sums, ZeRO's reduce-scatter and all-gather) so far.</summary>
+    public double CommunicationSeconds => Communication.Elapsed.TotalSeconds;
+    protected readonly System.Diagnostics.Stopwatch Communication = new();
+
     /// <summary>
     /// One update of every parameter from its gradient times <paramref name="gradScale"/> (the clipping coefficient)
     /// with learning rate <paramref name="lr"/>.
@@ -159,13 +163,18 @@ public abstract class TrainingOptimizer : IDisposable
         {
             if (Parallel is not { } parallel) return;
             using var _ = no_grad();
-            if (Sharded != null) { Sharded.ReduceScatter(); return; }
-            // Plain data parallel: every rank sums the full gradients in fp32 and takes the same step.
-            foreach (var slot in Slots)
+            Communication.Start();
+            try
             {
-                if (slot.HasSeparateMaster) Collect(slot);
-                if ((slot.GradSum ?? slot.Parameter.grad) is { } g) parallel.World.AllReduceSum(g);
+                if (Sharded != null) { Sharded.ReduceScatter(); return; }
+                // Plain data parallel: every rank sums the full gradients in fp32 and takes the same step.
+                foreach (var slot in Slots)
+                {
+                    if (slot.HasSeparateMaster) Collect(slot);
+                    if ((slot.GradSum ?? slot.Parameter.grad) is { } g) parallel.World.AllReduceSum(g);
+                }
             }
+            finally { Communication.Stop(); }
         }
 
         public override void Step(double lr, double gradScale = 1.0)
@@ -201,7 +210,12 @@ public abstract class TrainingOptimizer : IDisposable
                 foreach (var t in flatState) t.Dispose();
             }
             // ZeRO: each rank updated its own piece; everyone gets everyone's.
-            Sharded?.GatherParameters();
+            if (Sharded != null)
+            {
+                Communication.Start();
+                Sharded.GatherParameters();
+                Communication.Stop();
+            }
         }
 
         /// <summary>The gradient in fp32 times <paramref name="scale"/>, leaving the gradient itself as it is.</summary>
@@ -254,7 +268,13 @@ public abstract class TrainingOptimizer : IDisposable
             using var _ = no_grad();
             // ZeRO stage 2: each micro-batch's gradients are summed over ranks at once and only this rank's share is
             // kept, so no rank holds a full fp32 gradient.
-            if (Sharded is { Stage: 2 }) { Sharded.ReduceScatter(); return; }
+            if (Sharded is { Stage: 2 })
+            {
+                Communication.Start();
+                Sharded.ReduceScatter();
+                Communication.Stop();
+                return;
+            }
             if (Sharded != null)
             {
                 Sharded.CollectLocal();
