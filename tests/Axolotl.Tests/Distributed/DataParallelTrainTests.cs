@@ -59,11 +59,12 @@ public class DataParallelTrainTests
         return dir[$"zero{stage}.json"];
     }
 
-    static (int Code, string Stdout, string Stderr) Train(int ranks, string config, IReadOnlyDictionary<string, string>? environment = null)
+    /// <summary>One process, or N ranks under mpirun; with <paramref name="launcher"/> through `train --nproc N` instead.</summary>
+    static (int Code, string Stdout, string Stderr) Train(int ranks, string config, IReadOnlyDictionary<string, string>? environment = null, bool launcher = false)
     {
-        if (ranks > 1) return MpiJob.Run(ranks, ["train", config], environment);
+        if (ranks > 1 && !launcher) return MpiJob.Run(ranks, ["train", config], environment);
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { MpiJob.Cli, "train", config }) start.ArgumentList.Add(a);
+        foreach (var a in new[] { MpiJob.Cli, "train", config }.Concat(launcher ? ["--nproc", ranks.ToString()] : [])) start.ArgumentList.Add(a);
         start.Environment["OMP_NUM_THREADS"] = "1";
         using var process = Process.Start(start)!;
         var stdout = process.StandardOutput.ReadToEndAsync();
@@ -72,9 +73,9 @@ public class DataParallelTrainTests
         return (process.ExitCode, stdout.Result, stderr.Result);
     }
 
-    static void TrainOk(int ranks, string config)
+    static void TrainOk(int ranks, string config, bool launcher = false)
     {
-        var (code, stdout, stderr) = Train(ranks, config);
+        var (code, stdout, stderr) = Train(ranks, config, launcher: launcher);
         Assert.True(code == 0, $"{ranks} rank(s) exited {code}:\n{stderr}\n{stdout}");
     }
 
@@ -110,7 +111,8 @@ public class DataParallelTrainTests
     {
         using var dir = TestSetup.TempDir();
         TrainOk(1, Config(dir, "one", 4, Lora));
-        TrainOk(2, Config(dir, "two", 2, Lora));
+        // Through the launcher: `axolotl train config.yml --nproc 2` starts mpirun itself.
+        TrainOk(2, Config(dir, "two", 2, Lora), launcher: true);
         AssertParity(dir, "one", "two", "adapter_model.safetensors");
         // Outputs come from rank 0 alone: one metrics line per logged step, not one per rank.
         Assert.Equal(Losses(dir["two"]).Length, File.ReadAllLines(Path.Combine(dir["two"], "metrics.jsonl")).Count(l => l.Contains("\"loss\"")));
