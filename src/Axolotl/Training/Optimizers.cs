@@ -15,11 +15,12 @@ public abstract class TrainingOptimizer : IDisposable
     /// <summary>The optimizer names <see cref="Create"/> accepts (Axolotl's, which are transformers' OptimizerNames).</summary>
     public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" };
 
-    /// <param name="parallel">Several ranks train together: gradients are summed over them before the update, and with
-    /// ZeRO stage 1 or 2 each rank keeps the optimizer state (and with 2 the gradients) of its share of the parameters only.</param>
-    public static TrainingOptimizer Create(string name, IReadOnlyList<(string Name, Parameter Parameter)> trainable, TrainingOptions o,
-                                           DataParallel? parallel = null)
+    /// <remarks>With <see cref="TrainingOptions.Collectives"/> a <see cref="DataParallel"/> run, gradients are summed over the
+    /// ranks before the update, and with ZeRO stage 1 or 2 each rank keeps the optimizer state (and with 2 the gradients)
+    /// of its share of the parameters only.</remarks>
+    public static TrainingOptimizer Create(string name, IReadOnlyList<(string Name, Parameter Parameter)> trainable, TrainingOptions o)
     {
+        var parallel = o.Collectives as DataParallel;
         static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
         // LoRA+ (PEFT's create_loraplus_optimizer as Axolotl calls it): lora_B and 1-D parameters at lr × ratio, the rest
         // at lr. Axolotl hands it no weight decay (HF keeps that in the param groups it replaces), so none applies.
