@@ -29,6 +29,9 @@ public static class Cli
           download    axolotl download org/name [--revision R] [--repo-type model|dataset] [--include GLOB]: fetch a Hub
                       repo into the Hugging Face cache, print its snapshot folder
           fetch       axolotl fetch examples [--dest DIR]: copy Axolotl.NET's examples (default ./examples)
+          mpi-check   mpirun -np N axolotl mpi-check: check that every MPI collective training uses works across the ranks
+
+        train --nproc N starts N ranks on this machine under mpirun (data parallel; mpirun -np N axolotl train ... too).
 
         Any top-level config key can be overridden: --learning-rate 1e-4, --micro_batch_size=2, --no-train-on-inputs,
         --device cuda (train, evaluate and inference run on device: auto, cpu, cuda or cuda:N).
@@ -51,6 +54,9 @@ public static class Cli
         AxolotlConfig? config = null;
         try
         {
+            if (command == "mpi-check") return MpiCheck();
+            if (command == "train" && TakeNproc(ref args) is int nproc && nproc > 1 && !Distributed.MpiLaunch.Launched)
+                return Distributed.MpiLaunch.RunUnderMpirun(nproc, args);
             if (command == "download") return HubCommands.Download(args[1..]);
             if (command == "fetch") return HubCommands.Fetch(args[1..]);
             if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate" or "inference" or "serve"))
@@ -88,13 +94,15 @@ public static class Cli
         }
         catch (Exception e) when (UserMistake(e) is UserError user)
         {
-            Console.Error.WriteLine($"error: {user.Message}");
+            Console.Error.WriteLine($"error{RankTag()}: {user.Message}");
+            Distributed.MpiLaunch.AbortAll(2);
             return 2;
         }
         catch (UnauthorizedAccessException e)
         {
             // A file or folder this account may not read or write: the user's to fix, whichever of the many it is.
-            Console.Error.WriteLine($"error: {e.Message} Check its permissions.");
+            Console.Error.WriteLine($"error{RankTag()}: {e.Message} Check its permissions.");
+            Distributed.MpiLaunch.AbortAll(2);
             return 2;
         }
         catch (Training.TrainingInterrupted e)
@@ -107,9 +115,43 @@ public static class Cli
             var log = CrashLogPath(config);
             try { IO.AtomicFile.WriteAllText(log, e.ToString()); }
             catch (Exception) { log = "(could not write a log file)"; }
-            Console.Error.WriteLine($"internal error: {e.GetType().Name}: {e.Message.Split('\n')[0]}. This is a bug in Axolotl.NET; details: {log}");
+            Console.Error.WriteLine($"internal error{RankTag()}: {e.GetType().Name}: {e.Message.Split('\n')[0]}. This is a bug in Axolotl.NET; details: {log}");
+            Distributed.MpiLaunch.AbortAll(1);
             return 1;
         }
+    }
+
+    /// <summary>" (rank K of N)" in a multi-process run, so the message says which rank failed; empty otherwise.</summary>
+    static string RankTag() => Distributed.MpiLaunch.Current is { WorldSize: > 1 } world ? $" (rank {world.Rank} of {world.WorldSize})" : "";
+
+    /// <summary>Removes <c>--nproc N</c> from train's arguments and returns N (null when absent).</summary>
+    static int? TakeNproc(ref string[] args)
+    {
+        var rest = args.ToList();
+        int? processes = null;
+        for (int i = 0; i < rest.Count; i++)
+        {
+            if (rest[i] != "--nproc" && !rest[i].StartsWith("--nproc=")) continue;
+            bool inline = rest[i].Contains('=');
+            var value = inline ? rest[i][(rest[i].IndexOf('=') + 1)..] : i + 1 < rest.Count ? rest[i + 1] : "";
+            if (!int.TryParse(value, out var n) || n < 1) throw new UserError($"--nproc needs a whole number of processes of at least 1, not '{value}'.");
+            processes = n;
+            rest.RemoveRange(i, inline ? 1 : 2);
+            i--;
+        }
+        args = rest.ToArray();
+        return processes;
+    }
+
+    /// <summary>Every collective on known values across the launched ranks; rank 0 reports.</summary>
+    static int MpiCheck()
+    {
+        TorchRuntime.EnsureLoaded();
+        var world = Distributed.MpiLaunch.World
+            ?? throw new UserError("mpi-check runs under an MPI launcher with 2 or more ranks: mpirun -np 2 axolotl mpi-check");
+        var lines = Distributed.MpiCheck.Run(world);
+        if (world.Rank == 0) foreach (var line in lines) Console.WriteLine(line);
+        return 0;
     }
 
     /// <summary>In output_dir when the config got that far, so the details sit beside the run they belong to.</summary>

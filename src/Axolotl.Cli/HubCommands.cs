@@ -66,8 +66,7 @@ static class HubCommands
             else if (what == null && !args[i].StartsWith("--")) what = args[i];
             else throw new UserError($"fetch: unexpected '{args[i]}'; usage: axolotl fetch examples [--dest DIR].");
         }
-        if (what == "deepspeed_configs")
-            throw new UserError("fetch deepspeed_configs: Axolotl.NET trains in one process without DeepSpeed, so there are no DeepSpeed configs (a `deepspeed:` key is accepted and ignored with a warning).");
+        if (what == "deepspeed_configs") return FetchDeepSpeedConfigs(dest ?? "deepspeed_configs");
         if (what != "examples") throw new UserError("fetch needs what to fetch: axolotl fetch examples [--dest DIR].");
         var source = Path.Combine(AppContext.BaseDirectory, "examples");
         if (!Directory.Exists(source)) throw new UserError($"this build of axolotl has no examples folder ({source}).");
@@ -83,6 +82,32 @@ static class HubCommands
         }
         Console.WriteLine($"copied {copied} files of Axolotl.NET's examples to {Path.GetFullPath(dest)}" + (kept > 0 ? $" ({kept} already there, left as they are)" : "") +
             $"; the configs name paths as examples/..., so run them from the folder that holds examples/: axolotl train {Path.Combine(dest, "quickstart.yml")}");
+        return 0;
+    }
+
+    /// <summary>
+    /// zero1.json and zero2.json, the ZeRO stages built here, as the files a config's <c>deepspeed:</c> names. Only the stage
+    /// is read; batch sizes and precision come from the Axolotl config (DeepSpeed's "auto"). Stage 3 is not built, so no
+    /// zero3.json is written.
+    /// </summary>
+    static int FetchDeepSpeedConfigs(string dest)
+    {
+        foreach (int stage in new[] { 1, 2 })
+        {
+            var target = Path.Combine(dest, $"zero{stage}.json");
+            if (File.Exists(target)) continue;
+            Axolotl.IO.AtomicFile.WriteAllText(target, $$"""
+                {
+                  "zero_optimization": { "stage": {{stage}} },
+                  "train_micro_batch_size_per_gpu": "auto",
+                  "gradient_accumulation_steps": "auto",
+                  "bf16": { "enabled": "auto" }
+                }
+
+                """);
+        }
+        Console.WriteLine($"wrote zero1.json and zero2.json to {Path.GetFullPath(dest)} (files already there are left as they are); " +
+                          $"train with deepspeed: {Path.Combine(dest, "zero2.json")} under mpirun -np N, or axolotl train config.yml --nproc N.");
         return 0;
     }
 

@@ -260,6 +260,9 @@ public sealed class AxolotlConfig
     /// <summary>steps (default) or no; epoch means once per epoch.</summary>
     public string SaveStrategy { get; set; } = "steps";
     public int? SaveTotalLimit { get; set; }
+    /// <summary>A DeepSpeed JSON file; under MPI its zero_optimization.stage (1 or 2) shards the optimizer state across
+    /// ranks (read when training starts, Distributed/DeepSpeedConfig.cs).</summary>
+    public string? Deepspeed { get; set; }
     public string? ResumeFromCheckpoint { get; set; }
     public bool AutoResumeFromCheckpoints { get; set; }
     public bool Strict { get; set; }
@@ -269,6 +272,8 @@ public sealed class AxolotlConfig
 
     /// <summary>One line each: a key that was mapped to what Axolotl.NET does instead, or that has no effect here.</summary>
     public List<string> Warnings { get; } = [];
+    /// <summary>The keys behind <see cref="Warnings"/> (set, but run as their nearest equivalent).</summary>
+    public HashSet<string> WarnedKeys { get; } = [];
 
     /// <summary>Where each resolved value came from, by key: "12:1" in the file, "--flag", or how it was derived.</summary>
     public Dictionary<string, string> Sources { get; } = [];

@@ -176,7 +176,7 @@ static class AxolotlKeys
         ["experimental_skip_move_to_device"] = Placement, ["torch_empty_cache_steps"] = Placement,
         ["gc_steps"] = Placement, ["gc_collect_steps"] = Placement,
         // distribution
-        ["deepspeed"] = OneProcess + "; its JSON file is not read", ["fsdp"] = OneProcess, ["fsdp_config"] = OneProcess,
+        ["fsdp"] = OneProcess, ["fsdp_config"] = OneProcess,
         ["fsdp_version"] = OneProcess, ["fsdp_final_state_dict_type"] = OneProcess, ["ddp"] = OneProcess,
         ["ddp_timeout"] = OneProcess, ["ddp_bucket_cap_mb"] = OneProcess, ["ddp_broadcast_buffers"] = OneProcess,
         ["ddp_find_unused_parameters"] = OneProcess, ["local_rank"] = OneProcess, ["world_size"] = OneProcess,

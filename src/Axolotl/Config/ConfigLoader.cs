@@ -372,7 +372,7 @@ public static class ConfigLoader
         /// <summary>Axolotl's derived values, and what runs instead of each speed-only key.</summary>
         void Resolve()
         {
-            void WarnKey(Entry e, string key, string note) => Warn(e.At, $"'{Shown(key, e.Node)}' {note}.");
+            void WarnKey(Entry e, string key, string note) { c.WarnedKeys.Add(key); Warn(e.At, $"'{Shown(key, e.Node)}' {note}."); }
 
             // transformers' device_map naming one device ("cpu", "cuda:0", a GPU number, or {"": …}) puts the whole
             // model there, which is what 'device' says here; "auto" and per-module maps stay a warning.

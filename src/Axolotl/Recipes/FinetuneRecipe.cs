@@ -24,6 +24,9 @@ public static class FinetuneRecipe
     public static FinetuneResult Run(AxolotlConfig config, IRecipeReporter reporter, CancellationToken stop = default, double? peakFlops = null)
     {
         TorchRuntime.EnsureLoaded();
+        // Several MPI ranks: all train, rank 0 alone speaks and writes (Distributed/DataParallelRun.cs).
+        if (Distributed.MpiLaunch.World is { Rank: > 0 }) reporter = new QuietReporter();
+        var parallel = Distributed.DataParallelRun.Start(config, reporter.Info);
         var outputDir = PrepareOutputDir(config.OutputDir);
         manual_seed(config.Seed);
         // A GPU that is not there should fail before minutes of tokenization too.
@@ -35,7 +38,7 @@ public static class FinetuneRecipe
         bool streaming = config.PretrainingDataset.Count > 0;
         var (data, tokenizer, tokenizerDir) = streaming
             ? (new PreparedDataset([], 0, 0, 0), ModelLoading.LoadTokenizer(config), config.TokenizerFolder())
-            : PreprocessRecipe.Run(config, reporter);
+            : Distributed.DataParallelRun.RankZeroFirst(parallel, () => PreprocessRecipe.Run(config, reporter));
         // A cache hit skips the tokenizer; training still wants it (pad id, embeddings for added tokens, saved files).
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
@@ -129,6 +132,7 @@ public static class FinetuneRecipe
             Packing = config.SamplePacking ? packing : null,
             EvalPacking = config.EvalSamplePacking == true ? packing : null,
             PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : null,
+            Collectives = (Distributed.ICollectives?)parallel ?? Distributed.SingleProcess.Instance,
         };
         PretrainingStream? stream = null;
         if (streaming)
@@ -159,14 +163,19 @@ public static class FinetuneRecipe
         };
         var restored = resumeFrom != null && File.Exists(Path.Combine(resumeFrom, TrainerState.FileName)) ? TrainerState.Load(resumeFrom).LogHistory : [];
         TrainerState state;
-        using (var metrics = new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null })
+        using (var metrics = Distributed.DataParallelRun.WritesOutputs(parallel)
+                   ? new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null } : null)
         {
-            var trainer = new Trainer(model, options, metrics, checkpoints);
+            var trainer = new Trainer(model, options, (ITrainingObserver?)metrics ?? reporter, checkpoints);
+            if (parallel != null) trainer.Callbacks.Add(new Distributed.DataParallelCallback(parallel.World, stop, reporter.Info));
             state = stream != null ? trainer.Train(stream, resumeFrom, stop)
+                : parallel != null ? trainer.Train(Distributed.RankBatches.Training(data.Examples, options, parallel),
+                                                   config.EvalStrategy == "no" ? null : Distributed.RankBatches.Evaluation(data.Eval, options, parallel), resumeFrom, stop)
                 : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
             // The summary entry is added without being reported as a log.
-            metrics.Append(state.LogHistory[^1]);
+            metrics?.Append(state.LogHistory[^1]);
         }
+        if (!Distributed.DataParallelRun.WritesOutputs(parallel)) return new FinetuneResult(outputDir, state, data);
 
         foreach (var (reason, count, first) in stream?.SkippedRows ?? [])
             reporter.Warn($"skipped {count} bad rows of the stream ({reason}; bad_rows: skip), the first: {first}");
@@ -178,6 +187,9 @@ public static class FinetuneRecipe
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
     }
+
+    /// <summary>Ranks other than 0 train silently: their figures are rank 0's.</summary>
+    sealed class QuietReporter : IRecipeReporter;
 
     /// <summary>
     /// Copies the trained weights saved in a checkpoint back into the model (load_best_model_at_end): the adapter's

@@ -1,3 +1,4 @@
+using Axolotl.Distributed;
 using TorchSharp;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -14,18 +15,29 @@ public abstract class TrainingOptimizer : IDisposable
     /// <summary>The optimizer names <see cref="Create"/> accepts (Axolotl's, which are transformers' OptimizerNames).</summary>
     public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" };
 
+    /// <remarks>With <see cref="TrainingOptions.Collectives"/> a <see cref="DataParallel"/> run, gradients are summed over the
+    /// ranks before the update, and with ZeRO stage 1 or 2 each rank keeps the optimizer state (and with 2 the gradients)
+    /// of its share of the parameters only.</remarks>
     public static TrainingOptimizer Create(string name, IReadOnlyList<(string Name, Parameter Parameter)> trainable, TrainingOptions o)
     {
+        var parallel = o.Collectives as DataParallel;
         static bool NoDecay(string name) => name.EndsWith(".bias") || name.Contains("norm.weight");
         // LoRA+ (PEFT's create_loraplus_optimizer as Axolotl calls it): lora_B and 1-D parameters at lr × ratio, the rest
         // at lr. Axolotl hands it no weight decay (HF keeps that in the param groups it replaces), so none applies.
         static bool IsLoraPlusB((string Name, Parameter Parameter) p) => p.Name.Contains("lora_B") || p.Parameter.dim() == 1;
         if (o.LoraPlusLrRatio is not null && name is not ("adamw_torch" or "adamw_torch_fused" or "sgd"))
             throw new UserError($"loraplus_lr_ratio is implemented with the adamw_torch and sgd optimizers, not '{name}'.");
-        var slots = trainable.Select(p => o.LoraPlusLrRatio is double ratio
-                ? new Slot(p.Parameter, 0.0, IsLoraPlusB(p) ? ratio : 1.0)
-                : new Slot(p.Parameter, NoDecay(p.Name) ? 0.0 : o.WeightDecay, 1.0)).ToList();
-        return name switch
+        (double WeightDecay, double LrScale) Group((string Name, Parameter Parameter) p) => o.LoraPlusLrRatio is double ratio
+            ? (0.0, IsLoraPlusB(p) ? ratio : 1.0)
+            : (NoDecay(p.Name) ? 0.0 : o.WeightDecay, 1.0);
+        if (parallel is { ZeroStage: > 0 } && name == "adafactor")
+            throw new UserError("deepspeed: ZeRO stage 1 and 2 shard elementwise optimizers (adamw_torch, sgd, lion_32bit); adafactor's row and column statistics span whole matrices. Use another optimizer or drop the deepspeed key.");
+        var shard = parallel is { ZeroStage: > 0 } ? new Shard(parallel, trainable.Select(p => p.Parameter).ToList()) : null;
+        // With ZeRO a slot is the piece of a parameter this rank owns; otherwise the whole parameter.
+        var slots = shard != null
+            ? shard.Pieces.Select(piece => { var (wd, lrs) = Group(trainable[piece.Index]); return new Slot(trainable[piece.Index].Parameter, wd, lrs, piece.Start, piece.Length, piece.FlatStart); }).ToList()
+            : trainable.Select(p => { var (wd, lrs) = Group(p); return new Slot(p.Parameter, wd, lrs); }).ToList();
+        Manual optimizer = name switch
         {
             "adamw_torch" or "adamw_torch_fused" => new AdamW(slots, o.Beta1, o.Beta2, o.Epsilon),
             // transformers passes SGD nothing but lr (and the groups' weight decay): no momentum.
@@ -34,7 +46,31 @@ public abstract class TrainingOptimizer : IDisposable
             "lion_32bit" => new Lion(slots, o.Beta1, o.Beta2),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, "unknown optimizer"),
         };
+        optimizer.Parallel = parallel;
+        optimizer.Sharded = shard;
+        return optimizer;
     }
+
+    /// <summary>
+    /// Makes the gradients those of the whole global batch: summed over ranks (each rank's loss was already scaled by
+    /// the global window's units). Call once per optimizer step, after the window's last backward and before
+    /// <see cref="GradNorm"/> and <see cref="Step"/>. A no-op for a single process.
+    /// </summary>
+    public virtual void SynchronizeGradients() { }
+
+    /// <summary>
+    /// Several ranks: collects each rank's own state (its generator, and with ZeRO its share of the optimizer state) on
+    /// rank 0, whose <see cref="Save"/> writes them all into the checkpoint. Every rank calls it before a save.
+    /// </summary>
+    public virtual void GatherRankState() { }
+
+    /// <summary>After <see cref="Load"/> of a multi-rank checkpoint: this rank's generator state, to restore after the
+    /// checkpoint's (rank 0's) one.</summary>
+    public byte[]? RestoredRngState { get; protected set; }
+
+    /// <summary>Seconds spent in collectives (gradient sums, ZeRO's reduce-scatter and all-gather) so far.</summary>
+    public double CommunicationSeconds => Communication.Elapsed.TotalSeconds;
+    protected readonly System.Diagnostics.Stopwatch Communication = new();
 
     /// <summary>
     /// One update of every parameter from its gradient times <paramref name="gradScale"/> (the clipping coefficient)
@@ -58,14 +94,37 @@ public abstract class TrainingOptimizer : IDisposable
     /// bf16 (a full fine-tune in bf16) gets a separate fp32 master, updated and then rounded into the parameter: the
     /// forward pass reads bf16 weights with no per-step cast, and small updates are not lost to bf16 rounding.
     /// </summary>
-    sealed class Slot(Parameter parameter, double weightDecay, double lrScale)
+    sealed class Slot
     {
-        public readonly Parameter Parameter = parameter;
-        public readonly double WeightDecay = weightDecay, LrScale = lrScale;
-        public readonly Tensor Master = parameter.dtype == ScalarType.Float32 ? parameter : parameter.detach().to(ScalarType.Float32).DetachFromDisposeScope();
-        public bool HasSeparateMaster => !ReferenceEquals(Master, Parameter);
+        public readonly Parameter Parameter;
+        public readonly double WeightDecay, LrScale;
+        /// <summary>The elements of the flattened parameter this slot updates: all of it, or with ZeRO this rank's piece
+        /// (then <see cref="Master"/> and the state are 1-D over the piece).</summary>
+        public readonly long Start, Length;
+        /// <summary>Where the piece starts in the flat space of all trained parameters (ZeRO), else -1.</summary>
+        public readonly long FlatStart = -1;
+        public readonly Tensor Master;
+        public readonly bool HasSeparateMaster;
         /// <summary>fp32 sum of collected low-precision gradients (<see cref="CollectGradients"/>), else null.</summary>
         public Tensor? GradSum;
+
+        public Slot(Parameter parameter, double weightDecay, double lrScale)
+        {
+            (Parameter, WeightDecay, LrScale, Start, Length) = (parameter, weightDecay, lrScale, 0, parameter.numel());
+            HasSeparateMaster = parameter.dtype != ScalarType.Float32;
+            Master = HasSeparateMaster ? parameter.detach().to(ScalarType.Float32).DetachFromDisposeScope() : parameter;
+        }
+
+        public Slot(Parameter parameter, double weightDecay, double lrScale, long start, long length, long flatStart)
+        {
+            (Parameter, WeightDecay, LrScale, Start, Length, FlatStart) = (parameter, weightDecay, lrScale, start, length, flatStart);
+            HasSeparateMaster = parameter.dtype != ScalarType.Float32;
+            using var piece = parameter.detach().view(-1).narrow(0, start, length);
+            // An fp32 parameter's piece is a view: the update lands in the parameter itself.
+            Master = (HasSeparateMaster ? piece.to(ScalarType.Float32) : piece.alias()).DetachFromDisposeScope();
+        }
+
+        public bool IsPiece => FlatStart >= 0;
     }
 
     /// <summary>
@@ -79,6 +138,10 @@ public abstract class TrainingOptimizer : IDisposable
         const long ChunkElements = 1 << 19;
         protected readonly List<Slot> Slots;
         protected long StepCount;
+        /// <summary>Set for a multi-rank run (gradients are summed over ranks).</summary>
+        internal DataParallel? Parallel;
+        /// <summary>Set with ZeRO: which elements this rank updates, and its share of the summed gradients.</summary>
+        internal Shard? Sharded;
 
         protected Manual(List<Slot> slots) => Slots = slots;
 
@@ -96,6 +159,24 @@ public abstract class TrainingOptimizer : IDisposable
         /// <paramref name="state"/> (views of <see cref="StateOf"/> at the same offsets).
         /// </summary>
         protected abstract void Update(Slot slot, Tensor p, Tensor g, Tensor[] state, double lr);
+
+        public override void SynchronizeGradients()
+        {
+            if (Parallel is not { } parallel) return;
+            using var _ = no_grad();
+            Communication.Start();
+            try
+            {
+                if (Sharded != null) { Sharded.ReduceScatter(); return; }
+                // Plain data parallel: every rank sums the full gradients in fp32 and takes the same step.
+                foreach (var slot in Slots)
+                {
+                    if (slot.HasSeparateMaster) Collect(slot);
+                    if ((slot.GradSum ?? slot.Parameter.grad) is { } g) parallel.World.AllReduceSum(g);
+                }
+            }
+            finally { Communication.Stop(); }
+        }
 
         public override void Step(double lr, double gradScale = 1.0)
         {
@@ -116,7 +197,7 @@ public abstract class TrainingOptimizer : IDisposable
                 }
                 using var flatP = slot.Master.view(-1);
                 using var flatG = grad.reshape(-1);
-                using var flatParam = slot.Parameter.view(-1);
+                using var flatParam = slot.Parameter.view(-1).narrow(0, slot.Start, slot.Length);
                 var flatState = state.Select(t => t.view(-1)).ToArray();
                 long n = flatP.shape[0];
                 for (long start = 0; start < n; start += ChunkElements)
@@ -129,6 +210,13 @@ public abstract class TrainingOptimizer : IDisposable
                 }
                 foreach (var t in flatState) t.Dispose();
             }
+            // ZeRO: each rank updated its own piece; everyone gets everyone's.
+            if (Sharded != null)
+            {
+                Communication.Start();
+                Sharded.GatherParameters();
+                Communication.Stop();
+            }
         }
 
         /// <summary>The gradient in fp32 times <paramref name="scale"/>, leaving the gradient itself as it is.</summary>
@@ -139,9 +227,13 @@ public abstract class TrainingOptimizer : IDisposable
             return scale == 1.0 ? g32 : g32.mul_(scale);
         }
 
-        /// <summary>The gradient to apply: collected fp32 sums (with anything not yet collected), else the parameter's own.</summary>
-        static Tensor? Gradient(Slot slot)
+        /// <summary>
+        /// The gradient to apply: with ZeRO this rank's piece of the summed gradients; else collected fp32 sums (with
+        /// anything not yet collected), else the parameter's own.
+        /// </summary>
+        Tensor? Gradient(Slot slot)
         {
+            if (slot.IsPiece) return Sharded!.GradientOf(slot.FlatStart);
             if (slot.GradSum is null) return slot.Parameter.grad;
             if (slot.Parameter.grad is { } pending) { slot.GradSum.add_(pending); pending.zero_(); }
             return slot.GradSum;
@@ -167,20 +259,38 @@ public abstract class TrainingOptimizer : IDisposable
                     squares += n * n;
                 }
             }
+            // ZeRO: each rank holds its share of the gradient; the norm is over all of it.
+            if (Sharded != null) squares = Parallel!.World.AllReduceSum(squares);
             return Math.Sqrt(squares);
         }
 
         public override void CollectGradients()
         {
             using var _ = no_grad();
-            foreach (var slot in Slots)
+            // ZeRO stage 2: each micro-batch's gradients are summed over ranks at once and only this rank's share is
+            // kept, so no rank holds a full fp32 gradient.
+            if (Sharded is { Stage: 2 })
             {
-                if (!slot.HasSeparateMaster || slot.Parameter.grad is not { } g) continue;
-                // Created inside a micro-batch's dispose scope, but lives for the whole run.
-                slot.GradSum ??= Persistent(zeros_like(slot.Master));
-                slot.GradSum.add_(g);
-                g.zero_();
+                Communication.Start();
+                Sharded.ReduceScatter();
+                Communication.Stop();
+                return;
             }
+            if (Sharded != null)
+            {
+                Sharded.CollectLocal();
+                return;
+            }
+            foreach (var slot in Slots) if (slot.HasSeparateMaster) Collect(slot);
+        }
+
+        static void Collect(Slot slot)
+        {
+            if (slot.Parameter.grad is not { } g) return;
+            // Created inside a micro-batch's dispose scope, but lives for the whole run.
+            slot.GradSum ??= Persistent(zeros_like(slot.Master));
+            slot.GradSum.add_(g);
+            g.zero_();
         }
 
         public override void ZeroGrad()
@@ -190,22 +300,86 @@ public abstract class TrainingOptimizer : IDisposable
                 slot.Parameter.grad?.zero_();
                 slot.GradSum?.zero_();
             }
+            Sharded?.ZeroGrad();
         }
 
         IEnumerable<Tensor> SavedTensors() => Slots.SelectMany((slot, i) => (slot.HasSeparateMaster ? [slot.Master] : Array.Empty<Tensor>()).Concat(StateOf(i)));
 
+        /// <summary>Marks a checkpoint written by several ranks: their per-rank sections come first.</summary>
+        const long RanksMagic = 0x534B4E41525F4C41; // "AL_RANKS"
+        byte[][]? _gatheredRanks;
+
+        public override void GatherRankState()
+        {
+            if (Parallel is not { } parallel) return;
+            using var bytes = new MemoryStream();
+            using (var w = new BinaryWriter(bytes, System.Text.Encoding.UTF8, leaveOpen: true))
+            {
+                using var rng = random.get_rng_state();
+                var generator = rng.bytes.ToArray();
+                w.Write(generator.Length);
+                w.Write(generator);
+                // ZeRO: this rank's share of the state (its masters and moments); without it, the state every rank holds
+                // alike is written once, after the sections.
+                if (Sharded != null) { w.Write(StepCount); foreach (var t in SavedTensors()) t.Save(w); }
+            }
+            _gatheredRanks = parallel.World.GatherToRoot(bytes.ToArray());
+        }
+
         public override void Save(BinaryWriter writer)
         {
+            if (Parallel != null)
+            {
+                var sections = _gatheredRanks ?? throw new InvalidOperationException("a multi-rank checkpoint needs GatherRankState on every rank first");
+                writer.Write(RanksMagic);
+                writer.Write(sections.Length);
+                writer.Write(Sharded != null);
+                foreach (var section in sections) { writer.Write(section.Length); writer.Write(section); }
+                _gatheredRanks = null;
+                if (Sharded != null) return;
+            }
             writer.Write(StepCount);
             foreach (var t in SavedTensors()) t.Save(writer);
         }
 
         public override void Load(BinaryReader reader)
         {
-            StepCount = reader.ReadInt64();
+            long first = reader.ReadInt64();
+            int ranks = Parallel?.World.WorldSize ?? 1;
+            bool sharded = false;
+            if (first == RanksMagic)
+            {
+                int savedRanks = reader.ReadInt32();
+                sharded = reader.ReadBoolean();
+                var sections = new byte[savedRanks][];
+                for (int k = 0; k < savedRanks; k++) sections[k] = reader.ReadBytes(reader.ReadInt32());
+                if (sharded && (Sharded == null || savedRanks != ranks))
+                    throw new UserError($"resume: the checkpoint's optimizer state is ZeRO-sharded over {savedRanks} processes and this run {(Sharded == null ? "does not shard it" : $"has {ranks}")}; " +
+                                        $"resume with {savedRanks} processes and the same deepspeed config (re-sharding is not implemented).");
+                // This rank's own generator (its dropout masks continue as if never stopped) and, with ZeRO, its shard.
+                if (Parallel != null && savedRanks == ranks)
+                {
+                    using var r = new BinaryReader(new MemoryStream(sections[Parallel.World.Rank]));
+                    RestoredRngState = r.ReadBytes(r.ReadInt32());
+                    if (sharded) { LoadState(r, r.ReadInt64()); return; }
+                }
+                first = reader.ReadInt64();
+            }
+            else if (Sharded != null)
+                throw new UserError("resume: the checkpoint's optimizer state is not sharded (saved without deepspeed ZeRO or by one process); resume with the setting it was trained with.");
+            LoadState(reader, first);
+        }
+
+        void LoadState(BinaryReader reader, long stepCount)
+        {
+            StepCount = stepCount;
             using var _ = no_grad();
             foreach (var t in SavedTensors()) t.Load(reader);
-            foreach (var slot in Slots.Where(s => s.HasSeparateMaster)) slot.Parameter.copy_(slot.Master);
+            foreach (var slot in Slots.Where(s => s.HasSeparateMaster))
+            {
+                using var target = slot.Parameter.view(-1).narrow(0, slot.Start, slot.Length);
+                target.copy_(slot.Master.view(-1));
+            }
         }
 
         public override void Dispose()
@@ -213,9 +387,10 @@ public abstract class TrainingOptimizer : IDisposable
             foreach (var (slot, i) in Slots.Select((s, i) => (s, i)))
             {
                 foreach (var t in StateOf(i)) t.Dispose();
-                if (slot.HasSeparateMaster) slot.Master.Dispose();
+                if (slot.HasSeparateMaster || slot.IsPiece) slot.Master.Dispose();
                 slot.GradSum?.Dispose();
             }
+            Sharded?.Dispose();
         }
     }
 
@@ -339,5 +514,174 @@ public abstract class TrainingOptimizer : IDisposable
             if (slot.WeightDecay != 0) p.add_(p, alpha: -slot.WeightDecay * lr);
             p.sub_(update);
         }
+    }
+}
+
+/// <summary>
+/// ZeRO stage 1/2 bookkeeping over the flat space of all trained parameters (in their given order, the same on every
+/// rank): rank r owns elements [r·B, (r+1)·B), B = ⌈total / ranks⌉, keeps the optimizer state and the summed gradient of
+/// those elements only, updates them, and all-gathers the parameters afterwards. Collectives go in buckets, so the
+/// transient buffers stay a few MiB whatever the model size.
+/// </summary>
+internal sealed class Shard : IDisposable
+{
+    const long BucketElements = 1 << 22;
+    readonly DataParallel _parallel;
+    readonly IReadOnlyList<Parameter> _parameters;
+    readonly long[] _offsets;
+    readonly long _block, _lo;
+    /// <summary>This rank's share of the gradients summed over ranks (fp32, B elements).</summary>
+    readonly Tensor _gradient;
+    /// <summary>Stage 1: fp32 sums of the local low-precision gradients over a window's micro-batches.</summary>
+    readonly Tensor?[] _localSums;
+    readonly Dictionary<long, Tensor> _pieceGradients = [];
+
+    public long Total { get; }
+    public int Stage => _parallel.ZeroStage;
+    /// <summary>The parameter pieces this rank owns: parameter index, start and length inside it, start in the flat space.</summary>
+    public IReadOnlyList<(int Index, long Start, long Length, long FlatStart)> Pieces { get; }
+
+    public Shard(DataParallel parallel, IReadOnlyList<Parameter> parameters)
+    {
+        _parallel = parallel;
+        _parameters = parameters;
+        _offsets = new long[parameters.Count + 1];
+        for (int i = 0; i < parameters.Count; i++) _offsets[i + 1] = _offsets[i] + parameters[i].numel();
+        Total = _offsets[^1];
+        int ranks = parallel.World.WorldSize;
+        _block = (Total + ranks - 1) / ranks;
+        _lo = Math.Min(Total, parallel.World.Rank * _block);
+        long hi = Math.Min(Total, _lo + _block);
+        var pieces = new List<(int, long, long, long)>();
+        for (int i = 0; i < parameters.Count; i++)
+        {
+            long start = Math.Max(_lo, _offsets[i]), end = Math.Min(hi, _offsets[i + 1]);
+            if (end > start) pieces.Add((i, start - _offsets[i], end - start, start));
+        }
+        Pieces = pieces;
+        _gradient = zeros(_block, dtype: ScalarType.Float32, device: parameters[0].device).DetachFromDisposeScope();
+        foreach (var (_, _, length, flatStart) in pieces)
+            _pieceGradients[flatStart] = _gradient.narrow(0, flatStart - _lo, length).DetachFromDisposeScope();
+        _localSums = new Tensor?[parameters.Count];
+    }
+
+    public Tensor GradientOf(long flatStart) => _pieceGradients[flatStart];
+
+    /// <summary>Stage 1: a micro-batch's low-precision gradients added into fp32 sums (as the unsharded optimizer does).</summary>
+    public void CollectLocal()
+    {
+        for (int i = 0; i < _parameters.Count; i++)
+        {
+            if (_parameters[i].dtype == ScalarType.Float32 || _parameters[i].grad is not { } g) continue;
+            _localSums[i] ??= zeros(g.shape, dtype: ScalarType.Float32, device: g.device).DetachFromDisposeScope();
+            _localSums[i]!.add_(g);
+            g.zero_();
+        }
+    }
+
+    /// <summary>
+    /// Sums the local gradients over ranks, adding this rank's share into its gradient, then clears the local ones.
+    /// </summary>
+    public void ReduceScatter()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        CollectLocal();
+        int ranks = _parallel.World.WorldSize;
+        long bucket = Math.Max(1, Math.Min(_block, BucketElements));
+        var send = empty(ranks * bucket, dtype: ScalarType.Float32, device: _gradient.device);
+        var receive = empty(bucket, dtype: ScalarType.Float32, device: _gradient.device);
+        for (long j = 0; j < _block; j += bucket)
+        {
+            long length = Math.Min(bucket, _block - j);
+            for (int r = 0; r < ranks; r++)
+                CopyFlat(r * _block + j, length, send.narrow(0, r * bucket, bucket), LocalGradient);
+            _parallel.World.ReduceScatterSum(send, receive);
+            _gradient.narrow(0, j, length).add_(receive.narrow(0, 0, length));
+        }
+        ClearLocal();
+    }
+
+    Tensor? LocalGradient(int i) => _localSums[i] ?? _parameters[i].grad;
+
+    void ClearLocal()
+    {
+        foreach (var p in _parameters) p.grad?.zero_();
+        foreach (var sum in _localSums) sum?.zero_();
+    }
+
+    public void ZeroGrad()
+    {
+        _gradient.zero_();
+        ClearLocal();
+    }
+
+    /// <summary>After the update: every rank's piece of the parameters copied to all ranks (in the parameters' dtype
+    /// when they share one, so bf16 weights travel as bf16).</summary>
+    public void GatherParameters()
+    {
+        using var _ = no_grad();
+        using var scope = NewDisposeScope();
+        int ranks = _parallel.World.WorldSize, rank = _parallel.World.Rank;
+        var dtype = _parameters.Select(p => p.dtype).Distinct().Count() == 1 ? _parameters[0].dtype : ScalarType.Float32;
+        long bucket = Math.Max(1, Math.Min(_block, BucketElements));
+        var buffer = zeros(ranks * bucket, dtype: dtype, device: _gradient.device);
+        for (long j = 0; j < _block; j += bucket)
+        {
+            long length = Math.Min(bucket, _block - j);
+            CopyFlat(rank * _block + j, length, buffer.narrow(0, rank * bucket, bucket), i => _parameters[i]);
+            _parallel.World.AllGather(buffer);
+            for (int r = 0; r < ranks; r++)
+                if (r != rank) CopyIntoParameters(r * _block + j, length, buffer.narrow(0, r * bucket, bucket));
+        }
+    }
+
+    /// <summary>Elements [start, start + length) of the flat space into <paramref name="destination"/>'s head; the rest of it
+    /// (past the end of the flat space, or gradients that do not exist) is zeroed.</summary>
+    void CopyFlat(long start, long length, Tensor destination, Func<int, Tensor?> source)
+    {
+        destination.zero_();
+        foreach (var (i, inner, outer, n) in Overlaps(start, length))
+        {
+            if (source(i) is not { } t) continue;
+            using var flat = t.detach().reshape(-1);
+            using var from = flat.narrow(0, inner, n);
+            using var to = destination.narrow(0, outer, n);
+            to.copy_(from);
+        }
+    }
+
+    void CopyIntoParameters(long start, long length, Tensor source)
+    {
+        foreach (var (i, inner, outer, n) in Overlaps(start, length))
+        {
+            using var flat = _parameters[i].detach().view(-1);
+            using var to = flat.narrow(0, inner, n);
+            using var from = source.narrow(0, outer, n);
+            to.copy_(from);
+        }
+    }
+
+    /// <summary>The parameters overlapping flat range [start, start + length): index, offset inside the parameter,
+    /// offset inside the range, element count.</summary>
+    IEnumerable<(int Index, long Inner, long Outer, long Count)> Overlaps(long start, long length)
+    {
+        long end = Math.Min(Total, start + length);
+        if (end <= start) yield break;
+        // The first parameter ending after start (offsets ascend).
+        int first = Array.BinarySearch(_offsets, start);
+        first = first >= 0 ? first : ~first - 1;
+        for (int i = Math.Max(0, first); i < _parameters.Count && _offsets[i] < end; i++)
+        {
+            long a = Math.Max(start, _offsets[i]), b = Math.Min(end, _offsets[i + 1]);
+            if (b > a) yield return (i, a - _offsets[i], a - start, b - a);
+        }
+    }
+
+    public void Dispose()
+    {
+        foreach (var t in _pieceGradients.Values) t.Dispose();
+        _gradient.Dispose();
+        foreach (var t in _localSums) t?.Dispose();
     }
 }

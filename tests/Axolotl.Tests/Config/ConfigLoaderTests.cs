@@ -152,18 +152,16 @@ public class ConfigLoaderTests
             activation_offloading: true
             optimizer: paged_adamw_8bit
             liger_rms_norm: true
-            deepspeed: deepspeed_configs/zero3.json
             plugins:
               - axolotl.integrations.liger.LigerPlugin
             tf32: false
             """);
-        Assert.Equal(6, c.Warnings.Count);
+        Assert.Equal(5, c.Warnings.Count);
         Assert.Equal("cfg.yml:11:1: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.StartsWith("cfg.yml:12:1: 'activation_offloading: true' only saves GPU memory", c.Warnings[1]);
         Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_8bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
         Assert.StartsWith("cfg.yml:14:1: 'liger_rms_norm: true' only swaps in a faster GPU kernel", c.Warnings[3]);
-        Assert.StartsWith("cfg.yml:15:1: 'deepspeed: deepspeed_configs/zero3.json' spreads training over several GPUs", c.Warnings[4]);
-        Assert.StartsWith("cfg.yml:16:1: plugin 'axolotl.integrations.liger.LigerPlugin' only swaps in faster GPU kernels", c.Warnings[5]);
+        Assert.StartsWith("cfg.yml:15:1: plugin 'axolotl.integrations.liger.LigerPlugin' only swaps in faster GPU kernels", c.Warnings[4]);
         Assert.All(c.Warnings, w => Assert.Single(w.Split('\n')));
         Assert.Equal(("sdpa", "adamw_torch"), (c.AttnImplementation, c.Optimizer));
         Assert.Equal("flash_attention → flash_attention_2 → sdpa", c.Sources["attn_implementation"]);
@@ -261,7 +259,7 @@ public class ConfigLoaderTests
         Assert.Subset(AxolotlKeys.All, typed.Where(k => k != "bad_rows").ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
         Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "rl", "relora", "wandb_project", "use_mlflow", "eval_table_size", "hub_model_id" });
-        Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "deepspeed", "fsdp", "liger_rms_norm", "torch_compile" });
+        Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "fsdp", "liger_rms_norm", "torch_compile" });
     }
 }
 
