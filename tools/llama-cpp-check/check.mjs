@@ -1,0 +1,57 @@
+// Loads a GGUF file with llama.cpp (the prebuilt build node-llama-cpp ships) and prints one JSON object:
+//   node check.mjs --model FILE (--tokens 1,2,3 | --prompt TEXT) [--n 32] [--score 1,2,3,...]
+// "prompt": the prompt's token ids (BOS first when the file's tokenizer.ggml.add_bos_token says so, as llama.cpp's
+// tokenizer adds it); "generated": up to N tokens decoded greedily (temperature 0), stopping after an end-of-generation
+// token; with --score, "nll" (mean negative log-likelihood of each token of that sequence given the ones before it,
+// from llama.cpp's full softmax) and "perplexity" = exp(nll).
+import { getLlama, LlamaLogLevel } from "node-llama-cpp";
+
+const args = Object.fromEntries(process.argv.slice(2).reduce((pairs, arg, i, all) =>
+    arg.startsWith("--") ? [...pairs, [arg.slice(2), all[i + 1]]] : pairs, []));
+const ids = (s) => s.split(",").filter((x) => x.length > 0).map(Number);
+if (!args.model || !(args.tokens || args.prompt)) {
+    console.error("usage: node check.mjs --model FILE (--tokens 1,2,3 | --prompt TEXT) [--n 32] [--score ids]");
+    process.exit(2);
+}
+
+const llama = await getLlama({ gpu: false, build: "never", logLevel: LlamaLogLevel.error, progressLogs: false });
+const model = await llama.loadModel({ modelPath: args.model, gpuLayers: 0 });
+const context = await model.createContext({ contextSize: 512, batchSize: 512, threads: 1, sequences: 1 });
+
+let prompt;
+if (args.tokens) prompt = ids(args.tokens);
+else {
+    prompt = Array.from(model.tokenize(args.prompt, false));
+    if (model.fileInfo.metadata?.tokenizer?.ggml?.add_bos_token !== false && model.tokens.bos != null) prompt.unshift(model.tokens.bos);
+}
+
+const generated = [];
+const n = Number(args.n ?? 32);
+if (n > 0) {
+    const sequence = context.getSequence();
+    for await (const token of sequence.evaluate(prompt, { temperature: 0 })) {
+        generated.push(token);
+        if (generated.length >= n || model.isEogToken(token)) break;
+    }
+    sequence.dispose();
+}
+
+const result = { prompt, generated, vocab: model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length ?? null };
+if (args.score) {
+    const scored = ids(args.score);
+    const sequence = context.getSequence();
+    const options = { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } };
+    const outputs = await sequence.controlledEvaluate(scored.map((t, i) => i < scored.length - 1 ? [t, { generateNext: options }] : t));
+    let nll = 0;
+    for (let i = 0; i + 1 < scored.length; i++) {
+        const p = outputs[i]?.next?.probabilities?.get(scored[i + 1]) ?? 0;
+        nll -= Math.log(Math.max(p, 1e-30));
+    }
+    result.nll = nll / (scored.length - 1);
+    result.perplexity = Math.exp(result.nll);
+    sequence.dispose();
+}
+console.log(JSON.stringify(result));
+await context.dispose();
+await model.dispose();
+await llama.dispose();
