@@ -14,7 +14,27 @@ namespace Axolotl.Recipes;
 /// </summary>
 public static class MergeRecipe
 {
-    public static string Run(AxolotlConfig config, IRecipeReporter reporter)
+    /// <param name="gguf">Also write {output_dir}/merged/model-{type}.gguf from the merged model (merge-lora --gguf TYPE).</param>
+    public static string Run(AxolotlConfig config, IRecipeReporter reporter, Export.GgufOutType? gguf = null)
+    {
+        var (model, tokenizer) = LoadMerged(config, reporter);
+        var storedType = CausalLM.StoredWeightType(config.BaseModel);
+        var outputDir = Path.Combine(config.OutputDir, "merged");
+        // The base's shard files and weight_map, so tools that address shards by name find the same layout.
+        model.SavePretrained(outputDir, storedType, ShardedSafetensors.LayoutOf(config.BaseModel));
+        // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
+        var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
+        if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
+        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), outputDir, config, tokenizer);
+        reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
+        if (gguf is { } type)
+            Export.GgufExport.Write(model, outputDir, tokenizer, type, Path.Combine(outputDir, $"model-{type.ToString().ToLowerInvariant()}.gguf"), reporter,
+                Path.GetFileName(Path.TrimEndingDirectorySeparator(config.BaseModel)));
+        return outputDir;
+    }
+
+    /// <summary>base_model with the adapter folded in, in fp32, and the tokenizer as the config leaves it.</summary>
+    public static (CausalLM Model, Tokenization.Tokenizer Tokenizer) LoadMerged(AxolotlConfig config, IRecipeReporter reporter)
     {
         TorchRuntime.EnsureLoaded();
         // Folding B·A into W is one matmul per layer: no reason to need a GPU, and the result is written from host memory.
@@ -40,15 +60,6 @@ public static class MergeRecipe
         var settings = Lora.Load(model, adapterDir);
         var merged = Lora.MergeAndUnload(model);
         reporter.Info($"Merged LoRA from {adapterDir} (r {settings.Rank}, alpha {settings.Alpha}) into {merged.Count} layers of {config.BaseModel}.");
-
-        var outputDir = Path.Combine(config.OutputDir, "merged");
-        // The base's shard files and weight_map, so tools that address shards by name find the same layout.
-        model.SavePretrained(outputDir, storedType, ShardedSafetensors.LayoutOf(config.BaseModel));
-        // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
-        var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
-        if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
-        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), outputDir, config, tokenizer);
-        reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
-        return outputDir;
+        return (model, tokenizer);
     }
 }
