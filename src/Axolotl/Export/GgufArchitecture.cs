@@ -33,6 +33,8 @@ public sealed class GgufArchitecture
             throw new UserError($"GGUF export: rope_scaling type '{scaling.Type}' is not exported to GGUF yet (linear and llama3 are).");
         if (config.ModelType == "gemma2" && Math.Abs(config.AttentionScale - 1 / Math.Sqrt(config.HeadDim)) > 1e-9)
             throw new UserError("GGUF export: gemma2 with query_pre_attn_scalar other than head_dim is not exported yet (llama.cpp scales queries by 1/sqrt(head_dim)).");
+        if (name is "gemma" or "gemma2" && !config.TieWordEmbeddings)
+            throw new UserError($"GGUF export: a {config.ModelType} model with an untied lm_head cannot be exported (llama.cpp's {name} always reads the head from the embeddings).");
         return new GgufArchitecture(name, config);
     }
 
@@ -216,7 +218,7 @@ public sealed class GgufArchitecture
             throw new UserError($"{file.Path}: rope_freqs (Llama 3 rope scaling) cannot be read back yet.");
         if (arch == "gemma2")
         {
-            json["query_pre_attn_scalar"] = headDim;
+            json["query_pre_attn_scalar"] = (double)headDim;
             json["attn_logit_softcapping"] = D("attn_logit_softcapping") is double a ? a : null;
             json["final_logit_softcapping"] = D("final_logit_softcapping") is double f ? f : null;
         }

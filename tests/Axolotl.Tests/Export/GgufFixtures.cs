@@ -52,6 +52,7 @@ static class GgufFixtures
                 config["query_pre_attn_scalar"] = 16;
                 config["sliding_window"] = 4096;
                 config["hidden_activation"] = "gelu_pytorch_tanh";
+                config.Remove("tie_word_embeddings"); // Gemma 2 ties its head
                 break;
             case "phi3": config["hidden_act"] = "silu"; break;
         }
@@ -59,8 +60,9 @@ static class GgufFixtures
         var model = CausalLM.Create(DecoderConfig.FromFolder(folder), ScalarType.Float32, ScalarType.Float32);
         model.InitializeWeights(7);
         using (no_grad())
+        using (var generator = new TorchSharp.torch.Generator(11))
             foreach (var (name, p) in model.named_parameters())
-                if (name.Contains("norm")) p.add_(rand_like(p) * 0.5 - 0.25);
+                if (name.Contains("norm")) p.add_(rand(p.shape, generator: generator) * 0.5 - 0.25);
         model.SavePretrained(folder);
         return folder;
     }
@@ -124,28 +126,34 @@ static class LlamaCpp
         catch (System.ComponentModel.Win32Exception) { return "llama.cpp check skipped: node is not installed (apt-get install nodejs npm)."; }
     }
 
-    /// <summary>The tool's JSON: prompt ids, greedy tokens (up to n, EOG included), and with <paramref name="score"/> its nll and perplexity.</summary>
-    public static JsonObject Run(string gguf, IReadOnlyList<int> prompt, int n, IReadOnlyList<int>? score = null)
+    /// <summary>One llama.cpp job: greedy tokens after the prompt (ids, or text llama.cpp tokenizes), and optionally a perplexity.</summary>
+    public static JsonObject Job(string gguf, IReadOnlyList<int>? tokens, int n, IReadOnlyList<int>? score = null, string? text = null)
     {
-        var args = new List<string> { "check.mjs", "--model", gguf, "--tokens", string.Join(",", prompt), "--n", n.ToString() };
-        if (score is not null) args.AddRange(["--score", string.Join(",", score)]);
-        return Invoke(args);
+        var job = new JsonObject { ["model"] = gguf, ["n"] = n };
+        if (tokens is not null) job["tokens"] = new JsonArray(tokens.Select(t => (JsonNode)t).ToArray());
+        if (text is not null) job["prompt"] = text;
+        if (score is not null) job["score"] = new JsonArray(score.Select(t => (JsonNode)t).ToArray());
+        return job;
     }
 
-    static JsonObject Invoke(IEnumerable<string> args)
+    /// <summary>Runs the jobs in one node process (llama.cpp's backend loads once); the results in order.</summary>
+    public static List<JsonObject> Run(IEnumerable<JsonObject> jobs)
     {
-        var info = new ProcessStartInfo("node") { WorkingDirectory = Tool, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in args) info.ArgumentList.Add(a);
-        using var process = Process.Start(info)!;
-        var stderr = process.StandardError.ReadToEndAsync();
-        var stdout = process.StandardOutput.ReadToEnd();
-        process.WaitForExit();
-        Assert.True(process.ExitCode == 0, $"llama.cpp check failed ({process.ExitCode}): {stderr.Result}");
-        return JsonNode.Parse(stdout.Trim().Split('\n')[^1])!.AsObject();
+        var file = Path.Combine(Path.GetTempPath(), $"llama-cpp-jobs-{Guid.NewGuid():N}.json");
+        File.WriteAllText(file, new JsonArray(jobs.Select(j => (JsonNode)j).ToArray()).ToJsonString());
+        try
+        {
+            var info = new ProcessStartInfo("node") { WorkingDirectory = Tool, RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+            foreach (var a in new[] { "check.mjs", "--jobs", file }) info.ArgumentList.Add(a);
+            using var process = Process.Start(info)!;
+            var stderr = process.StandardError.ReadToEndAsync();
+            var stdout = process.StandardOutput.ReadToEnd();
+            process.WaitForExit();
+            Assert.True(process.ExitCode == 0, $"llama.cpp check failed ({process.ExitCode}): {stderr.Result}");
+            return JsonNode.Parse(stdout.Trim().Split('\n')[^1])!.AsArray().Select(r => r!.AsObject()).ToList();
+        }
+        finally { File.Delete(file); }
     }
-
-    /// <summary>As <see cref="Run"/>, from text: llama.cpp tokenizes it (BOS as the file says) and returns the ids as "prompt".</summary>
-    public static JsonObject RunPrompt(string gguf, string text) => Invoke(["check.mjs", "--model", gguf, "--prompt", text, "--n", "0"]);
 
     public static List<int> Ints(JsonNode? array) => array!.AsArray().Select(x => x!.GetValue<int>()).ToList();
 }
