@@ -89,11 +89,34 @@ static class GgufFixtures
 
     /// <summary>Greedy generation as <c>axolotl inference --temperature 0</c> runs it (fp32), stopping at the tokenizer's EOS.</summary>
     public static List<int> Greedy(CausalLM model, Tokenizer tokenizer, IReadOnlyList<int> prompt, int tokens) =>
-        Generation.Generate(model, prompt, new GenerationOptions
+        GreedyWithMargins(model, tokenizer, prompt, tokens).Tokens;
+
+    /// <summary>As <see cref="Greedy"/>, with each step's gap between the best and second-best logit.</summary>
+    public static (List<int> Tokens, List<float> Margins) GreedyWithMargins(CausalLM model, Tokenizer tokenizer, IReadOnlyList<int> prompt, int tokens)
+    {
+        var margins = new List<float>();
+        var generated = Generation.Generate(model, prompt, new GenerationOptions
         {
             MaxNewTokens = tokens,
             EosTokenIds = tokenizer.EosTokenId is int eos ? [eos] : [],
+        }, onLogits: logits =>
+        {
+            var top = logits.reshape(-1).topk(2).values;
+            margins.Add(top[0].item<float>() - top[1].item<float>());
         });
+        return (generated, margins);
+    }
+
+    /// <summary>
+    /// How many leading tokens two implementations must agree on: all, unless a step's best two logits are within
+    /// <paramref name="tie"/> of each other (there fp32 summation order alone may pick either), then up to and
+    /// including that step.
+    /// </summary>
+    public static int Decisive(List<float> margins, float tie = 1e-4f)
+    {
+        int i = margins.FindIndex(m => m < tie);
+        return i < 0 ? margins.Count : i;
+    }
 }
 
 /// <summary>tools/llama-cpp-check: llama.cpp (node-llama-cpp's prebuilt build) run on a GGUF file.</summary>
