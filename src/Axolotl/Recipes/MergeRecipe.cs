@@ -45,7 +45,6 @@ public static class MergeRecipe
         // The embeddings grow as in training when the config adds tokens (the adapter's saved embed_tokens/lm_head fill them).
         var tokenizer = ModelLoading.LoadTokenizer(config);
         var architecture = ModelLoading.WithTokenizerVocab(DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel), config, tokenizer);
-        var storedType = CausalLM.StoredWeightType(config.BaseModel);
         // Merge in fp32 whatever the checkpoint holds, and round to its dtype once, when saving.
         var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
         model.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
@@ -54,7 +53,7 @@ public static class MergeRecipe
             // Axolotl's merge of a QLoRA adapter (lora_merge.py, simulate_nf4): every weight matrix goes through an
             // NF4 quantize → dequantize round trip first, so the merged model holds the base the adapter trained on.
             // As there, this includes the matrices QLoRA left unquantized (embeddings, lm_head).
-            int count = Quantizer.RoundTripNf4(model, nf4.DoubleQuant, storedType);
+            int count = Quantizer.RoundTripNf4(model, nf4.DoubleQuant, CausalLM.StoredWeightType(config.BaseModel));
             reporter.Info($"QLoRA adapter: {count} weight matrices of the base put through NF4 (double quantization {(nf4.DoubleQuant ? "on" : "off")}) before merging, as Axolotl does.");
         }
         var settings = Lora.Load(model, adapterDir);

@@ -42,6 +42,27 @@ public class GgufCliTests
     }
 
     [Fact]
+    public void Merge_lora_with_gguf_writes_the_merged_weights()
+    {
+        using var dir = TestSetup.TempDir();
+        var model = GgufFixtures.Folder(dir, "tiny-llama");
+        var config = Config(dir, model, "adapter: lora");
+        var adapter = TestSetup.Data("reference", "adapters", "tiny-llama-lora-step20");
+        var result = InProcessCli.Run("merge-lora", config, "--lora-model-dir", adapter, "--gguf", "f32");
+        Assert.True(result.Code == 0, result.Stderr + result.Stdout);
+        var merged = Path.Combine(dir["out"], "merged");
+        var gguf = Path.Combine(merged, "model-f32.gguf");
+        var fromSafetensors = Axolotl.Models.CausalLM.FromPretrained(merged, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.ScalarType.Float32);
+        var fromGguf = Axolotl.Models.CausalLM.FromPretrained(gguf, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.ScalarType.Float32);
+        var expected = fromSafetensors.BaseStateDict().ToDictionary(p => p.Key, p => p.Value);
+        var basis = Axolotl.Models.CausalLM.FromPretrained(model, TorchSharp.torch.ScalarType.Float32, TorchSharp.torch.ScalarType.Float32)
+            .BaseStateDict().ToDictionary(p => p.Key, p => p.Value);
+        Assert.False(expected["model.layers.0.self_attn.q_proj.weight"].allclose(basis["model.layers.0.self_attn.q_proj.weight"])); // the adapter changed it
+        foreach (var (name, value) in fromGguf.BaseStateDict())
+            Assert.True(value.eq(expected[name]).all().item<bool>(), name);
+    }
+
+    [Fact]
     public void A_gguf_base_without_a_tokenizer_folder_is_refused_in_one_sentence()
     {
         using var dir = TestSetup.TempDir();
