@@ -39,7 +39,7 @@ public static class GgufExport
         TorchRuntime.EnsureLoaded();
         var (model, tokenizer) = config.Adapter is "lora" or "qlora" ? MergeRecipe.LoadMerged(config, reporter) : LoadPlain(config, reporter);
         using var tokenizerFiles = new TemporaryFolder();
-        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), tokenizerFiles.Path, config, tokenizer);
+        TokenizerFiles.CopyWithConfigChanges(config.TokenizerFolder(), tokenizerFiles.Path, config, tokenizer);
         var path = outPath ?? Path.Combine(config.OutputDir, $"model-{type.ToString().ToLowerInvariant()}.gguf");
         Write(model, tokenizerFiles.Path, tokenizer, type, path, reporter, Path.GetFileName(Path.TrimEndingDirectorySeparator(config.BaseModel)));
         return path;

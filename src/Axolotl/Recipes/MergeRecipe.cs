@@ -1,3 +1,4 @@
+using Axolotl.Tokenization;
 using Axolotl.Adapters;
 using Axolotl.Config;
 using Axolotl.IO;
@@ -25,7 +26,7 @@ public static class MergeRecipe
         // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
         var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
         if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
-        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), outputDir, config, tokenizer);
+        TokenizerFiles.CopyWithConfigChanges(config.TokenizerFolder(), outputDir, config, tokenizer);
         reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
         if (gguf is { } type)
             Export.GgufExport.Write(model, outputDir, tokenizer, type, Path.Combine(outputDir, $"model-{type.ToString().ToLowerInvariant()}.gguf"), reporter,
@@ -34,7 +35,7 @@ public static class MergeRecipe
     }
 
     /// <summary>base_model with the adapter folded in, in fp32, and the tokenizer as the config leaves it.</summary>
-    public static (CausalLM Model, Tokenization.Tokenizer Tokenizer) LoadMerged(AxolotlConfig config, IRecipeReporter reporter)
+    public static (CausalLM Model, Tokenizer Tokenizer) LoadMerged(AxolotlConfig config, IRecipeReporter reporter)
     {
         TorchRuntime.EnsureLoaded();
         // Folding B·A into W is one matmul per layer: no reason to need a GPU, and the result is written from host memory.
