@@ -20,6 +20,10 @@ public static class Cli
           validate    load and check the config without touching model or data; print the resolved values
           evaluate    score the model (and adapter: lora_model_dir, else output_dir) on the train and validation splits; write output_dir/eval_summary.csv
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
+                      (--gguf TYPE: also output_dir/merged/model-TYPE.gguf)
+          export-gguf merge as merge-lora does (or take base_model as it is, without an adapter) and write one GGUF file
+                      for llama.cpp/Ollama: --outtype f32|f16|bf16|q8_0|q4_0 (default f16), --out FILE
+                      (default output_dir/model-TYPE.gguf)
           inference   answer prompts (--prompt TEXT, or stdin until EOF) with base_model (+ the adapter), streaming the text;
                       --max-new-tokens N, --temperature T (0: greedy), --top-k K, --top-p P, --repetition-penalty R;
                       --gradio: serve instead (below), as Axolotl's browser UI
@@ -59,8 +63,8 @@ public static class Cli
                 return Distributed.MpiLaunch.RunUnderMpirun(nproc, args);
             if (command == "download") return HubCommands.Download(args[1..]);
             if (command == "fetch") return HubCommands.Fetch(args[1..]);
-            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "evaluate" or "inference" or "serve"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, inference, serve, download, fetch.");
+            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "export-gguf" or "evaluate" or "inference" or "serve"))
+                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, export-gguf, inference, serve, download, fetch.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
@@ -68,6 +72,9 @@ public static class Cli
             (string Host, int Port)? serve = command == "serve" ? ServeCommand.TakeFlags(overrides) : null;
             int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
             (string? Prompt, bool Chat, Dictionary<string, string> Sampling)? inference = command == "inference" ? TakeInferenceFlags(overrides) : null;
+            string? ggufType = command switch { "merge-lora" => TakeFlag(overrides, "--gguf"), "export-gguf" => TakeFlag(overrides, "--outtype") ?? "f16", _ => null };
+            string? ggufOut = command == "export-gguf" ? TakeFlag(overrides, "--out") : null;
+            var ggufOutType = ggufType is null ? (Export.GgufOutType?)null : Export.GgufExport.ParseOutType(ggufType);
             config = ConfigLoader.Load(args[1], overrides);
             // Before anything runs: a mapped key changes what the user gets, so it is said up front.
             // inference's stdout carries only the answers.
@@ -85,7 +92,8 @@ public static class Cli
             {
                 "validate" => Validate(config),
                 "preprocess" => Preprocess(config, debugExamples),
-                "merge-lora" => MergeLora(config),
+                "merge-lora" => MergeLora(config, ggufOutType),
+                "export-gguf" => ExportGguf(config, ggufOutType!.Value, ggufOut),
                 "evaluate" => Evaluate(config),
                 "inference" => Inference(config, inference!.Value),
                 "serve" => ServeCommand.Run(config, serve!.Value),
@@ -335,10 +343,38 @@ public static class Cli
         _ => null,
     };
 
-    static int MergeLora(AxolotlConfig config)
+    static int MergeLora(AxolotlConfig config, Export.GgufOutType? gguf)
     {
-        MergeRecipe.Run(config, new PlainReporter());
+        MergeRecipe.Run(config, new PlainReporter(), gguf);
         return 0;
+    }
+
+    static int ExportGguf(AxolotlConfig config, Export.GgufOutType type, string? outPath)
+    {
+        Export.GgufExport.Run(config, type, outPath, new PlainReporter());
+        return 0;
+    }
+
+    /// <summary>Removes a command's own <c>--name VALUE</c> (or <c>--name=VALUE</c>) from the overrides; returns the value.</summary>
+    static string? TakeFlag(List<string> args, string name)
+    {
+        for (int i = 0; i < args.Count; i++)
+        {
+            if (args[i] == name)
+            {
+                if (i + 1 >= args.Count || args[i + 1].StartsWith("--")) throw new UserError($"{name} needs a value.");
+                var value = args[i + 1];
+                args.RemoveRange(i, 2);
+                return value;
+            }
+            if (args[i].StartsWith(name + "="))
+            {
+                var value = args[i][(name.Length + 1)..];
+                args.RemoveAt(i);
+                return value;
+            }
+        }
+        return null;
     }
 
     static int Train(AxolotlConfig config)

@@ -287,6 +287,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// Axolotl calls it: the new rows from _init_weights, normal(0, initializer_range), seeded; a head bias with zeros.</param>
     public void LoadWeights(string modelDir, long? growVocabSeed = null)
     {
+        if (Export.GgufModel.IsGguf(modelDir)) { Export.GgufModel.LoadInto(this, modelDir); return; }
         var layout = ShardedSafetensors.LayoutOf(modelDir);
         var files = ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
         var byKey = new Dictionary<string, SafetensorsFile>();

@@ -94,6 +94,7 @@ public sealed record DecoderConfig
 
     public static DecoderConfig FromFolder(string modelDir)
     {
+        if (Export.GgufModel.IsGguf(modelDir)) return Export.GgufModel.ReadConfig(modelDir);
         var path = Path.Combine(modelDir, "config.json");
         if (!Directory.Exists(modelDir)) throw new UserError($"base_model: folder '{modelDir}' does not exist.");
         if (!File.Exists(path)) throw new UserError($"{modelDir}: no config.json; base_model must be a Hugging Face model folder.");

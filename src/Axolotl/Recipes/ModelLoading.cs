@@ -69,6 +69,8 @@ public static class ModelLoading
     /// <summary>The tokenizer as Axolotl's loader leaves it: special_tokens set (as special added tokens) and tokens added.</summary>
     public static Tokenizer LoadTokenizer(AxolotlConfig config)
     {
+        if (Export.GgufModel.IsGguf(config.TokenizerFolder()))
+            throw new UserError($"base_model '{config.BaseModel}' is a GGUF file: set tokenizer_config to the folder holding its tokenizer files (tokenizer.json, tokenizer_config.json).");
         var tokenizer = Tokenizer.FromFolder(config.TokenizerFolder());
         ConfigTokens.Apply(tokenizer, config.SpecialTokens, null, config.Tokens, config.Adapter != null, config.LoraModulesToSave);
         return tokenizer;
