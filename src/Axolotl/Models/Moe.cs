@@ -47,10 +47,11 @@ public sealed class RouterLogits
 /// </summary>
 public sealed class SparseMoeBlock : nn.Module<Tensor, Tensor>
 {
-    public Linear gate;
+    // Typed as modules, not Linear, so LoRA and quantization can swap in their own layers.
+    public nn.Module<Tensor, Tensor> gate;
     public TorchSharp.Modules.ModuleList<Mlp> experts;
     public Mlp? shared_expert;
-    public Linear? shared_expert_gate;
+    public nn.Module<Tensor, Tensor>? shared_expert_gate;
     readonly MoeConfig _moe;
     readonly RouterLogits? _sink;
 
@@ -99,7 +100,8 @@ public sealed class SparseMoeBlock : nn.Module<Tensor, Tensor>
             long n = counts[e];
             if (n == 0) continue;
             var tokens = tokenOfPair.narrow(0, start, n);
-            var routed = experts[e].forward(h.index_select(0, tokens)) * weightOfPair.narrow(0, start, n).unsqueeze(1);
+            // call, not forward, so forward hooks see each expert's batch of routed tokens.
+            var routed = experts[e].call(h.index_select(0, tokens)) * weightOfPair.narrow(0, start, n).unsqueeze(1);
             output.index_add_(0, tokens, routed, 1);
             start += n;
         }
@@ -132,8 +134,8 @@ public static class LoadBalancing
         else
         {
             var mask = tokenMask.to(ScalarType.Float32).reshape(-1).repeat(routerLogits.Count); // layer-major, as cat
-            tokensPerExpert = (chosen * mask.view(-1, 1, 1)).sum(0) / mask.sum();
-            probabilityPerExpert = (probabilities * mask.view(-1, 1)).sum(0) / mask.sum();
+            tokensPerExpert = (chosen * mask.view(-1, 1, 1)).sum([0]) / mask.sum();
+            probabilityPerExpert = (probabilities * mask.view(-1, 1)).sum([0]) / mask.sum();
         }
         return (tokensPerExpert * probabilityPerExpert.unsqueeze(0)).sum() * numExperts;
     }
