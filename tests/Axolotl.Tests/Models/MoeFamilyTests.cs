@@ -137,6 +137,23 @@ public class MoeFamilyTests(Xunit.Abstractions.ITestOutputHelper output)
     }
 
     [Fact]
+    public void Gradient_checkpointing_with_the_router_loss_is_refused_by_name()
+    {
+        // The checkpointed forward keeps no graph, so the router logits it reports could carry no aux-loss gradient.
+        using var scope = NewDisposeScope();
+        var lm = Model("mixtral");
+        lm.OutputRouterLogits = true;
+        lm.model.GradientCheckpointing = true;
+        lm.train();
+        var ids = InputIds("mixtral");
+        var e = Assert.Throws<UserError>(() => lm.LossSumBackward(ids, ids, 1.0));
+        Assert.Contains("gradient_checkpointing", e.Message);
+        Assert.Contains("output_router_logits", e.Message);
+        lm.OutputRouterLogits = false; // without the aux loss, checkpointing works as for dense models
+        Assert.Equal(11, lm.LossSumBackward(ids, ids, 1.0).Tokens);
+    }
+
+    [Fact]
     public void Qwen3_moe_matches_the_first_principles_decoder_with_its_aux_loss()
     {
         using var dir = TestSetup.TempDir();
