@@ -8,18 +8,19 @@ namespace Axolotl.Bench;
 
 /// <summary>
 /// <c>axolotl-bench moe MOE_DIR DENSE_DIR [--steps N] [--rows R] [--seq S]</c>: full fine-tune training steps (forward
-/// and backward of the loss, bf16 weights and compute, random init, the router aux loss where the MoE config asks for
+/// and backward of the loss, bf16 (or fp32) weights and compute, random init, the router aux loss where the MoE config asks for
 /// it) of a mixture-of-experts model against a dense one, the steps alternating between the two so a busy machine
 /// slows both alike. Reports per model the median wall and process-CPU seconds per step and tokens/s.
 /// </summary>
 public static class MoeBench
 {
-    const string Usage = "usage: axolotl-bench moe MOE_DIR DENSE_DIR [--steps N] [--rows R] [--seq S]";
+    const string Usage = "usage: axolotl-bench moe MOE_DIR DENSE_DIR [--steps N] [--rows R] [--seq S] [--dtype bf16|fp32]";
 
     public static int Run(string[] args)
     {
         var dirs = new List<string>();
         int steps = 4, rows = 4, seq = 256;
+        var dtype = ScalarType.BFloat16;
         for (int i = 0; i < args.Length; i++)
         {
             int NextInt() => i + 1 < args.Length && int.TryParse(args[++i], NumberStyles.None, CultureInfo.InvariantCulture, out var v) && v >= 1
@@ -29,6 +30,10 @@ public static class MoeBench
                 case "--steps": steps = NextInt(); break;
                 case "--rows": rows = NextInt(); break;
                 case "--seq": seq = NextInt(); break;
+                case "--dtype":
+                    dtype = i + 1 < args.Length ? args[++i] switch { "bf16" => ScalarType.BFloat16, "fp32" => ScalarType.Float32, var v => throw new UserError($"--dtype needs bf16 or fp32, not '{v}'.") }
+                        : throw new UserError("--dtype needs bf16 or fp32.");
+                    break;
                 case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; {Usage}");
                 default: dirs.Add(args[i]); break;
             }
@@ -37,7 +42,7 @@ public static class MoeBench
         TorchRuntime.EnsureLoaded();
         var models = dirs.Select(d =>
         {
-            var m = CausalLM.Create(DecoderConfig.FromFolder(d), ScalarType.BFloat16, ScalarType.BFloat16);
+            var m = CausalLM.Create(DecoderConfig.FromFolder(d), dtype, dtype);
             m.InitializeWeights(1);
             m.train();
             return (Dir: d, Model: m, Wall: new List<double>(), Cpu: new List<double>());
