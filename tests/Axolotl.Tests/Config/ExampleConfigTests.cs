@@ -78,7 +78,7 @@ public class ExampleConfigTests
                     if (!IsSet(dv)) continue;
                     var text = (dv as YamlScalarNode)?.Value;
                     if (ConfigLoader.UnsupportedDatasetKeys.Contains(name)
-                        || (name == "type" && text != null && !Axolotl.Data.PromptStrategies.IsImplemented(text)))
+                        || (name == "type" && text != null && !Axolotl.Config.DatasetTypes.IsImplemented(text)))
                         yield return $"datasets[{i}].{name}";
                 }
                 i++;
