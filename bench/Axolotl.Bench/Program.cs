@@ -6,6 +6,7 @@ try
     return args.Length > 0 && args[0] == "generate" ? GenerationBench.Run(args[1..])
         : args.Length > 0 && args[0] == "data" ? DataBench.Run(args[1..])
         : args.Length > 0 && args[0] == "collectives" ? CollectivesBench.Run(args[1..])
+        : args.Length > 0 && args[0] == "moe" ? MoeBench.Run(args[1..])
         : Bench.Run(args);
 }
 catch (UserError e)

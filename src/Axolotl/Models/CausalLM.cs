@@ -18,11 +18,14 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
     public nn.Module<Tensor, Tensor> norm;
     readonly DecoderConfig _config;
 
+    /// <summary>Collects the sparse layers' router logits of a forward pass when the loss needs them.</summary>
+    internal RouterLogits Router { get; } = new();
+
     public DecoderModel(DecoderConfig c, ScalarType dtype, ScalarType computeType) : base("model")
     {
         _config = c;
         embed_tokens = new Embedding(c.VocabSize, c.HiddenSize, dtype, computeType);
-        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(i => new DecoderLayer(c, dtype, i)).ToArray());
+        layers = new ModuleList<DecoderLayer>(Enumerable.Range(0, c.NumLayers).Select(i => new DecoderLayer(c, dtype, i, Router)).ToArray());
         norm = Parts.Norm(c, dtype);
         register_module("embed_tokens", embed_tokens);
         register_module("layers", layers);
@@ -67,6 +70,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
             var positions = new Positions(cos, sin, past > 0 && seq > 1 ? Mask(past, seq, null, h.device) : null)
             {
                 SlidingMask = _config.SlidingWindow is int window ? Mask(past, seq, window, h.device) : null,
+                SlidingAngles = SlidingAngles(arange(past, past + seq, dtype: ScalarType.Int64, device: h.device), h),
                 Cache = cache,
             };
             return RunLayers(h, positions);
@@ -75,9 +79,19 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         return RunLayers(h, PackedPositions(positionIds, sequenceIds, seq, h));
     }
 
+    /// <summary>Gemma 3's sliding layers rotate with their own base and without the global layers' rope_scaling.</summary>
+    (Tensor Cos, Tensor Sin)? SlidingAngles(Tensor positions, Tensor h)
+    {
+        if (_config.SlidingRopeTheta is not double theta) return null;
+        var (invFreq, attentionFactor) = RopeScaling.Frequencies(_config with { RopeTheta = theta, RopeScaling = null }, 0, h.device);
+        return Rope.Angles(positions, invFreq, attentionFactor, h.dtype);
+    }
+
     Tensor RunLayers(Tensor h, Positions positions)
     {
         bool recompute = GradientCheckpointing && training && is_grad_enabled();
+        if (recompute && Router.Collected is not null)
+            throw new UserError("gradient_checkpointing with the router load-balancing loss (output_router_logits) is not supported yet; turn one of them off.");
         // TorchSharp cannot read a CUDA generator's state, so in GPU training each layer's dropout starts from a seed
         // drawn from the CPU generator (which checkpoints save): gradient checkpointing sets it again to recompute.
         bool reseed = training && Runtime.ComputeDevice.IsCuda(h.device);
@@ -120,7 +134,11 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         var sameSample = sequenceIds.abs().unsqueeze(2).eq(sequenceIds.unsqueeze(1));
         Tensor Packed(int? window) =>
             sameSample.logical_and(Mask(0, seq, window, h.device) ?? ones(seq, seq, ScalarType.Bool, h.device).tril()).unsqueeze(1);
-        return new Positions(cos, sin, Packed(null)) { SlidingMask = _config.SlidingWindow is int w ? Packed(w) : null };
+        return new Positions(cos, sin, Packed(null))
+        {
+            SlidingMask = _config.SlidingWindow is int w ? Packed(w) : null,
+            SlidingAngles = SlidingAngles(positionIds.unsqueeze(1), h),
+        };
     }
 }
 
@@ -147,8 +165,24 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         ComputeType = computeType;
         model = new DecoderModel(config, dtype, computeType);
         lm_head = config.TieWordEmbeddings ? null : new Linear(config.HiddenSize, config.VocabSize, config.LmHeadBias, dtype);
+        OutputRouterLogits = config.Moe?.OutputRouterLogits ?? false;
         RegisterComponents();
     }
+
+    /// <summary>
+    /// transformers' output_router_logits (config.json's, which Axolotl sets through model_config for MoE training):
+    /// <see cref="LossSum"/> and <see cref="LossSumBackward"/> then add router_aux_loss_coef × the load-balancing loss.
+    /// No effect on a dense model.
+    /// </summary>
+    public bool OutputRouterLogits { get; set; }
+
+    bool RouterLossActive => OutputRouterLogits && Config.Moe is { } moe && moe.SparseLayers.Any(s => s);
+
+    /// <summary>
+    /// The load-balancing loss (transformers' aux_loss, before router_aux_loss_coef) of the last <see cref="LossSum"/> or
+    /// <see cref="LossSumBackward"/> call; null when no router loss was computed.
+    /// </summary>
+    public double? LastRouterAuxLoss { get; private set; }
 
     Tensor Head(Tensor hidden)
     {
@@ -182,13 +216,24 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// Packed rows pass positionIds/sequenceIds (see <see cref="DecoderModel.forward(Tensor, Tensor?, Tensor?)"/>); their
     /// labels must be -100 at each sample's first token, so no sample predicts the next one's start.
     /// </summary>
-    public (Tensor Sum, long Tokens) LossSum(Tensor ids, Tensor labels, Tensor? positionIds = null, Tensor? sequenceIds = null)
+    /// <remarks>
+    /// With <see cref="OutputRouterLogits"/> on an MoE model, the sum also holds router_aux_loss_coef × aux × tokens,
+    /// where aux is this micro-batch's load-balancing loss over all its (non-padding) tokens and sparse layers. So
+    /// sum / tokens is transformers' loss (mean cross-entropy + coef × aux) for one micro-batch, and over an
+    /// accumulation window sum / window tokens is the mean cross-entropy + coef × the token-weighted mean of the
+    /// micro-batches' aux: the aux term keeps its weight whatever gradient_accumulation_steps is (transformers' Trainer
+    /// adds coef × aux to every micro-batch's loss, so there its weight grows with the number of micro-batches).
+    /// <paramref name="attentionMask"/> [batch, seq] (1 real, 0 padding) keeps padding out of the aux loss as
+    /// transformers' attention_mask does; packed rows take it from sequenceIds (&gt; 0); null otherwise: all tokens count.
+    /// </remarks>
+    public (Tensor Sum, long Tokens) LossSum(Tensor ids, Tensor labels, Tensor? positionIds = null, Tensor? sequenceIds = null, Tensor? attentionMask = null)
     {
-        var (hidden, targets) = Predicted(ids, labels, positionIds, sequenceIds);
+        var (hidden, targets, aux) = Predicted(ids, labels, positionIds, sequenceIds, attentionMask);
         long tokens = targets.shape[0];
         var total = zeros(1, dtype: ScalarType.Float32, device: hidden.device).sum();
         for (long start = 0; start < tokens; start += LossChunkRows)
             total = total + ChunkLoss(hidden, targets, start);
+        if (aux is not null) total = total + aux * (Config.Moe!.RouterAuxLossCoef * tokens);
         return (total, tokens);
     }
 
@@ -198,9 +243,11 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// through the head in the compute dtype: no autograd graph over [rows × vocab], no zero-filled one-hot gradient,
     /// and each chunk's buffers are freed before the next.
     /// </summary>
-    public (double Sum, long Tokens) LossSumBackward(Tensor ids, Tensor labels, double scale, Tensor? positionIds = null, Tensor? sequenceIds = null)
+    /// <remarks>The router aux loss is added, and its gradient taken, as <see cref="LossSum"/> describes.</remarks>
+    public (double Sum, long Tokens) LossSumBackward(Tensor ids, Tensor labels, double scale, Tensor? positionIds = null, Tensor? sequenceIds = null,
+        Tensor? attentionMask = null)
     {
-        var (hidden, targets) = Predicted(ids, labels, positionIds, sequenceIds);
+        var (hidden, targets, aux) = Predicted(ids, labels, positionIds, sequenceIds, attentionMask);
         long tokens = targets.shape[0];
         if (tokens == 0) return (0, 0);
         using var detached = hidden.detach().requires_grad_(true);
@@ -222,19 +269,42 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
             }
             logits.backward([gradient]);
         }
-        hidden.backward([detached.grad!]);
+        if (aux is null) hidden.backward([detached.grad!]);
+        else
+        {
+            // One backward pass for both: the head's gradient into the hidden states, and the aux term's into the routers.
+            double auxWeight = Config.Moe!.RouterAuxLossCoef * tokens;
+            total += auxWeight * LastRouterAuxLoss!.Value;
+            ((hidden * detached.grad!).sum() + aux * (auxWeight * scale)).backward();
+        }
         return (total, tokens);
     }
 
-    /// <summary>Final hidden states at positions whose next token is trained on, and those next tokens.</summary>
-    (Tensor Hidden, Tensor Targets) Predicted(Tensor ids, Tensor labels, Tensor? positionIds, Tensor? sequenceIds)
+    /// <summary>
+    /// Final hidden states at positions whose next token is trained on, those next tokens, and the router
+    /// load-balancing loss when <see cref="OutputRouterLogits"/> asks for it.
+    /// </summary>
+    (Tensor Hidden, Tensor Targets, Tensor? Aux) Predicted(Tensor ids, Tensor labels, Tensor? positionIds, Tensor? sequenceIds, Tensor? attentionMask)
     {
-        var hidden = model.forward(ids, positionIds, sequenceIds);
+        LastRouterAuxLoss = null;
+        bool routerLoss = RouterLossActive;
+        model.Router.Collected = routerLoss ? [] : null;
+        Tensor hidden;
+        List<Tensor>? routerLogits;
+        try { hidden = model.forward(ids, positionIds, sequenceIds); }
+        finally { routerLogits = model.Router.Collected; model.Router.Collected = null; }
+        Tensor? aux = null;
+        if (routerLoss)
+        {
+            var moe = Config.Moe!;
+            aux = LoadBalancing.Loss(routerLogits!, moe.NumExperts, moe.TopK, attentionMask ?? sequenceIds?.gt(0));
+            LastRouterAuxLoss = aux.item<float>();
+        }
         long seq = ids.shape[1];
         var h = hidden.narrow(1, 0, seq - 1).reshape(-1, hidden.shape[^1]);
         var y = labels.narrow(1, 1, seq - 1).reshape(-1);
         var keep = y.ne(-100).nonzero().squeeze(1);
-        return (h.index_select(0, keep), y.index_select(0, keep));
+        return (h.index_select(0, keep), y.index_select(0, keep), aux);
     }
 
     Tensor ChunkLoss(Tensor hidden, Tensor targets, long start)

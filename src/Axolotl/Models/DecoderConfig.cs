@@ -40,6 +40,8 @@ public sealed record DecoderConfig
     /// <summary>RMSNorm scales by (offset + w); Gemma stores w around 0 and uses 1.</summary>
     public double NormWeightOffset { get; init; }
     public double RopeTheta { get; init; } = 10000;
+    /// <summary>Sliding-window layers rotate with this base and no rope_scaling (Gemma 3's rope_local_base_freq); null: as the others.</summary>
+    public double? SlidingRopeTheta { get; init; }
     /// <summary>Fraction of each head's dims that are rotated (phi's partial_rotary_factor); the rest pass through.</summary>
     public double RotaryFraction { get; init; } = 1.0;
     public int RotaryDim => (int)(HeadDim * RotaryFraction);
@@ -82,6 +84,8 @@ public sealed record DecoderConfig
     public double ResidualDropout { get; init; }
     public double EmbeddingDropout { get; init; }
     public ModuleNames Names { get; init; } = new();
+    /// <summary>Mixture-of-experts MLPs (Mixtral, Qwen2-MoE, Qwen3-MoE); null: every MLP is dense.</summary>
+    public MoeConfig? Moe { get; init; }
     public double InitializerRange { get; init; } = 0.02;
     public int MaxPositionEmbeddings { get; init; } = 2048;
     public int? BosTokenId { get; init; }
@@ -89,7 +93,7 @@ public sealed record DecoderConfig
     /// <summary>The config.json as read, so saving a model writes back what came in (with our changes applied).</summary>
     public JsonObject Raw { get; init; } = new();
 
-    static readonly string[] Supported = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "phi", "phi3"];
+    static readonly string[] Supported = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"];
     public static readonly string[] Activations = ["silu", "gelu", "gelu_new", "gelu_pytorch_tanh"];
 
     public static DecoderConfig FromFolder(string modelDir)
@@ -104,6 +108,9 @@ public sealed record DecoderConfig
     public static DecoderConfig FromJson(JsonObject json, string source)
     {
         string modelType = json["model_type"]?.GetValue<string>() ?? throw new UserError($"{source}: no model_type.");
+        if (modelType == "gemma3")
+            throw new UserError($"{source}: model_type 'gemma3' is Gemma 3's multimodal checkpoint, which is not supported yet; " +
+                                "use a text-only Gemma 3 (model_type gemma3_text, Gemma3ForCausalLM).");
         if (!Supported.Contains(modelType))
             throw new UserError($"{source}: model_type '{modelType}' is not supported yet (supported: {string.Join(", ", Supported)}).");
         if (json["qk_layernorm"]?.GetValue<bool>() == true)
@@ -139,6 +146,42 @@ public sealed record DecoderConfig
                     SlidingWindow = json.ContainsKey("sliding_window") ? json["sliding_window"]?.GetValue<int>() : 4096,
                     SlidingLayers = Gemma2SlidingLayers(json, c.NumLayers, source),
                 },
+                "gemma3_text" => c with
+                {
+                    NormWeightOffset = 1,
+                    ScaleEmbeddings = true,
+                    SandwichNorms = true,
+                    QkNorm = true,
+                    TieWordEmbeddings = Bool(json, "tie_word_embeddings") ?? true,
+                    Activation = json["hidden_activation"]?.GetValue<string>() ?? "gelu_pytorch_tanh",
+                    HeadDim = json["head_dim"]?.GetValue<int>() ?? 256,
+                    AttentionScale = 1 / Math.Sqrt(json["query_pre_attn_scalar"]?.GetValue<double>() ?? 256),
+                    AttentionSoftcap = json["attn_logit_softcapping"]?.GetValue<double>(),
+                    FinalLogitSoftcap = json["final_logit_softcapping"]?.GetValue<double>(),
+                    SlidingWindow = json.ContainsKey("sliding_window") ? json["sliding_window"]?.GetValue<int>() : 4096,
+                    SlidingLayers = Gemma3SlidingLayers(json, c.NumLayers, source),
+                    RopeTheta = Gemma3RopeTheta(json, "full_attention") ?? json["rope_theta"]?.GetValue<double>() ?? 1_000_000,
+                    SlidingRopeTheta = Gemma3RopeTheta(json, "sliding_attention") ?? json["rope_local_base_freq"]?.GetValue<double>() ?? 10_000,
+                },
+                "mixtral" => c with
+                {
+                    SlidingWindow = json["sliding_window"]?.GetValue<int>(),
+                    SlidingWindowInclusive = true, // as Mistral in transformers 4.40
+                    Moe = new MoeConfig
+                    {
+                        NumExperts = json["num_local_experts"]?.GetValue<int>() ?? 8,
+                        TopK = json["num_experts_per_tok"]?.GetValue<int>() ?? 2,
+                        ExpertIntermediateSize = c.IntermediateSize,
+                        NormTopKProb = true,
+                        RouterAuxLossCoef = json["router_aux_loss_coef"]?.GetValue<double>() ?? 0.001,
+                        OutputRouterLogits = Bool(json, "output_router_logits") ?? false,
+                        SparseLayers = Enumerable.Repeat(true, c.NumLayers).ToList(),
+                        BlockName = "block_sparse_moe",
+                        ExpertNames = new ModuleNames { MlpGate = "w1", MlpUp = "w3", MlpDown = "w2" },
+                    },
+                },
+                "qwen2_moe" => c with { QkvBias = true, Moe = QwenMoe(json, c.NumLayers, source, shared: true) },
+                "qwen3_moe" => c with { QkNorm = true, HeadDim = json["head_dim"]?.GetValue<int>() ?? 128, Moe = QwenMoe(json, c.NumLayers, source, shared: false) },
                 "phi3" => c with
                 {
                     FusedProjections = true,
@@ -164,9 +207,15 @@ public sealed record DecoderConfig
                 _ => c,
             };
             if (c.AttentionScale == 0) c = c with { AttentionScale = 1 / Math.Sqrt(c.HeadDim) };
-            if (modelType is "qwen2" or "qwen3" && Bool(json, "use_sliding_window") == true)
+            if (modelType is "qwen2" or "qwen3" or "qwen2_moe" or "qwen3_moe" && Bool(json, "use_sliding_window") == true)
                 throw new UserError($"{source}: use_sliding_window: true is not supported yet for {modelType}.");
-            c = c with { RopeScaling = RopeScaling.FromJson(json, source) };
+            c = c with { RopeScaling = RopeScaling.FromJson(Gemma3FullRope(json) ?? json, source) };
+            if (c.Moe is { } moe && moe.NumExperts > 0 && (moe.TopK < 1 || moe.TopK > moe.NumExperts))
+                throw new UserError($"{source}: num_experts_per_tok ({moe.TopK}) must be between 1 and the number of experts ({moe.NumExperts}).");
+            if (json["router_jitter_noise"]?.GetValue<double>() is > 0)
+                throw new UserError($"{source}: router_jitter_noise > 0 is not supported yet; set it to 0.");
+            if (modelType == "gemma3_text" && Bool(json, "use_bidirectional_attention") == true)
+                throw new UserError($"{source}: use_bidirectional_attention: true is not supported yet.");
             if (!Activations.Contains(c.Activation))
                 throw new UserError($"{source}: activation '{c.Activation}' is not supported yet (supported: {string.Join(", ", Activations)}).");
             if (c.RotaryDim % 2 != 0 || c.RotaryDim <= 0)
@@ -229,6 +278,51 @@ public sealed record DecoderConfig
             "full_attention" => false,
             var other => throw new UserError($"{source}: layer_types entry '{other}' is not supported (sliding_attention, full_attention are)."),
         }).ToList();
+    }
+
+    /// <summary>
+    /// Gemma 3 slides on all layers but every sliding_window_pattern-th (5 local : 1 global by default); newer configs
+    /// spell it out in layer_types.
+    /// </summary>
+    static IReadOnlyList<bool> Gemma3SlidingLayers(JsonObject json, int layers, string source)
+    {
+        if (json["layer_types"] is JsonArray) return Gemma2SlidingLayers(json, layers, source);
+        int pattern = json["sliding_window_pattern"]?.GetValue<int>() ?? 6;
+        if (pattern < 1) throw new UserError($"{source}: sliding_window_pattern must be at least 1.");
+        return Enumerable.Range(0, layers).Select(i => (i + 1) % pattern != 0).ToList();
+    }
+
+    /// <summary>Newer Gemma 3 configs give each layer type its own rope_parameters (rope_theta, and scaling for full attention).</summary>
+    static double? Gemma3RopeTheta(JsonObject json, string layerType) =>
+        (json["rope_parameters"] as JsonObject)?[layerType]?["rope_theta"]?.GetValue<double>();
+
+    /// <summary>Full-attention layers' rope_parameters as an old-style rope_scaling, for <see cref="RopeScaling.FromJson"/>.</summary>
+    static JsonObject? Gemma3FullRope(JsonObject json) =>
+        (json["rope_parameters"] as JsonObject)?["full_attention"] is JsonObject full
+            ? new JsonObject { ["rope_scaling"] = full.DeepClone(), ["original_max_position_embeddings"] = json["original_max_position_embeddings"]?.DeepClone() }
+            : null;
+
+    /// <summary>
+    /// Qwen2-MoE's and Qwen3-MoE's experts: layer i is sparse unless listed in mlp_only_layers or (i + 1) is not a
+    /// multiple of decoder_sparse_step; Qwen2-MoE adds a shared expert.
+    /// </summary>
+    static MoeConfig QwenMoe(JsonObject json, int layers, string source, bool shared)
+    {
+        int experts = json["num_experts"]?.GetValue<int>() ?? (shared ? 60 : 128);
+        int step = json["decoder_sparse_step"]?.GetValue<int>() ?? 1;
+        if (step < 1) throw new UserError($"{source}: decoder_sparse_step must be at least 1.");
+        var mlpOnly = (json["mlp_only_layers"] as JsonArray)?.Select(x => x!.GetValue<int>()).ToHashSet() ?? [];
+        return new MoeConfig
+        {
+            NumExperts = experts,
+            TopK = json["num_experts_per_tok"]?.GetValue<int>() ?? (shared ? 4 : 8),
+            ExpertIntermediateSize = json["moe_intermediate_size"]?.GetValue<int>() ?? (shared ? 1408 : 768),
+            NormTopKProb = Bool(json, "norm_topk_prob") ?? false,
+            SharedExpertIntermediateSize = shared ? json["shared_expert_intermediate_size"]?.GetValue<int>() ?? 5632 : null,
+            RouterAuxLossCoef = json["router_aux_loss_coef"]?.GetValue<double>() ?? 0.001,
+            OutputRouterLogits = Bool(json, "output_router_logits") ?? false,
+            SparseLayers = Enumerable.Range(0, layers).Select(i => !mlpOnly.Contains(i) && experts > 0 && (i + 1) % step == 0).ToList(),
+        };
     }
 
     static int? TokenId(JsonNode? node) => node switch

@@ -129,6 +129,8 @@ public static class Parts
 /// </summary>
 public sealed record Positions(Tensor Cos, Tensor Sin, Tensor? Mask)
 {
+    /// <summary>Angles of the sliding-window layers when they rotate with their own base (Gemma 3's rope_local_base_freq).</summary>
+    public (Tensor Cos, Tensor Sin)? SlidingAngles { get; init; }
     public Tensor? SlidingMask { get; init; }
     public KvCache? Cache { get; init; }
 }
@@ -228,8 +230,9 @@ public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
         register_module(c.Names.AttentionOutput, o_proj);
         if (c.QkNorm)
         {
-            q_norm = new RmsNorm(c.HeadDim, c.NormEps, 0, dtype);
-            k_norm = new RmsNorm(c.HeadDim, c.NormEps, 0, dtype);
+            // Qwen3 scales by w, Gemma 3 by (1 + w), as its other norms.
+            q_norm = new RmsNorm(c.HeadDim, c.NormEps, c.NormWeightOffset, dtype);
+            k_norm = new RmsNorm(c.HeadDim, c.NormEps, c.NormWeightOffset, dtype);
             register_module("q_norm", q_norm);
             register_module("k_norm", k_norm);
         }
@@ -256,8 +259,9 @@ public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
         q = q.transpose(1, 2);
         k = k.transpose(1, 2);
         v = v.view(batch, seq, _kvHeads, _headDim).transpose(1, 2);
-        q = Rope.Apply(q, positions.Cos, positions.Sin);
-        k = Rope.Apply(k, positions.Cos, positions.Sin);
+        var (cos, sin) = _sliding && positions.SlidingAngles is { } local ? local : (positions.Cos, positions.Sin);
+        q = Rope.Apply(q, cos, sin);
+        k = Rope.Apply(k, cos, sin);
         if (positions.Cache is { } cache) (k, v) = cache.Append(_layer, k, v);
         if (_kvHeads != _heads)
         {
@@ -301,27 +305,30 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     readonly string _activation;
     readonly long _intermediate;
 
-    public Mlp(DecoderConfig c, ScalarType dtype) : base("mlp")
+    /// <param name="intermediateSize">Width of this MLP when not the config's (MoE experts, Qwen2-MoE's shared expert).</param>
+    /// <param name="names">State-dict names of the projections when not the config's (Mixtral's experts: w1, w3, w2).</param>
+    public Mlp(DecoderConfig c, ScalarType dtype, long? intermediateSize = null, ModuleNames? names = null) : base("mlp")
     {
         _activation = c.Activation;
-        _intermediate = c.IntermediateSize;
+        _intermediate = intermediateSize ?? c.IntermediateSize;
+        names ??= c.Names;
         if (c.FusedProjections)
         {
-            gate_up_proj = new Linear(c.HiddenSize, 2 * c.IntermediateSize, c.MlpBias, dtype);
-            register_module(c.Names.FusedGateUp, gate_up_proj);
+            gate_up_proj = new Linear(c.HiddenSize, 2 * _intermediate, c.MlpBias, dtype);
+            register_module(names.FusedGateUp, gate_up_proj);
         }
         else
         {
             if (c.GatedMlp)
             {
-                gate_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype);
-                register_module(c.Names.MlpGate, gate_proj);
+                gate_proj = new Linear(c.HiddenSize, _intermediate, c.MlpBias, dtype);
+                register_module(names.MlpGate, gate_proj);
             }
-            up_proj = new Linear(c.HiddenSize, c.IntermediateSize, c.MlpBias, dtype);
-            register_module(c.Names.MlpUp, up_proj);
+            up_proj = new Linear(c.HiddenSize, _intermediate, c.MlpBias, dtype);
+            register_module(names.MlpUp, up_proj);
         }
-        down_proj = new Linear(c.IntermediateSize, c.HiddenSize, c.MlpBias, dtype);
-        register_module(c.Names.MlpDown, down_proj);
+        down_proj = new Linear(_intermediate, c.HiddenSize, c.MlpBias, dtype);
+        register_module(names.MlpDown, down_proj);
     }
 
     protected override void RegisterComponents() { } // children are registered by HF name in the constructor
@@ -343,17 +350,20 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
 public sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
 {
     public Attention self_attn;
-    public Mlp mlp;
+    /// <summary>A dense <see cref="Mlp"/>, or a <see cref="SparseMoeBlock"/> registered under the config's block name.</summary>
+    public nn.Module<Tensor, Tensor> mlp;
     public nn.Module<Tensor, Tensor> input_layernorm;
     public nn.Module<Tensor, Tensor>? post_attention_layernorm;
     /// <summary>Gemma 2's extra norms: post_attention_layernorm then normalises the attention output instead.</summary>
     public nn.Module<Tensor, Tensor>? pre_feedforward_layernorm, post_feedforward_layernorm;
     readonly double _residualDropout;
 
-    public DecoderLayer(DecoderConfig c, ScalarType dtype, int layer = 0) : base(nameof(DecoderLayer))
+    /// <param name="routerLogits">Where a sparse layer reports its router logits for the load-balancing loss.</param>
+    public DecoderLayer(DecoderConfig c, ScalarType dtype, int layer = 0, RouterLogits? routerLogits = null) : base(nameof(DecoderLayer))
     {
         self_attn = new Attention(c, dtype, layer);
-        mlp = new Mlp(c, dtype);
+        bool sparse = c.Moe is { } moe && moe.SparseLayers[layer];
+        mlp = sparse ? new SparseMoeBlock(c, dtype, routerLogits) : new Mlp(c, dtype);
         input_layernorm = Parts.Norm(c, dtype);
         post_attention_layernorm = c.ParallelBlock ? null : Parts.Norm(c, dtype);
         if (c.SandwichNorms)
@@ -362,8 +372,15 @@ public sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
             post_feedforward_layernorm = Parts.Norm(c, dtype);
         }
         _residualDropout = c.ResidualDropout;
-        RegisterComponents();
+        register_module("self_attn", self_attn);
+        register_module(sparse ? c.Moe!.BlockName : "mlp", mlp);
+        register_module("input_layernorm", input_layernorm);
+        if (post_attention_layernorm is not null) register_module("post_attention_layernorm", post_attention_layernorm);
+        if (pre_feedforward_layernorm is not null) register_module("pre_feedforward_layernorm", pre_feedforward_layernorm);
+        if (post_feedforward_layernorm is not null) register_module("post_feedforward_layernorm", post_feedforward_layernorm);
     }
+
+    protected override void RegisterComponents() { } // children are registered by HF name in the constructor
 
     public override Tensor forward(Tensor x, Positions positions)
     {

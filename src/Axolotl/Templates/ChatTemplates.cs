@@ -16,7 +16,7 @@ public static class ChatTemplates
     static readonly string[] AxolotlOnly =
     [
         "aya", "cohere", "command_a", "command_a_rag", "command_a_tool_use", "deepseek_v2", "deepseek_v3", "exaone",
-        "exaone4", "falcon_h1", "gemma3", "gemma3n", "gemma4", "gemma4_unified", "granite", "granitemoe", "jamba",
+        "exaone4", "falcon_h1", "gemma3n", "gemma4", "gemma4_unified", "granite", "granitemoe", "jamba",
         "llama3_2_vision", "llama4", "llava", "metharme", "mistral_v3_tekken", "mistral_v7_tekken", "nemotron",
         "nemotron_h", "phi_4", "pixtral", "qwen2_vl", "qwen3_5",
     ];

@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Tests.Models;
 
-/// <summary>Mistral, Gemma and phi through the one decoder, against transformers 4.40 (testdata/reference/families).</summary>
+/// <summary>Mistral, Gemma, phi, Mixtral and Qwen2-MoE through the one decoder, against transformers 4.40 (testdata/reference/families).</summary>
 public class FamilyParityTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     static string Dir(string family, params string[] rest) => TestSetup.Data(["reference", "families", family, .. rest]);
@@ -23,6 +23,8 @@ public class FamilyParityTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("mistral")]
     [InlineData("gemma")]
     [InlineData("phi")]
+    [InlineData("mixtral")]
+    [InlineData("qwen2_moe")]
     public void Logits_match_transformers(string family)
     {
         using var scope = NewDisposeScope();
@@ -45,6 +47,8 @@ public class FamilyParityTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData("mistral")]
     [InlineData("gemma")]
     [InlineData("phi")]
+    [InlineData("mixtral")]
+    [InlineData("qwen2_moe")]
     public void Loss_matches_transformers(string family)
     {
         using var scope = NewDisposeScope();

@@ -10,14 +10,16 @@ public class GenerationTests(Xunit.Abstractions.ITestOutputHelper output)
     static readonly int[] Prompt = [1, 5, 9, 60, 17];
 
     /// <summary>Every family path the cache touches: GQA, biases, q/k norms, fused projections, both window kinds, softcaps.</summary>
-    public static TheoryData<string> Families => new() { "tiny-llama", "tiny-qwen2-randbias", "mistral", "gemma", "phi", "qwen3", "gemma2", "phi3", "llama3-rope" };
+    public static TheoryData<string> Families => new() { "tiny-llama", "tiny-qwen2-randbias", "mistral", "gemma", "phi", "qwen3", "gemma2", "phi3", "llama3-rope", "mixtral", "qwen2_moe", "qwen3_moe", "gemma3" };
 
     static CausalLM Load(string family, TempDir dir)
     {
         string path = family switch
         {
             "tiny-llama" or "tiny-qwen2-randbias" => TestSetup.Data("reference", "models", family),
-            "mistral" or "gemma" or "phi" => TestSetup.Data("reference", "families", family, "model"),
+            "mistral" or "gemma" or "phi" or "mixtral" or "qwen2_moe" => TestSetup.Data("reference", "families", family, "model"),
+            "qwen3_moe" => MoeFamilyTests.BuildMoe(dir, MoeFamilyTests.Qwen3Moe()),
+            "gemma3" => NewFamilyTests.Build(dir, MoeFamilyTests.Gemma3()),
             "qwen3" => NewFamilyTests.Build(dir, NewFamilyTests.Qwen3()),
             "gemma2" => NewFamilyTests.Build(dir, NewFamilyTests.Gemma2()),
             "phi3" => NewFamilyTests.Build(dir, NewFamilyTests.Phi3()),

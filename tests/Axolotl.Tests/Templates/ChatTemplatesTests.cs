@@ -14,7 +14,7 @@ public class ChatTemplatesTests
     [Fact]
     public void BundlesTheTemplatesAxolotlNames()
     {
-        foreach (var name in new[] { "alpaca", "chatml", "gemma", "llama3", "mistral_v1", "mistral_v2v3", "phi_3", "phi_35", "qwen_25" })
+        foreach (var name in new[] { "alpaca", "chatml", "gemma", "gemma3", "llama3", "mistral_v1", "mistral_v2v3", "phi_3", "phi_35", "qwen_25" })
         {
             var template = ChatTemplates.Resolve(name, null, null, Tokens);
             Assert.Equal(name, template.Name);
