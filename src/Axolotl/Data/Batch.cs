@@ -13,6 +13,9 @@ public sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length,
     /// <summary>Packed rows only: which sample of its row each token belongs to (1, 2, …; 0 for padding).</summary>
     public long[]? SequenceIds { get; init; }
 
+    /// <summary>Padded rows: each row's real length (the rest is padding).</summary>
+    public int[]? RowLengths { get; init; }
+
     /// <summary>
     /// Rows right-padded to the longest (rounded up to <paramref name="padToMultipleOf"/>): padding gets the pad id and
     /// label -100. A row's first label is never predicted (the shift), so it is not a trainable token.
@@ -36,6 +39,6 @@ public sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length,
             }
             real += e.InputIds.Length;
         }
-        return new Batch(ids, labels, rows.Count, length, trainable, real);
+        return new Batch(ids, labels, rows.Count, length, trainable, real) { RowLengths = [.. rows.Select(e => e.InputIds.Length)] };
     }
 }

@@ -31,7 +31,11 @@ public interface ITrainingObjective
 /// </summary>
 public sealed record ObjectiveOutput(double LossSum, IReadOnlyDictionary<string, double>? MetricSums = null);
 
-/// <summary>Supervised fine-tuning: cross-entropy of the next token over the trainable labels.</summary>
+/// <summary>
+/// Supervised fine-tuning: cross-entropy of the next token over the trainable labels. On a Mixture-of-Experts model
+/// with router logits on, the loss also holds router_aux_loss_coef × the load-balancing loss (the model adds it), and
+/// the load-balancing loss itself is logged as <c>aux_loss</c>, token-weighted over the window.
+/// </summary>
 public sealed class CrossEntropyObjective(CausalLM model) : ITrainingObjective
 {
     public long Units(Batch batch) => batch.TrainableTokens;
@@ -39,16 +43,25 @@ public sealed class CrossEntropyObjective(CausalLM model) : ITrainingObjective
     public ObjectiveOutput ForwardBackward(Batch batch, double scale)
     {
         var (ids, labels, positionIds, sequenceIds) = BatchTensors.Of(batch, model.Device);
-        var (sum, _) = model.LossSumBackward(ids, labels, scale, positionIds, sequenceIds);
-        return new ObjectiveOutput(sum);
+        var (sum, tokens) = model.LossSumBackward(ids, labels, scale, positionIds, sequenceIds, PaddingMask(batch));
+        return new ObjectiveOutput(sum, RouterMetrics(tokens));
     }
 
     public ObjectiveOutput Forward(Batch batch)
     {
         var (ids, labels, positionIds, sequenceIds) = BatchTensors.Of(batch, model.Device);
-        var (sum, _) = model.LossSum(ids, labels, positionIds, sequenceIds);
-        return new ObjectiveOutput(sum.item<float>());
+        var (sum, tokens) = model.LossSum(ids, labels, positionIds, sequenceIds, PaddingMask(batch));
+        return new ObjectiveOutput(sum.item<float>(), RouterMetrics(tokens));
     }
+
+    /// <summary>Padding must not vote in the router's load balance; packed rows carry their own mask (sequence ids).</summary>
+    Tensor? PaddingMask(Batch batch) =>
+        model.OutputRouterLogits && batch is { PositionIds: null, RowLengths: { } lengths } && lengths.Any(l => l < batch.Length)
+            ? arange(batch.Length, device: model.Device).unsqueeze(0) < tensor(lengths.Select(l => (long)l).ToArray(), device: model.Device).unsqueeze(1)
+            : null;
+
+    IReadOnlyDictionary<string, double>? RouterMetrics(long tokens) =>
+        model.LastRouterAuxLoss is double aux ? new Dictionary<string, double> { ["aux_loss"] = aux * tokens } : null;
 }
 
 public static class BatchTensors
