@@ -223,8 +223,8 @@ public static class ConfigLoader
                     if (d.Type == "sharegpt" || d.Strategy == "sharegpt")
                         throw new UserError($"{valueSpots["type"].Full}: type: sharegpt is deprecated in Axolotl; use type: chat_template with field_messages: conversations and message_property_mappings: {{role: from, content: value}}.");
                     // instruct is the default prompt style: "alpaca:instruct" is "alpaca".
-                    if (d.Variant == "instruct" && Data.PromptStrategies.IsImplemented(d.Strategy)) d.Type = d.Strategy;
-                    if (!Data.PromptStrategies.IsImplemented(d.Type))
+                    if (d.Variant == "instruct" && DatasetTypes.IsImplemented(d.Strategy)) d.Type = d.Strategy;
+                    if (!DatasetTypes.IsImplemented(d.Type))
                         refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
                 }
                 if (d.DsType is not (null or "json" or "text" or "csv" or "parquet" or "arrow"))
