@@ -76,11 +76,21 @@ function writeSnippets(file, name) {
   const golden = { renderer: "@huggingface/jinja 0.5.11", name, cases: [] };
   for (const s of snippets) {
     const c = { snippet: s.name, template: s.template, context: s.context ?? {} };
+    // Which step failed: "parse" (the lexer or parser, in new Template) or "render".
+    let template;
     try {
-      c.expected = new Template(s.template).render(structuredClone(c.context));
+      template = new Template(s.template);
     } catch (e) {
       c.error = String(e.message);
+      c.error_kind = "parse";
     }
+    if (template)
+      try {
+        c.expected = template.render(structuredClone(c.context));
+      } catch (e) {
+        c.error = String(e.message);
+        c.error_kind = "render";
+      }
     golden.cases.push(c);
   }
   fs.mkdirSync(outDir, { recursive: true });

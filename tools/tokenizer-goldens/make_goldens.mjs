@@ -43,8 +43,13 @@ for (const variant of variants) {
   const rust = RustTokenizer.fromString(JSON.stringify(json));
   const js = new JsTokenizer(json, {});
   // tokenizers 0.23 decodes an added token with normalized=true as its normalized form ("▁</s>" in Llama-2) and does
-  // not skip it as special; earlier versions (and this project) use its content. Such cases are flagged.
+  // not skip it as special; earlier versions (and this project) use its content. Such cases are flagged, and also
+  // decoded by the same library from a copy whose added tokens say normalized=false (nothing else differs, and only
+  // decoding uses the copy), which decodes them by their content.
   const normalizedAdded = new Set((json.added_tokens ?? []).filter((t) => t.normalized).map((t) => t.id));
+  const byContent = RustTokenizer.fromString(JSON.stringify({
+    ...json, added_tokens: (json.added_tokens ?? []).map((t) => ({ ...t, normalized: false })),
+  }));
   for (const text of [...texts.common, ...(texts[variant.name] ?? [])]) {
     const withSpecial = await rust.encode(text, null, { addSpecialTokens: true });
     const plain = await rust.encode(text, null, { addSpecialTokens: false });
@@ -54,7 +59,11 @@ for (const variant of variants) {
       variant: variant.name, text, ids, ids_plain: idsPlain,
       decoded: await rust.decode(ids, false), decoded_skip_special: await rust.decode(ids, true),
     };
-    if (ids.some((id) => normalizedAdded.has(id))) c.decodes_normalized_added_token = true;
+    if (ids.some((id) => normalizedAdded.has(id))) {
+      c.decodes_normalized_added_token = true;
+      c.decoded_by_content = await byContent.decode(ids, false);
+      c.decoded_skip_special_by_content = await byContent.decode(ids, true);
+    }
     cases.push(c);
     const jsIds = js.encode(text, { add_special_tokens: true }).ids;
     if (JSON.stringify(jsIds) !== JSON.stringify(ids)) disagreements.push({ variant: variant.name, text, rust: ids, transformers_js: jsIds });

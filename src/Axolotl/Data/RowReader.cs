@@ -221,9 +221,13 @@ public static class RowReader
         }
         catch (Exception e) when (e is not UserError && e is not OutOfMemoryException)
         {
-            throw new UserError($"dataset '{path}': not a readable {type} file ({e.Message.Split('\n')[0]}).", e);
+            throw Unreadable(path, type, e);
         }
     }
+
+    /// <summary>A file the user may not read is not a malformed one: the message says which it is.</summary>
+    static UserError Unreadable(string path, string type, Exception e) =>
+        new($"dataset '{path}': {(e is UnauthorizedAccessException ? "cannot be read" : $"not a readable {type} file")} ({e.Message.Split('\n')[0]}).", e);
 
     /// <summary>
     /// One file's rows as they are pulled. JSON Lines, text and Parquet never sit in memory whole; a JSON array, a
@@ -246,7 +250,7 @@ public static class RowReader
             try { if (!e.MoveNext()) yield break; }
             catch (Exception x) when (x is not UserError && x is not OutOfMemoryException)
             {
-                throw new UserError($"dataset '{path}': not a readable {type} file ({x.Message.Split('\n')[0]}).", x);
+                throw Unreadable(path, type, x);
             }
             yield return e.Current;
         }

@@ -9,6 +9,7 @@ static class JsonRead
     {
         try { return JsonDocument.Parse(File.ReadAllBytes(path), new JsonDocumentOptions { AllowTrailingCommas = true }); }
         catch (JsonException e) { throw new UserError($"{path} is not valid JSON: {e.Message}", e); }
+        catch (UnauthorizedAccessException e) { throw new UserError($"{path} cannot be read: {e.Message}", e); }
     }
 
     public static UserError Unsupported(string file, string component, string type) =>

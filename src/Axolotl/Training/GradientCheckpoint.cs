@@ -26,11 +26,15 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
     public static Tensor Run(DecoderLayer layer, Tensor x, Positions positions, long? cudaSeed = null) =>
         apply([layer, positions, cudaSeed ?? (object)false, x, .. TrainableWeights(layer)]);
 
+    /// <summary>Test seam: layer forwards run without keeping activations, and those recomputed in backward.</summary>
+    internal static int CheckpointedForwards, Recomputations;
+
     static IEnumerable<Tensor> TrainableWeights(DecoderLayer layer) => layer.parameters().Where(p => p.requires_grad);
 
     public override Tensor forward(autograd.AutogradContext ctx, params object[] vars)
     {
         var (layer, positions, x) = ((DecoderLayer)vars[0], (Positions)vars[1], (Tensor)vars[3]);
+        Interlocked.Increment(ref CheckpointedForwards);
         ctx.save_data("cudaSeed", vars[2]);
         using (var rng = random.get_rng_state()) ctx.save_data("rng", rng.bytes.ToArray());
         ctx.save_data("layer", layer);
@@ -60,6 +64,7 @@ public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientC
                 }
                 if (ctx.get_data("cudaSeed") is long cudaSeed) cuda.manual_seed_all(cudaSeed);
                 using (enable_grad()) output = layer.forward(x, positions);
+                Interlocked.Increment(ref Recomputations);
                 random.set_rng_state(now);
             }
             grads = autograd.grad([output], inputNeedsGrad ? [x, .. weights] : weights, [gradOutput]);

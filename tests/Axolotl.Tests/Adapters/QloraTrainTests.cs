@@ -20,8 +20,9 @@ public class QloraTrainTests
         using var scope = NewDisposeScope();
         using var dir = TestSetup.TempDir();
         var baseDir = TestSetup.Data("reference", "models", "tiny-llama");
-        var rows = Enumerable.Range(0, 8).Select(i =>
-            new JsonObject { ["input_ids"] = new JsonArray(Enumerable.Range(0, 16).Select(j => (JsonNode)((i * 31 + j * 7) % 500 + 1)).ToArray()) }.ToJsonString());
+        // One row repeated: every step sees the same batch, so the loss of a run that learns falls step after step.
+        var rows = Enumerable.Range(0, 8).Select(_ =>
+            new JsonObject { ["input_ids"] = new JsonArray(Enumerable.Range(0, 16).Select(j => (JsonNode)((j * 37) % 500 + 1)).ToArray()) }.ToJsonString());
         File.WriteAllLines(dir["data.jsonl"], rows);
         File.WriteAllText(dir["config.yml"], $"""
             base_model: {baseDir}
@@ -34,6 +35,7 @@ public class QloraTrainTests
             lora_target_linear: true
             learning_rate: 0.01
             max_steps: 3
+            logging_steps: 1
             micro_batch_size: 2
             bf16: false
             save_strategy: "no"
@@ -44,6 +46,15 @@ public class QloraTrainTests
         Assert.Equal(dora, (bool)config["use_dora"]!);
         var keys = SafetensorsFile.Open(Path.Combine(dir["out"], Lora.WeightsFile)).Entries.Keys.ToList();
         Assert.Equal(14 * (dora ? 3 : 2), keys.Count);
+        // Trained: every lora_B left its zero init, and the loss fell (the NF4 round trip alone moves merged weights,
+        // so the merge check below cannot tell a trained adapter from an untrained one).
+        var adapter = SafetensorsFile.Open(Path.Combine(dir["out"], Lora.WeightsFile));
+        foreach (var key in keys.Where(k => k.Contains("lora_B")))
+            using (var b = adapter.Read(key)) Assert.True(b.abs().max().item<float>() > 1e-4, $"{key} never moved");
+        var losses = JsonNode.Parse(File.ReadAllText(Path.Combine(dir["out"], "trainer_state.json")))!["log_history"]!.AsArray()
+            .Where(e => e!["loss"] != null).Select(e => (double)e!["loss"]!).ToList();
+        Assert.Equal(3, losses.Count);
+        Assert.True(losses[2] < losses[0] - 0.01, $"losses {string.Join(", ", losses)} did not fall");
 
         Assert.Equal(0, Cli.Cli.Run(["merge-lora", dir["config.yml"]]));
         var adapted = CausalLM.FromPretrained(baseDir, ScalarType.Float32, ScalarType.Float32);

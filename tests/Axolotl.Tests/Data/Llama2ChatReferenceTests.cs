@@ -28,10 +28,10 @@ public class Llama2ChatReferenceTests
     [Fact]
     public void The_first_exchange_matches_axolotls_ids()
     {
-        // Up to the first " </s><s>" separator: BOS, the default system prompt, the question, the answer. (The labels
-        // follow the whole row's tokenization, which differs after that separator: see the skipped test.)
-        var (example, ids, labels, _) = Run();
-        int firstEos = Array.IndexOf(ids, 2) - 1; // the ▁ the separator starts with belongs to the tokenizer difference below
+        // Up to the first " </s><s>" separator: BOS, the default system prompt, the question, the answer; a break here
+        // points at the first turn's template or tokenization. The whole row, labels included, is the next test.
+        var (example, ids, _, _) = Run();
+        int firstEos = Array.IndexOf(ids, 2) - 1; // stop before the ▁ that the separator starts with
         Assert.True(firstEos > 200);
         Assert.Equal(ids[..firstEos], example.InputIds[..firstEos]);
     }

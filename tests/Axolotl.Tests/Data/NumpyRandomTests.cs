@@ -6,7 +6,7 @@ namespace Axolotl.Tests.Data;
 
 /// <summary>
 /// NumPy's default_rng, which datasets' shuffle (and so Axolotl's shards) uses: SeedSequence and PCG64 against numpy's
-/// own published test vectors, permutation against draws worked out by hand from those vectors.
+/// own published test vectors, permutation against draws worked out by hand from those vectors and against numpy's.
 /// </summary>
 public class NumpyRandomTests
 {
@@ -78,9 +78,23 @@ public class NumpyRandomTests
         Assert.Equal([1, 2, 0], NumpyRandom.DefaultRng(0xdeadbeaf).Permutation(3));
         // permutation(2) uses only the low half: 0x98 & 1 = 0, so 1 and 0 swap.
         Assert.Equal([1, 0], NumpyRandom.DefaultRng(0xdeadbeaf).Permutation(2));
+    }
+
+    // Recorded from NumPy 1.24.2 (Debian 12's python3-numpy): list(numpy.random.default_rng(seed).permutation(n)).
+    static readonly int[] Numpy42Of10 = [5, 6, 0, 7, 3, 2, 4, 9, 1, 8];
+    static readonly int[] Numpy7Of20 = [3, 8, 12, 13, 14, 16, 10, 15, 1, 6, 0, 7, 4, 18, 5, 19, 17, 2, 9, 11];
+
+    [Fact]
+    public void Permutations_longer_than_a_hand_derivation_are_numpys()
+    {
+        Assert.Equal([3, 7, 6, 5, 1, 2, 4, 0], NumpyRandom.DefaultRng(0xdeadbeaf).Permutation(8));
+        Assert.Equal(Numpy42Of10, NumpyRandom.DefaultRng(42).Permutation(10));
+        Assert.Equal(Numpy7Of20, NumpyRandom.DefaultRng(7).Permutation(20));
+        // permutation(1000) of seed 42: its first 12 and last 6 entries, and sum(p[i] * i) = 248321539 over all of it.
         var large = NumpyRandom.DefaultRng(42).Permutation(1000);
-        Assert.Equal(Enumerable.Range(0, 1000), large.Order());
-        Assert.NotEqual(Enumerable.Range(0, 1000), large);
+        Assert.Equal([978, 933, 859, 916, 127, 608, 856, 260, 147, 810, 635, 972], large[..12]);
+        Assert.Equal([706, 548, 609, 961, 973, 648], large[^6..]);
+        Assert.Equal(248321539L, large.Select((v, i) => (long)v * i).Sum());
     }
 
     [Fact]
@@ -95,7 +109,7 @@ public class NumpyRandomTests
     public void Shards_cut_the_numpy_permutation_into_contiguous_parts()
     {
         var rows = Enumerable.Range(0, 10).Select(i => new Row(new System.Text.Json.Nodes.JsonObject { ["i"] = i }, "d.jsonl", i + 1)).ToList();
-        var order = NumpyRandom.DefaultRng(42).Permutation(10);
+        var order = Numpy42Of10;
         // 10 rows in 3 shards: 4, 3 and 3 rows.
         var parts = Enumerable.Range(0, 3).Select(k => DatasetBuilder.Shard(rows, 3, k, 42).Select(r => (int)r.Fields["i"]!).ToArray()).ToArray();
         Assert.Equal(order[..4], parts[0]);
@@ -116,6 +130,6 @@ public class NumpyRandomTests
             Datasets = [new Axolotl.Config.DatasetConfig { Path = dir["rows.jsonl"] }],
         };
         var built = DatasetBuilder.Build(config, () => Axolotl.Tokenization.Tokenizer.FromFolder(TestSetup.Data("tok-tiny512")));
-        Assert.Equal(NumpyRandom.DefaultRng(7).Permutation(20).Select(i => i + 10), built.Examples.Select(e => e.InputIds[0]));
+        Assert.Equal(Numpy7Of20.Select(i => i + 10), built.Examples.Select(e => e.InputIds[0]));
     }
 }

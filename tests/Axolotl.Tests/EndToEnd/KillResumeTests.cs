@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Tests.EndToEnd;
 
 /// <summary>
-/// SIGKILL at random points of a real CLI run, during steps and during checkpoint writes, then auto-resume: the run
+/// SIGKILL at chosen points of a real CLI run, at steps its log reports and inside checkpoint writes, then auto-resume: the run
 /// must end on the adapter of a run never stopped, bit for bit, having logged the same losses step for step.
 /// </summary>
 public class KillResumeTests
@@ -57,49 +57,67 @@ public class KillResumeTests
         return process.ExitCode;
     }
 
-    /// <summary>Starts the run and SIGKILLs it at a step past the one it resumed from, or while it writes a checkpoint.
-    /// Returns false when the run finished first.</summary>
+    [System.Runtime.InteropServices.DllImport("libc", EntryPoint = "kill", SetLastError = true)]
+    static extern int SendSignal(int pid, int signal);
+
+    const int SIGKILL = 9, SIGCONT = 18, SIGSTOP = 19;
+
+    /// <summary>
+    /// Starts the run and SIGKILLs it, either on reading the log line of the step <paramref name="stepsPast"/> past the
+    /// first one it runs, or while it writes a checkpoint. For the latter the test watches the output folder (inotify)
+    /// for the checkpoint's temporary folder, freezes the run (SIGSTOP) and kills it only if that folder still exists,
+    /// so the kill provably lands inside the save; when the save ended first the run goes on (SIGCONT) to the next one.
+    /// Returns false when the run finished first.
+    /// </summary>
     static async Task<bool> RunAndKill(string config, string outputDir, bool duringSave, int stepsPast, List<string> trace)
     {
+        Directory.CreateDirectory(outputDir);
+        using var watcher = new FileSystemWatcher(outputDir, ".checkpoint-*.tmp") { NotifyFilter = NotifyFilters.DirectoryName };
         using var process = Launch(config);
         var stderr = process.StandardError.ReadToEndAsync();
-        using var done = new CancellationTokenSource();
         int? firstStep = null;
         bool killed = false;
-        var reader = Task.Run(async () =>
+        object gate = new();
+        if (duringSave)
         {
-            while (await process.StandardOutput.ReadLineAsync() is { } line)
+            watcher.Created += (_, e) =>
             {
-                if (!line.StartsWith("step ")) continue;
-                int step = int.Parse(line[5..line.IndexOf('/')]);
-                firstStep ??= step;
-                if (!duringSave && step >= firstStep + stepsPast && !killed)
+                lock (gate)
+                {
+                    if (killed || SendSignal(process.Id, SIGSTOP) != 0) return;
+                    if (Directory.Exists(e.FullPath))
+                    {
+                        killed = true;
+                        SendSignal(process.Id, SIGKILL);
+                        trace.Add($"killed while writing {e.Name}");
+                    }
+                    else
+                    {
+                        trace.Add($"{e.Name} was complete before the run stopped");
+                        SendSignal(process.Id, SIGCONT);
+                    }
+                }
+            };
+            watcher.EnableRaisingEvents = true;
+        }
+        while (await process.StandardOutput.ReadLineAsync() is { } line)
+        {
+            if (duringSave || !line.StartsWith("step ")) continue;
+            int step = int.Parse(line[5..line.IndexOf('/')]);
+            firstStep ??= step;
+            lock (gate)
+                if (step >= firstStep + stepsPast && !killed)
                 {
                     killed = true;
                     process.Kill();
                     trace.Add($"killed after seeing step {step}");
                 }
-            }
-        });
-        if (duringSave)
-        {
-            // A checkpoint is being written while its temporary folder exists (the seam holds it open for a moment).
-            while (!process.HasExited)
-            {
-                var writing = Directory.Exists(outputDir) ? Directory.GetDirectories(outputDir, ".checkpoint-*.tmp") : [];
-                if (writing.Length > 0)
-                {
-                    killed = true;
-                    try { process.Kill(); } catch (InvalidOperationException) { }
-                    trace.Add($"killed while writing {Path.GetFileName(writing[0])}");
-                    break;
-                }
-                await Task.Delay(5);
-            }
         }
         await process.WaitForExitAsync();
-        await reader;
-        if (!killed || process.ExitCode == 0)
+        watcher.EnableRaisingEvents = false;
+        bool wasKilled;
+        lock (gate) wasKilled = killed;
+        if (!wasKilled || process.ExitCode == 0)
         {
             Assert.True(process.ExitCode == 0, await stderr);
             return false;
@@ -122,20 +140,19 @@ public class KillResumeTests
         File.WriteAllText(dir["killed.yml"], Config(dir, dir["killed"]));
         await RunToEnd(dir["ref.yml"]);
 
-        int seed = Environment.TickCount;
-        var random = new Random(seed);
-        var trace = new List<string> { $"seed {seed}" };
+        var trace = new List<string>();
         int kills = 0;
-        // Alternate: kill a few steps into the run, then while it writes a checkpoint.
-        for (int attempt = 0; attempt < 4; attempt++)
+        // Alternate: kill a few steps into the run (at steps the log reports), then while it writes a checkpoint.
+        int[] stepsPast = [2, 0, 3, 0];
+        for (int attempt = 0; attempt < stepsPast.Length; attempt++)
         {
             bool duringSave = attempt % 2 == 1;
-            if (!await RunAndKill(dir["killed.yml"], dir["killed"], duringSave, random.Next(1, 5), trace)) break;
+            if (!await RunAndKill(dir["killed.yml"], dir["killed"], duringSave, stepsPast[attempt], trace)) break;
             kills++;
         }
         await RunToEnd(dir["killed.yml"]);
         var why = string.Join("; ", trace);
-        Assert.True(kills >= 3, why); // a step-kill can miss only when the run reached its end first
+        Assert.True(kills == 4, why);
         Assert.Equal(StepLog(dir["ref"]), StepLog(dir["killed"]));
         Assert.Equal(File.ReadAllBytes(dir["ref/adapter_model.safetensors"]), File.ReadAllBytes(dir["killed/adapter_model.safetensors"]));
         Assert.Equal(Directory.GetDirectories(dir["ref"], "checkpoint-*").Select(Path.GetFileName).Order(),

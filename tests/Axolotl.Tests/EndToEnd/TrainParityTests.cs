@@ -29,8 +29,8 @@ public class TrainParityTests
         return dir["batch.jsonl"];
     }
 
-    static string Config(TempDir dir, string adapterLines) => $"""
-        base_model: {TestSetup.Data("reference", "models", "tiny-llama")}
+    static string Config(TempDir dir, string adapterLines, string model = "tiny-llama") => $"""
+        base_model: {TestSetup.Data("reference", "models", model)}
         datasets:
           - path: {WriteBatch(dir)}
             ds_type: json
@@ -64,18 +64,21 @@ public class TrainParityTests
             Assert.True(Math.Abs(expected[i] - actual[i]) < 1e-5, $"step {i + 1}: loss {actual[i]} vs transformers {expected[i]}");
     }
 
-    [Fact]
-    public void Lora_from_peft_init_adapter_matches_peft_trajectory_and_saves_peft_layout()
+    /// <summary>tiny-qwen2-randbias has random q/k/v biases: its trajectory covers the bias path of forward and backward.</summary>
+    [Theory]
+    [InlineData("tiny-llama")]
+    [InlineData("tiny-qwen2-randbias")]
+    public void Lora_from_peft_init_adapter_matches_peft_trajectory_and_saves_peft_layout(string model)
     {
         using var dir = TestSetup.TempDir();
-        var init = TestSetup.Data("reference", "adapters", "tiny-llama-lora-init");
-        File.WriteAllText(dir["config.yml"], Config(dir, $"adapter: lora\nlora_model_dir: {init}"));
+        var init = TestSetup.Data("reference", "adapters", $"{model}-lora-init");
+        File.WriteAllText(dir["config.yml"], Config(dir, $"adapter: lora\nlora_model_dir: {init}", model));
 
         Assert.Equal(0, Cli.Cli.Run(["train", dir["config.yml"]]));
 
-        AssertLosses("tiny-llama/lora", LoggedLosses(dir["out"]));
+        AssertLosses($"{model}/lora", LoggedLosses(dir["out"]));
         var saved = SafetensorsFile.Open(Path.Combine(dir["out"], "adapter_model.safetensors"));
-        var reference = SafetensorsFile.Open(TestSetup.Data("reference", "adapters", "tiny-llama-lora-step20", "adapter_model.safetensors"));
+        var reference = SafetensorsFile.Open(TestSetup.Data("reference", "adapters", $"{model}-lora-step20", "adapter_model.safetensors"));
         Assert.Equal(reference.Entries.Keys.Order(), saved.Entries.Keys.Order());
         foreach (var key in reference.Entries.Keys)
             Assert.Equal(reference.Entries[key].Shape, saved.Entries[key].Shape);

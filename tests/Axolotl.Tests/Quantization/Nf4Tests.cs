@@ -6,7 +6,7 @@ namespace Axolotl.Tests.Quantization;
 /// <summary>NF4 against bitsandbytes' rules (csrc/kernels.cu: dQuantizeNF4, kQuantizeBlockwise; functional.py), derived by hand.</summary>
 public class Nf4Tests
 {
-    // bnb's nf4_dequantization_lut, copied from its source as the reference.
+    // bnb's NF4 code values (dDequantizeNF4 in csrc/kernels.cu, functional.py's get_4bit_type), its float literals.
     static readonly float[] BnbNf4 =
     [
         -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,
@@ -14,12 +14,21 @@ public class Nf4Tests
         0.24611230194568634f, 0.33791524171829224f, 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f,
     ];
 
-    /// <summary>The test's own NF4 rule: the nearest code, a tie going to the lower code (bnb's tree tests x &gt; pivot).</summary>
+    // The pivots of bnb's decision tree, dQuantizeNF4 in csrc/kernels.cu (bitsandbytes-foundation/bitsandbytes), as
+    // its float literals, in code order: code i+1 is chosen when x > pivot i.
+    static readonly float[] BnbPivots =
+    [
+        -0.8480964004993439f, -0.6106329262256622f, -0.4599952697753906f, -0.33967943489551544f, -0.23460740596055984f,
+        -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f, 0.1202552504837513f, 0.2035212516784668f,
+        0.2920137718319893f, 0.3893125355243683f, 0.5016634166240692f, 0.6427869200706482f, 0.8614784181118011f,
+    ];
+
+    /// <summary>The test's own NF4 rule: bnb's tree walked as a scan, a value on a pivot going to the lower code (x &gt; pivot).</summary>
     static int NearestCode(float scaled)
     {
         int best = 0;
         for (int i = 1; i < 16; i++)
-            if (scaled > Nf4Weight.Thresholds[i - 1]) best = i;
+            if (scaled > BnbPivots[i - 1]) best = i;
         return best;
     }
 
@@ -27,12 +36,12 @@ public class Nf4Tests
     public void Codebook_and_tree_pivots_are_bnbs()
     {
         Assert.Equal(BnbNf4, Nf4Weight.Codebook);
-        Assert.Equal(15, Nf4Weight.Thresholds.Length);
+        Assert.Equal(BnbPivots, Nf4Weight.Thresholds);
         for (int i = 0; i < 15; i++)
         {
-            // Each pivot is the midpoint of its neighbours (to fp32 rounding of bnb's printed literals).
+            // bnb's pivots are the midpoints of neighbouring codes (to fp32 rounding of its printed literals).
             double mid = ((double)BnbNf4[i] + BnbNf4[i + 1]) / 2;
-            Assert.True(Math.Abs(Nf4Weight.Thresholds[i] - mid) < 1e-7, $"pivot {i}: {Nf4Weight.Thresholds[i]} vs {mid}");
+            Assert.True(Math.Abs(BnbPivots[i] - mid) < 1e-7, $"pivot {i}: {BnbPivots[i]} vs {mid}");
         }
     }
 
@@ -46,9 +55,9 @@ public class Nf4Tests
         values[1] = -2.0f;   // −absmax → code 0, low nibble of byte 0
         values[2] = 0f;      // → code 7
         values[3] = 2 * BnbNf4[9];   // exactly a code value → that code
-        values[4] = 2 * Nf4Weight.Thresholds[7];                   // exactly on the 0/+ pivot → the lower code (7)
-        values[5] = 2 * MathF.BitIncrement(Nf4Weight.Thresholds[7]); // one ulp above → the upper code (8)
-        values[6] = 2 * Nf4Weight.Thresholds[0];                   // on the lowest pivot → code 0
+        values[4] = 2 * BnbPivots[7];                   // exactly on the 0/+ pivot → the lower code (7)
+        values[5] = 2 * MathF.BitIncrement(BnbPivots[7]); // one ulp above → the upper code (8)
+        values[6] = 2 * BnbPivots[0];                   // on the lowest pivot → code 0
         values[7] = -0.1f;
         var rng = new Random(7);
         for (int i = 8; i < 64; i++) values[i] = (float)(rng.NextDouble() * 3.8 - 1.9);

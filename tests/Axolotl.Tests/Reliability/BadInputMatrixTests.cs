@@ -131,13 +131,13 @@ public class BadInputMatrixTests
         InProcessCli.AssertUserError(InProcessCli.Run("validate", dir.Path), dir.Path, "config file not found");
     }
 
-    [NotAsRootFact]
+    [UnreadableFileFact]
     public void Config_file_unreadable()
     {
         using var dir = TestSetup.TempDir();
         var config = WriteConfig(dir);
         File.SetUnixFileMode(config, UnixFileMode.None);
-        InProcessCli.AssertUserError(InProcessCli.Run("validate", config), "c.yml", "cannot be read");
+        InProcessCli.AssertUserError(UnreadableFileCli.Run("validate", config), "c.yml", "cannot be read");
     }
 
     // ---- the model folder ----
@@ -301,18 +301,18 @@ public class BadInputMatrixTests
         InProcessCli.AssertUserError(Train(WriteConfig(dir, model)), "model.safetensors", "has shape [176, 64] but config.json implies [128, 64]");
     }
 
-    [NotAsRootFact]
+    [UnreadableFileFact]
     public void Safetensors_file_unreadable()
     {
         using var dir = TestSetup.TempDir();
         var model = CopyModel(dir);
         File.SetUnixFileMode(Path.Combine(model, "model.safetensors"), UnixFileMode.None);
-        InProcessCli.AssertUserError(Train(WriteConfig(dir, model)), "model.safetensors", "denied");
+        InProcessCli.AssertUserError(UnreadableFileCli.Run("train", WriteConfig(dir, model)), "model.safetensors", "denied");
     }
 
     // ---- the tokenizer ----
 
-    [NotAsRootFact]
+    [UnreadableFileFact]
     public void Tokenizer_json_unreadable()
     {
         using var dir = TestSetup.TempDir();
@@ -321,7 +321,7 @@ public class BadInputMatrixTests
         File.SetUnixFileMode(Path.Combine(tokenizer, "tokenizer.json"), UnixFileMode.None);
         var config = WriteConfig(dir);
         File.WriteAllText(config, File.ReadAllText(config).Replace(TestSetup.Data("tok-tiny512"), tokenizer));
-        InProcessCli.AssertUserError(InProcessCli.Run("preprocess", config), "tokenizer.json", "denied");
+        InProcessCli.AssertUserError(UnreadableFileCli.Run("preprocess", config), "tokenizer.json", "denied");
     }
 
     [Fact]
@@ -412,13 +412,13 @@ public class BadInputMatrixTests
         InProcessCli.AssertUserError(InProcessCli.Run("preprocess", config), "nowhere.jsonl", "does not exist");
     }
 
-    [NotAsRootFact]
+    [UnreadableFileFact]
     public void Dataset_file_unreadable()
     {
         using var dir = TestSetup.TempDir();
         var config = WriteConfig(dir);
         File.SetUnixFileMode(dir["data.jsonl"], UnixFileMode.None);
-        InProcessCli.AssertUserError(InProcessCli.Run("preprocess", config), "data.jsonl", "cannot be read");
+        InProcessCli.AssertUserError(UnreadableFileCli.Run("preprocess", config), "data.jsonl", "cannot be read");
     }
 
     static readonly string LongRow = $"{{\"instruction\": \"Repeat.\", \"input\": \"\", \"output\": \"{string.Join(' ', Enumerable.Repeat("words and more words", 400))}\"}}\n";

@@ -104,13 +104,30 @@ public class GradientCheckpointTests
         using var scope = NewDisposeScope();
         var model = Model(lora: false);
         model.model.GradientCheckpointing = true;
+        int layers = model.Config.NumLayers;
         var ids = tensor(Examples()[0].InputIds.Select(i => (long)i).ToArray()).unsqueeze(0);
+        (int Forwards, int Recomputed) Count(Action run)
+        {
+            var (forwards, recomputed) = (GradientCheckpoint.CheckpointedForwards, GradientCheckpoint.Recomputations);
+            run();
+            return (GradientCheckpoint.CheckpointedForwards - forwards, GradientCheckpoint.Recomputations - recomputed);
+        }
+        // Training: every layer drops its activations in forward and runs again in backward.
         model.train();
-        var trained = model.forward(ids);
+        Tensor trained = null!;
+        Assert.Equal((layers, 0), Count(() => trained = model.forward(ids)));
         Assert.True(trained.requires_grad);
+        Assert.Equal((0, layers), Count(() => trained.sum().backward()));
+        // Evaluation (grad on, eval mode) and a no_grad forward in train mode: plain layers, nothing to recompute.
+        model.eval();
+        Tensor evaluated = null!;
+        Assert.Equal((0, 0), Count(() => evaluated = model.forward(ids)));
+        Assert.Equal((0, 0), Count(() => evaluated.sum().backward()));
+        model.train();
         using (no_grad())
         {
-            var plain = model.forward(ids);
+            Tensor plain = null!;
+            Assert.Equal((0, 0), Count(() => plain = model.forward(ids)));
             Assert.False(plain.requires_grad);
             Assert.True(plain.allclose(trained.detach(), 0, 0));
         }
