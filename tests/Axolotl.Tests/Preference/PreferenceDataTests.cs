@@ -101,8 +101,9 @@ public class PreferenceDataTests
         Assert.Equal(prompt, e.Prompt);
         Assert.Equal(tok.Encode("Question: 2+2?\nAnswer: 4</s>").Skip(prompt.Length), e.Chosen);
         Assert.Equal(tok.Encode("Question: 2+2?\nAnswer: 5</s>").Skip(prompt.Length), e.Rejected); // EOS not doubled
-        Assert.Equal(2, e.Chosen[^1]);
-        Assert.Equal(1, e.Rejected.Count(id => id == 2));
+        // This tokenizer's </s> is a normalized added token, so in text it is spelled out in pieces, as HF does too
+        // (tokenizer-goldens): TRL's appended EOS text is what the model sees.
+        Assert.True(e.Chosen.Length > tok.Encode("Question: 2+2?\nAnswer: 4").Count - prompt.Length);
     }
 
     [Fact]
