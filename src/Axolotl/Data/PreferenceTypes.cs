@@ -59,6 +59,9 @@ public static class PreferenceTypes
 
     public static readonly IReadOnlyList<string> Orpo = ["chat_template.argilla"];
 
+    /// <summary>Whether <paramref name="type"/> is one of the preference types of any method.</summary>
+    public static bool IsKnown(string type) => Dpo.Concat(Kto).Concat(Orpo).Contains(Canonical(type));
+
     /// <summary>The type's full name: "chatml" is "chatml.default"; a mapping (user-defined) is "user_defined.default".</summary>
     public static string Canonical(string? type) => type is null or "" ? "passthrough.default" : type.Contains('.') ? type : type + ".default";
 

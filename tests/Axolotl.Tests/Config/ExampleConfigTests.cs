@@ -48,6 +48,7 @@ public class ExampleConfigTests
         yaml.Load(new StringReader(File.ReadAllText(path)));
         var root = (YamlMappingNode)yaml.Documents[0].RootNode;
         string? adapter = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "adapter").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
+        string? rl = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "rl").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
         foreach (var (k, v) in root.Children)
         {
             var key = ((YamlScalarNode)k).Value!;
@@ -56,6 +57,7 @@ public class ExampleConfigTests
             var value = (v as YamlScalarNode)?.Value;
             bool refusedValue = key switch
             {
+                "rl" => value is not ("dpo" or "ipo" or "simpo" or "orpo"),
                 "load_in_4bit" => value == "true" && adapter == "lora", // Axolotl quantizes to 4 bits only with qlora
                 // Streamed SFT datasets are not implemented; streaming with pretraining_dataset is.
                 "streaming" => value == "true" && !root.Children.Any(kv => ((YamlScalarNode)kv.Key).Value == "pretraining_dataset"),
@@ -78,7 +80,8 @@ public class ExampleConfigTests
                     if (!IsSet(dv)) continue;
                     var text = (dv as YamlScalarNode)?.Value;
                     if (ConfigLoader.UnsupportedDatasetKeys.Contains(name)
-                        || (name == "type" && text != null && !Axolotl.Data.PromptStrategies.IsImplemented(text)))
+                        || (name == "type" && text != null && (rl is null ? !Axolotl.Data.PromptStrategies.IsImplemented(text)
+                            : !Axolotl.Data.PreferenceTypes.For(rl).Contains(Axolotl.Data.PreferenceTypes.Canonical(text)))))
                         yield return $"datasets[{i}].{name}";
                 }
                 i++;
