@@ -9,3 +9,11 @@ public interface ITrainingObjective
     ObjectiveOutput ForwardBackward(Data.Batch batch, double scale);
     ObjectiveOutput Forward(Data.Batch batch);
 }
+
+public interface IBatchSource
+{
+    int BatchesPerEpoch { get; }
+    IReadOnlyList<Data.Batch> Epoch(int epoch);
+    double? PackingEfficiency { get; }
+    double MeanRowTokens { get; }
+}
