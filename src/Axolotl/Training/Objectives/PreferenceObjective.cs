@@ -19,6 +19,29 @@ public sealed record PreferenceSettings
     public double SimpoGamma { get; init; } = 0.5;
     public double CpoAlpha { get; init; } = 1.0;
 
+    /// <summary>The settings of an rl config, with TRL 1.8's defaults where a key is unset (as Axolotl's builder passes them).</summary>
+    public static PreferenceSettings FromConfig(Config.AxolotlConfig c) => new()
+    {
+        Method = c.Rl ?? "dpo",
+        Beta = c.RlBeta ?? c.OrpoAlpha ?? 0.1, // Axolotl: rl_beta, else orpo_alpha (TRL reads ORPO's alpha as beta)
+        LossTypes = c.Rl == "ipo" ? ["ipo"] : c.DpoLossType is { Count: > 0 } types ? types : ["sigmoid"],
+        LabelSmoothing = c.Rl == "dpo" ? c.DpoLabelSmoothing ?? 0 : 0,
+        SimpoGamma = c.SimpoGamma ?? 0.5,
+        CpoAlpha = c.CpoAlpha ?? 1.0,
+    };
+
+    /// <summary>The method in words, for the model card: "DPO (sigmoid loss), beta 0.1".</summary>
+    public static string Describe(Config.AxolotlConfig c)
+    {
+        var s = FromConfig(c);
+        return s.Method switch
+        {
+            "dpo" or "ipo" => $"{s.Method.ToUpperInvariant()} ({string.Join(" + ", s.LossTypes)} loss), beta {s.Beta}",
+            "simpo" => $"SimPO, beta {s.Beta}, gamma {s.SimpoGamma}, cpo_alpha {s.CpoAlpha}",
+            _ => $"ORPO, beta (orpo_alpha) {s.Beta}",
+        };
+    }
+
     /// <summary>Whether the loss compares against a reference model (DPO and IPO; SimPO and ORPO need none).</summary>
     public bool NeedsReference => Method is "dpo" or "ipo";
 }
