@@ -133,4 +133,33 @@ public class PreferenceObjectiveTests
         }
         Assert.True(ours.Margins[^1] > ours.Margins[1], "rewards/margins should grow under DPO");
     }
+
+    [Theory]
+    [InlineData("simpo")]
+    [InlineData("orpo")]
+    public void Simpo_and_orpo_match_their_formulas_on_full_logits(string method)
+    {
+        const double beta = 0.2, gamma = 0.5, cpoAlpha = 1.0;
+        var lm = Model();
+        var b = Pairs();
+        int pairs = b.Rows / 2;
+        var output = new PreferenceObjective(lm, new PreferenceSettings { Method = method, Beta = beta, SimpoGamma = gamma, CpoAlpha = cpoAlpha }, null).Forward(b);
+        double[] sums;
+        using (no_grad()) sums = FullLogps(lm, b).to(ScalarType.Float64).data<double>().ToArray();
+        var tokens = b.Labels.Chunk(b.Length).Select(row => (double)row.Skip(1).Count(l => l != -100)).ToArray();
+        double LogSigmoid(double x) => -Math.Log(1 + Math.Exp(-x));
+        double nll = -sums.Take(pairs).Sum() / tokens.Take(pairs).Sum();
+        double expected = 0;
+        for (int i = 0; i < pairs; i++)
+        {
+            double c = sums[i] / tokens[i], r = sums[pairs + i] / tokens[pairs + i];
+            expected += method == "simpo"
+                ? -LogSigmoid(beta * (c - r - gamma / beta)) / pairs
+                : -beta * LogSigmoid(c - r - (Math.Log(1 - Math.Exp(c)) - Math.Log(1 - Math.Exp(r)))) / pairs;
+        }
+        expected += method == "simpo" ? cpoAlpha * nll : nll;
+        Assert.Equal(expected, output.LossSum / pairs, 5);
+        Assert.Equal(nll, output.MetricSums!["nll_loss"] / pairs, 5);
+        Assert.Equal(Enumerable.Range(0, pairs).Average(i => beta * sums[i] / tokens[i]), output.MetricSums["rewards/chosen"] / pairs, 5);
+    }
 }
