@@ -24,11 +24,12 @@ public sealed class PreferenceBatches : IBatchSource
 
     public int BatchesPerEpoch => (Pairs + _microBatchSize - 1) / _microBatchSize;
 
-    public double? PackingEfficiency => null;
+    /// <summary>Pairs: what one pass covers.</summary>
+    public int Examples => Pairs;
 
     public double MeanRowTokens => _examples.Count == 0 ? 0 : _examples.Average(e => (double)e.InputIds.Length);
 
-    public IReadOnlyList<Batch> Epoch(int epoch)
+    public IReadOnlyList<Batch> Epoch(int epoch, int firstBatch = 0)
     {
         var order = Enumerable.Range(0, Pairs).ToList();
         if (!_sequential) DatasetBuilder.Shuffle(order, unchecked(_seed + epoch));

@@ -13,7 +13,8 @@ public interface ITrainingObjective
 public interface IBatchSource
 {
     int BatchesPerEpoch { get; }
-    IReadOnlyList<Data.Batch> Epoch(int epoch);
-    double? PackingEfficiency { get; }
+    int Examples { get; }
     double MeanRowTokens { get; }
+    double? PackingEfficiency => null;
+    IReadOnlyList<Data.Batch> Epoch(int epoch, int firstBatch = 0);
 }
