@@ -48,7 +48,7 @@ public static class DataBench
             {
                 BaseModel = tokenizer, LearningRate = 1e-4, SequenceLen = 2048, DatasetPreparedPath = Path.Combine(work, "prepared"),
                 Datasets = [new DatasetConfig { Path = data, Type = "alpaca" }],
-            };
+            }.Resolve();
             var clock = Stopwatch.StartNew();
             var cold = PreprocessRecipe.Run(config, new Quiet()).Data;
             double coldSeconds = clock.Elapsed.TotalSeconds;

@@ -33,6 +33,7 @@ public static class Cli
 
     public static int Run(string[] args)
     {
+        ConfigureConsole();
         if (args.Length == 0 || args[0] is "-h" or "--help" or "help")
         {
             Console.WriteLine(Usage);
@@ -166,6 +167,27 @@ public static class Cli
         }
         return 0;
     }
+
+    /// <summary>
+    /// Piped or redirected output is never hard-wrapped (Spectre.Console would wrap at 80 columns, splitting
+    /// <c>token(label, id)</c> pairs across lines) and carries no colour codes unless FORCE_COLOR asks for them.
+    /// </summary>
+    static void ConfigureConsole()
+    {
+        if (!Console.IsOutputRedirected) return;
+        bool color = !string.IsNullOrEmpty(Environment.GetEnvironmentVariable("FORCE_COLOR"));
+        AnsiConsole.Console = AnsiConsole.Create(new AnsiConsoleSettings
+        {
+            Ansi = color ? AnsiSupport.Yes : AnsiSupport.No,
+            ColorSystem = color ? ColorSystemSupport.Standard : ColorSystemSupport.NoColors,
+            Interactive = InteractionSupport.No,
+            Out = new AnsiConsoleOutput(Console.Out),
+        });
+        AnsiConsole.Profile.Width = UnwrappedWidth;
+    }
+
+    /// <summary>Wide enough that no line of ours is wrapped.</summary>
+    const int UnwrappedWidth = 1 << 20;
 
     static void PrintWarning(string message)
     {

@@ -62,7 +62,7 @@ sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
         _elapsed = elapsed;
         _training!.Value = step;
         _training.Description = Markup.Escape(
-            $"step {step}/{_plan!.TotalSteps}  loss {loss:F4}  lr {learningRate.ToString("0.00e+0", CultureInfo.InvariantCulture)}  {tokensPerSecond:F0} tok/s");
+            $"step {step}/{_plan!.TotalSteps}  loss {loss:F4}  lr {learningRate.ToString("0.00e+0", CultureInfo.InvariantCulture)}  {Format.TokensPerSecond(tokensPerSecond)}");
     }
 
     public void OnLog(JsonObject entry) => AnsiConsole.MarkupLine(Markup.Escape(Format.LogLine(entry, _plan!, _elapsed)));
@@ -77,14 +77,43 @@ static class Format
             ? string.Create(CultureInfo.InvariantCulture, $"; sample packing: {p.BatchesPerEpoch} packed micro-batches per epoch, efficiency {efficiency:F4} (tokens / slots).")
             : ".");
 
+    /// <summary>
+    /// One log_history entry as a console line: evaluation entries by their eval_ metrics, step entries by step, loss,
+    /// grad_norm and learning rate, then whatever metrics the objective logged, then speed, memory and ETA. Any of them
+    /// may be missing; nothing here knows which objective produced them.
+    /// </summary>
     public static string LogLine(JsonObject e, TrainingPlan plan, TimeSpan elapsed)
     {
-        if (e["eval_loss"] is { } evalLoss)
-            return string.Create(CultureInfo.InvariantCulture,
-                $"eval at step {(int)e["step"]!}/{plan.TotalSteps} | eval_loss {(double)evalLoss:F4} | perplexity {(double)e["eval_perplexity"]!:F2} | {(double)e["eval_runtime"]!:F1} s");
         int step = (int)e["step"]!;
+        var parts = new List<string>();
+        string Number(double v) => Math.Abs(v) is >= 1e-3 and < 1e5 or 0 ? v.ToString("F4", CultureInfo.InvariantCulture) : v.ToString("0.000e+0", CultureInfo.InvariantCulture);
+        IEnumerable<(string Key, double Value)> Numbers(Func<string, bool> keep) =>
+            e.Where(kv => keep(kv.Key) && kv.Value is JsonValue v && v.TryGetValue<double>(out _)).Select(kv => (kv.Key, kv.Value!.GetValue<double>()));
+        if (e.Any(kv => kv.Key.StartsWith("eval_", StringComparison.Ordinal)))
+        {
+            parts.Add($"eval at step {step}/{plan.TotalSteps}");
+            foreach (var (key, value) in Numbers(k => k.StartsWith("eval_", StringComparison.Ordinal) && !EvalSpeedKeys.Contains(k)))
+                parts.Add(key == "eval_perplexity" ? $"perplexity {value.ToString("F2", CultureInfo.InvariantCulture)}" : $"{key} {Number(value)}");
+            if (e["eval_runtime"] is { } runtime) parts.Add(string.Create(CultureInfo.InvariantCulture, $"{(double)runtime:F1} s"));
+            return string.Join(" | ", parts);
+        }
         var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, step) * (plan.TotalSteps - step));
-        return string.Create(CultureInfo.InvariantCulture,
-            $"step {step}/{plan.TotalSteps} | loss {(double)e["loss"]!:F4} | grad_norm {(double)e["grad_norm"]!:F4} | lr {(double)e["learning_rate"]!:0.000e+0} | epoch {(double)e["epoch"]!:F2} | {(double)e["tokens_per_second"]!:F0} tok/s{(e["mfu"] is { } mfu ? $" | mfu {(double)mfu:P1}" : "")} | peak RSS {Runtime.Hardware.PeakRssKb() / 1024} MiB{(Runtime.Hardware.PeakGpuMemoryInUseBytes() is > 0 and var gpu ? $" | GPU memory {gpu >> 20} MiB" : "")} | ETA {eta:hh\\:mm\\:ss}");
+        parts.Add($"step {step}/{plan.TotalSteps}");
+        foreach (var (key, value) in Numbers(k => !StepKeys.Contains(k)))
+            parts.Add(key == "learning_rate" ? $"lr {value.ToString("0.000e+0", CultureInfo.InvariantCulture)}" : $"{key} {Number(value)}");
+        if (e["epoch"] is { } epoch) parts.Add(string.Create(CultureInfo.InvariantCulture, $"epoch {(double)epoch:F2}"));
+        if (e["tokens_per_second"] is { } tps) parts.Add(TokensPerSecond((double)tps));
+        if (e["mfu"] is { } mfu) parts.Add(string.Create(CultureInfo.InvariantCulture, $"mfu {(double)mfu:P1}"));
+        parts.Add($"peak RSS {Runtime.Hardware.PeakRssKb() / 1024} MiB");
+        if (Runtime.Hardware.PeakGpuMemoryInUseBytes() is > 0 and var gpu) parts.Add($"GPU memory {gpu >> 20} MiB");
+        parts.Add($"ETA {eta:hh\\:mm\\:ss}");
+        return string.Join(" | ", parts);
     }
+
+    /// <summary>Slow runs (a big model on a CPU) get significant digits instead of "0 tok/s".</summary>
+    public static string TokensPerSecond(double value) =>
+        (value >= 10 ? value.ToString("F0", CultureInfo.InvariantCulture) : value.ToString("G3", CultureInfo.InvariantCulture)) + " tok/s";
+
+    static readonly HashSet<string> StepKeys = ["step", "epoch", "tokens_per_second", "mfu"];
+    static readonly HashSet<string> EvalSpeedKeys = ["eval_runtime", "eval_samples_per_second", "eval_steps_per_second"];
 }

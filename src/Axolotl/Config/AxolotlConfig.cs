@@ -152,7 +152,7 @@ public sealed class AxolotlConfig
     public bool ShuffleMergedDatasets { get; set; } = true;
     /// <summary>
     /// Text streamed from these (Axolotl reads only the first entry) instead of a prepared dataset; needs max_steps.
-    /// See <see cref="Data.PretrainingStream"/>.
+    /// See Data/PretrainingStream.cs.
     /// </summary>
     public List<DatasetConfig> PretrainingDataset { get; set; } = [];
     /// <summary>Set with pretraining_dataset (implied by it, as in Axolotl); streaming SFT datasets are not implemented.</summary>
@@ -292,4 +292,16 @@ public sealed class AxolotlConfig
 
     /// <summary>Where each resolved value came from, by key: "12:1" in the file, "--flag", or how it was derived.</summary>
     public Dictionary<string, string> Sources { get; } = [];
+
+    /// <summary>
+    /// Values as the user wrote them for keys that were resolved to local Hub-cache folders ("base_model",
+    /// "datasets[0].path", …): the saved config names these Hub ids, not this machine's cache paths.
+    /// </summary>
+    public Dictionary<string, string> AsWritten { get; } = [];
+
+    /// <summary>
+    /// Validates this config and fills in its defaults and derived values exactly as loading a YAML file does (YAML is
+    /// one way to build a config; one built in code goes through the same checks). Returns a new, resolved config.
+    /// </summary>
+    public AxolotlConfig Resolve() => ConfigLoader.Parse(ConfigWriter.ToYaml(this), SourcePath == "" ? "(config built in code)" : SourcePath);
 }

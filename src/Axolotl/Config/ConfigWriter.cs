@@ -17,7 +17,7 @@ public static class ConfigWriter
 
     static IEnumerable<PropertyInfo> Keys(Type type) => ConfigLoader.KeyProperties(type);
 
-    /// <summary>Every implemented key with its resolved value (unset ones left out); paths stay as written, relative to the working directory.</summary>
+    /// <summary>Every implemented key with its resolved value (unset ones left out); paths stay as written, relative to the working directory, and Hub ids stay Hub ids.</summary>
     public static string ToYaml(AxolotlConfig config)
     {
         var yaml = new StringBuilder();
@@ -27,6 +27,7 @@ public static class ConfigWriter
             var value = property.GetValue(config);
             if (value is null) continue;
             var key = ConfigLoader.KeyOf(property);
+            if (config.AsWritten.TryGetValue(key, out var written)) value = written;
             if (key == "batch_size" || (key is "save_steps" or "eval_steps" && config.Sources.GetValueOrDefault(key)?.Contains("_per_epoch") == true))
             {
                 // Derived from other keys; written as well it would contradict them on reading back.
@@ -36,9 +37,10 @@ public static class ConfigWriter
             if (value is List<DatasetConfig> datasets)
             {
                 yaml.AppendLine($"{key}:");
-                foreach (var dataset in datasets)
+                foreach (var (dataset, index) in datasets.Select((d, i) => (d, i)))
                 {
-                    var fields = Keys(typeof(DatasetConfig)).Select(p => (Key: ConfigLoader.KeyOf(p), Value: p.GetValue(dataset))).Where(f => f.Value != null).ToList();
+                    var fields = Keys(typeof(DatasetConfig)).Select(p => (Key: ConfigLoader.KeyOf(p), Value: p.GetValue(dataset))).Where(f => f.Value != null)
+                        .Select(f => f.Key == "path" && config.AsWritten.TryGetValue($"{key}[{index}].path", out var hubId) ? (Key: f.Key, Value: (object?)hubId) : f).ToList();
                     if (dataset.UserDefined is { } format)
                         fields.Add(("type", typeof(UserDefinedFormat).GetProperties().ToDictionary(p => ConfigLoader.SnakeCase(p.Name), p => p.GetValue(format))));
                     for (int i = 0; i < fields.Count; i++)

@@ -3,6 +3,18 @@ namespace Axolotl.Data;
 /// <summary>Axolotl's multipack settings: how examples are packed into rows (sample_packing_* keys).</summary>
 public sealed record PackingOptions
 {
+    /// <summary>The packing the config asks for (used for training with sample_packing, for evaluation with eval_sample_packing).</summary>
+    public static PackingOptions For(Config.AxolotlConfig config) => new()
+    {
+        SequenceLen = config.SequenceLen,
+        MicroBatchSize = config.MicroBatchSize,
+        RealBatches = config.MultipackRealBatches,
+        GroupSize = config.SamplePackingGroupSize,
+        BinSize = config.SamplePackingBinSize,
+        Sequentially = config.SamplePackingSequentially,
+        PadToSequenceLen = config.PadToSequenceLen ?? true,
+    };
+
     public required int SequenceLen { get; init; }
     public int MicroBatchSize { get; init; } = 1;
     /// <summary>

@@ -32,28 +32,8 @@ public sealed record StrategyContext(Func<Tokenizer> Tokenizer, int SequenceLen,
 
 public static class PromptStrategies
 {
-    static readonly HashSet<string> Styles = ["instruct", "chat", "chatml", "phi"];
-
-    /// <summary>Axolotl's types that take a prompt style after a colon (alpaca:chatml).</summary>
-    static readonly HashSet<string> StyledTypes = ["alpaca", "explainchoice", "concisechoice", "summarizetldr", "jeopardy", "oasst", "gpteacher", "reflection"];
-
-    static readonly HashSet<string> ModuleTypes =
-    [
-        "alpaca_chat", "alpaca_chat.load", "alpaca_chat.load_concise", "alpaca_chat.load_qa", "alpaca_chat.load_camel_ai", "alpaca_chat.load_no_prompt",
-        "alpaca_instruct", "alpaca_instruct.load", "alpaca_instruct.load_no_prompt",
-        "alpaca_w_system", "alpaca_w_system.load", "alpaca_w_system.load_chat", "alpaca_w_system.load_instruct",
-        "alpaca_w_system.load_open_orca", "alpaca_w_system.load_open_orca_chatml",
-        "context_qa", "context_qa.load", "context_qa.load_404", "context_qa.load_v2",
-        "metharme", "metharme.load", "input_output", "input_output.load", "completion", "completion.load",
-        "chat_template", "chat_template.load", "llama2_chat", "llama2_chat.load",
-    ];
-
-    public static bool IsImplemented(string type)
-    {
-        var parts = type.Split(':', 2);
-        if (parts.Length == 2) return StyledTypes.Contains(parts[0]) && Styles.Contains(parts[1]);
-        return StyledTypes.Contains(type) || ModuleTypes.Contains(type);
-    }
+    static IReadOnlySet<string> Styles => DatasetTypes.Styles;
+    static bool IsImplemented(string type) => DatasetTypes.IsImplemented(type);
 
     /// <summary>The strategy for a dataset's <c>type:</c> (unset: pre-tokenized rows; a mapping: user_defined).</summary>
     public static IPromptStrategy For(DatasetConfig d, StrategyContext c)

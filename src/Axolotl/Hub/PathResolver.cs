@@ -17,6 +17,7 @@ public static class PathResolver
         string? One(string key, string? value, string repoType, string? revision, HubWant want)
         {
             if (value == null || Path.Exists(value)) return value;
+            config.AsWritten[key] = value;
             string why = $"that path does not exist";
             if (HfCache.LooksLikeRepoId(value))
             {

@@ -2,6 +2,7 @@ using System.Globalization;
 using System.Text.Json.Nodes;
 using Axolotl.Adapters;
 using Axolotl.Config;
+using Axolotl.Data;
 using Axolotl.IO;
 using Axolotl.Models;
 using Axolotl.Runtime;
@@ -33,33 +34,34 @@ public static class EvaluateRecipe
         using var scope = NewDisposeScope();
         var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "evaluate", reporter, device);
 
-        var trainer = new Trainer(model, new TrainingOptions
+        var options = new TrainingOptions
         {
             MicroBatchSize = config.MicroBatchSize,
             EvalBatchSize = config.EvalBatchSize,
             // As during training: eval_sample_packing (default sample_packing) packs the evaluated rows too.
-            EvalPacking = config.EvalSamplePacking == true ? FinetuneRecipe.Packing(config) : null,
+            EvalPacking = config.EvalSamplePacking == true ? PackingOptions.For(config) : null,
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             Seed = config.Seed,
-        });
-        var training = data.Examples.Count > 0 ? Score(trainer, data.Examples, "train", reporter) : null;
-        var validation = data.Eval.Count > 0 ? Score(trainer, data.Eval, "eval", reporter) : null;
+        };
+        var objective = new CrossEntropyObjective(model);
+        var training = data.Examples.Count > 0 ? Score(new EvaluationBatches(data.Examples, options, "train"), "train") : null;
+        var validation = data.Eval.Count > 0 ? Score(new EvaluationBatches(data.Eval, options, "eval"), "eval") : null;
+
+        JsonObject Score(IBatchSource batches, string prefix)
+        {
+            reporter.Info($"Evaluating the {(prefix == "train" ? "training" : "validation")} split ({batches.Examples} examples)...");
+            var metrics = Evaluation.Run(objective, model, batches, prefix);
+            // transformers' evaluate reports loss and speed; perplexity is this project's addition and stays in the trainer's logs.
+            metrics.Remove($"{prefix}_perplexity");
+            foreach (var (key, value) in metrics) reporter.Info($"{key}: {value}");
+            return metrics;
+        }
 
         Directory.CreateDirectory(config.OutputDir);
         var path = Path.Combine(config.OutputDir, SummaryFile);
         AtomicFile.WriteAllText(path, Csv(training, validation));
         reporter.Info($"Evaluation results saved to {path}");
         return new EvaluateResult(path, training, validation);
-    }
-
-    static JsonObject Score(Trainer trainer, IReadOnlyList<Data.Example> examples, string prefix, IRecipeReporter reporter)
-    {
-        reporter.Info($"Evaluating the {(prefix == "train" ? "training" : "validation")} split ({examples.Count} examples)...");
-        var metrics = trainer.Evaluate(examples, prefix);
-        // transformers' evaluate reports loss and speed; perplexity is this project's addition and stays in the trainer's logs.
-        metrics.Remove($"{prefix}_perplexity");
-        foreach (var (key, value) in metrics) reporter.Info($"{key}: {value}");
-        return metrics;
     }
 
     /// <summary>One row per metric name without its train_/eval_ prefix, sorted; a split that was not evaluated leaves its cell empty.</summary>

@@ -11,16 +11,6 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
 
-/// <summary>What a run reports as it prepares, for the CLI to show.</summary>
-public interface IRecipeReporter : ITrainingObserver
-{
-    void Info(string message) { }
-    void Warn(string message) { }
-    /// <summary>Rows tokenized so far (for a progress bar).</summary>
-    void OnTokenizing(int rowsDone) { }
-    void ITrainingObserver.OnNotice(string message) => Info(message);
-}
-
 public sealed record FinetuneResult(string OutputDir, TrainerState State, PreparedDataset Data);
 
 /// <summary>
@@ -102,7 +92,7 @@ public static class FinetuneRecipe
         ModelLoading.Place(model, device, reporter);
         reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {config.Bf16}).");
 
-        var packing = Packing(config);
+        var packing = PackingOptions.For(config);
         var options = new TrainingOptions
         {
             MicroBatchSize = config.MicroBatchSize,
@@ -171,9 +161,20 @@ public static class FinetuneRecipe
         TrainerState state;
         using (var metrics = new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null })
         {
-            var trainer = new Trainer(model, options, metrics, checkpoints);
-            state = stream != null ? trainer.Train(stream, resumeFrom, stop)
-                : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
+            if (config.Rl != null)
+            {
+                // Preference training: pairs as [chosen; rejected] batches, TRL's loss against a reference.
+                var (train, eval) = Training.Objectives.PreferenceTraining.Batches(config, data, options.PadTokenId);
+                var objective = Training.Objectives.PreferenceTraining.Objective(config, model, lora != null,
+                    eval is null ? [train] : [train, eval], reporter.Info);
+                state = new Trainer(model, options, metrics, checkpoints) { Objective = objective }.Train(train, eval, resumeFrom, stop);
+            }
+            else
+            {
+                var trainer = new Trainer(model, options, metrics, checkpoints);
+                state = stream != null ? trainer.Train(stream, resumeFrom, stop)
+                    : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
+            }
             // The summary entry is added without being reported as a log.
             metrics.Append(state.LogHistory[^1]);
         }
@@ -184,7 +185,7 @@ public static class FinetuneRecipe
         state.Save(outputDir);
         ModelCard.Write(outputDir, config, state);
         LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
-        if (tokenizer != null) CopyTokenizerFiles(tokenizerDir, outputDir, config, tokenizer);
+        if (tokenizer != null) TokenizerFiles.CopyWithConfigChanges(tokenizerDir, outputDir, config, tokenizer);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         return new FinetuneResult(outputDir, state, data);
     }
@@ -212,22 +213,10 @@ public static class FinetuneRecipe
     {
         var checkpoint = config.ResumeFromCheckpoint;
         if (checkpoint == null && config.AutoResumeFromCheckpoints)
-            checkpoint = Trainer.Checkpoints(config.OutputDir).Select(c => c.Path).LastOrDefault();
+            checkpoint = CheckpointStore.Complete(config.OutputDir).Select(c => c.Path).LastOrDefault();
         if (checkpoint != null) reporter.Info($"Resuming from {checkpoint}.");
         return checkpoint;
     }
-
-    /// <summary>The packing the config asks for (used for training with sample_packing, for evaluation with eval_sample_packing).</summary>
-    internal static PackingOptions Packing(AxolotlConfig config) => new()
-    {
-        SequenceLen = config.SequenceLen,
-        MicroBatchSize = config.MicroBatchSize,
-        RealBatches = config.MultipackRealBatches,
-        GroupSize = config.SamplePackingGroupSize,
-        BinSize = config.SamplePackingBinSize,
-        Sequentially = config.SamplePackingSequentially,
-        PadToSequenceLen = config.PadToSequenceLen ?? true,
-    };
 
     /// <summary>
     /// A quick peak for the logged mfu: the fastest of five 1024³ matmuls (a few milliseconds each in bf16); the fastest,
@@ -268,42 +257,6 @@ public static class FinetuneRecipe
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
             throw new UserError($"output_dir '{dir}' is not writable ({e.Message}).");
-        }
-    }
-
-    static readonly string[] TokenizerFiles = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"];
-
-    /// <summary>special_tokens as transformers' save_pretrained records them: in tokenizer_config.json and special_tokens_map.json.</summary>
-    static void WriteSpecialTokens(Dictionary<string, string>? specialTokens, string dir)
-    {
-        if (specialTokens is not { Count: > 0 }) return;
-        foreach (var name in new[] { "tokenizer_config.json", "special_tokens_map.json" })
-        {
-            var path = Path.Combine(dir, name);
-            var json = File.Exists(path) ? JsonFiles.ReadObject(path) : new System.Text.Json.Nodes.JsonObject();
-            foreach (var (key, value) in specialTokens) json[key] = value;
-            AtomicFile.WriteAllText(path, json.ToJsonString(new System.Text.Json.JsonSerializerOptions { WriteIndented = true }));
-        }
-    }
-
-    /// <summary>
-    /// The tokenizer files of <paramref name="from"/> into <paramref name="to"/>, with what the config changed recorded
-    /// as save_pretrained would: special_tokens, and the added tokens (special_tokens and tokens new to the vocabulary).
-    /// </summary>
-    internal static void CopyTokenizerFiles(string from, string to, AxolotlConfig config, Tokenizer tokenizer)
-    {
-        if (Path.GetFullPath(from) == Path.GetFullPath(to)) return;
-        CopyFiles(from, to);
-        WriteSpecialTokens(config.SpecialTokens, to);
-        if (config.SpecialTokens is { Count: > 0 } || config.Tokens is { Count: > 0 }) tokenizer.WriteAddedTokens(to);
-    }
-
-    static void CopyFiles(string from, string to)
-    {
-        foreach (var name in TokenizerFiles)
-        {
-            var source = Path.Combine(from, name);
-            if (File.Exists(source)) AtomicFile.Write(Path.Combine(to, name), s => { using var f = File.OpenRead(source); f.CopyTo(s); });
         }
     }
 }

@@ -1,3 +1,4 @@
+using Axolotl.Tokenization;
 using Axolotl.Adapters;
 using Axolotl.Config;
 using Axolotl.IO;
@@ -47,7 +48,7 @@ public static class MergeRecipe
         // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
         var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
         if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
-        FinetuneRecipe.CopyTokenizerFiles(config.TokenizerFolder(), outputDir, config, tokenizer);
+        TokenizerFiles.CopyWithConfigChanges(config.TokenizerFolder(), outputDir, config, tokenizer);
         reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
         return outputDir;
     }

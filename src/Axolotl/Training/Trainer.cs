@@ -62,6 +62,8 @@ public sealed record TrainingOptions
     public PackingOptions? EvalPacking { get; init; }
     /// <summary>pad_to_sequence_len without packing: rows padded up to a multiple of this (null: to the longest row).</summary>
     public int? PadToMultipleOf { get; init; }
+    /// <summary>The ranks of a data-parallel run (one process by default): window sizes and metrics are summed over them.</summary>
+    public Distributed.ICollectives Collectives { get; init; } = Distributed.SingleProcess.Instance;
 }
 
 /// <summary>
@@ -107,40 +109,47 @@ public interface ITrainingObserver
 }
 
 /// <summary>
-/// The training loop, with transformers Trainer's semantics: per-epoch seeded shuffling, gradient accumulation with the
-/// loss normalised by the trainable tokens of the whole accumulation window, grad-norm measured before clipping,
-/// the scheduler's value at step k used for update k+1, and HF's log_history. It knows nothing of model families.
+/// The training loop, with transformers Trainer's semantics: gradient accumulation with the loss normalised by the units
+/// of the whole accumulation window (trainable tokens for SFT), grad-norm measured before clipping, the scheduler's
+/// value at step k used for update k+1, and HF's log_history. It knows nothing of model families or of what is
+/// optimised: the <see cref="Objective"/> turns micro-batches into losses, an <see cref="IBatchSource"/> supplies them,
+/// and callbacks decide when to log, evaluate, save and stop.
 /// </summary>
 public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingObserver? observer = null, CheckpointOptions? checkpoints = null)
 {
-    public const string OptimizerFile = "optimizer.bin";
-    public const string RngFile = "rng_state.bin";
     readonly ITrainingObserver _observer = observer ?? new NullObserver();
     sealed class NullObserver : ITrainingObserver;
 
     public TrainerState State { get; } = new();
 
-    /// <summary>Trains to the planned step count; with <paramref name="resumeFrom"/> it continues a checkpoint exactly.</summary>
+    /// <summary>What is optimised; next-token cross-entropy by default.</summary>
+    public ITrainingObjective Objective { get; init; } = new CrossEntropyObjective(model);
+
+    /// <summary>Hooks run after the built-in ones (interval, loss watchdog, early stopping, observer).</summary>
+    public List<ITrainerCallback> Callbacks { get; } = [];
+
+    /// <summary>Trains on tokenized examples to the planned step count; with <paramref name="resumeFrom"/> it continues a checkpoint exactly.</summary>
     public TrainerState Train(IReadOnlyList<Example> examples, string? resumeFrom = null, IReadOnlyList<Example>? eval = null,
-                              CancellationToken stop = default) => Train(examples, null, resumeFrom, eval, stop);
+                              CancellationToken stop = default) =>
+        Train(new ExampleBatches(examples, options), eval is { Count: > 0 } ? new EvaluationBatches(eval, options) : null, resumeFrom, stop);
 
     /// <summary>
     /// Trains on micro-batches read from a stream (pretraining_dataset) for MaxSteps steps, one "epoch" of
-    /// MaxSteps × gradient_accumulation_steps batches, as transformers runs an iterable dataset. A resume asks the
-    /// stream for the batches from the first untrained one on.
+    /// MaxSteps × gradient_accumulation_steps batches, as transformers runs an iterable dataset.
     /// </summary>
-    public TrainerState Train(IBatchStream stream, string? resumeFrom = null, CancellationToken stop = default) =>
-        Train([], stream, resumeFrom, null, stop);
+    public TrainerState Train(IBatchStream stream, string? resumeFrom = null, CancellationToken stop = default)
+    {
+        if (options.MaxSteps is null) throw new InvalidOperationException("a streamed run needs MaxSteps");
+        return Train(new StreamBatches(stream, checked(options.MaxSteps.Value * options.GradientAccumulationSteps)), null, resumeFrom, stop);
+    }
 
-    TrainerState Train(IReadOnlyList<Example> examples, IBatchStream? stream, string? resumeFrom, IReadOnlyList<Example>? eval, CancellationToken stop)
+    public TrainerState Train(IBatchSource train, IBatchSource? eval, string? resumeFrom, CancellationToken stop = default)
     {
         var o = options;
+        var collectives = o.Collectives;
         var trainable = model.named_parameters().Where(p => p.parameter.requires_grad).ToList();
         if (trainable.Count == 0) throw new InvalidOperationException("no trainable parameters");
-        _packed.Clear();
-        if (stream != null && o.MaxSteps is null) throw new InvalidOperationException("a streamed run needs MaxSteps");
-        int batchesPerEpoch = stream != null ? checked(o.MaxSteps!.Value * o.GradientAccumulationSteps)
-            : o.Packing is null ? (examples.Count + o.MicroBatchSize - 1) / o.MicroBatchSize : PackedBatchesPerEpoch(examples);
+        int batchesPerEpoch = train.BatchesPerEpoch;
         int stepsPerEpoch = Math.Max(1, (batchesPerEpoch + o.GradientAccumulationSteps - 1) / o.GradientAccumulationSteps);
         // Axolotl's count for packing (calculate_total_num_steps): floor(epochs × max(1, batches // accumulation)).
         int totalSteps = o.MaxSteps ?? (o.Packing is null ? (int)Math.Ceiling(o.NumEpochs * stepsPerEpoch)
@@ -151,13 +160,8 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
             trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model))
-        { PackingEfficiency = o.Packing is null || stream != null ? null : PackedEpochOf(examples, 0).Efficiency };
-        if (o.EvalPacking is { } evalPacking && eval is { Count: > 0 } && !EvalBatches(eval).Any())
-            throw new UserError($"the validation split ({eval.Count} examples) is too small to fill one packed batch of {evalPacking.BinsPerBatch} × {evalPacking.BinCapacity} tokens; set eval_sample_packing: false.");
-        _observer.OnStart(plan);
-        double flopsPerToken = stream != null ? Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, stream.TokensPerRow)
-            : examples.Count == 0 ? 0
-            : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, examples.Average(e => (double)e.InputIds.Length));
+        { PackingEfficiency = train.PackingEfficiency };
+        double flopsPerToken = train.Examples == 0 ? 0 : Flops.PerToken(model.Config, plan.TotalParameters, plan.TrainableParameters, train.MeanRowTokens);
 
         var device = model.Device;
         using var optimizer = TrainingOptimizer.Create(o.Optimizer, trainable, o);
@@ -166,6 +170,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
         State.TrainBatchSize = o.MicroBatchSize;
         State.EarlyStoppingPatience = o.EarlyStoppingPatience;
 
+        var store = checkpoints is null ? null : new CheckpointStore(checkpoints, State);
         int saveSteps = checkpoints switch
         {
             null => 0,
@@ -173,48 +178,60 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             { SaveSteps: < 1 } => (int)Math.Ceiling(checkpoints.SaveSteps * totalSteps),
             _ => (int)checkpoints.SaveSteps,
         };
-        int evalSteps = eval is not { Count: > 0 } ? 0
+        int evalSteps = eval is not { Examples: > 0 } ? 0
             : o.EvalsPerEpoch is int evalsPerEpoch ? Math.Max(1, stepsPerEpoch / evalsPerEpoch)
             : o.EvalSteps is double every ? (every < 1 ? (int)Math.Ceiling(every * totalSteps) : (int)every)
             : stepsPerEpoch;
-        int step = 0;
-        if (resumeFrom != null)
-        {
-            // A checkpoint at or past the planned end leaves nothing to train: the run just saves, as transformers does.
-            step = Restore(resumeFrom, optimizer);
-        }
+        var context = new TrainerContext { Model = model, Options = o, Plan = plan, State = State, Optimizer = optimizer, Collectives = collectives };
+        var callbacks = BuiltInCallbacks(loggingSteps, evalSteps, saveSteps).Concat(Callbacks).ToList();
 
-        using var streamed = stream is null ? null : new StreamedEpoch(stream.From((long)step * o.GradientAccumulationSteps), batchesPerEpoch, step * o.GradientAccumulationSteps);
+        int step = 0;
+        // A checkpoint at or past the planned end leaves nothing to train: the run just saves, as transformers does.
+        if (resumeFrom != null) step = CheckpointStore.Restore(resumeFrom, optimizer, State);
+        context.Step = step;
+        foreach (var c in callbacks) c.OnTrainBegin(context);
+
         var clock = Stopwatch.StartNew();
         var sinceLog = Stopwatch.StartNew();
-        int watchdogViolations = 0;
         double lossSinceLog = 0, gradNormSinceLog = 0, lossTotal = 0;
+        var metricsSinceLog = new Dictionary<string, double>();
         long tokensSinceLog = 0;
         int stepsSinceLog = 0, stepsThisRun = 0;
         bool stopped = false;
         for (int epoch = step / stepsPerEpoch; epoch < epochs && step < totalSteps && !stopped; epoch++)
         {
-            var batches = streamed ?? Batches(examples, epoch);
             // Batch order depends only on (seed, epoch), so skipping the windows already trained resumes the same stream.
             int firstWindow = epoch == step / stepsPerEpoch ? step % stepsPerEpoch : 0;
-            for (int first = firstWindow * o.GradientAccumulationSteps; first < batches.Count && step < totalSteps; first += o.GradientAccumulationSteps)
+            var batches = train.Epoch(epoch, firstWindow * o.GradientAccumulationSteps);
+            using var disposeBatches = batches as IDisposable;
+            for (int first = firstWindow * o.GradientAccumulationSteps; first < batches.Count && step < totalSteps && !stopped; first += o.GradientAccumulationSteps)
             {
                 var window = Enumerable.Range(first, Math.Min(o.GradientAccumulationSteps, batches.Count - first)).Select(i => batches[i]).ToList();
-                long windowTokens = window.Sum(b => b.TrainableTokens);
+                double windowUnits = window.Sum(b => Objective.Units(b));
+                if (collectives.WorldSize > 1) windowUnits = collectives.AllReduceSum(windowUnits);
+                double normaliser = Math.Max(1, windowUnits);
                 double windowLoss = 0;
+                var windowMetrics = new Dictionary<string, double>();
                 if (ComputeDevice.IsCuda(device)) ComputeDevice.ReseedCuda(); // GPU dropout follows the CPU generator a checkpoint saves
                 foreach (var batch in window)
                 {
                     using var scope = NewDisposeScope();
-                    var (ids, labels, positionIds, sequenceIds) = ToTensors(batch, device);
-                    var (sum, _) = model.LossSumBackward(ids, labels, 1.0 / Math.Max(1, windowTokens), positionIds, sequenceIds);
-                    windowLoss += sum / Math.Max(1, windowTokens);
+                    var output = Objective.ForwardBackward(batch, 1.0 / normaliser);
+                    windowLoss += output.LossSum / normaliser;
+                    foreach (var (name, sum) in output.MetricSums ?? EmptyMetrics)
+                        windowMetrics[name] = windowMetrics.GetValueOrDefault(name) + sum / normaliser;
                     if (window.Count > 1) optimizer.CollectGradients();
                     tokensSinceLog += batch.RealTokens;
+                }
+                if (collectives.WorldSize > 1)
+                {
+                    windowLoss = collectives.AllReduceSum(windowLoss);
+                    foreach (var name in windowMetrics.Keys.Order(StringComparer.Ordinal).ToList()) windowMetrics[name] = collectives.AllReduceSum(windowMetrics[name]);
                 }
                 if (!double.IsFinite(windowLoss))
                     throw new UserError($"the loss became {windowLoss} at step {step + 1} (learning rate {o.LearningRate * schedule.Multiplier(step):G3}); " +
                                         "training stopped before the update, so the weights and the last checkpoint are intact. Lower learning_rate or check the data.");
+                foreach (var c in callbacks) c.OnAfterBackward(context);
                 double gradNorm;
                 using (var scope = NewDisposeScope())
                 {
@@ -226,63 +243,58 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                 }
                 step++; stepsThisRun++;
                 lossSinceLog += windowLoss; lossTotal += windowLoss; gradNormSinceLog += gradNorm; stepsSinceLog++;
+                foreach (var (name, value) in windowMetrics) metricsSinceLog[name] = metricsSinceLog.GetValueOrDefault(name) + value;
                 double epochProgress = epoch + Math.Min(1.0, (double)(first + window.Count) / batches.Count);
                 double tokensPerSecond = tokensSinceLog / Math.Max(1e-9, sinceLog.Elapsed.TotalSeconds);
                 // Like HF, the logged learning rate is the scheduler's value after this step.
                 double nextLr = o.LearningRate * schedule.Multiplier(step);
-                _observer.OnStep(step, windowLoss, nextLr, tokensPerSecond, clock.Elapsed);
-                // Checked at step end, before this step's log, against the last logged loss, as the callback sees it.
-                if (o.LossWatchdogThreshold is double threshold && State.LogHistory.Count > 0 && State.LogHistory[^1]["loss"] is JsonNode lastLoss)
-                    watchdogViolations = (double)lastLoss > threshold ? watchdogViolations + 1 : 0;
-                if (step % loggingSteps == 0 || step == totalSteps)
+                context.Step = step;
+                context.LastStep = new StepFigures(step, windowLoss, windowMetrics, gradNorm, nextLr, tokensPerSecond, clock.Elapsed, epochProgress);
+                var control = context.Control;
+                control.ShouldLog = control.ShouldEvaluate = control.ShouldSave = false;
+                control.StopReason = null;
+                foreach (var c in callbacks) c.OnStepEnd(context);
+                if (control.ShouldLog)
                 {
                     var entry = new JsonObject
                     {
                         ["loss"] = lossSinceLog / stepsSinceLog,
                         ["grad_norm"] = gradNormSinceLog / stepsSinceLog,
                         ["learning_rate"] = nextLr,
-                        ["epoch"] = Math.Round(epochProgress, 6),
-                        ["step"] = step,
-                        ["tokens_per_second"] = Math.Round(tokensPerSecond, 2),
                     };
+                    foreach (var (name, sum) in metricsSinceLog) entry[name] = sum / stepsSinceLog;
+                    entry["epoch"] = Math.Round(epochProgress, 6);
+                    entry["step"] = step;
+                    entry["tokens_per_second"] = Math.Round(tokensPerSecond, 2);
                     if (o.PeakFlops is > 0) entry["mfu"] = Math.Round(tokensPerSecond * flopsPerToken / o.PeakFlops.Value, 5);
-                    State.LogHistory.Add(entry);
-                    _observer.OnLog(entry);
+                    Log(entry);
                     lossSinceLog = gradNormSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0;
+                    metricsSinceLog.Clear();
                     sinceLog.Restart();
                 }
                 State.GlobalStep = step;
                 State.Epoch = epochProgress;
-                bool newBest = false, stopEarly = false;
-                if (evalSteps > 0 && step % evalSteps == 0)
+                bool newBest = false;
+                if (control.ShouldEvaluate && eval != null)
                 {
-                    var evaluation = Evaluate(eval!, step, epochProgress);
-                    State.LogHistory.Add(evaluation);
-                    _observer.OnLog(evaluation);
-                    (newBest, stopEarly) = JudgeEvaluation(evaluation);
+                    var evaluation = Evaluation.Run(Objective, model, eval, "eval", collectives);
+                    evaluation["epoch"] = Math.Round(epochProgress, 6);
+                    evaluation["step"] = step;
+                    Log(evaluation);
+                    foreach (var c in callbacks) c.OnEvaluate(context, evaluation);
+                    newBest = TrackBest(evaluation);
                 }
-                if (saveSteps > 0 && step % saveSteps == 0) SaveCheckpoint(step, optimizer, newBest);
-                if (watchdogViolations >= o.LossWatchdogPatience)
+                bool saved = false;
+                if (control.ShouldSave && store != null) { Save(step, newBest); saved = true; }
+                if (control.StopReason is { } reason)
                 {
-                    _observer.OnNotice($"Loss watchdog: the logged loss stayed above loss_watchdog_threshold {o.LossWatchdogThreshold} for {o.LossWatchdogPatience} steps; stopped after step {step} of {totalSteps}.");
+                    _observer.OnNotice(reason);
                     stopped = true;
-                    break;
                 }
-                if (stopEarly)
+                else if (stop.IsCancellationRequested && step < totalSteps)
                 {
-                    _observer.OnNotice($"Early stopping: no better {o.MetricForBestModel} in {o.EarlyStoppingPatience} evaluation(s) in a row; stopped after step {step} of {totalSteps}.");
-                    stopped = true;
-                    break;
-                }
-                if (stop.IsCancellationRequested && step < totalSteps)
-                {
-                    string? saved = null;
-                    if (checkpoints != null)
-                    {
-                        if (step % saveSteps != 0) SaveCheckpoint(step, optimizer);
-                        saved = Path.Combine(checkpoints.OutputDir, $"checkpoint-{step}");
-                    }
-                    throw new TrainingInterrupted(step, saved);
+                    if (store != null && !saved) Save(step, false);
+                    throw new TrainingInterrupted(step, store?.PathOf(step));
                 }
             }
         }
@@ -300,75 +312,47 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
             ["train_runtime"] = Math.Round(clock.Elapsed.TotalSeconds, 4),
             ["train_steps_per_second"] = Math.Round(stepsThisRun / Math.Max(1e-9, clock.Elapsed.TotalSeconds), 3),
         });
+        foreach (var c in callbacks) c.OnTrainEnd(context);
         return State;
+
+        void Log(JsonObject entry)
+        {
+            State.LogHistory.Add(entry);
+            foreach (var c in callbacks) c.OnLog(context, entry);
+        }
+
+        void Save(int at, bool newBest)
+        {
+            // Data-parallel ranks hold the same weights: the main one writes them.
+            if (collectives.IsMain)
+            {
+                var dir = store!.Save(at, optimizer, newBest);
+                foreach (var c in callbacks) c.OnSave(context, dir);
+            }
+            collectives.Barrier();
+        }
     }
 
-    /// <summary>
-    /// checkpoint-N/ as transformers lays it out (weights, optimizer and RNG state, trainer_state.json), written into a
-    /// temporary folder and renamed into place, so a kill mid-save never leaves a checkpoint that looks complete.
-    /// </summary>
-    void SaveCheckpoint(int step, TrainingOptimizer optimizer, bool newBest = false)
+    static readonly IReadOnlyDictionary<string, double> EmptyMetrics = new Dictionary<string, double>();
+
+    IEnumerable<ITrainerCallback> BuiltInCallbacks(int loggingSteps, int evalSteps, int saveSteps)
     {
-        var c = checkpoints!;
-        var final = Path.Combine(c.OutputDir, $"checkpoint-{step}");
-        // Leftovers of a save or a rotation that a kill interrupted: never complete, never read.
-        foreach (var stale in Directory.GetDirectories(c.OutputDir, ".checkpoint-*.tmp").Concat(Directory.GetDirectories(c.OutputDir, ".deleting-checkpoint-*.tmp")))
-            Directory.Delete(stale, true);
-        var temp = Path.Combine(c.OutputDir, $".checkpoint-{step}.{Environment.ProcessId}.tmp");
-        string? bestBefore = State.BestModelCheckpoint;
-        // As transformers: the checkpoint saved at a new best evaluation records itself as the best.
-        if (newBest) State.BestModelCheckpoint = final;
-        try
-        {
-            Directory.CreateDirectory(temp);
-            c.SaveWeights(temp);
-            if (SaveDelayMs > 0) Thread.Sleep(SaveDelayMs);
-            AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
-            using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
-            State.Save(temp);
-        }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
-        {
-            // A full disk or a lost mount: the half-written folder goes, the checkpoints before it stay usable.
-            State.BestModelCheckpoint = bestBefore;
-            try { Directory.Delete(temp, true); } catch (Exception cleanup) when (cleanup is IOException or UnauthorizedAccessException) { }
-            var previous = Checkpoints(c.OutputDir).Select(x => x.Path).LastOrDefault();
-            throw new UserError($"saving checkpoint-{step} failed ({e.Message}); " + (previous != null
-                ? $"the previous checkpoint {previous} is intact: free space and run again with auto_resume_from_checkpoints: true."
-                : "no earlier checkpoint exists."));
-        }
-        if (Directory.Exists(final)) DeleteCheckpoint(final);
-        Directory.Move(temp, final);
-        if (c.SaveTotalLimit is int limit and > 0) Rotate(c.OutputDir, limit);
+        yield return new IntervalCallback(loggingSteps, evalSteps, saveSteps);
+        if (options.LossWatchdogThreshold is double threshold) yield return new LossWatchdogCallback(threshold, options.LossWatchdogPatience);
+        if (EarlyStopping is { } early) yield return early;
+        if (options.Collectives.IsMain) yield return new ObserverCallback(_observer);
     }
 
-    /// <summary>Test seam (the kill-and-resume test): a pause in the middle of every checkpoint write, so a kill can land there.</summary>
-    static readonly int SaveDelayMs = int.TryParse(Environment.GetEnvironmentVariable("AXOLOTL_TEST_SAVE_DELAY_MS"), out var ms) ? ms : 0;
+    EarlyStoppingCallback? EarlyStopping => options is { MetricForBestModel: { } metric, EarlyStoppingPatience: int patience }
+        ? new EarlyStoppingCallback(metric, patience, options.GreaterIsBetter) : null;
 
-    /// <summary>Renamed away first, so a kill mid-delete leaves a hidden leftover instead of a checkpoint missing files.</summary>
-    static void DeleteCheckpoint(string dir)
+    /// <summary>Updates the best metric with an evaluation (metric_for_best_model); returns whether it is a new best.</summary>
+    bool TrackBest(JsonObject evaluation)
     {
-        var doomed = Path.Combine(Path.GetDirectoryName(dir)!, $".deleting-{Path.GetFileName(dir)}.{Environment.ProcessId}.tmp");
-        Directory.Move(dir, doomed);
-        Directory.Delete(doomed, true);
-    }
-
-    /// <summary>
-    /// save_total_limit as transformers applies it: the oldest go first, but the best checkpoint is kept (it takes the
-    /// place of the second newest), and a limit of 1 becomes 2 while the best is not the newest.
-    /// </summary>
-    void Rotate(string outputDir, int limit)
-    {
-        var kept = Checkpoints(outputDir).Select(x => x.Path).ToList();
-        int best = State.BestModelCheckpoint is { } b ? kept.FindIndex(p => Path.GetFullPath(p) == Path.GetFullPath(b)) : -1;
-        if (best >= 0)
-        {
-            // As transformers' _sorted_checkpoints: the best moves up to second newest (the newest stays last), and
-            // a limit of 1 keeps 2 when the best is not the newest.
-            for (int i = best; i < kept.Count - 2; i++) (kept[i], kept[i + 1]) = (kept[i + 1], kept[i]);
-            if (limit == 1 && best != kept.Count - 1) limit = 2;
-        }
-        foreach (var old in kept.Take(Math.Max(0, kept.Count - limit))) DeleteCheckpoint(old);
+        if (options.MetricForBestModel is not { } metric || evaluation[metric]?.GetValue<double>() is not double value) return false;
+        if (!EarlyStoppingCallback.IsBetter(State.BestMetric, value, options.GreaterIsBetter)) return false;
+        State.BestMetric = value;
+        return true;
     }
 
     /// <summary>
@@ -377,194 +361,64 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
     /// </summary>
     internal (bool NewBest, bool Stop) JudgeEvaluation(JsonObject evaluation)
     {
-        var o = options;
-        if (o.MetricForBestModel is not { } metric || evaluation[metric]?.GetValue<double>() is not double value) return (false, false);
-        bool better = State.BestMetric is not double best || (o.GreaterIsBetter ? value > best : value < best);
-        bool stop = false;
-        if (o.EarlyStoppingPatience is int patience)
-        {
-            State.EarlyStoppingPatienceCounter = better ? 0 : State.EarlyStoppingPatienceCounter + 1;
-            stop = State.EarlyStoppingPatienceCounter >= patience;
-        }
-        if (better) State.BestMetric = value;
-        return (better, stop);
+        bool stop = EarlyStopping?.Judge(State, evaluation, new TrainerControl(), State.GlobalStep, State.MaxSteps) ?? false;
+        return (TrackBest(evaluation), stop);
     }
 
-    /// <summary>Complete checkpoint-N folders in output_dir, oldest first.</summary>
-    public static IEnumerable<(int Step, string Path)> Checkpoints(string outputDir) =>
-        !Directory.Exists(outputDir) ? [] :
-        Directory.GetDirectories(outputDir, "checkpoint-*")
-            .Select(d => (Ok: int.TryParse(System.IO.Path.GetFileName(d)["checkpoint-".Length..], out var n), Step: n, Path: d))
-            .Where(x => x.Ok && File.Exists(System.IO.Path.Combine(x.Path, TrainerState.FileName)))
-            .OrderBy(x => x.Step)
-            .Select(x => (x.Step, x.Path));
+    /// <summary>The loss of <paramref name="eval"/> as transformers' evaluate(dataset, metric_key_prefix) reports it.</summary>
+    public JsonObject Evaluate(IReadOnlyList<Example> eval, string prefix = "eval") =>
+        Evaluation.Run(Objective, model, new EvaluationBatches(eval, options, prefix == "eval" ? "validation" : prefix), prefix, options.Collectives);
+}
 
-    int Restore(string dir, TrainingOptimizer optimizer)
+/// <summary>
+/// Evaluation as transformers' evaluation loop reports it: each batch's mean loss (loss sum ÷ the objective's units),
+/// averaged over batches weighted by their rows, in order, without gradients; the same for every metric of the objective.
+/// </summary>
+public static class Evaluation
+{
+    /// <summary>{prefix}_loss, _perplexity, the objective's metrics, _runtime, _samples_per_second, _steps_per_second.</summary>
+    public static JsonObject Run(ITrainingObjective objective, CausalLM model, IBatchSource batches, string prefix = "eval", Distributed.ICollectives? collectives = null)
     {
-        foreach (var file in new[] { OptimizerFile, RngFile, TrainerState.FileName })
-            if (!File.Exists(Path.Combine(dir, file))) throw new UserError($"resume_from_checkpoint: '{dir}' has no {file}; it is not a complete checkpoint.");
-        using (var stream = File.OpenRead(Path.Combine(dir, OptimizerFile)))
-        using (var reader = new BinaryReader(stream))
-            optimizer.Load(reader);
-        using (var rng = random.get_rng_state())
-        {
-            rng.bytes = File.ReadAllBytes(Path.Combine(dir, RngFile));
-            random.set_rng_state(rng);
-        }
-        var saved = TrainerState.Load(dir);
-        State.LogHistory.AddRange(saved.LogHistory);
-        State.GlobalStep = saved.GlobalStep;
-        State.Epoch = saved.Epoch;
-        State.BestMetric = saved.BestMetric;
-        State.BestModelCheckpoint = saved.BestModelCheckpoint;
-        State.EarlyStoppingPatienceCounter = saved.EarlyStoppingPatienceCounter;
-        return saved.GlobalStep;
-    }
-
-    /// <summary>
-    /// Loss on the validation split as transformers' evaluation loop reports it: each batch's mean token loss, averaged
-    /// over batches weighted by their rows. Batches go in order, unshuffled.
-    /// </summary>
-    JsonObject Evaluate(IReadOnlyList<Example> eval, int step, double epoch)
-    {
-        var metrics = Evaluate(eval);
-        metrics["epoch"] = Math.Round(epoch, 6);
-        metrics["step"] = step;
-        return metrics;
-    }
-
-    /// <summary>
-    /// The loss of <paramref name="eval"/> as transformers' evaluate(dataset, metric_key_prefix) reports it:
-    /// {prefix}_loss, _perplexity, _runtime, _samples_per_second, _steps_per_second.
-    /// </summary>
-    public JsonObject Evaluate(IReadOnlyList<Example> eval, string prefix = "eval")
-    {
+        collectives ??= Distributed.SingleProcess.Instance;
         var clock = Stopwatch.StartNew();
         bool training = model.training;
         model.eval();
-        double weighted = 0;
-        int rows = 0, batches = 0;
+        double weighted = 0, rows = 0;
+        var weightedMetrics = new SortedDictionary<string, double>(StringComparer.Ordinal);
+        int count = 0;
+        var list = batches.Epoch(0);
+        using (list as IDisposable)
         using (no_grad())
-            foreach (var batch in EvalBatches(eval))
+            foreach (var batch in list)
             {
                 using var scope = NewDisposeScope();
-                var (ids, labels, positionIds, sequenceIds) = ToTensors(batch, model.Device);
-                var (sum, tokens) = model.LossSum(ids, labels, positionIds, sequenceIds);
-                batches++;
-                if (tokens == 0) continue;
-                weighted += sum.item<float>() / tokens * batch.Rows;
+                var output = objective.Forward(batch);
+                long units = objective.Units(batch);
+                count++;
+                if (units == 0) continue;
+                weighted += output.LossSum / units * batch.Rows;
+                foreach (var (name, sum) in output.MetricSums ?? new Dictionary<string, double>())
+                    weightedMetrics[name] = weightedMetrics.GetValueOrDefault(name) + sum / units * batch.Rows;
                 rows += batch.Rows;
             }
         if (training) model.train();
-        if (batches == 0 && eval.Count > 0 && options.EvalPacking is { } packed)
-            throw new UserError($"the {prefix} split ({eval.Count} examples) is too small to fill one packed batch of {packed.BinsPerBatch} × {packed.BinCapacity} tokens; set eval_sample_packing: false.");
+        if (collectives.WorldSize > 1)
+        {
+            weighted = collectives.AllReduceSum(weighted);
+            rows = collectives.AllReduceSum(rows);
+            foreach (var name in weightedMetrics.Keys.ToList()) weightedMetrics[name] = collectives.AllReduceSum(weightedMetrics[name]);
+        }
         double loss = weighted / Math.Max(1, rows);
         double seconds = Math.Max(1e-9, clock.Elapsed.TotalSeconds);
-        return new JsonObject
+        var result = new JsonObject
         {
             [$"{prefix}_loss"] = loss,
             [$"{prefix}_perplexity"] = Math.Exp(loss),
-            [$"{prefix}_runtime"] = Math.Round(seconds, 4),
-            [$"{prefix}_samples_per_second"] = Math.Round(eval.Count / seconds, 3),
-            [$"{prefix}_steps_per_second"] = Math.Round(batches / seconds, 3),
         };
+        foreach (var (name, value) in weightedMetrics) result[$"{prefix}_{name}"] = value / Math.Max(1, rows);
+        result[$"{prefix}_runtime"] = Math.Round(seconds, 4);
+        result[$"{prefix}_samples_per_second"] = Math.Round(batches.Examples / seconds, 3);
+        result[$"{prefix}_steps_per_second"] = Math.Round(count / seconds, 3);
+        return result;
     }
-
-    /// <summary>Micro-batches of one epoch in a seeded order.</summary>
-    IReadOnlyList<Batch> Batches(IReadOnlyList<Example> examples, int epoch)
-    {
-        if (options.Packing is { } packing)
-        {
-            var bins = PackedEpochOf(examples, epoch).Batches;
-            return new CollatedOnDemand(_packedBatchesPerEpoch, i => Packing.Collate(examples, bins[i], packing, options.PadTokenId));
-        }
-        // Collated as the loop reaches them: an epoch of padded rows need not sit in memory at once.
-        var groups = EpochOrder(examples.Count, epoch).Chunk(options.MicroBatchSize).ToArray();
-        return new CollatedOnDemand(groups.Length, i => Pad(examples, groups[i]));
-    }
-
-    /// <summary>A stream's batches as the loop indexes them: in order, from the first untrained one.</summary>
-    sealed class StreamedEpoch(IEnumerator<Batch> batches, int count, int next) : IReadOnlyList<Batch>, IDisposable
-    {
-        public int Count => count;
-        public Batch this[int index]
-        {
-            get
-            {
-                if (index != next++) throw new InvalidOperationException($"streamed batch {index} asked for out of order");
-                if (!batches.MoveNext()) throw new InvalidOperationException("the batch stream ended");
-                return batches.Current;
-            }
-        }
-        public IEnumerator<Batch> GetEnumerator() => throw new NotSupportedException("a stream is read by index, in order");
-        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
-        public void Dispose() => batches.Dispose();
-    }
-
-    /// <summary>Micro-batches collated as the loop reaches them: an epoch of full rows need not sit in memory at once.</summary>
-    sealed class CollatedOnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
-    {
-        public int Count => count;
-        public Batch this[int index] => collate(index);
-        public IEnumerator<Batch> GetEnumerator() => Enumerable.Range(0, count).Select(collate).GetEnumerator();
-        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
-    }
-
-    List<int> EpochOrder(int count, int epoch)
-    {
-        var order = Enumerable.Range(0, count).ToList();
-        // curriculum_sampling: Axolotl's SequentialSampler, the data in its prepared order every epoch.
-        if (!options.CurriculumSampling) DatasetBuilder.Shuffle(order, unchecked(options.Seed + epoch));
-        return order;
-    }
-
-    // Packing a large dataset takes a while, and the first epochs are packed once to plan, so keep them.
-    readonly Dictionary<int, PackedEpoch> _packed = [];
-    int _packedBatchesPerEpoch;
-
-    PackedEpoch PackedEpochOf(IReadOnlyList<Example> examples, int epoch)
-    {
-        if (_packed.TryGetValue(epoch, out var packed)) return packed;
-        packed = Packing.Pack(examples, EpochOrder(examples.Count, epoch), options.Packing!);
-        if (epoch < PlanningEpochs) _packed[epoch] = packed;
-        return packed;
-    }
-
-    /// <summary>As many packings as Axolotl's sampler draws to size an epoch (num_count_samples).</summary>
-    const int PlanningEpochs = 4;
-
-    /// <summary>
-    /// Packed batch counts vary a little with the shuffle, so every epoch is cut to the smallest count among the first
-    /// four epochs' packings, as Axolotl's sampler takes the minimum of four packings and truncates each epoch to it.
-    /// </summary>
-    int PackedBatchesPerEpoch(IReadOnlyList<Example> examples)
-    {
-        _packedBatchesPerEpoch = Enumerable.Range(0, PlanningEpochs).Min(e => PackedEpochOf(examples, e).Batches.Count);
-        if (_packedBatchesPerEpoch == 0)
-            throw new UserError($"the {examples.Count} training examples do not fill one packed micro-batch of {options.Packing!.BinsPerBatch} × {options.Packing.BinCapacity} tokens; lower micro_batch_size or turn sample_packing off.");
-        return _packedBatchesPerEpoch;
-    }
-
-    /// <summary>Evaluation batches in order: packed (dropping an incomplete last batch, as Axolotl) or eval_batch_size rows.</summary>
-    IEnumerable<Batch> EvalBatches(IReadOnlyList<Example> eval)
-    {
-        var order = Enumerable.Range(0, eval.Count).ToList();
-        if (options.EvalPacking is { } packing)
-            return Packing.Pack(eval, order, packing).Batches.Select(bins => Packing.Collate(eval, bins, packing, options.PadTokenId));
-        return Collate(eval, order.Chunk(options.EvalBatchSize ?? options.MicroBatchSize));
-    }
-
-    /// <summary>A batch as tensors on the model's device (position and sequence ids only for packed rows).</summary>
-    static (Tensor Ids, Tensor Labels, Tensor? PositionIds, Tensor? SequenceIds) ToTensors(Batch batch, Device device)
-    {
-        Tensor Make(long[] values) => tensor(values, [batch.Rows, batch.Length], device: device);
-        return (Make(batch.InputIds), Make(batch.Labels),
-            batch.PositionIds is null ? null : Make(batch.PositionIds), batch.PositionIds is null ? null : Make(batch.SequenceIds!));
-    }
-
-    /// <summary>Each group of example indices as one batch, right-padded to its longest row.</summary>
-    IEnumerable<Batch> Collate(IReadOnlyList<Example> examples, IEnumerable<int[]> groups) => groups.Select(chunk => Pad(examples, chunk));
-
-    Batch Pad(IReadOnlyList<Example> examples, int[] rows) =>
-        Batch.Pad(rows.Select(i => examples[i]).ToList(), options.PadTokenId, options.PadToMultipleOf);
 }

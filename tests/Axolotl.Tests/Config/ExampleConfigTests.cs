@@ -80,7 +80,7 @@ public class ExampleConfigTests
                     if (!IsSet(dv)) continue;
                     var text = (dv as YamlScalarNode)?.Value;
                     if (ConfigLoader.UnsupportedDatasetKeys.Contains(name)
-                        || (name == "type" && text != null && (rl is null ? !Axolotl.Data.PromptStrategies.IsImplemented(text)
+                        || (name == "type" && text != null && (rl is null ? !Axolotl.Config.DatasetTypes.IsImplemented(text)
                             : !Axolotl.Data.PreferenceTypes.For(rl).Contains(Axolotl.Data.PreferenceTypes.Canonical(text)))))
                         yield return $"datasets[{i}].{name}";
                 }

@@ -1,0 +1,33 @@
+namespace Axolotl.Config;
+
+/// <summary>
+/// The dataset <c>type:</c> names Axolotl.NET implements: the config layer refuses the others by name before any data
+/// is read, and Data's prompt-strategy registry builds a strategy for each (a test keeps the two in step).
+/// </summary>
+public static class DatasetTypes
+{
+    /// <summary>Axolotl's prompt styles, after a colon (alpaca:chatml).</summary>
+    public static readonly IReadOnlySet<string> Styles = new HashSet<string> { "instruct", "chat", "chatml", "phi" };
+
+    /// <summary>Axolotl's types that take a prompt style after a colon.</summary>
+    public static readonly IReadOnlySet<string> StyledTypes = new HashSet<string> { "alpaca", "explainchoice", "concisechoice", "summarizetldr", "jeopardy", "oasst", "gpteacher", "reflection" };
+
+    /// <summary>Types named by module (and loader function) in Axolotl's prompt_strategies.</summary>
+    public static readonly IReadOnlySet<string> ModuleTypes = new HashSet<string>
+    {
+        "alpaca_chat", "alpaca_chat.load", "alpaca_chat.load_concise", "alpaca_chat.load_qa", "alpaca_chat.load_camel_ai", "alpaca_chat.load_no_prompt",
+        "alpaca_instruct", "alpaca_instruct.load", "alpaca_instruct.load_no_prompt",
+        "alpaca_w_system", "alpaca_w_system.load", "alpaca_w_system.load_chat", "alpaca_w_system.load_instruct",
+        "alpaca_w_system.load_open_orca", "alpaca_w_system.load_open_orca_chatml",
+        "context_qa", "context_qa.load", "context_qa.load_404", "context_qa.load_v2",
+        "metharme", "metharme.load", "input_output", "input_output.load", "completion", "completion.load",
+        "chat_template", "chat_template.load", "llama2_chat", "llama2_chat.load",
+    };
+
+    public static bool IsImplemented(string type)
+    {
+        var parts = type.Split(':', 2);
+        if (parts.Length == 2) return StyledTypes.Contains(parts[0]) && Styles.Contains(parts[1]);
+        return StyledTypes.Contains(type) || ModuleTypes.Contains(type);
+    }
+}
