@@ -203,8 +203,11 @@ public static class Cli
         }
         Runtime.TorchRuntime.EnsureLoaded();
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter(), rebuild: true);
-        foreach (var example in data.Examples.Take(debugExamples))
+        // A preference pair is two examples: prompt + chosen, then prompt + rejected (the prompt masked in both).
+        bool pairs = config.Rl != null;
+        foreach (var (example, index) in data.Examples.Take(pairs ? 2 * debugExamples : debugExamples).Select((e, i) => (e, i)))
         {
+            if (pairs) Console.WriteLine(index % 2 == 0 ? $"Pair {index / 2}, prompt + chosen:" : $"Pair {index / 2}, prompt + rejected:");
             var line = new System.Text.StringBuilder();
             for (int i = 0; i < example.InputIds.Length; i++)
             {

@@ -186,6 +186,23 @@ public static class Lora
     public static IEnumerable<(string Name, LoraLinear Layer)> Layers(nn.Module model) =>
         model.named_modules().Where(m => m.module is LoraLinear).Select(m => (m.name, (LoraLinear)m.module));
 
+    /// <summary>
+    /// Runs the model as its base until disposed (PEFT's <c>with model.disable_adapter():</c>), the reference of
+    /// preference training without a second copy of the weights. Full copies of modules_to_save replace their module
+    /// and keep no base to fall back on, so callers refuse them with a reference model.
+    /// </summary>
+    public static IDisposable Disable(nn.Module model)
+    {
+        var layers = Layers(model).Select(l => l.Layer).ToList();
+        foreach (var l in layers) l.Disabled = true;
+        return new Restore(() => { foreach (var l in layers) l.Disabled = false; });
+    }
+
+    sealed class Restore(Action undo) : IDisposable
+    {
+        public void Dispose() => undo();
+    }
+
     /// <summary>Writes adapter_model.safetensors and adapter_config.json exactly as PEFT 0.10 lays them out.</summary>
     public static void Save(nn.Module model, LoraSettings settings, string dir, string baseModelNameOrPath)
     {

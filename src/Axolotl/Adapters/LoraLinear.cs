@@ -58,9 +58,13 @@ public sealed class LoraLinear : nn.Module<Tensor, Tensor>
 
     public bool UseDora => lora_magnitude_vector is not null;
 
+    /// <summary>While set, the layer is its base alone (PEFT's disable_adapter): the reference model of preference training.</summary>
+    public bool Disabled { get; set; }
+
     public override Tensor forward(Tensor x)
     {
         var result = base_layer.forward(x);
+        if (Disabled) return result;
         var input = _dropout > 0 ? nn.functional.dropout(x, _dropout, training) : x;
         // Scaled on the rank-wide intermediate rather than the output: the same product, a smaller elementwise pass.
         var lora = lora_B.forward(lora_A.forward(input) * Scaling);

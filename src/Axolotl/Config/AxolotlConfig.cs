@@ -37,6 +37,9 @@ public sealed class DatasetConfig
     public string? ChatTemplate { get; set; }
     public string? ChatTemplateJinja { get; set; }
     public string? FieldMessages { get; set; }
+    /// <summary>Preference types: the chosen and rejected fields (chat_template.default, argilla_chat).</summary>
+    public string? FieldChosen { get; set; }
+    public string? FieldRejected { get; set; }
     public Dictionary<string, string>? MessagePropertyMappings { get; set; }
     public string? MessageFieldRole { get; set; }
     public string? MessageFieldContent { get; set; }
@@ -82,6 +85,13 @@ public sealed record UserDefinedFormat
     public string Format { get; init; } = "{instruction} {input} ";
     public string NoInputFormat { get; init; } = "{instruction} ";
     public string SystemFormat { get; init; } = "{system}";
+    // Preference types' user_defined.default (DPO, KTO), with Axolotl's defaults.
+    public string FieldPrompt { get; init; } = "prompt";
+    public string FieldChosen { get; init; } = "chosen";
+    public string FieldRejected { get; init; } = "rejected";
+    public string PromptFormat { get; init; } = "{prompt}";
+    public string ChosenFormat { get; init; } = "{chosen}";
+    public string RejectedFormat { get; init; } = "{rejected}";
 }
 
 public sealed class AxolotlConfig
@@ -223,6 +233,16 @@ public sealed class AxolotlConfig
     public double? LossWatchdogThreshold { get; set; }
     public int? LossWatchdogPatience { get; set; }
     public int MicroBatchSize { get; set; } = 1;
+    // Preference training (rl: dpo, ipo, simpo, orpo), TRL's keys as Axolotl names them; unset means TRL's default.
+    public string? Rl { get; set; }
+    public double? RlBeta { get; set; }
+    public List<string>? DpoLossType { get; set; }
+    public double? DpoLabelSmoothing { get; set; }
+    public double? SimpoGamma { get; set; }
+    public double? CpoAlpha { get; set; }
+    public double? OrpoAlpha { get; set; }
+    public int? MaxPromptLen { get; set; }
+    public bool PrecomputeRefLogProbs { get; set; }
     public int GradientAccumulationSteps { get; set; } = 1;
     /// <summary>micro_batch_size × gradient_accumulation_steps; when given instead, gradient_accumulation_steps is derived.</summary>
     public int? BatchSize { get; set; }

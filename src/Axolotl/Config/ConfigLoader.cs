@@ -224,7 +224,8 @@ public static class ConfigLoader
                         throw new UserError($"{valueSpots["type"].Full}: type: sharegpt is deprecated in Axolotl; use type: chat_template with field_messages: conversations and message_property_mappings: {{role: from, content: value}}.");
                     // instruct is the default prompt style: "alpaca:instruct" is "alpaca".
                     if (d.Variant == "instruct" && DatasetTypes.IsImplemented(d.Strategy)) d.Type = d.Strategy;
-                    if (!DatasetTypes.IsImplemented(d.Type))
+                    // Preference types are checked against rl once every key is read.
+                    if (!DatasetTypes.IsImplemented(d.Type) && !Data.PreferenceTypes.IsKnown(d.Type))
                         refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
                 }
                 if (d.DsType is not (null or "json" or "text" or "csv" or "parquet" or "arrow"))
@@ -260,6 +261,8 @@ public static class ConfigLoader
                 FieldInstruction = get("field_instruction", f.FieldInstruction), FieldInput = get("field_input", f.FieldInput),
                 FieldOutput = get("field_output", f.FieldOutput), Format = get("format", f.Format),
                 NoInputFormat = get("no_input_format", f.NoInputFormat), SystemFormat = get("system_format", f.SystemFormat),
+                FieldPrompt = get("field_prompt", f.FieldPrompt), FieldChosen = get("field_chosen", f.FieldChosen), FieldRejected = get("field_rejected", f.FieldRejected),
+                PromptFormat = get("prompt_format", f.PromptFormat), ChosenFormat = get("chosen_format", f.ChosenFormat), RejectedFormat = get("rejected_format", f.RejectedFormat),
             };
         }
 
@@ -320,6 +323,16 @@ public static class ConfigLoader
                 Fail("dataset_exact_deduplication", "dataset_exact_deduplication is not available for streaming datasets.");
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
+            // Preference types need rl, and rl reads only its own types (an unknown type is refused with the other keys).
+            foreach (var d in c.Datasets.Concat(c.TestDatasets))
+            {
+                var type = d.UserDefined != null ? "user_defined" : d.Type;
+                if (c.Rl is "dpo" or "ipo" or "simpo" or "orpo" && (type is null || Data.PreferenceTypes.IsKnown(type) || DatasetTypes.IsImplemented(type))
+                    && !Data.PreferenceTypes.For(c.Rl).Contains(Data.PreferenceTypes.Canonical(type)))
+                    throw new UserError($"{d.Origin}: dataset type '{type}' is not a type of rl: {c.Rl}; use one of {string.Join(", ", Data.PreferenceTypes.For(c.Rl))}.");
+                if (c.Rl is null && type != null && !DatasetTypes.IsImplemented(type) && Data.PreferenceTypes.IsKnown(type) && d.UserDefined == null)
+                    throw new UserError($"{d.Origin}: dataset type '{type}' is a preference type; it needs rl: (dpo, ipo, simpo, orpo).");
+            }
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
             if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
             if (IsGiven("max_memory") && IsGiven("gpu_memory_limit")) Fail("gpu_memory_limit", "max_memory and gpu_memory_limit are mutually exclusive.");
@@ -343,6 +356,7 @@ public static class ConfigLoader
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
             if (c.Adapter is "llama-adapter") Refuse("adapter");
+            if (c.Rl is not (null or "dpo" or "ipo" or "simpo" or "orpo")) Refuse("rl");
             // Streaming covers pretraining_dataset only; Axolotl's streamed SFT datasets are another path.
             if (c.Streaming && c.PretrainingDataset.Count == 0) Refuse("streaming");
             if (!c.PretrainMultipackAttn && c.PretrainingDataset.Count > 0 && c.SamplePacking) Refuse("pretrain_multipack_attn");

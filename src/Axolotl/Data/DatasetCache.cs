@@ -47,6 +47,8 @@ public static class DatasetCache
             ["chat_template"] = config.ChatTemplate,
             ["chat_template_jinja"] = FileOrText(config.ChatTemplateJinja),
             ["eot_tokens"] = config.EotTokens is { } eot ? new JsonArray(eot.Select(t => (JsonNode)t).ToArray()) : null,
+            ["rl"] = config.Rl, // preference pairs are stored as chosen/rejected examples
+            ["max_prompt_len"] = config.MaxPromptLen,
             ["tokenizer"] = TokenizerDigest(config, tokenizerDir),
         };
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(parts.ToJsonString())))[..32];

@@ -157,7 +157,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// </summary>
     const long LossChunkElements = 8_000_000;
 
-    long LossChunkRows => Math.Clamp(LossChunkElements / Config.VocabSize, 8, 1024);
+    internal long LossChunkRows => Math.Clamp(LossChunkElements / Config.VocabSize, 8, 1024);
 
     CausalLM(DecoderConfig config, ScalarType dtype, ScalarType computeType) : base("CausalLM")
     {
@@ -184,7 +184,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// </summary>
     public double? LastRouterAuxLoss { get; private set; }
 
-    Tensor Head(Tensor hidden)
+    internal Tensor Head(Tensor hidden)
     {
         var logits = lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
         // Gemma 2 bounds the logits smoothly: cap · tanh(logits / cap), in the compute dtype.

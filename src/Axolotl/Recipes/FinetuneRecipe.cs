@@ -166,9 +166,20 @@ public static class FinetuneRecipe
         using (var metrics = Distributed.DataParallelRun.WritesOutputs(parallel)
                    ? new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null } : null)
         {
-            var trainer = new Trainer(model, options, (ITrainingObserver?)metrics ?? reporter, checkpoints);
+            ITrainingObjective? objective = null;
+            IBatchSource? pairs = null, evalPairs = null;
+            if (config.Rl != null)
+            {
+                if (parallel != null) throw new UserError($"rl: {config.Rl} across processes is not built yet; run preference training in one process (without --nproc or mpirun).");
+                // Preference training: pairs as [chosen; rejected] batches, TRL's loss against a reference.
+                (pairs, evalPairs) = Training.Objectives.PreferenceTraining.Batches(config, data, options.PadTokenId);
+                objective = Training.Objectives.PreferenceTraining.Objective(config, model, lora != null,
+                    evalPairs is null ? [pairs] : [pairs, evalPairs], reporter.Info);
+            }
+            var trainer = new Trainer(model, options, (ITrainingObserver?)metrics ?? reporter, checkpoints) { Objective = objective ?? new CrossEntropyObjective(model) };
             if (parallel != null) trainer.Callbacks.Add(new Distributed.DataParallelCallback(parallel.World, stop, reporter.Info));
-            state = stream != null ? trainer.Train(stream, resumeFrom, stop)
+            state = pairs != null ? trainer.Train(pairs, evalPairs, resumeFrom, stop)
+                : stream != null ? trainer.Train(stream, resumeFrom, stop)
                 : parallel != null ? trainer.Train(Distributed.RankBatches.Training(data.Examples, options, parallel),
                                                    config.EvalStrategy == "no" ? null : Distributed.RankBatches.Evaluation(data.Eval, options, parallel), resumeFrom, stop)
                 : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);

@@ -36,7 +36,8 @@ public static class ModelCard
             null => "A full fine-tune of",
             var a => $"A {(a == "qlora" ? "QLoRA" : a == "lora" ? "LoRA" : a)} adapter{(config.PeftUseDora ? " (DoRA)" : "")} (r {config.LoraR}, alpha {config.LoraAlpha}) for",
         };
-        card.AppendLine($"{method} `{baseModel}`, trained with Axolotl.NET on {(datasets.Count == 0 ? "no listed dataset" : string.Join(", ", datasets.Select(d => $"`{d}`")))}.");
+        card.AppendLine($"{method} `{baseModel}`, trained with Axolotl.NET on {(datasets.Count == 0 ? "no listed dataset" : string.Join(", ", datasets.Select(d => $"`{d}`")))}" +
+                        (config.Rl is { } rl ? $" by preference training: {Training.Objectives.PreferenceSettings.Describe(config)}." : "."));
         var evals = state.LogHistory.Where(e => e["eval_loss"] != null).ToList();
         if (evals.Count > 0) card.AppendLine().AppendLine($"Final loss on the evaluation set: {Format(evals[^1]["eval_loss"]!)}.");
         card.AppendLine();

@@ -31,14 +31,16 @@ public static class PreprocessRecipe
         }
         if (data == null)
         {
-            data = DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing, warn: reporter.Warn);
+            data = config.Rl != null
+                ? PreferenceDataset.Build(config, GetTokenizer, reporter.OnTokenizing, reporter.Warn)
+                : DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing, warn: reporter.Warn);
             if (cacheDir != null)
             {
                 DatasetCache.Save(cacheDir, data);
                 reporter.Info($"Data: saved the prepared dataset to {cacheDir}");
             }
         }
-        reporter.Info($"Data: {data.RowsRead} rows → {data.Examples.Count} examples, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
+        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
                       (data.Truncated > 0 ? $"; truncated {data.Truncated} to sequence_len {config.SequenceLen}" : "") +
                       (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than {config.MinSampleLen} tokens" : "") +

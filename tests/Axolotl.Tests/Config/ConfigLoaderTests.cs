@@ -93,10 +93,10 @@ public class ConfigLoaderTests
             peft_layer_replication: true
             lisa_n_layers: 4
             optimizer: muon
-            """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_chosen: chosen\n    field_rejected: rejected")));
-        Assert.Equal(["datasets[0].field_chosen", "datasets[0].field_rejected", "lora_fan_in_fan_out", "peft_layer_replication", "lisa_n_layers", "optimizer"], e.Keys);
-        Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_chosen: chosen' (4:5), " +
-                          "'datasets[0].field_rejected: rejected' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
+            """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_human: chosen\n    field_model: rejected")));
+        Assert.Equal(["datasets[0].field_human", "datasets[0].field_model", "lora_fan_in_fan_out", "peft_layer_replication", "lisa_n_layers", "optimizer"], e.Keys);
+        Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_human: chosen' (4:5), " +
+                          "'datasets[0].field_model: rejected' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
         Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
         Assert.Single(e.Message.Split('\n'));
     }
@@ -258,7 +258,7 @@ public class ConfigLoaderTests
         // bad_rows is Axolotl.NET's own: what to do with unusable dataset rows (Axolotl always fails).
         Assert.Subset(AxolotlKeys.All, typed.Where(k => k != "bad_rows").ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "rl", "relora", "wandb_project", "use_mlflow", "eval_table_size", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "reward_model", "relora", "wandb_project", "use_mlflow", "eval_table_size", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "fsdp", "liger_rms_norm", "torch_compile" });
     }
 }

@@ -52,19 +52,22 @@ public class ExampleConfigTests
         "do_causal_lm_eval", "eval_causal_lm_metrics", "eval_max_new_tokens", "eval_table_size", "gptq", "group_by_length",
         "jagged_restart_anneal_steps", "jagged_restart_steps", "jagged_restart_warmup_steps", "lisa_layers_attribute",
         "lisa_n_layers", "lisa_step_interval", "llmcompressor", "lr_quadratic_warmup", "model_config", "num_labels",
-        "orpo_alpha", "otel_metrics_host", "otel_metrics_port", "peft", "process_reward_model", "push_dataset_to_hub", "qat",
-        "relora", "relora_cpu_offload", "relora_prune_ratio", "remove_unused_columns", "reward_model", "rl",
+        "otel_metrics_host", "otel_metrics_port", "peft", "process_reward_model", "push_dataset_to_hub", "qat",
+        "relora", "relora_cpu_offload", "relora_prune_ratio", "remove_unused_columns", "reward_model",
         "save_only_model", "tokenizer_legacy", "torchdistx_path", "trl", "unfrozen_parameters", "use_otel_metrics",
         "use_wandb", "wandb_entity", "wandb_log_model", "wandb_name", "wandb_project", "wandb_watch",
     ];
 
-    // Dataset entry keys of preference and process-reward datasets.
+    // Dataset entry keys of process-reward and completion-length datasets (field_chosen/field_rejected are preference
+    // training's, implemented with rl).
     static readonly HashSet<string> NotImplementedDatasetKeys =
-        ["field_chosen", "field_rejected", "max_completion_length", "step_separator", "train_on_last_step_only"];
+        ["max_completion_length", "step_separator", "train_on_last_step_only"];
 
-    // Dataset types of preference, reward and process-reward training.
-    static readonly HashSet<string> NotImplementedTypes =
-        ["bradley_terry.chat_template", "chat_template.argilla", "chat_template.default", "rwd.gsm8k_transform", "stepwise_supervised"];
+    // Reward and process-reward dataset types: refused with or without rl.
+    static readonly HashSet<string> RewardTypes = ["bradley_terry.chat_template", "rwd.gsm8k_transform", "stepwise_supervised"];
+
+    // Without rl, the preference types (chat_template.argilla, chat_template.default) are not SFT types either.
+    static readonly HashSet<string> NotImplementedTypes = [.. RewardTypes, "chat_template.argilla", "chat_template.default"];
 
     static IEnumerable<string> ExpectedRefusals(string path)
     {
@@ -72,6 +75,7 @@ public class ExampleConfigTests
         yaml.Load(new StringReader(File.ReadAllText(path)));
         var root = (YamlMappingNode)yaml.Documents[0].RootNode;
         string? adapter = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "adapter").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
+        string? rl = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "rl").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
         foreach (var (k, v) in root.Children)
         {
             var key = ((YamlScalarNode)k).Value!;
@@ -80,6 +84,7 @@ public class ExampleConfigTests
             var value = (v as YamlScalarNode)?.Value;
             bool refusedValue = key switch
             {
+                "rl" => value is not ("dpo" or "ipo" or "simpo" or "orpo"),
                 "load_in_4bit" => value == "true" && adapter == "lora", // Axolotl quantizes to 4 bits only with qlora
                 // Streamed SFT datasets are not implemented; streaming with pretraining_dataset is.
                 "streaming" => value == "true" && !root.Children.Any(kv => ((YamlScalarNode)kv.Key).Value == "pretraining_dataset"),
@@ -101,7 +106,7 @@ public class ExampleConfigTests
                     var name = ((YamlScalarNode)dk).Value!;
                     if (!IsSet(dv)) continue;
                     var text = (dv as YamlScalarNode)?.Value;
-                    if (NotImplementedDatasetKeys.Contains(name) || (name == "type" && text != null && NotImplementedTypes.Contains(text)))
+                    if (NotImplementedDatasetKeys.Contains(name) || (name == "type" && text != null && (rl is null ? NotImplementedTypes.Contains(text) : RewardTypes.Contains(text))))
                         yield return $"datasets[{i}].{name}";
                 }
                 i++;
