@@ -77,6 +77,11 @@ static class Format
             ? string.Create(CultureInfo.InvariantCulture, $"; sample packing: {p.BatchesPerEpoch} packed micro-batches per epoch, efficiency {efficiency:F4} (tokens / slots).")
             : ".");
 
+    /// <summary>Three significant figures below 100 (0.243, 7.41, 74.1), whole numbers above: a slow run must not read "0 tok/s".</summary>
+    public static string Rate(double perSecond) =>
+        perSecond >= 100 ? perSecond.ToString("F0", CultureInfo.InvariantCulture)
+        : perSecond.ToString(perSecond >= 10 ? "F1" : perSecond >= 1 ? "F2" : "G3", CultureInfo.InvariantCulture);
+
     public static string LogLine(JsonObject e, TrainingPlan plan, TimeSpan elapsed)
     {
         if (e["eval_loss"] is { } evalLoss)
@@ -85,6 +90,6 @@ static class Format
         int step = (int)e["step"]!;
         var eta = TimeSpan.FromSeconds(elapsed.TotalSeconds / Math.Max(1, step) * (plan.TotalSteps - step));
         return string.Create(CultureInfo.InvariantCulture,
-            $"step {step}/{plan.TotalSteps} | loss {(double)e["loss"]!:F4} | grad_norm {(double)e["grad_norm"]!:F4} | lr {(double)e["learning_rate"]!:0.000e+0} | epoch {(double)e["epoch"]!:F2} | {(double)e["tokens_per_second"]!:F0} tok/s{(e["mfu"] is { } mfu ? $" | mfu {(double)mfu:P1}" : "")} | peak RSS {Runtime.Hardware.PeakRssKb() / 1024} MiB{(Runtime.Hardware.PeakGpuMemoryInUseBytes() is > 0 and var gpu ? $" | GPU memory {gpu >> 20} MiB" : "")} | ETA {eta:hh\\:mm\\:ss}");
+            $"step {step}/{plan.TotalSteps} | loss {(double)e["loss"]!:F4} | grad_norm {(double)e["grad_norm"]!:F4} | lr {(double)e["learning_rate"]!:0.000e+0} | epoch {(double)e["epoch"]!:F2} | {Rate((double)e["tokens_per_second"]!)} tok/s{(e["mfu"] is { } mfu ? $" | mfu {(double)mfu:P1}" : "")} | peak RSS {Runtime.Hardware.PeakRssKb() / 1024} MiB{(Runtime.Hardware.PeakGpuMemoryInUseBytes() is > 0 and var gpu ? $" | GPU memory {gpu >> 20} MiB" : "")} | ETA {eta:hh\\:mm\\:ss}");
     }
 }
