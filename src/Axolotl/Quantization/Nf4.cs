@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Axolotl.Quantization;
@@ -117,6 +118,75 @@ public sealed class Nf4Weight : IDisposable
         if (type is { } t && t != DType) result = result.to(t);
         return result.MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The same values as <see cref="Dequantize"/> written straight into <paramref name="destination"/> (contiguous, on
+    /// the CPU, bf16 or fp32, <see cref="Count"/> elements), for a weight quantized from bf16 or fp32. Dequantize builds
+    /// int64 codes, fp32 values and a repeated scale, 20 bytes of short-lived temporaries per weight element: at real
+    /// widths each is its own fresh mmap, page-faulted in on every forward and backward. Here each block's 16 codebook
+    /// values are scaled and rounded once (fp32 product, rounded to the stored dtype, then to the destination's) and the
+    /// nibbles index them, in parallel over blocks; the only temporary is the absmax vector.
+    /// </summary>
+    public unsafe void DequantizeInto(Tensor destination)
+    {
+        if (!CanDequantizeInto(destination.dtype) || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != Count)
+            throw new ArgumentException($"cannot dequantize a {DType} NF4 weight into a {destination.dtype} [{string.Join(", ", destination.shape)}] tensor on {destination.device}.");
+        using var scope = NewDisposeScope();
+        var absmax = BlockAbsmax().to(ScalarType.Float32).cpu().contiguous();
+        var packed = Packed.cpu().contiguous();
+        long count = Count, blocks = (count + BlockSize - 1) / BlockSize;
+        bool storedBf16 = DType == ScalarType.BFloat16, outBf16 = destination.dtype == ScalarType.BFloat16;
+        fixed (byte* packedStart = packed.bytes)
+        fixed (byte* scaleStart = absmax.bytes)
+        fixed (byte* outStart = destination.bytes)
+        {
+            nint codesAt = (nint)packedStart, scalesAt = (nint)scaleStart, outAt = (nint)outStart;
+            const long blocksPerChunk = 2048;
+            Parallel.For(0, (blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
+            {
+                var codes = (byte*)codesAt;
+                var scales = (float*)scalesAt;
+                Span<float> table = stackalloc float[16];
+                long end = Math.Min(blocks, (chunk + 1) * blocksPerChunk);
+                for (long b = chunk * blocksPerChunk; b < end; b++)
+                {
+                    float scale = scales[b];
+                    for (int c = 0; c < 16; c++)
+                    {
+                        float v = Codebook[c] * scale;
+                        table[c] = storedBf16 ? Bf16Round(v) : v;
+                    }
+                    long first = b * BlockSize, last = Math.Min(count, first + BlockSize);
+                    if (outBf16)
+                    {
+                        var output = (ushort*)outAt;
+                        for (long i = first; i < last; i++)
+                            output[i] = Bf16Bits(table[(codes[i >> 1] >> (i % 2 == 0 ? 4 : 0)) & 0x0F]);
+                    }
+                    else
+                    {
+                        var output = (float*)outAt;
+                        for (long i = first; i < last; i++)
+                            output[i] = table[(codes[i >> 1] >> (i % 2 == 0 ? 4 : 0)) & 0x0F];
+                    }
+                }
+            });
+        }
+    }
+
+    /// <summary>Whether <see cref="DequantizeInto"/> serves this weight for a destination of <paramref name="type"/>.</summary>
+    public bool CanDequantizeInto(ScalarType type) =>
+        DType is ScalarType.BFloat16 or ScalarType.Float32 && type is ScalarType.BFloat16 or ScalarType.Float32;
+
+    /// <summary>fp32 → bf16 bits, rounding to nearest even as torch's conversion does (NaN stays a quiet NaN).</summary>
+    static ushort Bf16Bits(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value)) return 0x7FC0;
+        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
+
+    static float Bf16Round(float value) => BitConverter.UInt32BitsToSingle((uint)Bf16Bits(value) << 16);
 
     /// <summary>A copy on <paramref name="device"/>; this one is disposed.</summary>
     public Nf4Weight To(Device device)
