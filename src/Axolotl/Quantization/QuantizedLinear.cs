@@ -153,9 +153,12 @@ public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>Replaces a Linear by its quantized form; the original weight is disposed.</summary>
-    public static QuantizedLinear From(Linear linear, Func<Tensor, IQuantizedWeight> quantize, ScalarType? computeType = null)
+    public static QuantizedLinear From(Linear linear, Func<Tensor, IQuantizedWeight> quantize, ScalarType? computeType = null) =>
+        From(linear, quantize(linear.weight), computeType);
+
+    /// <summary>A Linear's place taken by a weight quantized elsewhere (from the checkpoint); the Linear is disposed, its bias kept.</summary>
+    public static QuantizedLinear From(Linear linear, IQuantizedWeight q, ScalarType? computeType = null)
     {
-        var q = quantize(linear.weight);
         var b = linear.bias is null ? null : new Parameter(linear.bias.detach().clone(), false);
         linear.Dispose();
         return new QuantizedLinear(q, b, computeType);

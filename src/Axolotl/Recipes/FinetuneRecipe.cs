@@ -249,9 +249,8 @@ public static class FinetuneRecipe
             reporter.Info($"Model: {architecture.ModelType} architecture with random weights (reinit_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
             return model;
         }
-        var loaded = CausalLM.Create(architecture, weightType, computeType);
-        loaded.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
-        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()):N0} parameters).");
+        var loaded = ModelLoading.LoadBase(config, architecture, weightType, computeType);
+        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(loaded):N0} parameters).");
         return loaded;
     }
 
