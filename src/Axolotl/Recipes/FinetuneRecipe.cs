@@ -138,7 +138,9 @@ public static class FinetuneRecipe
             LoraPlusLrRatio = lora != null ? config.LoraplusLrRatio : null,
             Packing = config.SamplePacking ? packing : null,
             EvalPacking = config.EvalSamplePacking == true ? packing : null,
-            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : null,
+            // Axolotl's collator pads to a multiple of 64 without pad_to_sequence_len; here it also bounds the shapes a run
+            // sees, and with them libtorch's per-shape caches (unbucketed, the heap grew ~9 MiB a step).
+            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : 64,
         };
         PretrainingStream? stream = null;
         if (streaming)
