@@ -67,8 +67,15 @@ public sealed class Nf4Weight : IDisposable
     public static Nf4Weight Quantize(Tensor weight, bool doubleQuant)
     {
         using var scope = NewDisposeScope();
-        var (codes, absmax) = Codes(weight);
-        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L, device: codes.device)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+        Tensor packed, absmax;
+        if (weight.device_type == DeviceType.CPU && weight.is_contiguous() && weight.dtype is ScalarType.BFloat16 or ScalarType.Float32)
+            (packed, absmax) = QuantizeOnHost(weight);
+        else
+        {
+            var (codes, blockAbsmax) = Codes(weight);
+            packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L, device: codes.device)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+            absmax = blockAbsmax;
+        }
         Tensor? plainAbsmax = null;
         Blockwise8Bit? nested = null;
         float offset = 0;
@@ -82,6 +89,53 @@ public sealed class Nf4Weight : IDisposable
         }
         else plainAbsmax = absmax.MoveToOuterDisposeScope();
         return new Nf4Weight(packed.contiguous().MoveToOuterDisposeScope(), plainAbsmax, nested, offset, weight.shape, weight.dtype);
+    }
+
+    /// <summary>
+    /// <see cref="Codes"/> packed, computed block by block straight from a CPU weight's memory, in parallel over blocks:
+    /// the tensor path's fp32 copy, int64 bucket indices and masks cost ~30 bytes of temporaries per weight element,
+    /// more than the bf16 model itself at real widths, and page faults that made quantizing slower than reading.
+    /// </summary>
+    static unsafe (Tensor Packed, Tensor Absmax) QuantizeOnHost(Tensor weight)
+    {
+        long n = weight.numel(), blocks = (n + BlockSize - 1) / BlockSize, kept = n + (n & 1);
+        var packed = empty(kept / 2, dtype: ScalarType.Byte);
+        var absmax = empty(blocks, dtype: ScalarType.Float32);
+        bool bf16 = weight.dtype == ScalarType.BFloat16;
+        fixed (byte* sourceStart = weight.bytes)
+        fixed (byte* packedStart = packed.bytes)
+        fixed (byte* absmaxStart = absmax.bytes)
+        {
+            nint sourceAt = (nint)sourceStart, packedAt = (nint)packedStart, absmaxAt = (nint)absmaxStart;
+            const long blocksPerChunk = 2048;
+            Parallel.For(0, (blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
+            {
+                float Value(long i) => i >= n ? 0f
+                    : bf16 ? BitConverter.UInt32BitsToSingle((uint)((ushort*)sourceAt)[i] << 16) : ((float*)sourceAt)[i];
+                var output = (byte*)packedAt;
+                var scales = (float*)absmaxAt;
+                long end = Math.Min(blocks, (chunk + 1) * blocksPerChunk);
+                for (long b = chunk * blocksPerChunk; b < end; b++)
+                {
+                    long first = b * BlockSize, last = Math.Min(kept, first + BlockSize);
+                    float max = 0;
+                    for (long i = first; i < Math.Min(n, first + BlockSize); i++) max = MathF.Max(max, MathF.Abs(Value(i)));
+                    scales[b] = max;
+                    float reciprocal = 1.0f / max;
+                    for (long i = first; i < last; i += 2)
+                        output[i >> 1] = (byte)(Code(Value(i) * reciprocal) << 4 | Code(Value(i + 1) * reciprocal));
+                }
+            });
+        }
+        return (packed, absmax);
+    }
+
+    /// <summary>bnb's decision tree: how many thresholds the scaled value exceeds (NaN exceeds none: code 0).</summary>
+    static int Code(float scaled)
+    {
+        int code = 0;
+        while (code < Thresholds.Length && scaled > Thresholds[code]) code++;
+        return code;
     }
 
     /// <summary>The 4-bit codes (uint8 [n rounded up to even]) and fp32 absmax per block of a weight, as bnb computes them.</summary>

@@ -40,3 +40,23 @@ public class Nf4DequantizeIntoTests
         Assert.True(first.reshape(-1).narrow(0, 0, second.numel()).equal(second.reshape(-1)).all().item<bool>());
     }
 }
+
+public class Nf4HostQuantizationTests
+{
+    [Theory]
+    [InlineData(ScalarType.BFloat16, 7, 45)]
+    [InlineData(ScalarType.Float32, 7, 45)]
+    [InlineData(ScalarType.BFloat16, 300, 1000)]
+    public void Quantizing_block_by_block_on_the_host_gives_the_tensor_paths_codes_and_absmax(ScalarType dtype, int rows, int columns)
+    {
+        using var scope = NewDisposeScope();
+        var weight = (randn(rows, columns, generator: new Generator(3)) * 0.02).to(dtype);
+        weight.view(-1).narrow(0, 64, 64).zero_(); // a zero block: absmax 0, every code 0
+        weight[0, 0] = tensor(Nf4Weight.Thresholds[9] * 0.5f).to(dtype); // values on and near the tree's pivots
+        using var q = Nf4Weight.Quantize(weight, doubleQuant: false);
+        var (codes, absmax) = Nf4Weight.Codes(weight);
+        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+        Assert.Equal(packed.data<byte>().ToArray(), q.Packed.data<byte>().ToArray());
+        Assert.Equal(absmax.data<float>().ToArray(), q.Absmax!.data<float>().ToArray());
+    }
+}
