@@ -329,8 +329,12 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
                 throw new UserError($"{file.Path}: tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] but config.json implies [{string.Join(", ", parameter.shape)}].");
             if (entry.DType is not ("F32" or "BF16" or "F16" or "F64"))
                 throw new UserError($"{file.Path}: tensor '{name}' is stored as {entry.DType}; model weights must be F32, BF16 or F16.");
-            using var loaded = file.Read(name);
-            parameter.copy_(loaded);
+            if (SafetensorsFile.ToScalarType(entry.DType) == parameter.dtype && parameter.is_contiguous()) file.ReadInto(name, parameter);
+            else
+            {
+                using var loaded = file.Read(name);
+                parameter.copy_(loaded);
+            }
         }
     }
 
