@@ -261,15 +261,7 @@ public static class Bench
         return lines;
     }
 
-    internal static string CpuModel()
-    {
-        try
-        {
-            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
-            return line?.Split(':', 2)[1].Trim() ?? "unknown";
-        }
-        catch (IOException) { return "unknown"; }
-    }
+    internal static string CpuModel() => Hardware.CpuModelName();
 
     internal static string GitCommit()
     {

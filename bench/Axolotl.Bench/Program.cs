@@ -4,6 +4,8 @@ using Axolotl.Bench;
 try
 {
     return args.Length > 0 && args[0] == "generate" ? GenerationBench.Run(args[1..])
+        : args.Length > 0 && args[0] == "scale" ? ScaleBench.Run(args[1..])
+        : args.Length > 0 && args[0] == "memory" ? MemoryBench.Run(args[1..])
         : args.Length > 0 && args[0] == "data" ? DataBench.Run(args[1..])
         : args.Length > 0 && args[0] == "collectives" ? CollectivesBench.Run(args[1..])
         : args.Length > 0 && args[0] == "moe" ? MoeBench.Run(args[1..])

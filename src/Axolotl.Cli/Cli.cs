@@ -17,6 +17,7 @@ public static class Cli
         commands:
           train       fine-tune as the config says (LoRA or full), save to output_dir
           preprocess  tokenize the datasets as train would and report; --debug shows examples as token(label, id)
+          plan        predict the run's peak memory by part and its time per step, loading nothing (train --dry-run: the same)
           validate    load and check the config without touching model or data; print the resolved values
           evaluate    score the model (and adapter: lora_model_dir, else output_dir) on the train and validation splits; write output_dir/eval_summary.csv
           merge-lora  fold the LoRA adapter (lora_model_dir, default output_dir) into base_model; save to output_dir/merged
@@ -63,11 +64,12 @@ public static class Cli
                 return Distributed.MpiLaunch.RunUnderMpirun(nproc, args);
             if (command == "download") return HubCommands.Download(args[1..]);
             if (command == "fetch") return HubCommands.Fetch(args[1..]);
-            if (command is not ("train" or "validate" or "preprocess" or "merge-lora" or "export-gguf" or "evaluate" or "inference" or "serve"))
-                throw new UserError($"unknown command '{command}'. Commands: train, preprocess, validate, evaluate, merge-lora, export-gguf, inference, serve, download, fetch.");
+            if (command is not ("train" or "plan" or "validate" or "preprocess" or "merge-lora" or "export-gguf" or "evaluate" or "inference" or "serve"))
+                throw new UserError($"unknown command '{command}'. Commands: train, plan, preprocess, validate, evaluate, merge-lora, export-gguf, inference, serve, download, fetch.");
             if (args.Length < 2 || args[1].StartsWith("--"))
                 throw new UserError($"'{command}' needs a config file: axolotl {command} config.yml");
             var overrides = args[2..].ToList();
+            if (command == "train" && overrides.Remove("--dry-run")) command = "plan";
             if (command == "inference" && overrides.Contains("--gradio")) command = "serve";
             (string Host, int Port)? serve = command == "serve" ? ServeCommand.TakeFlags(overrides) : null;
             int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
@@ -91,6 +93,7 @@ public static class Cli
             return command switch
             {
                 "validate" => Validate(config),
+                "plan" => Plan(config),
                 "preprocess" => Preprocess(config, debugExamples),
                 "merge-lora" => MergeLora(config, ggufOutType),
                 "export-gguf" => ExportGguf(config, ggufOutType!.Value, ggufOut),
@@ -380,9 +383,24 @@ public static class Cli
         return null;
     }
 
+    /// <summary>axolotl plan / train --dry-run: the predicted peak by part and the time per step, before anything is loaded.</summary>
+    static int Plan(AxolotlConfig config)
+    {
+        TorchRuntime.EnsureLoaded();
+        var arch = Models.DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        double gflops = Training.Flops.MeasureMatmulGflops(Recipes.ModelLoading.ComputeType(config), 1024, 3).Max();
+        Console.WriteLine(Planning.MemoryPlan.For(config, arch).Describe(gflops));
+        long available = Hardware.AvailableMemoryBytes();
+        if (available > 0) Console.Error.WriteLine($"available memory now: {available / 1073741824.0:F1} GiB");
+        return 0;
+    }
+
     static int Train(AxolotlConfig config)
     {
         TorchRuntime.EnsureLoaded();
+        // Refused up front rather than killed for memory an hour in.
+        if (Planning.MemoryPlan.Refusal(config, Models.DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel), Hardware.AvailableMemoryBytes()) is { } refusal)
+            throw new UserError(refusal);
         // Ctrl-C or a scheduler's SIGTERM: finish the step in flight, checkpoint, exit, instead of dying mid-write.
         using var stop = new CancellationTokenSource();
         void Stop(System.Runtime.InteropServices.PosixSignalContext context)

@@ -124,34 +124,43 @@ public sealed class SafetensorsFile
         _ => throw new NotSupportedException($"safetensors cannot store {type}"),
     };
 
-    /// <summary>
-    /// Reads one tensor into a new CPU tensor of the stored dtype, through a memory map of just its bytes: a model
-    /// loads tensor by tensor without the whole file passing through managed memory.
-    /// </summary>
-    public unsafe Tensor Read(string name)
+    /// <summary>Reads one tensor into a new CPU tensor of the stored dtype (see <see cref="ReadInto"/>).</summary>
+    public Tensor Read(string name)
     {
         if (!Entries.TryGetValue(name, out var entry)) throw new UserError($"{Path}: no tensor named '{name}'.");
-        long length = entry.End - entry.Begin;
         var tensor = empty(entry.Shape, ToScalarType(entry.DType));
-        if (length == 0) return tensor;
-        // Through a stream, not FileInfo: Hub cache snapshots are symlinks, and FileInfo measures the link itself.
-        var file = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read);
-        if (file.Length < _dataStart + entry.End)
-        {
-            file.Dispose();
-            throw new UserError($"{Path}: the file shrank since it was opened; tensor '{name}' lies past its end.");
-        }
-        using var map = MemoryMappedFile.CreateFromFile(file, null, 0, MemoryMappedFileAccess.Read, HandleInheritability.None, leaveOpen: false);
-        using var view = map.CreateViewAccessor(_dataStart + entry.Begin, length, MemoryMappedFileAccess.Read);
-        byte* source = null;
-        view.SafeMemoryMappedViewHandle.AcquirePointer(ref source);
-        try
-        {
-            foreach (var (part, start, bytes) in Pieces(tensor))
-                using (part) new ReadOnlySpan<byte>(source + view.PointerOffset + start, bytes).CopyTo(part.bytes);
-        }
-        finally { view.SafeMemoryMappedViewHandle.ReleasePointer(); }
+        ReadInto(name, tensor);
         return tensor;
+    }
+
+    /// <summary>
+    /// Reads one tensor's bytes straight into <paramref name="destination"/> (contiguous, on the CPU, of the stored dtype
+    /// and shape), with positioned reads: a memory map would count the file's pages in the process's RSS while it is
+    /// mapped, and a model loads tensor by tensor without the whole file passing through managed memory.
+    /// </summary>
+    public void ReadInto(string name, Tensor destination)
+    {
+        if (!Entries.TryGetValue(name, out var entry)) throw new UserError($"{Path}: no tensor named '{name}'.");
+        if (destination.dtype != ToScalarType(entry.DType) || !destination.shape.SequenceEqual(entry.Shape) || !destination.is_contiguous()
+            || destination.device_type != DeviceType.CPU)
+            throw new ArgumentException($"{name} cannot be read into a {destination.dtype} [{string.Join(", ", destination.shape)}] tensor.");
+        long length = entry.End - entry.Begin;
+        if (length == 0) return;
+        // Through a stream, not FileInfo: Hub cache snapshots are symlinks, and FileInfo measures the link itself.
+        using var file = new FileStream(Path, FileMode.Open, FileAccess.Read, FileShare.Read, 1, FileOptions.RandomAccess);
+        if (file.Length < _dataStart + entry.End)
+            throw new UserError($"{Path}: the file shrank since it was opened; tensor '{name}' lies past its end.");
+        foreach (var (part, start, bytes) in Pieces(destination))
+            using (part)
+            {
+                var span = part.bytes;
+                for (int done = 0; done < bytes;)
+                {
+                    int read = RandomAccess.Read(file.SafeFileHandle, span[done..], _dataStart + entry.Begin + start + done);
+                    if (read <= 0) throw new UserError($"{Path}: the file ended inside tensor '{name}'.");
+                    done += read;
+                }
+            }
     }
 
     /// <summary>

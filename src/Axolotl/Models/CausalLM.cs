@@ -355,7 +355,8 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// <param name="growVocabSeed">When set, checkpoint embeddings (and an untied head) with fewer rows than the
     /// model's vocabulary are grown as transformers' resize_token_embeddings(mean_resizing=False) does, which is how
     /// Axolotl calls it: the new rows from _init_weights, normal(0, initializer_range), seeded; a head bias with zeros.</param>
-    public void LoadWeights(string modelDir, long? growVocabSeed = null)
+    /// <param name="loadedElsewhere">Checkpoint keys the caller has already taken (the quantizing load's linear weights).</param>
+    public void LoadWeights(string modelDir, long? growVocabSeed = null, IReadOnlySet<string>? loadedElsewhere = null)
     {
         if (Export.GgufModel.IsGguf(modelDir)) { Export.GgufModel.LoadInto(this, modelDir); return; }
         var layout = ShardedSafetensors.LayoutOf(modelDir);
@@ -372,7 +373,7 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
         if (missing.Count > 0)
             throw new UserError($"{modelDir}: the weights lack {missing.Count} tensor(s) that config.json implies, e.g. {string.Join(", ", missing.Take(3))}.");
         // Older checkpoints carry rotary inv_freq buffers; they are recomputed, not loaded.
-        var unexpected = byKey.Keys.Where(k => !expected.ContainsKey(k) && !k.EndsWith("rotary_emb.inv_freq")
+        var unexpected = byKey.Keys.Where(k => !expected.ContainsKey(k) && !k.EndsWith("rotary_emb.inv_freq") && loadedElsewhere?.Contains(k) != true
                                                && !(Config.TieWordEmbeddings && k == "lm_head.weight")).ToList();
         if (unexpected.Count > 0)
             throw new UserError($"{modelDir}: the weights hold {unexpected.Count} tensor(s) this architecture does not use, e.g. {string.Join(", ", unexpected.Take(3))}.");
@@ -399,8 +400,12 @@ public sealed class CausalLM : nn.Module<Tensor, Tensor>
                 throw new UserError($"{file.Path}: tensor '{name}' has shape [{string.Join(", ", entry.Shape)}] but config.json implies [{string.Join(", ", parameter.shape)}].");
             if (entry.DType is not ("F32" or "BF16" or "F16" or "F64"))
                 throw new UserError($"{file.Path}: tensor '{name}' is stored as {entry.DType}; model weights must be F32, BF16 or F16.");
-            using var loaded = file.Read(name);
-            parameter.copy_(loaded);
+            if (SafetensorsFile.ToScalarType(entry.DType) == parameter.dtype && parameter.is_contiguous()) file.ReadInto(name, parameter);
+            else
+            {
+                using var loaded = file.Read(name);
+                parameter.copy_(loaded);
+            }
         }
     }
 

@@ -21,10 +21,16 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
     public long InFeatures { get; }
     public long OutFeatures { get; }
 
+    /// <summary>
+    /// Set while a loader builds a model whose linear weights it replaces straight from the checkpoint (the quantizing
+    /// load): their memory is then never written, so its pages never become resident.
+    /// </summary>
+    [ThreadStatic] internal static bool LeaveWeightsUnwritten;
+
     public Linear(long inFeatures, long outFeatures, bool hasBias, ScalarType dtype) : base(nameof(Linear))
     {
         InFeatures = inFeatures; OutFeatures = outFeatures;
-        weight = new Parameter(zeros(outFeatures, inFeatures, dtype: dtype));
+        weight = new Parameter(LeaveWeightsUnwritten ? empty(outFeatures, inFeatures, dtype: dtype) : zeros(outFeatures, inFeatures, dtype: dtype));
         bias = hasBias ? new Parameter(zeros(outFeatures, dtype: dtype)) : null;
         RegisterComponents();
     }

@@ -1,3 +1,4 @@
+using TorchSharp;
 using static TorchSharp.torch;
 
 namespace Axolotl.Quantization;
@@ -66,8 +67,15 @@ public sealed class Nf4Weight : IDisposable
     public static Nf4Weight Quantize(Tensor weight, bool doubleQuant)
     {
         using var scope = NewDisposeScope();
-        var (codes, absmax) = Codes(weight);
-        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L, device: codes.device)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+        Tensor packed, absmax;
+        if (weight.device_type == DeviceType.CPU && weight.is_contiguous() && weight.dtype is ScalarType.BFloat16 or ScalarType.Float32)
+            (packed, absmax) = QuantizeOnHost(weight);
+        else
+        {
+            var (codes, blockAbsmax) = Codes(weight);
+            packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L, device: codes.device)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+            absmax = blockAbsmax;
+        }
         Tensor? plainAbsmax = null;
         Blockwise8Bit? nested = null;
         float offset = 0;
@@ -81,6 +89,53 @@ public sealed class Nf4Weight : IDisposable
         }
         else plainAbsmax = absmax.MoveToOuterDisposeScope();
         return new Nf4Weight(packed.contiguous().MoveToOuterDisposeScope(), plainAbsmax, nested, offset, weight.shape, weight.dtype);
+    }
+
+    /// <summary>
+    /// <see cref="Codes"/> packed, computed block by block straight from a CPU weight's memory, in parallel over blocks:
+    /// the tensor path's fp32 copy, int64 bucket indices and masks cost ~30 bytes of temporaries per weight element,
+    /// more than the bf16 model itself at real widths, and page faults that made quantizing slower than reading.
+    /// </summary>
+    static unsafe (Tensor Packed, Tensor Absmax) QuantizeOnHost(Tensor weight)
+    {
+        long n = weight.numel(), blocks = (n + BlockSize - 1) / BlockSize, kept = n + (n & 1);
+        var packed = empty(kept / 2, dtype: ScalarType.Byte);
+        var absmax = empty(blocks, dtype: ScalarType.Float32);
+        bool bf16 = weight.dtype == ScalarType.BFloat16;
+        fixed (byte* sourceStart = weight.bytes)
+        fixed (byte* packedStart = packed.bytes)
+        fixed (byte* absmaxStart = absmax.bytes)
+        {
+            nint sourceAt = (nint)sourceStart, packedAt = (nint)packedStart, absmaxAt = (nint)absmaxStart;
+            const long blocksPerChunk = 2048;
+            Parallel.For(0, (blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
+            {
+                float Value(long i) => i >= n ? 0f
+                    : bf16 ? BitConverter.UInt32BitsToSingle((uint)((ushort*)sourceAt)[i] << 16) : ((float*)sourceAt)[i];
+                var output = (byte*)packedAt;
+                var scales = (float*)absmaxAt;
+                long end = Math.Min(blocks, (chunk + 1) * blocksPerChunk);
+                for (long b = chunk * blocksPerChunk; b < end; b++)
+                {
+                    long first = b * BlockSize, last = Math.Min(kept, first + BlockSize);
+                    float max = 0;
+                    for (long i = first; i < Math.Min(n, first + BlockSize); i++) max = MathF.Max(max, MathF.Abs(Value(i)));
+                    scales[b] = max;
+                    float reciprocal = 1.0f / max;
+                    for (long i = first; i < last; i += 2)
+                        output[i >> 1] = (byte)(Code(Value(i) * reciprocal) << 4 | Code(Value(i + 1) * reciprocal));
+                }
+            });
+        }
+        return (packed, absmax);
+    }
+
+    /// <summary>bnb's decision tree: how many thresholds the scaled value exceeds (NaN exceeds none: code 0).</summary>
+    static int Code(float scaled)
+    {
+        int code = 0;
+        while (code < Thresholds.Length && scaled > Thresholds[code]) code++;
+        return code;
     }
 
     /// <summary>The 4-bit codes (uint8 [n rounded up to even]) and fp32 absmax per block of a weight, as bnb computes them.</summary>
@@ -117,6 +172,75 @@ public sealed class Nf4Weight : IDisposable
         if (type is { } t && t != DType) result = result.to(t);
         return result.MoveToOuterDisposeScope();
     }
+
+    /// <summary>
+    /// The same values as <see cref="Dequantize"/> written straight into <paramref name="destination"/> (contiguous, on
+    /// the CPU, bf16 or fp32, <see cref="Count"/> elements), for a weight quantized from bf16 or fp32. Dequantize builds
+    /// int64 codes, fp32 values and a repeated scale, 20 bytes of short-lived temporaries per weight element: at real
+    /// widths each is its own fresh mmap, page-faulted in on every forward and backward. Here each block's 16 codebook
+    /// values are scaled and rounded once (fp32 product, rounded to the stored dtype, then to the destination's) and the
+    /// nibbles index them, in parallel over blocks; the only temporary is the absmax vector.
+    /// </summary>
+    public unsafe void DequantizeInto(Tensor destination)
+    {
+        if (!CanDequantizeInto(destination.dtype) || destination.device_type != DeviceType.CPU || !destination.is_contiguous() || destination.numel() != Count)
+            throw new ArgumentException($"cannot dequantize a {DType} NF4 weight into a {destination.dtype} [{string.Join(", ", destination.shape)}] tensor on {destination.device}.");
+        using var scope = NewDisposeScope();
+        var absmax = BlockAbsmax().to(ScalarType.Float32).cpu().contiguous();
+        var packed = Packed.cpu().contiguous();
+        long count = Count, blocks = (count + BlockSize - 1) / BlockSize;
+        bool storedBf16 = DType == ScalarType.BFloat16, outBf16 = destination.dtype == ScalarType.BFloat16;
+        fixed (byte* packedStart = packed.bytes)
+        fixed (byte* scaleStart = absmax.bytes)
+        fixed (byte* outStart = destination.bytes)
+        {
+            nint codesAt = (nint)packedStart, scalesAt = (nint)scaleStart, outAt = (nint)outStart;
+            const long blocksPerChunk = 2048;
+            Parallel.For(0, (blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
+            {
+                var codes = (byte*)codesAt;
+                var scales = (float*)scalesAt;
+                Span<float> table = stackalloc float[16];
+                long end = Math.Min(blocks, (chunk + 1) * blocksPerChunk);
+                for (long b = chunk * blocksPerChunk; b < end; b++)
+                {
+                    float scale = scales[b];
+                    for (int c = 0; c < 16; c++)
+                    {
+                        float v = Codebook[c] * scale;
+                        table[c] = storedBf16 ? Bf16Round(v) : v;
+                    }
+                    long first = b * BlockSize, last = Math.Min(count, first + BlockSize);
+                    if (outBf16)
+                    {
+                        var output = (ushort*)outAt;
+                        for (long i = first; i < last; i++)
+                            output[i] = Bf16Bits(table[(codes[i >> 1] >> (i % 2 == 0 ? 4 : 0)) & 0x0F]);
+                    }
+                    else
+                    {
+                        var output = (float*)outAt;
+                        for (long i = first; i < last; i++)
+                            output[i] = table[(codes[i >> 1] >> (i % 2 == 0 ? 4 : 0)) & 0x0F];
+                    }
+                }
+            });
+        }
+    }
+
+    /// <summary>Whether <see cref="DequantizeInto"/> serves this weight for a destination of <paramref name="type"/>.</summary>
+    public bool CanDequantizeInto(ScalarType type) =>
+        DType is ScalarType.BFloat16 or ScalarType.Float32 && type is ScalarType.BFloat16 or ScalarType.Float32;
+
+    /// <summary>fp32 → bf16 bits, rounding to nearest even as torch's conversion does (NaN stays a quiet NaN).</summary>
+    static ushort Bf16Bits(float value)
+    {
+        uint bits = BitConverter.SingleToUInt32Bits(value);
+        if (float.IsNaN(value)) return 0x7FC0;
+        return (ushort)((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16);
+    }
+
+    static float Bf16Round(float value) => BitConverter.UInt32BitsToSingle((uint)Bf16Bits(value) << 16);
 
     /// <summary>A copy on <paramref name="device"/>; this one is disposed.</summary>
     public Nf4Weight To(Device device)

@@ -16,6 +16,33 @@ public interface IQuantizedWeight : IDisposable
     long Bytes { get; }
     /// <summary>The same weight on <paramref name="device"/>; this one is disposed when it had to move.</summary>
     IQuantizedWeight To(Device device);
+    /// <summary>
+    /// As <see cref="Dequantize"/>, for one matmul: the result may be a view of a per-thread buffer that the next call
+    /// overwrites, so it must not outlive the caller's use (disposing it is harmless).
+    /// </summary>
+    Tensor DequantizeForMatmul(ScalarType type) => Dequantize(type);
+}
+
+/// <summary>
+/// One reused buffer per thread and dtype for weights dequantized for a single matmul. Fresh multi-megabyte tensors
+/// are each a new mmap the kernel must fault in page by page, and a QLoRA step dequantizes every weight twice (forward
+/// and backward), so the buffer grows to the largest weight once and stays.
+/// </summary>
+static class DequantizeBuffer
+{
+    [ThreadStatic] static Dictionary<ScalarType, Tensor>? _buffers;
+
+    public static Tensor Take(long[] shape, ScalarType type)
+    {
+        long count = shape.Aggregate(1L, (a, b) => a * b);
+        _buffers ??= [];
+        if (!_buffers.TryGetValue(type, out var buffer) || buffer.numel() < count)
+        {
+            buffer?.Dispose();
+            buffer = _buffers[type] = empty(count, dtype: type).DetachFromDisposeScope();
+        }
+        return buffer.narrow(0, 0, count).view(shape);
+    }
 }
 
 public sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
@@ -25,6 +52,13 @@ public sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
     public Tensor Dequantize(ScalarType? type = null) => w.Dequantize(type);
     public long Bytes => w.Bytes;
     public IQuantizedWeight To(Device device) => Runtime.ComputeDevice.Same(w.Packed.device, device) ? this : new Nf4Quantized(w.To(device));
+    public Tensor DequantizeForMatmul(ScalarType type)
+    {
+        if (w.Packed.device_type != DeviceType.CPU || !w.CanDequantizeInto(type)) return w.Dequantize(type);
+        var destination = DequantizeBuffer.Take(w.Shape, type);
+        w.DequantizeInto(destination);
+        return destination;
+    }
     public void Dispose() => w.Dispose();
 }
 
@@ -104,7 +138,7 @@ public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
             var weight = (IQuantizedWeight)vars[2];
             ctx.save_data("weight", weight);
             ctx.save_data("type", x.dtype);
-            using var w = weight.Dequantize(x.dtype);
+            using var w = weight.DequantizeForMatmul(x.dtype);
             return nn.functional.linear(x, w, vars[1] as Tensor);
         }
 
@@ -112,16 +146,19 @@ public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
         {
             var weight = (IQuantizedWeight)ctx.get_data("weight");
             var type = (ScalarType)ctx.get_data("type");
-            using var w = weight.Dequantize(type);
+            using var w = weight.DequantizeForMatmul(type);
             var gradInput = gradOutput.to(type).matmul(w);
             return [gradInput, null!, null!];
         }
     }
 
     /// <summary>Replaces a Linear by its quantized form; the original weight is disposed.</summary>
-    public static QuantizedLinear From(Linear linear, Func<Tensor, IQuantizedWeight> quantize, ScalarType? computeType = null)
+    public static QuantizedLinear From(Linear linear, Func<Tensor, IQuantizedWeight> quantize, ScalarType? computeType = null) =>
+        From(linear, quantize(linear.weight), computeType);
+
+    /// <summary>A Linear's place taken by a weight quantized elsewhere (from the checkpoint); the Linear is disposed, its bias kept.</summary>
+    public static QuantizedLinear From(Linear linear, IQuantizedWeight q, ScalarType? computeType = null)
     {
-        var q = quantize(linear.weight);
         var b = linear.bias is null ? null : new Parameter(linear.bias.detach().clone(), false);
         linear.Dispose();
         return new QuantizedLinear(q, b, computeType);

@@ -64,17 +64,31 @@ public static class Quantizer
     /// </summary>
     public static IReadOnlyList<string> QuantizeLinears(nn.Module model, QuantizationSettings settings)
     {
-        var targets = model.named_modules().Where(m => m.module is Linear && m.name != "lm_head").Select(m => m.name).ToList();
-        foreach (var path in targets)
-        {
-            var (parent, leaf) = Lora.Parent(model, path);
-            var linear = (Linear)parent.named_children().First(c => c.name == leaf).module;
-            var quantized = QuantizedLinear.From(linear, w => settings.Kind == QuantKind.Nf4
-                ? new Nf4Quantized(Nf4Weight.Quantize(w, settings.DoubleQuant))
-                : new Int8Quantized(Int8Weight.Quantize(w)), settings.ComputeType);
-            Lora.ReplaceChild(parent, leaf, quantized);
-        }
+        var targets = QuantizableLinears(model);
+        foreach (var path in targets) Replace(model, path, Quantize(LinearAt(model, path).weight, settings), settings);
         return targets;
+    }
+
+    /// <summary>The paths of the Linear layers a bnb-quantized model stores quantized: all but lm_head.</summary>
+    public static List<string> QuantizableLinears(nn.Module model) =>
+        model.named_modules().Where(m => m.module is Linear && m.name != "lm_head").Select(m => m.name).ToList();
+
+    public static Linear LinearAt(nn.Module model, string path)
+    {
+        var (parent, leaf) = Lora.Parent(model, path);
+        return (Linear)parent.named_children().First(c => c.name == leaf).module;
+    }
+
+    /// <summary>A weight in the form the settings ask for (the weight itself is left alone).</summary>
+    public static IQuantizedWeight Quantize(Tensor weight, QuantizationSettings settings) => settings.Kind == QuantKind.Nf4
+        ? new Nf4Quantized(Nf4Weight.Quantize(weight, settings.DoubleQuant))
+        : new Int8Quantized(Int8Weight.Quantize(weight));
+
+    /// <summary>Puts <paramref name="weight"/> in the place of the Linear at <paramref name="path"/>, which is disposed.</summary>
+    public static void Replace(nn.Module model, string path, IQuantizedWeight weight, QuantizationSettings settings)
+    {
+        var (parent, leaf) = Lora.Parent(model, path);
+        Lora.ReplaceChild(parent, leaf, QuantizedLinear.From(LinearAt(model, path), weight, settings.ComputeType));
     }
 
     /// <summary>

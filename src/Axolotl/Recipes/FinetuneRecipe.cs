@@ -131,7 +131,9 @@ public static class FinetuneRecipe
             LoraPlusLrRatio = lora != null ? config.LoraplusLrRatio : null,
             Packing = config.SamplePacking ? packing : null,
             EvalPacking = config.EvalSamplePacking == true ? packing : null,
-            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : null,
+            // Axolotl's collator pads to a multiple of 64 without pad_to_sequence_len; here it also bounds the shapes a run
+            // sees, and with them libtorch's per-shape caches (unbucketed, the heap grew ~9 MiB a step).
+            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : 64,
             Collectives = (Distributed.ICollectives?)parallel ?? Distributed.SingleProcess.Instance,
         };
         PretrainingStream? stream = null;
@@ -250,9 +252,8 @@ public static class FinetuneRecipe
             reporter.Info($"Model: {architecture.ModelType} architecture with random weights (reinit_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
             return model;
         }
-        var loaded = CausalLM.Create(architecture, weightType, computeType);
-        loaded.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
-        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()):N0} parameters).");
+        var loaded = ModelLoading.LoadBase(config, architecture, weightType, computeType);
+        reporter.Info($"Model: {config.BaseModel} ({architecture.ModelType}, {loaded.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(loaded):N0} parameters).");
         return loaded;
     }
 

@@ -1,11 +1,13 @@
 using Axolotl.Adapters;
 using Axolotl.Config;
+using Axolotl.IO;
 using Axolotl.Models;
 using Axolotl.Quantization;
 using Axolotl.Runtime;
 using Axolotl.Tokenization;
 using TorchSharp;
 using static TorchSharp.torch;
+using Linear = Axolotl.Models.Linear;
 
 namespace Axolotl.Recipes;
 
@@ -20,11 +22,54 @@ public static class ModelLoading
         config.Bf16 == "true" || (config.Bf16 == "auto" && (device is not null && ComputeDevice.IsCuda(device) || Hardware.CpuHasBf16()))
             ? ScalarType.BFloat16 : ScalarType.Float32;
 
-    /// <summary>Quantizes the base's Linear layers as load_in_4bit / load_in_8bit ask, as bitsandbytes would at load time.</summary>
+    /// <summary>
+    /// base_model's weights in <paramref name="weightType"/>. With load_in_4bit / load_in_8bit the layers to quantize are
+    /// quantized as they are read, one weight at a time from the memory-mapped shards, and their full-precision memory
+    /// is never written: the peak is the quantized model plus one weight, not the full-precision model.
+    /// </summary>
+    public static CausalLM LoadBase(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType)
+    {
+        if (QuantizationSettings.FromConfig(config) is not { } quantization)
+        {
+            var model = CausalLM.Create(architecture, weightType, computeType);
+            model.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
+            return model;
+        }
+        CausalLM lm;
+        Linear.LeaveWeightsUnwritten = true;
+        try { lm = CausalLM.Create(architecture, weightType, computeType); }
+        finally { Linear.LeaveWeightsUnwritten = false; }
+        var byKey = new Dictionary<string, SafetensorsFile>();
+        foreach (var file in ShardedSafetensors.WeightFiles(config.BaseModel).Select(SafetensorsFile.Open))
+            foreach (var key in file.Entries.Keys) byKey[key] = file;
+        var taken = new HashSet<string>();
+        using (no_grad())
+        {
+            // In checkpoint order, so the shards are read front to back.
+            foreach (var path in Quantizer.QuantizableLinears(lm).OrderBy(p => byKey.TryGetValue(p + ".weight", out var f) ? (f.Path, f.Entries[p + ".weight"].Begin) : ("", 0L)))
+            {
+                var key = path + ".weight";
+                var linear = Quantizer.LinearAt(lm, path);
+                // Anything amiss (a missing tensor, a wrong shape or dtype) is left to LoadWeights, which names it.
+                if (!byKey.TryGetValue(key, out var file) || !file.Entries[key].Shape.SequenceEqual(linear.weight.shape)
+                    || file.Entries[key].DType is not ("F32" or "BF16" or "F16")) continue;
+                using var stored = file.Read(key);
+                using var converted = stored.dtype == weightType ? stored.alias() : stored.to(weightType);
+                Quantizer.Replace(lm, path, Quantizer.Quantize(converted, quantization), quantization);
+                taken.Add(key);
+            }
+        }
+        lm.LoadWeights(config.BaseModel, growVocabSeed: config.Seed, loadedElsewhere: taken);
+        return lm;
+    }
+
+    /// <summary>Quantizes the base's Linear layers as load_in_4bit / load_in_8bit ask, as bitsandbytes would at load time
+    /// (those <see cref="LoadBase"/> quantized as it read them stay as they are).</summary>
     public static void QuantizeAsConfigured(CausalLM model, AxolotlConfig config, IRecipeReporter reporter)
     {
         if (QuantizationSettings.FromConfig(config) is not { } quantization) return;
-        var quantized = Quantizer.QuantizeLinears(model, quantization);
+        Quantizer.QuantizeLinears(model, quantization);
+        var quantized = model.modules().OfType<QuantizedLinear>().ToList();
         reporter.Info($"Quantized {quantized.Count} Linear layers to {(quantization.Kind == QuantKind.Nf4 ? $"NF4 (double quantization {(quantization.DoubleQuant ? "on" : "off")})" : "int8")}: " +
                       $"{Quantizer.QuantizedWeightBytes(model) / 1048576.0:F1} MiB of weights.");
     }

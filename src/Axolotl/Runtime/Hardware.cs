@@ -58,13 +58,123 @@ public static class Hardware
     });
 
     /// <summary>The process's peak resident memory (VmHWM) in KiB, or -1 where /proc does not tell.</summary>
-    public static long PeakRssKb()
+    public static long PeakRssKb() => ProcStatusKb("VmHWM");
+
+    /// <summary>The process's resident memory now (VmRSS) in KiB, or -1 where /proc does not tell.</summary>
+    public static long RssKb() => ProcStatusKb("VmRSS");
+
+    /// <summary>
+    /// Bytes this process could still take: MemAvailable of /proc/meminfo, lowered to what the cgroup's memory.max
+    /// leaves above memory.current when a container limit is tighter; -1 where neither tells.
+    /// </summary>
+    public static long AvailableMemoryBytes()
+    {
+        long available = ReadProcFields("/proc/meminfo").TryGetValue("MemAvailable", out var kb) ? kb * 1024 : -1;
+        long? cgroupLeft = CgroupMemoryLeftBytes();
+        if (cgroupLeft is long left && (available < 0 || left < available)) available = left;
+        return available;
+    }
+
+    /// <summary>Total physical memory (MemTotal) in bytes, -1 where /proc does not tell.</summary>
+    public static long TotalMemoryBytes() =>
+        ReadProcFields("/proc/meminfo").TryGetValue("MemTotal", out var kb) ? kb * 1024 : -1;
+
+    /// <summary>The CPU's model name from /proc/cpuinfo, or "unknown".</summary>
+    public static string CpuModelName()
     {
         try
         {
-            var line = File.ReadLines("/proc/self/status").FirstOrDefault(l => l.StartsWith("VmHWM:", StringComparison.Ordinal));
-            return line == null ? -1 : long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], System.Globalization.CultureInfo.InvariantCulture);
+            var line = File.ReadLines("/proc/cpuinfo").FirstOrDefault(l => l.StartsWith("model name", StringComparison.Ordinal));
+            return line?[(line.IndexOf(':') + 1)..].Trim() ?? "unknown";
         }
-        catch (IOException) { return -1; }
+        catch (IOException) { return "unknown"; }
+        catch (UnauthorizedAccessException) { return "unknown"; }
     }
+
+    /// <summary>The paths of the files mapped into this process (/proc/self/maps), in map order, with repeats.</summary>
+    public static IEnumerable<string> MappedFiles()
+    {
+        List<string> files = [];
+        try
+        {
+            foreach (var line in File.ReadLines("/proc/self/maps"))
+                if (line.IndexOf('/') is >= 0 and var slash) files.Add(line[slash..].Trim());
+        }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+        return files;
+    }
+
+    /// <summary>glibc's heap statistics (mallinfo2) in bytes: what the heap holds from the system, what is in use, what
+    /// is free inside it, and what sits in separate mmapped chunks; null where the C library has no mallinfo2.</summary>
+    public static MallocStats? HeapStats()
+    {
+        if (!OperatingSystem.IsLinux()) return null;
+        try
+        {
+            var info = Mallinfo2();
+            return new MallocStats((long)info.arena, (long)info.uordblks, (long)info.fordblks, (long)info.hblkhd);
+        }
+        catch (Exception e) when (e is DllNotFoundException or EntryPointNotFoundException) { return null; }
+    }
+
+    /// <summary>One field of /proc/self/status in KiB, -1 when absent or unreadable.</summary>
+    static long ProcStatusKb(string key) => ReadProcFields("/proc/self/status").TryGetValue(key, out var kb) ? kb : -1;
+
+    /// <summary>A /proc key-value file (status, meminfo) read by <see cref="ParseProcFields"/>; empty when unreadable.</summary>
+    static Dictionary<string, long> ReadProcFields(string path)
+    {
+        try { return ParseProcFields(File.ReadLines(path)); }
+        catch (IOException) { return []; }
+        catch (UnauthorizedAccessException) { return []; }
+    }
+
+    /// <summary>
+    /// "Key:   value [kB]" lines → key → value. The key ends at the first colon and the number is the first run of
+    /// whitespace-separated text after it: the kernel pads with spaces or a tab and writes "VmHWM:\t10044244 kB" once
+    /// the number has 8 digits, so splitting on a single space is wrong. Lines without a number are left out.
+    /// </summary>
+    public static Dictionary<string, long> ParseProcFields(IEnumerable<string> lines)
+    {
+        var fields = new Dictionary<string, long>(StringComparer.Ordinal);
+        foreach (var line in lines)
+        {
+            int colon = line.IndexOf(':');
+            if (colon <= 0) continue;
+            var words = line[(colon + 1)..].Split((char[]?)null, StringSplitOptions.RemoveEmptyEntries);
+            if (words.Length > 0 && long.TryParse(words[0], System.Globalization.NumberStyles.None, System.Globalization.CultureInfo.InvariantCulture, out var value))
+                fields[line[..colon]] = value;
+        }
+        return fields;
+    }
+
+    /// <summary>cgroup v2 memory.max − memory.current of this process's cgroup; null without a limit (or cgroup v2).</summary>
+    static long? CgroupMemoryLeftBytes()
+    {
+        try
+        {
+            // "0::/path" is the v2 entry of /proc/self/cgroup.
+            var entry = File.ReadLines("/proc/self/cgroup").FirstOrDefault(l => l.StartsWith("0::", StringComparison.Ordinal));
+            if (entry is null) return null;
+            var dir = Path.Combine("/sys/fs/cgroup", entry[3..].TrimStart('/'));
+            var max = File.ReadAllText(Path.Combine(dir, "memory.max")).Trim();
+            if (max == "max" || !long.TryParse(max, out var limit)) return null;
+            var current = long.Parse(File.ReadAllText(Path.Combine(dir, "memory.current")).Trim(), System.Globalization.CultureInfo.InvariantCulture);
+            return Math.Max(0, limit - current);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or FormatException or OverflowException) { return null; }
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    struct MallInfo2
+    {
+        public nuint arena, ordblks, smblks, hblks, hblkhd, usmblks, fsmblks, uordblks, fordblks, keepcost;
+    }
+
+    [DllImport("libc", EntryPoint = "mallinfo2")]
+    static extern MallInfo2 Mallinfo2();
 }
+
+/// <summary>glibc heap figures in bytes: Arena = taken from the system by brk, InUse = allocated, Free = free inside the
+/// arena (kept, not returned), Mapped = chunks served by their own mmap.</summary>
+public sealed record MallocStats(long Arena, long InUse, long Free, long Mapped);

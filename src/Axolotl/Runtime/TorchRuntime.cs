@@ -99,17 +99,8 @@ public static class TorchRuntime
 
     static string? LoadedLibStdCxxPath()
     {
-        try
-        {
-            foreach (var line in File.ReadLines("/proc/self/maps"))
-            {
-                var slash = line.IndexOf('/');
-                if (slash < 0) continue;
-                var file = line[slash..].Trim();
-                if (Path.GetFileName(file).StartsWith("libstdc++.so", StringComparison.Ordinal)) return file;
-            }
-        }
-        catch (IOException) { }
+        var loaded = Hardware.MappedFiles().FirstOrDefault(f => Path.GetFileName(f).StartsWith("libstdc++.so", StringComparison.Ordinal));
+        if (loaded != null) return loaded;
         foreach (var dir in new[] { "/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu" })
         {
             var candidate = Path.Combine(dir, "libstdc++.so.6");

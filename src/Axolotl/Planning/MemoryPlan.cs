@@ -1,0 +1,142 @@
+using System.Globalization;
+using System.Text;
+using Axolotl.Config;
+using Axolotl.Models;
+using Axolotl.Quantization;
+using Axolotl.Recipes;
+using Axolotl.Runtime;
+
+namespace Axolotl.Planning;
+
+/// <summary>One line of the plan: a part of the peak and its bytes.</summary>
+public sealed record PlanPart(string Name, long Bytes, string Detail);
+
+/// <summary>
+/// The memory a training run will peak at, predicted from config.json and the config alone (nothing is loaded): the
+/// weights in their stored precision, the adapter or full-model training state, the activations autograd keeps for one
+/// micro-batch (all layers', or with gradient checkpointing only each layer's input plus one layer recomputed), the loss
+/// chunk and a fixed runtime (the .NET runtime, libtorch and its thread pools). Rows are counted at sequence_len, the
+/// most a micro-batch can hold.
+/// </summary>
+public sealed class MemoryPlan
+{
+    /// <summary>RSS of a training process before its model and data: .NET, libtorch and oneDNN's code and arenas.</summary>
+    public const long RuntimeBytes = 400L << 20;
+
+    public required IReadOnlyList<PlanPart> Parts { get; init; }
+    public required long ActivationsWithCheckpointing { get; init; }
+    public required long ActivationsWithout { get; init; }
+    public required bool Checkpointing { get; init; }
+    public required double FlopsPerStep { get; init; }
+    public long PeakBytes => Parts.Sum(p => p.Bytes);
+
+    public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch) =>
+        For(config, arch, config.MicroBatchSize, config.GradientCheckpointing != "false", QuantizationSettings.FromConfig(config));
+
+    public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch, int microBatchSize, bool checkpointing, QuantizationSettings? quantization)
+    {
+        int a = ModelLoading.ComputeType(config) == TorchSharp.torch.ScalarType.BFloat16 ? 2 : 4;
+        long h = arch.HiddenSize, im = arch.IntermediateSize, layers = arch.NumLayers, vocab = arch.VocabSize;
+        long q = (long)arch.NumHeads * arch.HeadDim, kv = (long)arch.NumKeyValueHeads * arch.HeadDim;
+        // Per layer: (in, out) of q, k, v, o, gate, up, down.
+        (string Name, long In, long Out)[] linears =
+            [("q_proj", h, q), ("k_proj", h, kv), ("v_proj", h, kv), ("o_proj", q, h), ("gate_proj", h, im), ("up_proj", h, im), ("down_proj", im, h)];
+        long linearElements = layers * linears.Sum(l => l.In * l.Out);
+        long embedding = vocab * h, head = arch.TieWordEmbeddings ? 0 : vocab * h, norms = (2 * layers + 1) * h;
+        long other = embedding + head + norms;
+        var parts = new List<PlanPart>();
+
+        double linearBytesPerElement = quantization switch
+        {
+            null => a,
+            { Kind: QuantKind.Nf4, DoubleQuant: true } => 0.5 + 1.0 / Nf4Weight.BlockSize + 4.0 / (Nf4Weight.BlockSize * Nf4Weight.StatisticsBlockSize),
+            { Kind: QuantKind.Nf4 } => 0.5 + 4.0 / Nf4Weight.BlockSize,
+            _ => 1.0 + 4.0 / h,
+        };
+        string stored = quantization switch { null => a == 2 ? "bf16" : "fp32", { Kind: QuantKind.Nf4 } => "NF4", _ => "int8" };
+        parts.Add(new("weights", (long)(linearElements * linearBytesPerElement) + other * a,
+            $"{linearElements + other:N0} parameters: decoder linears in {stored}, embeddings and norms in {(a == 2 ? "bf16" : "fp32")}"));
+        if (quantization is not null)
+            parts.Add(new("dequantization buffer", linears.Max(l => l.In * l.Out) * a, "the largest linear weight, reused by every matmul"));
+
+        bool adapter = config.Adapter is "lora" or "qlora";
+        long trainable;
+        if (adapter)
+        {
+            var targets = new HashSet<string>(config.LoraTargetModules ?? []);
+            if (config.LoraTargetLinear) foreach (var l in linears) targets.Add(l.Name);
+            long r = config.LoraR ?? 8;
+            trainable = layers * linears.Where(l => targets.Contains(l.Name)).Sum(l => r * (l.In + l.Out));
+            // fp32 weights, gradients and two AdamW moments.
+            parts.Add(new("adapter, gradients, optimizer", trainable * 16, $"{trainable:N0} trainable fp32 parameters × (weight + gradient + 2 AdamW moments)"));
+        }
+        else
+        {
+            trainable = linearElements + other;
+            parts.Add(new("gradients, optimizer", trainable * (a == 2 ? 16L : 12L),
+                $"{trainable:N0} parameters × ({(a == 2 ? "fp32 master + " : "")}fp32 gradient + 2 AdamW moments)"));
+        }
+
+        long tokens = (long)microBatchSize * config.SequenceLen;
+        // What autograd keeps per token and layer: the norm outputs and residual stream (h each), q, k, v and the
+        // attention output, the MLP's gate, up, activation and product (intermediate each), and, with LoRA, each
+        // adapted input again after dropout.
+        long perTokenLayer = a * (4 * h + 2 * q + 2 * kv + 4 * im) + (adapter && config.LoraDropout > 0 ? a * (4 * h + q + im) : 0);
+        long allLayers = tokens * perTokenLayer * layers;
+        long checkpointed = tokens * a * h * layers + tokens * perTokenLayer;
+        long activations = checkpointing ? checkpointed : allLayers;
+        parts.Add(new("activations", activations,
+            $"{microBatchSize} × {config.SequenceLen} tokens; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it"));
+        long chunkRows = Math.Clamp(8_000_000 / vocab, 8, 1024);
+        parts.Add(new("loss chunk", chunkRows * vocab * 4 * 3 + tokens * h * 4, $"{chunkRows} rows × {vocab} fp32 logits, log-probabilities and gradient; the fp32 hidden-state gradient"));
+        parts.Add(new("data", tokens * 8 * 4, "the micro-batch's ids, labels, positions and mask"));
+        parts.Add(new("runtime", RuntimeBytes, ".NET, libtorch and their thread pools"));
+
+        long total = linearElements + other + (adapter ? trainable : 0);
+        double flopsPerToken = Training.Flops.PerToken(arch, total, trainable, config.SequenceLen);
+        return new MemoryPlan
+        {
+            Parts = parts, ActivationsWithCheckpointing = checkpointed, ActivationsWithout = allLayers, Checkpointing = checkpointing,
+            FlopsPerStep = flopsPerToken * tokens * config.GradientAccumulationSteps,
+        };
+    }
+
+    static string Gib(long bytes) => string.Create(CultureInfo.InvariantCulture, $"{bytes / 1073741824.0:F2} GiB");
+
+    /// <summary>The plan as printed: one line per part, the predicted step time, and last <c>predicted peak RSS: X.Y GiB</c>.</summary>
+    public string Describe(double? matmulGflops)
+    {
+        var text = new StringBuilder();
+        foreach (var p in Parts)
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture, $"{p.Name,-30} {p.Bytes / 1073741824.0,8:F2} GiB  {p.Detail}"));
+        if (matmulGflops is double g && g > 0)
+            text.AppendLine(string.Create(CultureInfo.InvariantCulture,
+                $"predicted time per step: {FlopsPerStep / (g * 1e9):F1} s ({FlopsPerStep / 1e12:F2} TFLOP at the measured matmul peak of {g:F0} GFLOP/s)"));
+        text.Append(string.Create(CultureInfo.InvariantCulture, $"predicted peak RSS: {PeakBytes / 1073741824.0:F1} GiB"));
+        return text.ToString();
+    }
+
+    /// <summary>
+    /// Null when the run fits in <paramref name="availableBytes"/>; else one sentence saying so, with the first change
+    /// that would fit: gradient checkpointing, a smaller micro-batch, QLoRA, a shorter sequence_len.
+    /// </summary>
+    public static string? Refusal(AxolotlConfig config, DecoderConfig arch, long availableBytes)
+    {
+        var plan = For(config, arch);
+        if (availableBytes <= 0 || plan.PeakBytes <= availableBytes) return null;
+        var quantization = QuantizationSettings.FromConfig(config);
+        bool checkpointing = plan.Checkpointing;
+        string? suggestion = null;
+        if (!checkpointing && For(config, arch, config.MicroBatchSize, true, quantization).PeakBytes <= availableBytes)
+            suggestion = "gradient_checkpointing: true";
+        for (int m = config.MicroBatchSize / 2; suggestion is null && m >= 1; m /= 2)
+            if (For(config, arch, m, true, quantization).PeakBytes <= availableBytes)
+                suggestion = $"micro_batch_size: {m} with gradient_checkpointing: true (and gradient_accumulation_steps × {config.MicroBatchSize / m} to keep the batch)";
+        if (suggestion is null && quantization is null && config.Adapter is "lora" or null
+            && For(config, arch, 1, true, new QuantizationSettings(QuantKind.Nf4)).PeakBytes <= availableBytes)
+            suggestion = "adapter: qlora with load_in_4bit: true, micro_batch_size: 1 and gradient_checkpointing: true";
+        if (suggestion is null) suggestion = "a shorter sequence_len or a machine with more memory";
+        return string.Create(CultureInfo.InvariantCulture,
+            $"{config.SourcePath}: this run is predicted to peak at {plan.PeakBytes / 1073741824.0:F1} GiB but only {availableBytes / 1073741824.0:F1} GiB is available (axolotl plan shows the parts); try {suggestion}.");
+    }
+}

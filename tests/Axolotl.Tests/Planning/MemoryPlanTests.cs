@@ -1,0 +1,113 @@
+using Axolotl.Config;
+using Axolotl.Models;
+using Axolotl.Planning;
+using Axolotl.Quantization;
+using Axolotl.Recipes;
+using Axolotl.Tests.Reliability;
+using static TorchSharp.torch;
+
+namespace Axolotl.Tests.Planning;
+
+public class MemoryPlanTests
+{
+    static DecoderConfig Llama1B() => DecoderConfig.FromFolder(ModelFolder("meta-llama-3.2-1B-Instruct.json"));
+
+    /// <summary>A folder holding only config.json: all a plan reads.</summary>
+    static string ModelFolder(string configName)
+    {
+        var dir = Path.Combine(Path.GetTempPath(), $"axolotl-plan-{configName}-{Environment.ProcessId}");
+        Directory.CreateDirectory(dir);
+        File.Copy(TestSetup.Data("model-configs", configName), Path.Combine(dir, "config.json"), overwrite: true);
+        return dir;
+    }
+
+    static AxolotlConfig Config(string adapter, string checkpointing = "false", int microBatch = 1, int sequenceLen = 2048) => new()
+    {
+        BaseModel = "m", Adapter = adapter == "full" ? null : adapter, LoadIn4Bit = adapter == "qlora", LoraR = 16, LoraAlpha = 32,
+        LoraTargetLinear = true, GradientCheckpointing = checkpointing, MicroBatchSize = microBatch, SequenceLen = sequenceLen, Bf16 = "true",
+    };
+
+    [Fact]
+    public void Qlora_stores_less_than_lora_and_checkpointing_keeps_fewer_activations()
+    {
+        var arch = Llama1B();
+        var lora = MemoryPlan.For(Config("lora"), arch);
+        var qlora = MemoryPlan.For(Config("qlora"), arch);
+        var full = MemoryPlan.For(Config("full"), arch);
+        Assert.True(qlora.PeakBytes < lora.PeakBytes && lora.PeakBytes < full.PeakBytes, $"{qlora.PeakBytes} {lora.PeakBytes} {full.PeakBytes}");
+        var checkpointed = MemoryPlan.For(Config("lora", "true"), arch);
+        Assert.True(checkpointed.PeakBytes < lora.PeakBytes);
+        Assert.Equal(lora.ActivationsWithCheckpointing, checkpointed.Parts.Single(p => p.Name == "activations").Bytes);
+        // 1.24B parameters in bf16 (tied embeddings): 2.47 GB of weights for LoRA.
+        Assert.InRange(lora.Parts.Single(p => p.Name == "weights").Bytes, 2.4e9, 2.55e9);
+        var lines = lora.Describe(100).Split('\n');
+        Assert.Matches(@"^predicted peak RSS: \d+\.\d GiB$", lines[^1]);
+        Assert.Contains(lines, l => l.StartsWith("predicted time per step: "));
+    }
+
+    [Theory]
+    [InlineData("lora")]
+    [InlineData("qlora")]
+    public void Planned_weights_are_the_bytes_the_loaded_model_holds(string adapter)
+    {
+        using var scope = NewDisposeScope();
+        var dir = TestSetup.Data("reference", "models", "tiny-llama");
+        var config = Config(adapter);
+        config.BaseModel = dir;
+        var arch = DecoderConfig.FromFolder(dir);
+        var model = ModelLoading.LoadBase(config, arch, ScalarType.BFloat16, ScalarType.BFloat16);
+        long held = model.parameters().Sum(p => p.numel() * p.element_size()) + Quantizer.QuantizedWeightBytes(model);
+        long planned = MemoryPlan.For(config, arch).Parts.Single(p => p.Name == "weights").Bytes;
+        Assert.InRange(planned, held * 0.99, held * 1.01);
+    }
+
+    [Fact]
+    public void A_run_that_does_not_fit_is_refused_with_a_change_that_would()
+    {
+        var arch = Llama1B();
+        var config = Config("lora", microBatch: 8);
+        long need = MemoryPlan.For(config, arch).PeakBytes;
+        Assert.Null(MemoryPlan.Refusal(config, arch, need + 1));
+        var refusal = MemoryPlan.Refusal(config, arch, need - 1);
+        Assert.NotNull(refusal);
+        Assert.Contains("gradient_checkpointing: true", refusal);
+        var qlora = MemoryPlan.Refusal(config, arch, MemoryPlan.For(Config("qlora", "true"), arch).PeakBytes + 1);
+        Assert.Contains("qlora", qlora);
+    }
+}
+
+[Collection(CapturedConsole.Name)]
+public class PlanCommandTests
+{
+    [Fact]
+    public void Plan_and_dry_run_print_the_parts_and_the_peak_and_train_refuses_what_cannot_fit()
+    {
+        using var dir = TestSetup.TempDir();
+        Directory.CreateDirectory(dir["model"]);
+        File.Copy(TestSetup.Data("model-configs", "meta-llama-3.1-8B-Instruct.json"), Path.Combine(dir["model"], "config.json"));
+        File.WriteAllText(dir["data.jsonl"], "{\"input_ids\": [1, 2, 3]}\n");
+        File.WriteAllText(dir["config.yml"], $"""
+            base_model: {dir["model"]}
+            datasets:
+              - path: {dir["data.jsonl"]}
+            adapter: lora
+            lora_r: 8
+            lora_alpha: 16
+            lora_target_linear: true
+            sequence_len: 8192
+            micro_batch_size: 64
+            learning_rate: 0.0001
+            output_dir: {dir["out"]}
+            """);
+        var plan = InProcessCli.Run("plan", dir["config.yml"]);
+        Assert.True(plan.Code == 0, plan.Stderr);
+        var lines = plan.Stdout.Trim().Split('\n');
+        Assert.Matches(@"^predicted peak RSS: \d+\.\d GiB$", lines[^1]);
+        Assert.Contains(lines, l => l.StartsWith("activations"));
+        var dryRun = InProcessCli.Run("train", dir["config.yml"], "--dry-run");
+        Assert.Equal(lines[^1], dryRun.Stdout.Trim().Split('\n')[^1]);
+        Assert.False(Directory.Exists(dir["out"]));
+        // 64 × 8192 tokens through an 8B: hundreds of GiB, more than any machine that runs these tests.
+        InProcessCli.AssertUserError(InProcessCli.Run("train", dir["config.yml"]), "predicted to peak at", "try ");
+    }
+}

@@ -1,0 +1,62 @@
+using Axolotl.Quantization;
+using TorchSharp;
+using static TorchSharp.torch;
+
+namespace Axolotl.Tests.Quantization;
+
+public class Nf4DequantizeIntoTests
+{
+    [Theory]
+    [InlineData(ScalarType.BFloat16, ScalarType.BFloat16, true, 7, 45)]      // odd count, one partial block
+    [InlineData(ScalarType.BFloat16, ScalarType.Float32, false, 7, 45)]
+    [InlineData(ScalarType.Float32, ScalarType.BFloat16, true, 7, 45)]
+    [InlineData(ScalarType.Float32, ScalarType.Float32, false, 7, 45)]
+    [InlineData(ScalarType.BFloat16, ScalarType.BFloat16, true, 300, 1000)] // several parallel chunks of blocks
+    public void Writing_into_a_buffer_gives_exactly_the_tensor_path_values(ScalarType stored, ScalarType output, bool doubleQuant, int rows, int columns)
+    {
+        using var scope = NewDisposeScope();
+        var weight = (randn(rows, columns, generator: new Generator(7)) * 0.02).to(stored);
+        weight[0, 3] = tensor(0.0f).to(stored); // exact zeros and one all-zero block (absmax 0) are edge cases of the scale
+        if (rows * columns > 128) weight.view(-1).narrow(0, 64, 64).zero_();
+        using var q = Nf4Weight.Quantize(weight, doubleQuant);
+        var expected = q.Dequantize(output);
+        var buffer = full(rows, columns, float.NaN, dtype: output);
+        q.DequantizeInto(buffer);
+        Assert.Equal(output, buffer.dtype);
+        Assert.True(expected.to(ScalarType.Float32).equal(buffer.to(ScalarType.Float32)).all().item<bool>(), "DequantizeInto differs from Dequantize");
+    }
+
+    [Fact]
+    public void The_matmul_buffer_is_reused_and_its_values_follow_each_weight()
+    {
+        using var scope = NewDisposeScope();
+        var a = new Nf4Quantized(Nf4Weight.Quantize(randn(64, 96, generator: new Generator(1)).to(ScalarType.BFloat16), true));
+        var b = new Nf4Quantized(Nf4Weight.Quantize(randn(32, 96, generator: new Generator(2)).to(ScalarType.BFloat16), true));
+        var first = a.DequantizeForMatmul(ScalarType.BFloat16);
+        Assert.True(first.equal(a.Dequantize(ScalarType.BFloat16)).all().item<bool>());
+        var second = b.DequantizeForMatmul(ScalarType.BFloat16);
+        Assert.True(second.equal(b.Dequantize(ScalarType.BFloat16)).all().item<bool>());
+        // The smaller weight was written over the start of the larger one's memory.
+        Assert.True(first.reshape(-1).narrow(0, 0, second.numel()).equal(second.reshape(-1)).all().item<bool>());
+    }
+}
+
+public class Nf4HostQuantizationTests
+{
+    [Theory]
+    [InlineData(ScalarType.BFloat16, 7, 45)]
+    [InlineData(ScalarType.Float32, 7, 45)]
+    [InlineData(ScalarType.BFloat16, 300, 1000)]
+    public void Quantizing_block_by_block_on_the_host_gives_the_tensor_paths_codes_and_absmax(ScalarType dtype, int rows, int columns)
+    {
+        using var scope = NewDisposeScope();
+        var weight = (randn(rows, columns, generator: new Generator(3)) * 0.02).to(dtype);
+        weight.view(-1).narrow(0, 64, 64).zero_(); // a zero block: absmax 0, every code 0
+        weight[0, 0] = tensor(Nf4Weight.Thresholds[9] * 0.5f).to(dtype); // values on and near the tree's pivots
+        using var q = Nf4Weight.Quantize(weight, doubleQuant: false);
+        var (codes, absmax) = Nf4Weight.Codes(weight);
+        var packed = codes[TensorIndex.Slice(0, null, 2)].bitwise_left_shift(tensor(4L)).bitwise_or(codes[TensorIndex.Slice(1, null, 2)]);
+        Assert.Equal(packed.data<byte>().ToArray(), q.Packed.data<byte>().ToArray());
+        Assert.Equal(absmax.data<float>().ToArray(), q.Absmax!.data<float>().ToArray());
+    }
+}

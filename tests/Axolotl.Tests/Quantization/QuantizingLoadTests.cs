@@ -1,0 +1,39 @@
+using Axolotl.Config;
+using Axolotl.Models;
+using Axolotl.Quantization;
+using Axolotl.Recipes;
+using static TorchSharp.torch;
+
+namespace Axolotl.Tests.Quantization;
+
+public class QuantizingLoadTests
+{
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Quantizing_while_reading_gives_the_model_quantized_after_a_full_load(bool fourBit)
+    {
+        using var scope = NewDisposeScope();
+        var dir = TestSetup.Data("reference", "models", "tiny-llama");
+        var config = new AxolotlConfig { BaseModel = dir, Adapter = fourBit ? "qlora" : "lora", LoadIn4Bit = fourBit, LoadIn8Bit = !fourBit };
+        var settings = QuantizationSettings.FromConfig(config)!;
+        var architecture = DecoderConfig.FromFolder(dir);
+
+        var reference = CausalLM.FromPretrained(dir, ScalarType.BFloat16, ScalarType.BFloat16);
+        var quantizedPaths = Quantizer.QuantizeLinears(reference, settings);
+        var loaded = ModelLoading.LoadBase(config, architecture, ScalarType.BFloat16, ScalarType.BFloat16);
+
+        Assert.Empty(loaded.modules().OfType<Linear>().Where(l => l != loaded.lm_head));
+        var expected = reference.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
+        var actual = loaded.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
+        Assert.Equal(quantizedPaths.Order(), actual.Keys.Order());
+        foreach (var (name, layer) in actual)
+            Assert.True(layer.Weight.Dequantize().equal(expected[name].Weight.Dequantize()).all().item<bool>(), $"{name} differs");
+        var unquantized = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, p) in loaded.named_parameters())
+            Assert.True(p.equal(unquantized[name]).all().item<bool>(), $"{name} differs");
+        var ids = tensor(new long[] { 1, 5, 9, 200, 17 }).unsqueeze(0);
+        using var _ = no_grad();
+        Assert.True(loaded.forward(ids).equal(reference.forward(ids)).all().item<bool>());
+    }
+}
