@@ -53,9 +53,9 @@ public static class Lora
                                 $"(its Linear layers: {string.Join(", ", LinearModuleNames(model))}).");
         foreach (var path in targets)
         {
-            var (parent, leaf) = Parent(model, path);
+            var (parent, leaf) = ModuleTree.Parent(model, path);
             var inner = (nn.Module<Tensor, Tensor>)parent.named_children().First(c => c.name == leaf).module;
-            ReplaceChild(parent, leaf, new LoraLinear(inner, settings.Rank, settings.Alpha, settings.Dropout, settings.UseRsLora, settings.UseDora));
+            ModuleTree.ReplaceChild(parent, leaf, new LoraLinear(inner, settings.Rank, settings.Alpha, settings.Dropout, settings.UseRsLora, settings.UseDora));
         }
         ApplyModulesToSave(model, settings.ModulesToSave);
         return targets;
@@ -93,8 +93,8 @@ public static class Lora
                     Embedding e => Copy(e, model is CausalLM lm ? lm.ComputeType : ScalarType.Float32),
                     _ => throw new UserError($"lora_modules_to_save: '{path}' is a {module.GetType().Name}; only Linear and embedding layers can be saved in full."),
                 };
-                var (parent, leaf) = Parent(model, path);
-                ReplaceChild(parent, leaf, copy);
+                var (parent, leaf) = ModuleTree.Parent(model, path);
+                ModuleTree.ReplaceChild(parent, leaf, copy);
             }
         }
     }
@@ -129,30 +129,6 @@ public static class Lora
             ? Regex.IsMatch(path, $"^(?:{s.TargetRegex})$")
             : s.TargetModules.Any(t => path == t || path.EndsWith("." + t, StringComparison.Ordinal));
 
-    internal static (nn.Module Parent, string Leaf) Parent(nn.Module root, string path)
-    {
-        var parts = path.Split('.');
-        nn.Module current = root;
-        foreach (var part in parts[..^1])
-            current = current.named_children().First(c => c.name == part).module;
-        return (current, parts[^1]);
-    }
-
-    /// <summary>
-    /// TorchSharp keeps a submodule both in its registry and in the field forward() reads: swap both. The field is the
-    /// one holding the old instance, since a module may register a child under an HF name that is not its field name.
-    /// </summary>
-    internal static void ReplaceChild(nn.Module parent, string name, nn.Module replacement)
-    {
-        var old = parent.named_children().First(c => c.name == name).module;
-        var field = parent.GetType().GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic)
-                        .FirstOrDefault(f => ReferenceEquals(f.GetValue(parent), old))
-                    ?? throw new InvalidOperationException($"{parent.GetType().Name} has no field holding '{name}' to wrap");
-        parent.register_module(name, null!);
-        parent.register_module(name, replacement);
-        field.SetValue(parent, replacement);
-    }
-
     /// <summary>
     /// PEFT's merge_and_unload: W += scale * B @ A (computed in fp32, rounded once to W's dtype), then each LoraLinear is
     /// replaced by its base layer, so the model is a plain one again. Returns the merged paths.
@@ -176,8 +152,8 @@ public static class Lora
                     plain.weight.copy_(merged);
                     if (layer.base_layer is QuantizedLinear { bias: { } b }) plain.bias!.copy_(b);
                 }
-                var (parent, leaf) = Parent(model, path);
-                ReplaceChild(parent, leaf, plain);
+                var (parent, leaf) = ModuleTree.Parent(model, path);
+                ModuleTree.ReplaceChild(parent, leaf, plain);
             }
         }
         return layers.Select(l => l.Name).ToList();

@@ -225,7 +225,7 @@ public static class ConfigLoader
                     // instruct is the default prompt style: "alpaca:instruct" is "alpaca".
                     if (d.Variant == "instruct" && DatasetTypes.IsImplemented(d.Strategy)) d.Type = d.Strategy;
                     // Preference types are checked against rl once every key is read.
-                    if (!DatasetTypes.IsImplemented(d.Type) && !Data.PreferenceTypes.IsKnown(d.Type))
+                    if (!DatasetTypes.IsImplemented(d.Type) && !DatasetTypes.Preference.IsKnown(d.Type))
                         refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
                 }
                 if (d.DsType is not (null or "json" or "text" or "csv" or "parquet" or "arrow"))
@@ -327,10 +327,10 @@ public static class ConfigLoader
             foreach (var d in c.Datasets.Concat(c.TestDatasets))
             {
                 var type = d.UserDefined != null ? "user_defined" : d.Type;
-                if (c.Rl is "dpo" or "ipo" or "simpo" or "orpo" && (type is null || Data.PreferenceTypes.IsKnown(type) || DatasetTypes.IsImplemented(type))
-                    && !Data.PreferenceTypes.For(c.Rl).Contains(Data.PreferenceTypes.Canonical(type)))
-                    throw new UserError($"{d.Origin}: dataset type '{type}' is not a type of rl: {c.Rl}; use one of {string.Join(", ", Data.PreferenceTypes.For(c.Rl))}.");
-                if (c.Rl is null && type != null && !DatasetTypes.IsImplemented(type) && Data.PreferenceTypes.IsKnown(type) && d.UserDefined == null)
+                if (c.Rl is "dpo" or "ipo" or "simpo" or "orpo" && (type is null || DatasetTypes.Preference.IsKnown(type) || DatasetTypes.IsImplemented(type))
+                    && !DatasetTypes.Preference.For(c.Rl).Contains(DatasetTypes.Preference.Canonical(type)))
+                    throw new UserError($"{d.Origin}: dataset type '{type}' is not a type of rl: {c.Rl}; use one of {string.Join(", ", DatasetTypes.Preference.For(c.Rl))}.");
+                if (c.Rl is null && type != null && !DatasetTypes.IsImplemented(type) && DatasetTypes.Preference.IsKnown(type) && d.UserDefined == null)
                     throw new UserError($"{d.Origin}: dataset type '{type}' is a preference type; it needs rl: (dpo, ipo, simpo, orpo).");
             }
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");

@@ -30,4 +30,31 @@ public static class DatasetTypes
         if (parts.Length == 2) return StyledTypes.Contains(parts[0]) && Styles.Contains(parts[1]);
         return StyledTypes.Contains(type) || ModuleTypes.Contains(type);
     }
+
+    /// <summary>The preference dataset types (rl: dpo, ipo, simpo, orpo, kto) by Axolotl's module.name.</summary>
+    public static class Preference
+    {
+        static readonly string[] DpoTextTypes = ["default", "argilla_chat", "icr", "intel", "prompt_pairs", "ultra"];
+        static readonly string[] KtoTextTypes = ["argilla", "argilla_chat", "intel", "prompt_pairs", "ultra"];
+
+        public static readonly IReadOnlyList<string> Dpo =
+        [
+            .. DpoTextTypes.Select(t => "chatml." + t), .. DpoTextTypes.Select(t => "llama3." + t),
+            "chat_template.default", "chat_template.argilla_chat", "zephyr.nectar", "user_defined.default", "passthrough.default",
+        ];
+
+        public static readonly IReadOnlyList<string> Kto =
+            [.. KtoTextTypes.Select(t => "chatml." + t), .. KtoTextTypes.Select(t => "llama3." + t), "user_defined.default"];
+
+        public static readonly IReadOnlyList<string> Orpo = ["chat_template.argilla"];
+
+        /// <summary>Whether <paramref name="type"/> is one of the preference types of any method.</summary>
+        public static bool IsKnown(string type) => Dpo.Concat(Kto).Concat(Orpo).Contains(Canonical(type));
+
+        /// <summary>The type's full name: "chatml" is "chatml.default"; a mapping (user-defined) is "user_defined.default".</summary>
+        public static string Canonical(string? type) => type is null or "" ? "passthrough.default" : type.Contains('.') ? type : type + ".default";
+
+        /// <summary>The types an <c>rl:</c> method reads: KTO's and ORPO's own, the DPO set for dpo, ipo and simpo.</summary>
+        public static IReadOnlyList<string> For(string rl) => rl switch { "kto" => Kto, "orpo" => Orpo, _ => Dpo };
+    }
 }

@@ -45,28 +45,9 @@ public sealed record PreferenceFormat
 /// </summary>
 public static class PreferenceTypes
 {
-    static readonly string[] DpoTextTypes = ["default", "argilla_chat", "icr", "intel", "prompt_pairs", "ultra"];
-    static readonly string[] KtoTextTypes = ["argilla", "argilla_chat", "intel", "prompt_pairs", "ultra"];
-
-    public static readonly IReadOnlyList<string> Dpo =
-    [
-        .. DpoTextTypes.Select(t => "chatml." + t), .. DpoTextTypes.Select(t => "llama3." + t),
-        "chat_template.default", "chat_template.argilla_chat", "zephyr.nectar", "user_defined.default", "passthrough.default",
-    ];
-
-    public static readonly IReadOnlyList<string> Kto =
-        [.. KtoTextTypes.Select(t => "chatml." + t), .. KtoTextTypes.Select(t => "llama3." + t), "user_defined.default"];
-
-    public static readonly IReadOnlyList<string> Orpo = ["chat_template.argilla"];
-
-    /// <summary>Whether <paramref name="type"/> is one of the preference types of any method.</summary>
-    public static bool IsKnown(string type) => Dpo.Concat(Kto).Concat(Orpo).Contains(Canonical(type));
-
-    /// <summary>The type's full name: "chatml" is "chatml.default"; a mapping (user-defined) is "user_defined.default".</summary>
-    public static string Canonical(string? type) => type is null or "" ? "passthrough.default" : type.Contains('.') ? type : type + ".default";
-
-    /// <summary>The types an <c>rl:</c> method reads: KTO's and ORPO's own, the DPO set for dpo, ipo and simpo.</summary>
-    public static IReadOnlyList<string> For(string rl) => rl switch { "kto" => Kto, "orpo" => Orpo, _ => Dpo };
+    // The names themselves are registered in the config layer, which refuses the others before any data is read.
+    static string Canonical(string? type) => Config.DatasetTypes.Preference.Canonical(type);
+    static IReadOnlyList<string> For(string rl) => Config.DatasetTypes.Preference.For(rl);
 
     /// <summary>The transform of a DPO/IPO/SimPO/ORPO type; bad rows throw <see cref="BadRowError"/> naming file, line and field.</summary>
     public static Func<Row, PreferenceText> Pairs(string rl, string type, PreferenceFormat f, Func<IChatTemplate> template)
@@ -113,8 +94,8 @@ public static class PreferenceTypes
     public static Func<Row, KtoText> Unpaired(string type, PreferenceFormat f)
     {
         type = Canonical(type);
-        if (!Kto.Contains(type))
-            throw new UserError($"dataset type '{type}' is not a kto type; use one of {string.Join(", ", Kto)}.");
+        if (!Config.DatasetTypes.Preference.Kto.Contains(type))
+            throw new UserError($"dataset type '{type}' is not a kto type; use one of {string.Join(", ", Config.DatasetTypes.Preference.Kto)}.");
         if (type == "user_defined.default")
             return r =>
             {

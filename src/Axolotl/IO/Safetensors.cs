@@ -128,7 +128,7 @@ public sealed class SafetensorsFile
     public Tensor Read(string name)
     {
         if (!Entries.TryGetValue(name, out var entry)) throw new UserError($"{Path}: no tensor named '{name}'.");
-        var tensor = empty(entry.Shape, ToScalarType(entry.DType));
+        var tensor = empty(entry.Shape, ToScalarType(entry.DType), device: CPU);
         ReadInto(name, tensor);
         return tensor;
     }

@@ -98,7 +98,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
         foreach (var layer in layers)
         {
             long? cudaSeed = reseed ? Runtime.ComputeDevice.ReseedCuda() : null;
-            h = recompute ? Training.GradientCheckpoint.Run(layer, h, positions, cudaSeed) : layer.forward(h, positions);
+            h = recompute ? GradientCheckpoint.Run(layer, h, positions, cudaSeed) : layer.forward(h, positions);
         }
         return norm.forward(h);
     }

@@ -99,8 +99,8 @@ public sealed class Nf4Weight : IDisposable
     static unsafe (Tensor Packed, Tensor Absmax) QuantizeOnHost(Tensor weight)
     {
         long n = weight.numel(), blocks = (n + BlockSize - 1) / BlockSize, kept = n + (n & 1);
-        var packed = empty(kept / 2, dtype: ScalarType.Byte);
-        var absmax = empty(blocks, dtype: ScalarType.Float32);
+        var packed = empty(kept / 2, dtype: ScalarType.Byte, device: weight.device);
+        var absmax = empty(blocks, dtype: ScalarType.Float32, device: weight.device);
         bool bf16 = weight.dtype == ScalarType.BFloat16;
         fixed (byte* sourceStart = weight.bytes)
         fixed (byte* packedStart = packed.bytes)

@@ -39,7 +39,7 @@ static class DequantizeBuffer
         if (!_buffers.TryGetValue(type, out var buffer) || buffer.numel() < count)
         {
             buffer?.Dispose();
-            buffer = _buffers[type] = empty(count, dtype: type).DetachFromDisposeScope();
+            buffer = _buffers[type] = empty(count, dtype: type, device: CPU).DetachFromDisposeScope();
         }
         return buffer.narrow(0, 0, count).view(shape);
     }

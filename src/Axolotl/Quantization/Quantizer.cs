@@ -75,7 +75,7 @@ public static class Quantizer
 
     public static Linear LinearAt(nn.Module model, string path)
     {
-        var (parent, leaf) = Lora.Parent(model, path);
+        var (parent, leaf) = ModuleTree.Parent(model, path);
         return (Linear)parent.named_children().First(c => c.name == leaf).module;
     }
 
@@ -87,8 +87,8 @@ public static class Quantizer
     /// <summary>Puts <paramref name="weight"/> in the place of the Linear at <paramref name="path"/>, which is disposed.</summary>
     public static void Replace(nn.Module model, string path, IQuantizedWeight weight, QuantizationSettings settings)
     {
-        var (parent, leaf) = Lora.Parent(model, path);
-        Lora.ReplaceChild(parent, leaf, QuantizedLinear.From(LinearAt(model, path), weight, settings.ComputeType));
+        var (parent, leaf) = ModuleTree.Parent(model, path);
+        ModuleTree.ReplaceChild(parent, leaf, QuantizedLinear.From(LinearAt(model, path), weight, settings.ComputeType));
     }
 
     /// <summary>

@@ -1,8 +1,7 @@
-using Axolotl.Models;
 using TorchSharp;
 using static TorchSharp.torch;
 
-namespace Axolotl.Training;
+namespace Axolotl.Models;
 
 /// <summary>
 /// Gradient checkpointing of one decoder layer: the forward pass keeps only the layer's input; the backward pass runs
