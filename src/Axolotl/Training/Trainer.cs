@@ -265,8 +265,11 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
                     foreach (var (name, sum) in metricsSinceLog) entry[name] = sum / stepsSinceLog;
                     entry["epoch"] = Math.Round(epochProgress, 6);
                     entry["step"] = step;
-                    entry["tokens_per_second"] = Math.Round(tokensPerSecond, 2);
-                    if (o.PeakFlops is > 0) entry["mfu"] = Math.Round(tokensPerSecond * flopsPerToken / o.PeakFlops.Value, 5);
+                    // Data parallel: the run's throughput is every rank's tokens, and its peak every rank's peak.
+                    double runTokensPerSecond = collectives.WorldSize > 1
+                        ? collectives.AllReduceSum(tokensSinceLog) / Math.Max(1e-9, sinceLog.Elapsed.TotalSeconds) : tokensPerSecond;
+                    entry["tokens_per_second"] = Math.Round(runTokensPerSecond, 2);
+                    if (o.PeakFlops is > 0) entry["mfu"] = Math.Round(runTokensPerSecond * flopsPerToken / (o.PeakFlops.Value * collectives.WorldSize), 5);
                     Log(entry);
                     lossSinceLog = gradNormSinceLog = 0; stepsSinceLog = 0; tokensSinceLog = 0;
                     metricsSinceLog.Clear();

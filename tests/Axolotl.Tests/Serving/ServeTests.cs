@@ -339,9 +339,16 @@ public class ServeTests(ServedModel served, Xunit.Abstractions.ITestOutputHelper
         await page.FillAsync("#temperature", "0");
         await page.FillAsync("#max-tokens", "12");
         await page.FillAsync("#prompt", "Name a colour.");
-        await page.ClickAsync("#send");
+        // Tokens spaced out, so each arrives in its own read however loaded the machine is: the page must show them as
+        // they come, not the answer at the end.
+        served.Client.AfterEachToken = () => Thread.Sleep(100);
         var answer = page.Locator(".assistant[data-state=done]");
-        await answer.WaitForAsync(new() { Timeout = 60_000 });
+        try
+        {
+            await page.ClickAsync("#send");
+            await answer.WaitForAsync(new() { Timeout = 60_000 });
+        }
+        finally { served.Client.AfterEachToken = null; }
         Assert.Equal(Greedy("Name a colour.", 12).Text, await answer.TextContentAsync());
         Assert.True(await page.EvaluateAsync<int>("window.__changes") > 3);
         Assert.Matches(@"\d+ tokens, [\d.]+ tokens/s", await page.TextContentAsync("#stats"));
