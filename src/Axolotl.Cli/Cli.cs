@@ -387,7 +387,7 @@ public static class Cli
     static int Plan(AxolotlConfig config)
     {
         TorchRuntime.EnsureLoaded();
-        var arch = Models.DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var arch = ModelLoading.Architecture(config);
         double gflops = Training.Flops.MeasureMatmulGflops(Recipes.ModelLoading.ComputeType(config), 1024, 3).Max();
         Console.WriteLine(Planning.MemoryPlan.For(config, arch).Describe(gflops));
         long available = Hardware.AvailableMemoryBytes();
@@ -399,7 +399,7 @@ public static class Cli
     {
         TorchRuntime.EnsureLoaded();
         // Refused up front rather than killed for memory an hour in.
-        if (Planning.MemoryPlan.Refusal(config, Models.DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel), Hardware.AvailableMemoryBytes()) is { } refusal)
+        if (Planning.MemoryPlan.Refusal(config, ModelLoading.Architecture(config), Hardware.AvailableMemoryBytes()) is { } refusal)
             throw new UserError(refusal);
         // Ctrl-C or a scheduler's SIGTERM: finish the step in flight, checkpoint, exit, instead of dying mid-write.
         using var stop = new CancellationTokenSource();

@@ -114,6 +114,11 @@ public sealed class AxolotlConfig
     public bool RandomInitWeights { get; set; }
     /// <summary>What runs is always PyTorch SDPA; other values are GPU kernels for the same math (warned).</summary>
     public string? AttnImplementation { get; set; }
+    /// <summary>
+    /// Values that replace base_model's config.json keys before the model is built, as Axolotl sets them on the loaded
+    /// config (e.g. output_router_logits: true for the MoE load-balancing loss); a saved full model's config.json has them.
+    /// </summary>
+    public System.Text.Json.Nodes.JsonObject? ModelConfig { get; set; }
 
     // data
     public List<DatasetConfig> Datasets { get; set; } = [];

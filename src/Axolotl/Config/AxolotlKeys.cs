@@ -206,7 +206,7 @@ static class AxolotlKeys
 
     /// <summary>Older Axolotl names, read as the current key with a warning.</summary>
     public static readonly FrozenDictionary<string, string> Renamed =
-        new Dictionary<string, string> { ["random_init_weights"] = "reinit_weights", ["pretrain_multipack_buffer_size"] = "streaming_multipack_buffer_size" }.ToFrozenDictionary();
+        new Dictionary<string, string> { ["random_init_weights"] = "reinit_weights", ["overrides_of_model_config"] = "model_config", ["pretrain_multipack_buffer_size"] = "streaming_multipack_buffer_size" }.ToFrozenDictionary();
 
     static FrozenSet<string> Words(string text) =>
         text.Split((char[])[' ', '\n', '\r'], StringSplitOptions.RemoveEmptyEntries).ToFrozenSet(StringComparer.Ordinal);

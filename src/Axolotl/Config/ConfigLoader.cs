@@ -2,6 +2,7 @@ using System.Collections.Frozen;
 using System.Globalization;
 using System.Reflection;
 using System.Text;
+using System.Text.Json.Nodes;
 using YamlDotNet.Core;
 using YamlDotNet.RepresentationModel;
 
@@ -532,6 +533,12 @@ public static class ConfigLoader
                 dict[k is YamlScalarNode name ? name.Value ?? "" : throw new UserError($"{where}: '{key}' names must be single values.")] = Convert(v, listValues ? typeof(List<string>) : typeof(string), key, where);
             return dict;
         }
+        if (underlying == typeof(JsonObject))
+        {
+            if (node is YamlScalarNode { Value: "false" }) return null; // --no-<key>: not set
+            if (node is not YamlMappingNode mapping) throw new UserError($"{where}: '{key}' must be a mapping of config.json keys to values, e.g. {{output_router_logits: true}}.");
+            return (JsonObject)ToJson(mapping, key, where)!;
+        }
         if (underlying == typeof(List<string>))
         {
             if (node is YamlScalarNode single) return new List<string> { single.Value ?? "" };
@@ -565,6 +572,40 @@ public static class ConfigLoader
             throw new UserError($"{where}: '{key}' must be a number, not '{text}'.");
         }
         throw new InvalidOperationException($"config property of type {type} has no converter");
+    }
+
+    /// <summary>
+    /// A YAML value as the JSON value Python's YAML loader would give config.json: plain true/false, null, whole and
+    /// real numbers as such, anything quoted or else as a string; mappings and lists element by element.
+    /// </summary>
+    static JsonNode? ToJson(YamlNode node, string key, string where)
+    {
+        switch (node)
+        {
+            case YamlMappingNode map:
+                var obj = new JsonObject();
+                foreach (var (k, v) in map.Children)
+                {
+                    if (k is not YamlScalarNode { Value: { Length: > 0 } name })
+                        throw new UserError($"{where}: the keys under '{key}' must be config.json key names.");
+                    obj[name] = ToJson(v, $"{key}.{name}", where);
+                }
+                return obj;
+            case YamlSequenceNode list:
+                return new JsonArray(list.Children.Select(item => ToJson(item, key, where)).ToArray());
+            case YamlScalarNode { Style: not ScalarStyle.Plain } quoted:
+                return JsonValue.Create(quoted.Value ?? "");
+            case YamlScalarNode scalar:
+                var text = (scalar.Value ?? "").Trim();
+                if (text is "" or "~" or "null" or "Null" or "NULL") return null;
+                if (text is "true" or "True" or "TRUE") return JsonValue.Create(true);
+                if (text is "false" or "False" or "FALSE") return JsonValue.Create(false);
+                if (long.TryParse(text, NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var whole)) return JsonValue.Create(whole);
+                if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var real) && double.IsFinite(real)) return JsonValue.Create(real);
+                return JsonValue.Create(text);
+            default:
+                throw new UserError($"{where}: '{key}' holds a YAML value that is not a mapping, list or single value.");
+        }
     }
 
     /// <summary>Ranges of the values we implement.</summary>

@@ -57,6 +57,7 @@ public static class ConfigWriter
     static string Scalar(object value) => value switch
     {
         string s => JsonSerializer.Serialize(s),
+        JsonNode node => node.ToJsonString(), // JSON is YAML flow style
         bool b => b ? "true" : "false",
         double d => d.ToString("R", CultureInfo.InvariantCulture),
         IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
@@ -98,7 +99,7 @@ public static class ConfigWriter
     static JsonObject Describe(Type type, object? defaultValue)
     {
         var underlying = Nullable.GetUnderlyingType(type) ?? type;
-        if (typeof(IDictionary).IsAssignableFrom(underlying)) return new JsonObject { ["type"] = "object" };
+        if (typeof(IDictionary).IsAssignableFrom(underlying) || underlying == typeof(JsonObject)) return new JsonObject { ["type"] = "object" };
         var schema = new JsonObject
         {
             ["type"] = underlying == typeof(string) ? "string"

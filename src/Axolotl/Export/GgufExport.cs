@@ -48,7 +48,7 @@ public static class GgufExport
     static (CausalLM, Tokenizer) LoadPlain(AxolotlConfig config, IRecipeReporter reporter)
     {
         var tokenizer = ModelLoading.LoadTokenizer(config);
-        var architecture = ModelLoading.WithTokenizerVocab(DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel), config, tokenizer);
+        var architecture = ModelLoading.WithTokenizerVocab(ModelLoading.Architecture(config), config, tokenizer);
         var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
         model.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);
         reporter.Info($"No adapter in the config: exporting {config.BaseModel} as it is.");

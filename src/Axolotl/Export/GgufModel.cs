@@ -12,10 +12,11 @@ public static class GgufModel
 {
     public static bool IsGguf(string path) => path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(path);
 
-    public static DecoderConfig ReadConfig(string path)
+    /// <summary>The GGUF's architecture as the config.json transformers would have for it.</summary>
+    public static System.Text.Json.Nodes.JsonObject ReadConfigJson(string path)
     {
         using var file = new GgufReader(path);
-        return DecoderConfig.FromJson(GgufArchitecture.ConfigJson(file), path);
+        return GgufArchitecture.ConfigJson(file);
     }
 
     public static void LoadInto(CausalLM model, string path)

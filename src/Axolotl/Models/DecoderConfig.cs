@@ -96,13 +96,29 @@ public sealed record DecoderConfig
     static readonly string[] Supported = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi", "phi3", "mixtral", "qwen2_moe", "qwen3_moe"];
     public static readonly string[] Activations = ["silu", "gelu", "gelu_new", "gelu_pytorch_tanh"];
 
-    public static DecoderConfig FromFolder(string modelDir)
+    /// <summary>
+    /// The architecture of a model folder (or GGUF file). <paramref name="overrides"/> replace config.json keys before it
+    /// is read (the run config's model_config), as Axolotl sets them on the loaded config: the model is built from, and
+    /// saves, the overridden config.
+    /// </summary>
+    public static DecoderConfig FromFolder(string modelDir, JsonObject? overrides = null)
     {
-        if (Export.GgufModel.IsGguf(modelDir)) return Export.GgufModel.ReadConfig(modelDir);
-        var path = Path.Combine(modelDir, "config.json");
-        if (!Directory.Exists(modelDir)) throw new UserError($"base_model: folder '{modelDir}' does not exist.");
-        if (!File.Exists(path)) throw new UserError($"{modelDir}: no config.json; base_model must be a Hugging Face model folder.");
-        return FromJson(IO.JsonFiles.ReadObject(path), path);
+        JsonObject json;
+        string source;
+        if (Export.GgufModel.IsGguf(modelDir)) (json, source) = (Export.GgufModel.ReadConfigJson(modelDir), modelDir);
+        else
+        {
+            source = Path.Combine(modelDir, "config.json");
+            if (!Directory.Exists(modelDir)) throw new UserError($"base_model: folder '{modelDir}' does not exist.");
+            if (!File.Exists(source)) throw new UserError($"{modelDir}: no config.json; base_model must be a Hugging Face model folder.");
+            json = IO.JsonFiles.ReadObject(source);
+        }
+        if (overrides is { Count: > 0 })
+        {
+            foreach (var (key, value) in overrides) json[key] = value?.DeepClone();
+            source += " as model_config overrides it";
+        }
+        return FromJson(json, source);
     }
 
     public static DecoderConfig FromJson(JsonObject json, string source)

@@ -27,7 +27,7 @@ public static class EvaluateRecipe
         TorchRuntime.EnsureLoaded();
         manual_seed(config.Seed);
         var device = ModelLoading.ResolveDevice(config);
-        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var architecture = ModelLoading.Architecture(config);
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, reporter);
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 

@@ -32,7 +32,7 @@ public static class FinetuneRecipe
         // A GPU that is not there should fail before minutes of tokenization too.
         var device = ModelLoading.ResolveDevice(config);
         // Read the architecture first: a wrong model path should fail before minutes of tokenization.
-        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var architecture = ModelLoading.Architecture(config);
 
         // pretraining_dataset is read while training runs; nothing is prepared (or cached) before.
         bool streaming = config.PretrainingDataset.Count > 0;

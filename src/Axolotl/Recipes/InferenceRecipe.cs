@@ -35,7 +35,7 @@ public static class InferenceRecipe
     {
         TorchRuntime.EnsureLoaded();
         var device = ModelLoading.ResolveDevice(config);
-        var architecture = DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel);
+        var architecture = ModelLoading.Architecture(config);
         var tokenizer = ModelLoading.LoadTokenizer(config);
         var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "inference", reporter, device);
         return (model, tokenizer);

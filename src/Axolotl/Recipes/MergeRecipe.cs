@@ -45,7 +45,7 @@ public static class MergeRecipe
             throw new UserError($"merge-lora: the adapter folder '{adapterDir}' does not exist (set lora_model_dir or --lora-model-dir).");
         // The embeddings grow as in training when the config adds tokens (the adapter's saved embed_tokens/lm_head fill them).
         var tokenizer = ModelLoading.LoadTokenizer(config);
-        var architecture = ModelLoading.WithTokenizerVocab(DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel), config, tokenizer);
+        var architecture = ModelLoading.WithTokenizerVocab(ModelLoading.Architecture(config), config, tokenizer);
         // Merge in fp32 whatever the checkpoint holds, and round to its dtype once, when saving.
         var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
         model.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);

@@ -22,6 +22,10 @@ public static class ModelLoading
         config.Bf16 == "true" || (config.Bf16 == "auto" && (device is not null && ComputeDevice.IsCuda(device) || Hardware.CpuHasBf16()))
             ? ScalarType.BFloat16 : ScalarType.Float32;
 
+    /// <summary>The architecture every command builds: base_model_config's config.json with model_config's values over it.</summary>
+    public static DecoderConfig Architecture(AxolotlConfig config) =>
+        DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel, config.ModelConfig);
+
     /// <summary>
     /// base_model's weights in <paramref name="weightType"/>. With load_in_4bit / load_in_8bit the layers to quantize are
     /// quantized as they are read, one weight at a time from the memory-mapped shards, and their full-precision memory

@@ -51,7 +51,7 @@ public class ExampleConfigTests
     [
         "do_causal_lm_eval", "eval_causal_lm_metrics", "eval_max_new_tokens", "eval_table_size", "gptq", "group_by_length",
         "jagged_restart_anneal_steps", "jagged_restart_steps", "jagged_restart_warmup_steps", "lisa_layers_attribute",
-        "lisa_n_layers", "lisa_step_interval", "llmcompressor", "lr_quadratic_warmup", "model_config", "num_labels",
+        "lisa_n_layers", "lisa_step_interval", "llmcompressor", "lr_quadratic_warmup", "num_labels",
         "otel_metrics_host", "otel_metrics_port", "peft", "process_reward_model", "push_dataset_to_hub", "qat",
         "relora", "relora_cpu_offload", "relora_prune_ratio", "remove_unused_columns", "reward_model",
         "save_only_model", "tokenizer_legacy", "torchdistx_path", "trl", "unfrozen_parameters", "use_otel_metrics",

@@ -69,6 +69,19 @@ public class FamilyTrainTests
     }
 
     [Fact]
+    public void Model_config_turns_on_the_router_loss_and_the_saved_config_keeps_it()
+    {
+        using var dir = TestSetup.TempDir();
+        Assert.False(DecoderConfig.FromFolder(ModelDir("mixtral")).Moe!.OutputRouterLogits);
+        File.WriteAllText(dir["config.yml"], Config(dir, "mixtral", "model_config:\n  output_router_logits: true").Replace("max_steps: 3", "max_steps: 1"));
+        Assert.Equal(0, Cli.Cli.Run(["train", dir["config.yml"]]));
+        var logged = JsonNode.Parse(File.ReadAllText(Path.Combine(dir["out"], "trainer_state.json")))!["log_history"]!.AsArray();
+        Assert.Contains(logged, e => e!["aux_loss"] is not null);
+        var saved = JsonNode.Parse(File.ReadAllText(Path.Combine(dir["out"], "config.json")))!;
+        Assert.True(saved["output_router_logits"]!.GetValue<bool>());
+    }
+
+    [Fact]
     public void Random_init_gives_each_norm_its_identity()
     {
         using var scope = NewDisposeScope();
