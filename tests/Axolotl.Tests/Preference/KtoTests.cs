@@ -95,7 +95,7 @@ public class KtoTests
     {
         using var dir = TestSetup.TempDir();
         var config = ExampleConfig(dir, "--max-steps", "2", "--micro-batch-size", "4", "--sequence-len", "256",
-            "--val-set-size", "4", "--eval-steps", "2", "--logging-steps", "1", "--bf16", "false");
+            "--val-set-size", "4", "--eval-steps", "2", "--logging-steps", "1", "--bf16", "false", "--warmup-ratio", "0");
         var result = FinetuneRecipe.Run(config, new Quiet());
         var logs = result.State.LogHistory;
         var first = logs.First(e => e["kl"] != null && e["loss"] != null);
@@ -105,7 +105,7 @@ public class KtoTests
         foreach (var key in new[] { "rewards/chosen", "rewards/rejected", "rewards/margins" })
             if (first[key] != null) Assert.Equal(0.0, (double)first[key]!, 6);
         Assert.True(first["logps/chosen"] != null || first["logps/rejected"] != null);
-        // The second step trains against the same reference: the adapter has moved, the loss differs from 0.5.
+        // Step 1 moved the adapter (no warmup): at step 2 the policy differs from the reference, the loss from 0.5.
         var second = logs.Last(e => e["loss"] != null && e["kl"] != null);
         Assert.NotEqual(0.5, (double)second["loss"]!, 6);
         Assert.Contains(logs, e => e["eval_loss"] != null && e["eval_kl"] != null);
