@@ -29,7 +29,7 @@ public static class KtoDataset
         if (examples.Count == 0)
             throw new UserError($"no KTO examples are left: {dropped} were longer than sequence_len {config.SequenceLen}" +
                                 (bad.Total > 0 ? $", {bad.Total} rows were skipped as bad ({bad.Summary()})" : "") + "; raise sequence_len or check the data.");
-        WarnOnImbalance(examples, config.KtoDesirableWeight ?? 1, config.KtoUndesirableWeight ?? 1, warn);
+        WarnOnImbalance(examples, config.KtoDesirableWeight is double d and not 0 ? d : 1, config.KtoUndesirableWeight is double u and not 0 ? u : 1, warn);
         return new PreparedDataset(Flatten(examples), rowsRead, dropped, 0) { Eval = Flatten(eval), SkippedRows = bad.Counts };
     }
 

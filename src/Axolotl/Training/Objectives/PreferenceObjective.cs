@@ -31,8 +31,9 @@ public sealed record PreferenceSettings
         LabelSmoothing = c.Rl == "dpo" ? c.DpoLabelSmoothing ?? 0 : 0,
         SimpoGamma = c.SimpoGamma ?? 0.5,
         CpoAlpha = c.CpoAlpha ?? 1.0,
-        DesirableWeight = c.KtoDesirableWeight ?? 1.0,
-        UndesirableWeight = c.KtoUndesirableWeight ?? 1.0,
+        // Axolotl passes `kto_desirable_weight or 1.0`: unset and 0 both mean 1.
+        DesirableWeight = c.KtoDesirableWeight is double d and not 0 ? d : 1.0,
+        UndesirableWeight = c.KtoUndesirableWeight is double u and not 0 ? u : 1.0,
     };
 
     /// <summary>The method in words, for the model card: "DPO (sigmoid loss), beta 0.1".</summary>
