@@ -90,12 +90,15 @@ public class KtoTests
         return ConfigLoader.Parse(yaml, "kto.yml", overrides);
     }
 
-    [Fact]
-    public void Kto_example_trains_two_steps_from_the_reference()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public void Kto_example_trains_two_steps_from_the_reference(bool precompute)
     {
         using var dir = TestSetup.TempDir();
         var config = ExampleConfig(dir, "--max-steps", "2", "--micro-batch-size", "4", "--sequence-len", "256",
-            "--val-set-size", "4", "--eval-steps", "2", "--logging-steps", "1", "--bf16", "false", "--warmup-ratio", "0");
+            "--val-set-size", "4", "--eval-steps", "2", "--logging-steps", "1", "--bf16", "false", "--warmup-ratio", "0",
+            "--precompute-ref-log-probs", precompute ? "true" : "false");
         var result = FinetuneRecipe.Run(config, new Quiet());
         var logs = result.State.LogHistory;
         var first = logs.First(e => e["kl"] != null && e["loss"] != null);

@@ -37,8 +37,16 @@ public sealed class KtoBatches : IBatchSource
 
     public double MeanRowTokens => _examples.Count == 0 ? 0 : _examples.Average(e => (double)(e.Prompt.Length + e.Completion.Length));
 
-    public IReadOnlyList<Batch> Epoch(int epoch, int firstBatch = 0) =>
-        Enumerable.Range(0, BatchesPerEpoch).Select(Collate).ToList();
+    /// <summary>The same order every epoch; each batch is collated when the loop reaches it.</summary>
+    public IReadOnlyList<Batch> Epoch(int epoch, int firstBatch = 0) => new OnDemand(BatchesPerEpoch, Collate);
+
+    sealed class OnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
+    {
+        public int Count => count;
+        public Batch this[int index] => collate(index);
+        public IEnumerator<Batch> GetEnumerator() => Enumerable.Range(0, count).Select(collate).GetEnumerator();
+        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
+    }
 
     /// <summary>The KL completion paired with each example (TRL's KL_completion_ids).</summary>
     public IReadOnlyList<int[]> KlCompletions => _klCompletions;
