@@ -207,10 +207,13 @@ public static class Cli
         Runtime.TorchRuntime.EnsureLoaded();
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter(), rebuild: true);
         // A preference pair is two examples: prompt + chosen, then prompt + rejected (the prompt masked in both).
-        bool pairs = config.Rl != null;
+        // A KTO example is prompt + completion, then a one-token row holding its label (shown in the heading instead).
+        bool pairs = config.Rl != null, kto = config.Rl == "kto";
         foreach (var (example, index) in data.Examples.Take(pairs ? 2 * debugExamples : debugExamples).Select((e, i) => (e, i)))
         {
-            if (pairs) Console.WriteLine(index % 2 == 0 ? $"Pair {index / 2}, prompt + chosen:" : $"Pair {index / 2}, prompt + rejected:");
+            if (kto && index % 2 == 1) continue;
+            if (kto) Console.WriteLine($"Example {index / 2} ({(data.Examples[index + 1].InputIds[0] == 1 ? "desirable" : "undesirable")}), prompt + completion:");
+            else if (pairs) Console.WriteLine(index % 2 == 0 ? $"Pair {index / 2}, prompt + chosen:" : $"Pair {index / 2}, prompt + rejected:");
             var line = new System.Text.StringBuilder();
             for (int i = 0; i < example.InputIds.Length; i++)
             {

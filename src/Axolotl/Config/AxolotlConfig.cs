@@ -246,6 +246,9 @@ public sealed class AxolotlConfig
     public double? SimpoGamma { get; set; }
     public double? CpoAlpha { get; set; }
     public double? OrpoAlpha { get; set; }
+    /// <summary>KTO's weights of the desirable and undesirable losses (TRL's KTOConfig default 1 each).</summary>
+    public double? KtoDesirableWeight { get; set; }
+    public double? KtoUndesirableWeight { get; set; }
     public int? MaxPromptLen { get; set; }
     public bool PrecomputeRefLogProbs { get; set; }
     public int GradientAccumulationSteps { get; set; } = 1;

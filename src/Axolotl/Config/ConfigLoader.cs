@@ -324,15 +324,17 @@ public static class ConfigLoader
                 Fail("dataset_exact_deduplication", "dataset_exact_deduplication is not available for streaming datasets.");
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
+            // TRL's KTOTrainer: with one example per batch the KL estimate would be the example's own reward.
+            if (c.Rl == "kto" && c.MicroBatchSize <= 1) Fail("micro_batch_size", "rl: kto needs micro_batch_size of at least 2: the KL term is estimated from the other examples of each batch.");
             // Preference types need rl, and rl reads only its own types (an unknown type is refused with the other keys).
             foreach (var d in c.Datasets.Concat(c.TestDatasets))
             {
                 var type = d.UserDefined != null ? "user_defined" : d.Type;
-                if (c.Rl is "dpo" or "ipo" or "simpo" or "orpo" && (type is null || DatasetTypes.Preference.IsKnown(type) || DatasetTypes.IsImplemented(type))
+                if (c.Rl is "dpo" or "ipo" or "simpo" or "orpo" or "kto" && (type is null || DatasetTypes.Preference.IsKnown(type) || DatasetTypes.IsImplemented(type))
                     && !DatasetTypes.Preference.For(c.Rl).Contains(DatasetTypes.Preference.Canonical(type)))
                     throw new UserError($"{d.Origin}: dataset type '{type}' is not a type of rl: {c.Rl}; use one of {string.Join(", ", DatasetTypes.Preference.For(c.Rl))}.");
                 if (c.Rl is null && type != null && !DatasetTypes.IsImplemented(type) && DatasetTypes.Preference.IsKnown(type) && d.UserDefined == null)
-                    throw new UserError($"{d.Origin}: dataset type '{type}' is a preference type; it needs rl: (dpo, ipo, simpo, orpo).");
+                    throw new UserError($"{d.Origin}: dataset type '{type}' is a preference type; it needs rl: (dpo, ipo, simpo, orpo, kto).");
             }
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
             if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
@@ -357,7 +359,7 @@ public static class ConfigLoader
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
             if (c.Adapter is "llama-adapter") Refuse("adapter");
-            if (c.Rl is not (null or "dpo" or "ipo" or "simpo" or "orpo")) Refuse("rl");
+            if (c.Rl is not (null or "dpo" or "ipo" or "simpo" or "orpo" or "kto")) Refuse("rl");
             // Streaming covers pretraining_dataset only; Axolotl's streamed SFT datasets are another path.
             if (c.Streaming && c.PretrainingDataset.Count == 0) Refuse("streaming");
             if (!c.PretrainMultipackAttn && c.PretrainingDataset.Count > 0 && c.SamplePacking) Refuse("pretrain_multipack_attn");

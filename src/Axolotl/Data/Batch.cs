@@ -16,6 +16,9 @@ public sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length,
     /// <summary>Padded rows: each row's real length (the rest is padding).</summary>
     public int[]? RowLengths { get; init; }
 
+    /// <summary>KTO batches only: whether each example (the first half of the rows) is desirable.</summary>
+    public bool[]? Desirable { get; init; }
+
     /// <summary>
     /// Rows right-padded to the longest (rounded up to <paramref name="padToMultipleOf"/>): padding gets the pad id and
     /// label -100. A row's first label is never predicted (the shift), so it is not a trainable token.

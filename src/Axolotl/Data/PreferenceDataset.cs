@@ -15,6 +15,7 @@ public static class PreferenceDataset
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null, Action<string>? warn = null)
     {
         var rl = config.Rl ?? throw new InvalidOperationException("not an rl config");
+        if (rl == "kto") return KtoDataset.Build(config, tokenizer, progress, warn);
         var bad = new BadRows(config.BadRows == "skip");
         var (pairs, rowsRead, dropped) = Read(config.Datasets, "train", config, tokenizer, bad, progress, warn);
         if (config.ShuffleMergedDatasets) pairs = DatasetBuilder.ShuffleAsDatasets(pairs, config.Seed);
@@ -92,7 +93,7 @@ public static class PreferenceDataset
     }
 
     /// <summary>A dataset entry's keys as the preference types read them.</summary>
-    static PreferenceFormat Format(DatasetConfig d)
+    internal static PreferenceFormat Format(DatasetConfig d)
     {
         var f = new PreferenceFormat
         {

@@ -7,7 +7,7 @@ namespace Axolotl.Training.Objectives;
 /// <summary>What an <c>rl:</c> run optimises, with TRL 1.8's defaults as Axolotl passes them.</summary>
 public sealed record PreferenceSettings
 {
-    /// <summary>dpo, ipo, simpo or orpo.</summary>
+    /// <summary>dpo, ipo, simpo, orpo or kto.</summary>
     public string Method { get; init; } = "dpo";
     /// <summary>β: rl_beta (orpo_alpha for ORPO), default 0.1 as TRL's configs.</summary>
     public double Beta { get; init; } = 0.1;
@@ -18,6 +18,9 @@ public sealed record PreferenceSettings
     /// <summary>SimPO's target margin γ (TRL's CPOConfig default 0.5) and the weight of its BC term (cpo_alpha, default 1).</summary>
     public double SimpoGamma { get; init; } = 0.5;
     public double CpoAlpha { get; init; } = 1.0;
+    /// <summary>KTO's loss weights (kto_desirable_weight, kto_undesirable_weight; TRL's default 1 each).</summary>
+    public double DesirableWeight { get; init; } = 1.0;
+    public double UndesirableWeight { get; init; } = 1.0;
 
     /// <summary>The settings of an rl config, with TRL 1.8's defaults where a key is unset (as Axolotl's builder passes them).</summary>
     public static PreferenceSettings FromConfig(Config.AxolotlConfig c) => new()
@@ -28,6 +31,9 @@ public sealed record PreferenceSettings
         LabelSmoothing = c.Rl == "dpo" ? c.DpoLabelSmoothing ?? 0 : 0,
         SimpoGamma = c.SimpoGamma ?? 0.5,
         CpoAlpha = c.CpoAlpha ?? 1.0,
+        // Axolotl passes `kto_desirable_weight or 1.0`: unset and 0 both mean 1.
+        DesirableWeight = c.KtoDesirableWeight is double d and not 0 ? d : 1.0,
+        UndesirableWeight = c.KtoUndesirableWeight is double u and not 0 ? u : 1.0,
     };
 
     /// <summary>The method in words, for the model card: "DPO (sigmoid loss), beta 0.1".</summary>
@@ -37,13 +43,14 @@ public sealed record PreferenceSettings
         return s.Method switch
         {
             "dpo" or "ipo" => $"{s.Method.ToUpperInvariant()} ({string.Join(" + ", s.LossTypes)} loss), beta {s.Beta}",
+            "kto" => $"KTO, beta {s.Beta}, desirable_weight {s.DesirableWeight}, undesirable_weight {s.UndesirableWeight}",
             "simpo" => $"SimPO, beta {s.Beta}, gamma {s.SimpoGamma}, cpo_alpha {s.CpoAlpha}",
             _ => $"ORPO, beta (orpo_alpha) {s.Beta}",
         };
     }
 
-    /// <summary>Whether the loss compares against a reference model (DPO and IPO; SimPO and ORPO need none).</summary>
-    public bool NeedsReference => Method is "dpo" or "ipo";
+    /// <summary>Whether the loss compares against a reference model (DPO, IPO and KTO; SimPO and ORPO need none).</summary>
+    public bool NeedsReference => Method is "dpo" or "ipo" or "kto";
 }
 
 /// <summary>

@@ -9,9 +9,14 @@ namespace Axolotl.Training.Objectives;
 /// <summary>What <c>axolotl train</c> needs for an <c>rl:</c> config: the batches and the objective with its reference.</summary>
 public static class PreferenceTraining
 {
-    /// <summary>The prepared pairs as training batches (micro_batch_size pairs) and evaluation batches (eval_batch_size pairs).</summary>
-    public static (PreferenceBatches Train, PreferenceBatches? Eval) Batches(AxolotlConfig config, PreparedDataset data, int padTokenId) =>
-        (new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
+    /// <summary>The prepared pairs as training batches (micro_batch_size pairs) and evaluation batches (eval_batch_size
+    /// pairs); for KTO, the examples with their KL completions.</summary>
+    public static (IBatchSource Train, IBatchSource? Eval) Batches(AxolotlConfig config, PreparedDataset data, int padTokenId) =>
+        config.Rl == "kto"
+            ? (new KtoBatches(data.Examples, config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen),
+               data.Eval.Count == 0 || config.EvalStrategy == "no" ? null
+                   : new KtoBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen))
+            : (new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
          data.Eval.Count == 0 || config.EvalStrategy == "no" ? null
              : new PreferenceBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, sequential: true));
 
@@ -20,12 +25,12 @@ public static class PreferenceTraining
     /// its adapters disabled; for a full fine-tune, a frozen copy of the weights as they are now (before any step);
     /// with precompute_ref_log_probs, that reference run once over every pair before training.
     /// </summary>
-    public static PreferenceObjective Objective(AxolotlConfig config, CausalLM model, bool adapter, IEnumerable<IBatchSource> precomputeOver, Action<string> info)
+    public static ITrainingObjective Objective(AxolotlConfig config, CausalLM model, bool adapter, IEnumerable<IBatchSource> precomputeOver, Action<string> info)
     {
         var settings = PreferenceSettings.FromConfig(config);
         if (!settings.NeedsReference) return new PreferenceObjective(model, settings, null);
         if (adapter && config.LoraModulesToSave is { Count: > 0 })
-            throw new UserError("lora_modules_to_save cannot be combined with rl: dpo/ipo yet: the adapter-disabled reference would keep the trained copies; leave lora_modules_to_save out.");
+            throw new UserError($"lora_modules_to_save cannot be combined with rl: {settings.Method} yet: the adapter-disabled reference would keep the trained copies; leave lora_modules_to_save out.");
         var reference = adapter ? PreferenceObjective.AdapterDisabledReference(model) : PreferenceObjective.FrozenReference(FrozenCopy(model));
         if (config.PrecomputeRefLogProbs)
         {
@@ -36,7 +41,9 @@ public static class PreferenceTraining
         info($"Preference training: {PreferenceSettings.Describe(config)}; reference: " +
              (adapter ? "the base model (adapters disabled)" : "a frozen copy of the starting weights") +
              (config.PrecomputeRefLogProbs ? ", precomputed." : "."));
-        return new PreferenceObjective(model, settings, reference);
+        return settings.Method == "kto"
+            ? new KtoObjective(model, settings.Beta, settings.DesirableWeight, settings.UndesirableWeight, reference)
+            : new PreferenceObjective(model, settings, reference);
     }
 
     /// <summary>A copy of the model's weights (same dtype and device) with no gradients: a full fine-tune's reference.</summary>
