@@ -36,4 +36,36 @@ public class PreferenceTrainTests
         Assert.True(File.Exists(Path.Combine(dir["out"], "adapter_model.safetensors")));
         Assert.Contains("DPO (sigmoid loss), beta 0.1", File.ReadAllText(Path.Combine(dir["out"], "README.md")));
     }
+
+    /// <summary>
+    /// What the SFT path has keeps working under rl: QLoRA, gradient checkpointing and accumulation, and a resume from a
+    /// checkpoint continues exactly (the same losses and rewards as the run that never stopped).
+    /// </summary>
+    [Fact]
+    public void Dpo_with_qlora_checkpointing_and_accumulation_resumes_exactly()
+    {
+        using var dir = TestSetup.TempDir();
+        var root = RepoRoot();
+        var yaml = File.ReadAllText(Path.Combine(root, "examples", "dpo.yml")).Replace("examples/", Path.Combine(root, "examples") + "/");
+        var trainLoss = new List<double>();
+        List<(int Step, double Loss, double Margin)> Run(string output, string? resumeFrom)
+        {
+            string[] overrides = ["--max-steps", "4", "--save-steps", "2", "--logging-steps", "1", "--warmup-ratio", "0",
+                "--micro-batch-size", "2", "--gradient-accumulation-steps", "2", "--sequence-len", "160", "--bf16", "false",
+                "--adapter", "qlora", "--load-in-4bit", "true", "--gradient-checkpointing", "true", "--output-dir", output];
+            var config = ConfigLoader.Parse(yaml, "dpo.yml", resumeFrom is null ? overrides : [.. overrides, "--resume-from-checkpoint", resumeFrom]);
+            var history = FinetuneRecipe.Run(config, new Quiet()).State.LogHistory;
+            trainLoss.Add((double)history[^1]["train_loss"]!);
+            return [.. history.Where(e => e["loss"] != null).Select(e => ((int)e["step"]!, (double)e["loss"]!, (double)e["rewards/margins"]!))];
+        }
+        var whole = Run(dir["whole"], null);
+        var resumed = Run(dir["resumed"], Path.Combine(dir["whole"], "checkpoint-2"));
+        Assert.Equal(4, whole.Count);
+        Assert.Equal(Math.Log(2), whole[0].Loss, 6);
+        Assert.NotEqual(whole[0].Loss, whole[3].Loss);
+        // The resumed run carries the checkpoint's history and then trains steps 3 and 4 to the same numbers.
+        Assert.Equal(whole, resumed);
+        // …and it did resume: its summary's train_loss averages only the two steps it trained.
+        Assert.Equal((whole[2].Loss + whole[3].Loss) / 2, trainLoss[1], 12);
+    }
 }
