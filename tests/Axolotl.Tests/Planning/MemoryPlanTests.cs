@@ -8,14 +8,17 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Tests.Planning;
 
-public class MemoryPlanTests
+public sealed class MemoryPlanTests : IDisposable
 {
-    static DecoderConfig Llama1B() => DecoderConfig.FromFolder(ModelFolder("meta-llama-3.2-1B-Instruct.json"));
+    readonly TempDir _dir = TestSetup.TempDir();
+    public void Dispose() => _dir.Dispose();
+
+    DecoderConfig Llama1B() => DecoderConfig.FromFolder(ModelFolder("meta-llama-3.2-1B-Instruct.json"));
 
     /// <summary>A folder holding only config.json: all a plan reads.</summary>
-    static string ModelFolder(string configName)
+    string ModelFolder(string configName)
     {
-        var dir = Path.Combine(Path.GetTempPath(), $"axolotl-plan-{configName}-{Environment.ProcessId}");
+        var dir = _dir[configName];
         Directory.CreateDirectory(dir);
         File.Copy(TestSetup.Data("model-configs", configName), Path.Combine(dir, "config.json"), overwrite: true);
         return dir;
