@@ -170,8 +170,8 @@ public static class Bench
         var outputDir = Path.Combine(Path.GetTempPath(), $"axolotl-bench-{Environment.ProcessId}-{Guid.NewGuid():N}");
         config.OutputDir = outputDir;
         config.MaxSteps = warmup + steps;
-        config.SaveStrategy = "no";
-        config.EvalStrategy = "no";
+        config.SaveStrategy = IntervalStrategy.No;
+        config.EvalStrategy = IntervalStrategy.No;
         config.LoggingSteps = 1; // so the tokens/s the trainer reports at each step is that step's own
         config.ResumeFromCheckpoint = null;
         config.AutoResumeFromCheckpoints = false;

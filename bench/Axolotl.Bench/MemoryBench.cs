@@ -50,8 +50,8 @@ public static class MemoryBench
         var outputDir = Path.Combine(Path.GetTempPath(), $"axolotl-memory-{Environment.ProcessId}");
         config.OutputDir = outputDir;
         config.MaxSteps = steps;
-        config.SaveStrategy = "no";
-        config.EvalStrategy = "no";
+        config.SaveStrategy = IntervalStrategy.No;
+        config.EvalStrategy = IntervalStrategy.No;
         config.LoggingSteps = Math.Max(1, every);
         var trace = new Trace(every);
         try { FinetuneRecipe.Run(config, trace); }

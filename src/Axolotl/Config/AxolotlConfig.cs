@@ -94,6 +94,9 @@ public sealed record UserDefinedFormat
     public string RejectedFormat { get; init; } = "{rejected}";
 }
 
+/// <summary>transformers' IntervalStrategy (save_strategy, eval_strategy): written in configs as no, steps, epoch.</summary>
+public enum IntervalStrategy { No, Steps, Epoch }
+
 public sealed class AxolotlConfig
 {
     // model
@@ -130,7 +133,7 @@ public sealed class AxolotlConfig
     public double? EvalSteps { get; set; }
     public int? EvalsPerEpoch { get; set; }
     /// <summary>steps, epoch or no; with a validation split and nothing set, once per epoch.</summary>
-    public string? EvalStrategy { get; set; }
+    public IntervalStrategy? EvalStrategy { get; set; }
     /// <summary>Stop after this many evaluations in a row without a better metric_for_best_model.</summary>
     public int? EarlyStoppingPatience { get; set; }
     /// <summary>End training on the weights of the checkpoint with the best metric_for_best_model.</summary>
@@ -286,7 +289,7 @@ public sealed class AxolotlConfig
     public double? SaveSteps { get; set; }
     public int? SavesPerEpoch { get; set; }
     /// <summary>steps (default) or no; epoch means once per epoch.</summary>
-    public string SaveStrategy { get; set; } = "steps";
+    public IntervalStrategy SaveStrategy { get; set; } = IntervalStrategy.Steps;
     public int? SaveTotalLimit { get; set; }
     /// <summary>A DeepSpeed JSON file; under MPI its zero_optimization.stage (1 or 2) shards the optimizer state across
     /// ranks (read when training starts, Distributed/DeepSpeedConfig.cs).</summary>

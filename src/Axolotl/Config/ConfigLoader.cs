@@ -555,6 +555,14 @@ public static class ConfigLoader
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");
         var text = (scalar.Value ?? "").Trim();
         if (underlying == typeof(string)) return text;
+        if (underlying.IsEnum)
+        {
+            // A fixed set of Axolotl's values, written in snake_case (save_strategy: no | steps | epoch).
+            var names = Enum.GetNames(underlying);
+            var match = names.FirstOrDefault(n => SnakeCase(n) == text.ToLowerInvariant());
+            return match != null ? Enum.Parse(underlying, match)
+                : throw new UserError($"{where}: '{key}' must be one of {string.Join(", ", names.Select(SnakeCase))}, not '{text}'.");
+        }
         if (underlying == typeof(bool))
             return text.ToLowerInvariant() switch
             {
@@ -655,11 +663,9 @@ public static class ConfigLoader
         if (c.BadRows is not ("fail" or "skip")) Fail($"'bad_rows' must be fail or skip, not '{c.BadRows}'.");
         c.Device = Runtime.ComputeDevice.Normalize(c.Device) ?? throw new UserError($"{path}: 'device' must be {Runtime.ComputeDevice.Values}, not '{c.Device}'.");
         if (c.MinSampleLen < 1) Fail("'min_sample_len' must be at least 1.");
-        if (c.EvalStrategy is not (null or "steps" or "epoch" or "no")) Fail($"eval_strategy '{c.EvalStrategy}' is not supported (steps, epoch, no are).");
         if (c.EvalSteps is not null && c.EvalsPerEpoch is not null) Fail("set either 'eval_steps' or 'evals_per_epoch', not both.");
         if (c.EvalSteps is <= 0) Fail("'eval_steps' must be positive.");
         if (c.EvalsPerEpoch is < 0) Fail("'evals_per_epoch' must be positive.");
-        if (c.SaveStrategy is not ("steps" or "epoch" or "no")) Fail($"save_strategy '{c.SaveStrategy}' is not supported (steps, epoch, no are).");
         if (c.SaveSteps is not null && c.SavesPerEpoch is not null) Fail("set either 'save_steps' or 'saves_per_epoch', not both.");
         if (c.SaveSteps is <= 0) Fail("'save_steps' must be positive.");
         if (c.SavesPerEpoch is < 0) Fail("'saves_per_epoch' must be positive.");
@@ -677,8 +683,8 @@ public static class ConfigLoader
         if (c.EarlyStoppingPatience is not null || c.LoadBestModelAtEnd)
         {
             string key = c.LoadBestModelAtEnd ? "load_best_model_at_end" : "early_stopping_patience";
-            if (c.ValSetSize <= 0 || c.EvalStrategy == "no") Fail($"{key} needs evaluations: set val_set_size and leave eval_strategy on.");
-            if (c.LoadBestModelAtEnd && c.SaveStrategy == "no") Fail("load_best_model_at_end needs checkpoints to choose from; save_strategy is no.");
+            if (c.ValSetSize <= 0 || c.EvalStrategy == IntervalStrategy.No) Fail($"{key} needs evaluations: set val_set_size and leave eval_strategy on.");
+            if (c.LoadBestModelAtEnd && c.SaveStrategy == IntervalStrategy.No) Fail("load_best_model_at_end needs checkpoints to choose from; save_strategy is no.");
             if (c.LoadBestModelAtEnd && c.SaveSteps is double save && c.EvalSteps is double every && save % every != 0)
                 Fail($"load_best_model_at_end needs save_steps ({save}) to be a multiple of eval_steps ({every}), so every checkpoint has an evaluation.");
         }

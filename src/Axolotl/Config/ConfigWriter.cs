@@ -60,6 +60,7 @@ public static class ConfigWriter
         JsonNode node => node.ToJsonString(), // JSON is YAML flow style
         bool b => b ? "true" : "false",
         double d => d.ToString("R", CultureInfo.InvariantCulture),
+        Enum e => ConfigLoader.SnakeCase(e.ToString()),
         IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
         IDictionary map => "{" + string.Join(", ", map.Keys.Cast<object>().Select(k => $"{Scalar(k)}: {Scalar(map[k]!)}")) + "}",
         IEnumerable list => "[" + string.Join(", ", list.Cast<object>().Select(Scalar)) + "]",
@@ -110,6 +111,12 @@ public static class ConfigWriter
                 : typeof(IEnumerable).IsAssignableFrom(underlying) ? "array"
                 : "string",
         };
+        if (underlying.IsEnum)
+        {
+            schema["enum"] = new JsonArray([.. Enum.GetNames(underlying).Select(n => (JsonNode)ConfigLoader.SnakeCase(n))]);
+            if (defaultValue is Enum value) schema["default"] = ConfigLoader.SnakeCase(value.ToString());
+            return schema;
+        }
         if (underlying == typeof(List<string>) || underlying == typeof(List<int>))
             schema["items"] = new JsonObject { ["type"] = underlying == typeof(List<int>) ? "integer" : "string" };
         if (defaultValue is not null and not IEnumerable || defaultValue is string)

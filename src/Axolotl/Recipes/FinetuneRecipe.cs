@@ -119,7 +119,7 @@ public static class FinetuneRecipe
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             EvalSteps = config.EvalSteps,
             EvalBatchSize = config.EvalBatchSize,
-            EvalsPerEpoch = (config.EvalSteps != null ? null : config.EvalsPerEpoch) ?? (config.EvalStrategy == "epoch" ? 1 : null),
+            EvalsPerEpoch = (config.EvalSteps != null ? null : config.EvalsPerEpoch) ?? (config.EvalStrategy == IntervalStrategy.Epoch ? 1 : null),
             PeakFlops = peakFlops ?? MeasurePeak(computeType, device, reporter),
             EarlyStoppingPatience = config.EarlyStoppingPatience,
             LossWatchdogThreshold = config.LossWatchdogThreshold,
@@ -155,11 +155,11 @@ public static class FinetuneRecipe
             // Where the stream stands, so a resume from this folder re-reads only the current buffer.
             stream?.SavePosition(dir);
         }
-        var checkpoints = config.SaveStrategy == "no" ? null : new CheckpointOptions(outputDir, SaveWeights)
+        var checkpoints = config.SaveStrategy == IntervalStrategy.No ? null : new CheckpointOptions(outputDir, SaveWeights)
         {
             SaveSteps = config.SaveSteps ?? 500,
             // A fraction derived from saves_per_epoch (as Axolotl derives it) is a save_steps like any other.
-            SavesPerEpoch = (config.SaveSteps != null ? null : config.SavesPerEpoch) ?? (config.SaveStrategy == "epoch" ? 1 : null),
+            SavesPerEpoch = (config.SaveSteps != null ? null : config.SavesPerEpoch) ?? (config.SaveStrategy == IntervalStrategy.Epoch ? 1 : null),
             SaveTotalLimit = config.SaveTotalLimit,
             LoadWeights = config.LoadBestModelAtEnd ? dir => LoadTrainedWeights(model, dir, lora != null) : null,
         };
@@ -183,8 +183,8 @@ public static class FinetuneRecipe
             state = pairs != null ? trainer.Train(pairs, evalPairs, resumeFrom, stop)
                 : stream != null ? trainer.Train(stream, resumeFrom, stop)
                 : parallel != null ? trainer.Train(Distributed.RankBatches.Training(data.Examples, options, parallel),
-                                                   config.EvalStrategy == "no" ? null : Distributed.RankBatches.Evaluation(data.Eval, options, parallel), resumeFrom, stop)
-                : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == "no" ? null : data.Eval, stop);
+                                                   config.EvalStrategy == IntervalStrategy.No ? null : Distributed.RankBatches.Evaluation(data.Eval, options, parallel), resumeFrom, stop)
+                : trainer.Train(data.Examples, resumeFrom, config.EvalStrategy == IntervalStrategy.No ? null : data.Eval, stop);
             // The summary entry is added without being reported as a log.
             metrics?.Append(state.LogHistory[^1]);
         }

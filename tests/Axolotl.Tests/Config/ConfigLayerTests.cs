@@ -50,4 +50,20 @@ public class ConfigLayerTests
         Assert.Contains("- path: \"org/data\"", yaml);
         Assert.DoesNotContain("models/some-model\"", yaml.Split('\n').Single(l => l.StartsWith("base_model:")));
     }
+
+    [Fact]
+    public void Fixed_sets_are_typed_and_a_value_outside_them_is_named()
+    {
+        var yaml = "base_model: m\ndatasets:\n  - path: d.jsonl\n    type: alpaca\nlearning_rate: 1e-4\nsave_strategy: epoch\neval_strategy: no\n";
+        var config = ConfigLoader.Parse(yaml, "c.yml");
+        Assert.Equal((IntervalStrategy.Epoch, (IntervalStrategy?)IntervalStrategy.No), (config.SaveStrategy, config.EvalStrategy));
+        // Written back as Axolotl spells it, and read back the same.
+        Assert.Contains("save_strategy: epoch", ConfigWriter.ToYaml(config));
+        Assert.Equal(IntervalStrategy.Epoch, ConfigLoader.Parse(ConfigWriter.ToYaml(config), "resolved.yml").SaveStrategy);
+        var e = Assert.Throws<UserError>(() => ConfigLoader.Parse(yaml.Replace("save_strategy: epoch", "save_strategy: hourly"), "c.yml"));
+        Assert.Equal("c.yml:6:16: 'save_strategy' must be one of no, steps, epoch, not 'hourly'.", e.Message);
+        var schema = ConfigWriter.Schema()["properties"]!["save_strategy"]!;
+        Assert.Equal(["no", "steps", "epoch"], schema["enum"]!.AsArray().Select(v => (string)v!));
+        Assert.Equal("steps", (string)schema["default"]!);
+    }
 }

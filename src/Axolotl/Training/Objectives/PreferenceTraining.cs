@@ -14,10 +14,10 @@ public static class PreferenceTraining
     public static (IBatchSource Train, IBatchSource? Eval) Batches(AxolotlConfig config, PreparedDataset data, int padTokenId) =>
         config.Rl == "kto"
             ? (new KtoBatches(data.Examples, config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen),
-               data.Eval.Count == 0 || config.EvalStrategy == "no" ? null
+               data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null
                    : new KtoBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen))
             : (new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
-         data.Eval.Count == 0 || config.EvalStrategy == "no" ? null
+         data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null
              : new PreferenceBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, sequential: true));
 
     /// <summary>
