@@ -97,6 +97,9 @@ public sealed record UserDefinedFormat
 /// <summary>transformers' IntervalStrategy (save_strategy, eval_strategy): written in configs as no, steps, epoch.</summary>
 public enum IntervalStrategy { No, Steps, Epoch }
 
+/// <summary>Axolotl's bf16 key: auto, true or false.</summary>
+public enum Bf16Mode { Auto, True, False }
+
 public sealed class AxolotlConfig
 {
     // model
@@ -109,8 +112,8 @@ public sealed class AxolotlConfig
     public string? BaseModelRepoId { get; internal set; }
     public string? ModelType { get; set; }
     public string? TokenizerType { get; set; }
-    /// <summary>"auto" (bf16 where the CPU computes it natively), true or false.</summary>
-    public string Bf16 { get; set; } = "auto";
+    /// <summary>auto (bf16 where the CPU computes it natively, or on a GPU), true or false.</summary>
+    public Bf16Mode Bf16 { get; set; } = Bf16Mode.Auto;
     public bool TokenizerUseFast { get; set; } = true;
     /// <summary>Start from config.json with fresh weights instead of the checkpoint (pretraining from scratch).</summary>
     [AxolotlKey("reinit_weights")]

@@ -442,7 +442,7 @@ public static class ConfigLoader
             if (set.TryGetValue("bfloat16", out var bfloat16))
             {
                 WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 weights with fp32 master copies in the optimizer run instead (bf16: true)");
-                c.Bf16 = "true";
+                c.Bf16 = Bf16Mode.True;
                 c.Sources["bf16"] = "bfloat16";
             }
             if (set.TryGetValue("plugins", out var plugins))
@@ -638,9 +638,6 @@ public static class ConfigLoader
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
         if (c.StreamingMultipackBufferSize < 1) Fail("'streaming_multipack_buffer_size' must be at least 1.");
-        var bf16 = c.Bf16.ToLowerInvariant();
-        if (bf16 is not ("auto" or "true" or "false")) Fail($"'bf16' must be auto, true or false, not '{c.Bf16}'.");
-        c.Bf16 = bf16;
         c.GradientCheckpointing = c.GradientCheckpointing.ToLowerInvariant() switch
         {
             "true" or "yes" or "on" => "true",

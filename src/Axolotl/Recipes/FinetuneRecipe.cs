@@ -93,7 +93,7 @@ public static class FinetuneRecipe
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
         model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
         ModelLoading.Place(model, device, reporter);
-        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {config.Bf16}).");
+        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.SnakeCase(config.Bf16.ToString())}).");
 
         var packing = PackingOptions.For(config);
         var options = new TrainingOptions

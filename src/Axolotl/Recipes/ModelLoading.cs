@@ -19,7 +19,7 @@ public static class ModelLoading
     /// (Ampere or newer), as TorchSharp cannot read the compute capability that torch.cuda.is_bf16_supported checks.
     /// </summary>
     public static ScalarType ComputeType(AxolotlConfig config, Device? device = null) =>
-        config.Bf16 == "true" || (config.Bf16 == "auto" && (device is not null && ComputeDevice.IsCuda(device) || Hardware.CpuHasBf16()))
+        config.Bf16 == Bf16Mode.True || (config.Bf16 == Bf16Mode.Auto && (device is not null && ComputeDevice.IsCuda(device) || Hardware.CpuHasBf16()))
             ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>The architecture every command builds: base_model_config's config.json with model_config's values over it.</summary>

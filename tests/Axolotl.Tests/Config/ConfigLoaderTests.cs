@@ -34,7 +34,7 @@ public class ConfigLoaderTests
         Assert.Equal(1, c.GradientAccumulationSteps);
         Assert.Equal(42, c.Seed);
         Assert.Equal("cosine", c.LrScheduler);
-        Assert.Equal("auto", c.Bf16);
+        Assert.Equal(Bf16Mode.Auto, c.Bf16);
         Assert.Equal("./model-out", c.OutputDir);
         Assert.False(c.TrainOnInputs);
         Assert.True(c.ShuffleMergedDatasets);
@@ -206,7 +206,7 @@ public class ConfigLoaderTests
         Assert.Equal(1.0, c.MaxGradNorm);
 
         c = Parse(Minimal + "\nbfloat16: true\nrandom_init_weights: true\n");
-        Assert.Equal(("true", true), (c.Bf16, c.RandomInitWeights));
+        Assert.Equal((Bf16Mode.True, true), (c.Bf16, c.RandomInitWeights));
         Assert.Contains("'random_init_weights' is Axolotl's older name for 'reinit_weights'", c.Warnings[1]);
         Assert.True(Parse(Minimal + "\nreinit_weights: true\n").RandomInitWeights);
     }

@@ -27,7 +27,7 @@ public sealed class MemoryPlanTests : IDisposable
     static AxolotlConfig Config(string adapter, string checkpointing = "false", int microBatch = 1, int sequenceLen = 2048) => new()
     {
         BaseModel = "m", Adapter = adapter == "full" ? null : adapter, LoadIn4Bit = adapter == "qlora", LoraR = 16, LoraAlpha = 32,
-        LoraTargetLinear = true, GradientCheckpointing = checkpointing, MicroBatchSize = microBatch, SequenceLen = sequenceLen, Bf16 = "true",
+        LoraTargetLinear = true, GradientCheckpointing = checkpointing, MicroBatchSize = microBatch, SequenceLen = sequenceLen, Bf16 = Bf16Mode.True,
     };
 
     [Fact]
