@@ -73,41 +73,12 @@ public static class KtoDataset
     }
 
     static (List<KtoExample> Examples, int RowsRead, int Dropped) Read(IReadOnlyList<DatasetConfig> datasets, string split, AxolotlConfig config,
-        Func<Tokenizer> tokenizer, BadRows bad, Action<int>? progress, Action<string>? warn)
-    {
-        var examples = new List<KtoExample>();
-        int rowsRead = 0, dropped = 0;
-        var warned = new HashSet<string>();
-        void WarnOnce(string message) { lock (warned) if (warned.Add(message)) warn?.Invoke(message); }
-        foreach (var dataset in datasets)
+        Func<Tokenizer> tokenizer, BadRows bad, Action<int>? progress, Action<string>? warn) =>
+        PreferenceDataset.ReadRows<KtoExample>(datasets, split, config, tokenizer, bad, progress, warn, dataset =>
         {
-            var rows = RowReader.Read(dataset, bad, defaultSplit: split);
-            if (dataset.Shards is int shards) rows = DatasetBuilder.Shard(rows, shards, dataset.ShardsIdx ?? 0, config.Seed);
             var transform = PreferenceTypes.Unpaired(dataset.UserDefined != null ? "user_defined" : dataset.Type ?? "", PreferenceDataset.Format(dataset));
-            var results = new KtoExample?[rows.Count];
-            var errors = new BadRowError?[rows.Count];
-            var fatal = new UserError?[rows.Count];
-            int done = 0, tooLong = 0;
-            var tok = tokenizer();
-            Parallel.For(0, rows.Count, i =>
-            {
-                try
-                {
-                    var text = PreferenceTokenization.CheckLength(transform(rows[i]), rows[i], tok, config.SequenceLen, config.ExcessLengthStrategy, config.MaxPromptLen);
-                    if (text is null) Interlocked.Increment(ref tooLong);
-                    else results[i] = PreferenceTokenization.Tokenize(text, tok, WarnOnce);
-                }
-                catch (BadRowError e) { errors[i] = e; }
-                catch (UserError e) { fatal[i] = e; }
-                int n = Interlocked.Increment(ref done);
-                if (progress != null && (n % 256 == 0 || n == rows.Count)) progress(rowsRead + n);
-            });
-            if (fatal.FirstOrDefault(e => e != null) is { } first) throw first;
-            foreach (var e in errors) if (e != null) bad.Report(e);
-            examples.AddRange(results.OfType<KtoExample>());
-            rowsRead += rows.Count;
-            dropped += tooLong;
-        }
-        return (examples, rowsRead, dropped);
-    }
+            return (row, tok, warnOnce) =>
+                PreferenceTokenization.CheckLength(transform(row), row, tok, config.SequenceLen, config.ExcessLengthStrategy, config.MaxPromptLen) is { } text
+                    ? PreferenceTokenization.Tokenize(text, tok, warnOnce) : null;
+        });
 }

@@ -51,20 +51,36 @@ public static class PreferenceDataset
     }
 
     static (List<PreferenceExample> Pairs, int RowsRead, int Dropped) Read(IReadOnlyList<DatasetConfig> datasets, string split, AxolotlConfig config,
-        Func<Tokenizer> tokenizer, BadRows bad, Action<int>? progress, Action<string>? warn)
+        Func<Tokenizer> tokenizer, BadRows bad, Action<int>? progress, Action<string>? warn) =>
+        ReadRows<PreferenceExample>(datasets, split, config, tokenizer, bad, progress, warn, dataset =>
+        {
+            var transform = PreferenceTypes.Pairs(config.Rl!, dataset.UserDefined != null ? "user_defined" : dataset.Type, Format(dataset),
+                () => DatasetBuilder.ResolveChatTemplate(config, dataset, tokenizer(), warn));
+            return (row, tok, warnOnce) =>
+                PreferenceTokenization.CheckLength(transform(row), row, tok, config.SequenceLen, config.ExcessLengthStrategy, config.MaxPromptLen) is { } text
+                    ? PreferenceTokenization.Tokenize(text, tok, warnOnce) : null;
+        });
+
+    /// <summary>
+    /// Each dataset's rows turned into examples by <paramref name="converterFor"/>'s converter, in parallel and kept in file
+    /// order: a row too long for sequence_len converts to null (dropped, counted), a bad row goes to bad_rows (the first
+    /// one is reported when failing), any other user error ends the read. TRL warns once per mismatch; one line per
+    /// distinct message is enough here.
+    /// </summary>
+    internal static (List<T> Examples, int RowsRead, int Dropped) ReadRows<T>(IReadOnlyList<DatasetConfig> datasets, string split,
+        AxolotlConfig config, Func<Tokenizer> tokenizer, BadRows bad, Action<int>? progress, Action<string>? warn,
+        Func<DatasetConfig, Func<Row, Tokenizer, Action<string>, T?>> converterFor) where T : class
     {
-        var pairs = new List<PreferenceExample>();
+        var examples = new List<T>();
         int rowsRead = 0, dropped = 0;
-        // TRL warns once per mismatch; one line per distinct message is enough here.
         var warned = new HashSet<string>();
         void WarnOnce(string message) { lock (warned) if (warned.Add(message)) warn?.Invoke(message); }
         foreach (var dataset in datasets)
         {
             var rows = RowReader.Read(dataset, bad, defaultSplit: split);
             if (dataset.Shards is int shards) rows = DatasetBuilder.Shard(rows, shards, dataset.ShardsIdx ?? 0, config.Seed);
-            var transform = PreferenceTypes.Pairs(config.Rl!, dataset.UserDefined != null ? "user_defined" : dataset.Type, Format(dataset),
-                () => DatasetBuilder.ResolveChatTemplate(config, dataset, tokenizer(), warn));
-            var results = new PreferenceExample?[rows.Count];
+            var convert = converterFor(dataset);
+            var results = new T?[rows.Count];
             var errors = new BadRowError?[rows.Count];
             var fatal = new UserError?[rows.Count];
             int done = 0, tooLong = 0;
@@ -73,9 +89,8 @@ public static class PreferenceDataset
             {
                 try
                 {
-                    var text = PreferenceTokenization.CheckLength(transform(rows[i]), rows[i], tok, config.SequenceLen, config.ExcessLengthStrategy, config.MaxPromptLen);
-                    if (text is null) Interlocked.Increment(ref tooLong);
-                    else results[i] = PreferenceTokenization.Tokenize(text, tok, WarnOnce);
+                    results[i] = convert(rows[i], tok, WarnOnce);
+                    if (results[i] is null) Interlocked.Increment(ref tooLong);
                 }
                 catch (BadRowError e) { errors[i] = e; }
                 catch (UserError e) { fatal[i] = e; }
@@ -83,13 +98,12 @@ public static class PreferenceDataset
                 if (progress != null && (n % 256 == 0 || n == rows.Count)) progress(rowsRead + n);
             });
             if (fatal.FirstOrDefault(e => e != null) is { } first) throw first;
-            // In file order: the first bad row is the one reported when failing.
             foreach (var e in errors) if (e != null) bad.Report(e);
-            pairs.AddRange(results.OfType<PreferenceExample>());
+            examples.AddRange(results.OfType<T>());
             rowsRead += rows.Count;
             dropped += tooLong;
         }
-        return (pairs, rowsRead, dropped);
+        return (examples, rowsRead, dropped);
     }
 
     /// <summary>A dataset entry's keys as the preference types read them.</summary>
