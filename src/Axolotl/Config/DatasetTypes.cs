@@ -55,6 +55,6 @@ public static class DatasetTypes
         public static string Canonical(string? type) => type is null or "" ? "passthrough.default" : type.Contains('.') ? type : type + ".default";
 
         /// <summary>The types an <c>rl:</c> method reads: KTO's and ORPO's own, the DPO set for dpo, ipo and simpo.</summary>
-        public static IReadOnlyList<string> For(string rl) => rl switch { "kto" => Kto, "orpo" => Orpo, _ => Dpo };
+        public static IReadOnlyList<string> For(RlMethod rl) => rl switch { RlMethod.Kto => Kto, RlMethod.Orpo => Orpo, _ => Dpo };
     }
 }

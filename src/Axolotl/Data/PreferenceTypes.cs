@@ -1,3 +1,4 @@
+using Axolotl.Config;
 using System.Text.Json.Nodes;
 using Axolotl.Templates;
 
@@ -47,14 +48,14 @@ public static class PreferenceTypes
 {
     // The names themselves are registered in the config layer, which refuses the others before any data is read.
     static string Canonical(string? type) => Config.DatasetTypes.Preference.Canonical(type);
-    static IReadOnlyList<string> For(string rl) => Config.DatasetTypes.Preference.For(rl);
+    static IReadOnlyList<string> For(RlMethod rl) => Config.DatasetTypes.Preference.For(rl);
 
     /// <summary>The transform of a DPO/IPO/SimPO/ORPO type; bad rows throw <see cref="BadRowError"/> naming file, line and field.</summary>
-    public static Func<Row, PreferenceText> Pairs(string rl, string type, PreferenceFormat f, Func<IChatTemplate> template)
+    public static Func<Row, PreferenceText> Pairs(RlMethod rl, string type, PreferenceFormat f, Func<IChatTemplate> template)
     {
         type = Canonical(type);
         if (!For(rl).Contains(type))
-            throw new UserError($"dataset type '{type}' is not a {rl} type; use one of {string.Join(", ", For(rl))}.");
+            throw new UserError($"dataset type '{type}' is not a {ConfigLoader.Spelling(rl)} type; use one of {string.Join(", ", For(rl))}.");
         var (module, name) = (type[..type.IndexOf('.')], type[(type.IndexOf('.') + 1)..]);
         if (module is "chatml" or "llama3")
         {

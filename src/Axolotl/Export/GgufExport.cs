@@ -37,7 +37,7 @@ public static class GgufExport
     public static string Run(AxolotlConfig config, GgufOutType type, string? outPath, IRecipeReporter reporter)
     {
         TorchRuntime.EnsureLoaded();
-        var (model, tokenizer) = config.Adapter is "lora" or "qlora" ? MergeRecipe.LoadMerged(config, reporter) : LoadPlain(config, reporter);
+        var (model, tokenizer) = config.HasLora ? MergeRecipe.LoadMerged(config, reporter) : LoadPlain(config, reporter);
         using var tokenizerFiles = new TemporaryFolder();
         TokenizerFiles.CopyWithConfigChanges(config.TokenizerFolder(), tokenizerFiles.Path, config, tokenizer);
         var path = outPath ?? Path.Combine(config.OutputDir, $"model-{type.ToString().ToLowerInvariant()}.gguf");

@@ -17,8 +17,8 @@ public sealed record QuantizationSettings(QuantKind Kind, bool DoubleQuant = tru
     /// <summary>Null when the config loads the base in full precision.</summary>
     public static QuantizationSettings? FromConfig(AxolotlConfig config)
     {
-        if (config.LoadIn8Bit && config.Adapter == "lora") return new QuantizationSettings(QuantKind.Int8);
-        if (!(config.LoadIn4Bit && config.Adapter == "qlora")) return null;
+        if (config.LoadIn8Bit && config.Adapter == AdapterKind.Lora) return new QuantizationSettings(QuantKind.Int8);
+        if (!(config.LoadIn4Bit && config.Adapter == AdapterKind.Qlora)) return null;
         bool doubleQuant = true;
         ScalarType? compute = null;
         foreach (var (key, value) in config.BnbConfigKwargs ?? [])

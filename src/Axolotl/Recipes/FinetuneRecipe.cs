@@ -62,7 +62,7 @@ public static class FinetuneRecipe
         var resumeFrom = ResolveCheckpoint(config, reporter);
         ModelLoading.QuantizeAsConfigured(model, config, reporter);
         LoraSettings? lora = null;
-        if (config.Adapter is "lora" or "qlora")
+        if (config.HasLora)
         {
             manual_seed(config.Seed);
             if (resumeFrom != null)
@@ -91,9 +91,9 @@ public static class FinetuneRecipe
             }
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
-        model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
+        model.model.GradientCheckpointing = config.RecomputesLayers;
         ModelLoading.Place(model, device, reporter);
-        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.SnakeCase(config.Bf16.ToString())}).");
+        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.Spelling(config.Bf16)}).");
 
         var packing = PackingOptions.For(config);
         var options = new TrainingOptions
@@ -172,7 +172,7 @@ public static class FinetuneRecipe
             IBatchSource? pairs = null, evalPairs = null;
             if (config.Rl != null)
             {
-                if (parallel != null) throw new UserError($"rl: {config.Rl} across processes is not built yet; run preference training in one process (without --nproc or mpirun).");
+                if (parallel != null) throw new UserError($"rl: {ConfigLoader.Spelling(config.Rl.Value)} across processes is not built yet; run preference training in one process (without --nproc or mpirun).");
                 // Preference training: pairs as [chosen; rejected] batches, TRL's loss against a reference.
                 (pairs, evalPairs) = Training.Objectives.PreferenceTraining.Batches(config, data, options.PadTokenId);
                 objective = Training.Objectives.PreferenceTraining.Objective(config, model, lora != null,

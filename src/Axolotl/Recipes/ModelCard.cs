@@ -34,7 +34,7 @@ public static class ModelCard
         var method = config.Adapter switch
         {
             null => "A full fine-tune of",
-            var a => $"A {(a == "qlora" ? "QLoRA" : a == "lora" ? "LoRA" : a)} adapter{(config.PeftUseDora ? " (DoRA)" : "")} (r {config.LoraR}, alpha {config.LoraAlpha}) for",
+            var a => $"A {(a == AdapterKind.Qlora ? "QLoRA" : "LoRA")} adapter{(config.PeftUseDora ? " (DoRA)" : "")} (r {config.LoraR}, alpha {config.LoraAlpha}) for",
         };
         card.AppendLine($"{method} `{baseModel}`, trained with Axolotl.NET on {(datasets.Count == 0 ? "no listed dataset" : string.Join(", ", datasets.Select(d => $"`{d}`")))}" +
                         (config.Rl is { } rl ? $" by preference training: {Training.Objectives.PreferenceSettings.Describe(config)}." : "."));

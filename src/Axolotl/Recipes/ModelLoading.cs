@@ -88,7 +88,7 @@ public static class ModelLoading
         var type = ComputeType(config, device);
         var model = FinetuneRecipe.LoadModel(config, WithTokenizerVocab(architecture, config, tokenizer), type, type, reporter);
         QuantizeAsConfigured(model, config, reporter);
-        if (config.Adapter is "lora" or "qlora")
+        if (config.HasLora)
         {
             var dir = config.LoraModelDir ?? config.OutputDir;
             if (!File.Exists(Path.Combine(dir, Lora.ConfigFile)) || !File.Exists(Path.Combine(dir, Lora.WeightsFile)))

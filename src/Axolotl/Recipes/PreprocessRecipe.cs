@@ -40,7 +40,7 @@ public static class PreprocessRecipe
                 reporter.Info($"Data: saved the prepared dataset to {cacheDir}");
             }
         }
-        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl == "kto" ? $"{data.Examples.Count / 2} KTO examples" : config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
+        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl == RlMethod.Kto ? $"{data.Examples.Count / 2} KTO examples" : config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
                       (data.Truncated > 0 ? $"; truncated {data.Truncated} to sequence_len {config.SequenceLen}" : "") +
                       (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than {config.MinSampleLen} tokens" : "") +
