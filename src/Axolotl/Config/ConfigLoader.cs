@@ -9,7 +9,7 @@ using YamlDotNet.RepresentationModel;
 namespace Axolotl.Config;
 
 /// <summary>A config that sets Axolotl keys Axolotl.NET does not implement yet; the message names each with its place.</summary>
-public sealed class UnsupportedKeysError(string message, IReadOnlyList<string> keys) : UserError(message)
+internal sealed class UnsupportedKeysError(string message, IReadOnlyList<string> keys) : UserError(message)
 {
     /// <summary>The refused keys, as "load_in_8bit" or "datasets[0].type".</summary>
     public IReadOnlyList<string> Keys { get; } = keys;
@@ -21,7 +21,7 @@ public sealed class UnsupportedKeysError(string message, IReadOnlyList<string> k
 /// warning (<see cref="AxolotlConfig.Warnings"/>); a key Axolotl knows whose semantics we lack is refused by name,
 /// all such keys in one error; an unknown key is an error that suggests the closest known key. Nothing is silently ignored.
 /// </summary>
-public static class ConfigLoader
+internal static class ConfigLoader
 {
     static readonly Dictionary<string, PropertyInfo> TopLevel = Properties(typeof(AxolotlConfig));
     static readonly Dictionary<string, PropertyInfo> DatasetProperties = Properties(typeof(DatasetConfig));

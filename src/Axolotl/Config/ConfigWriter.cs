@@ -11,7 +11,7 @@ namespace Axolotl.Config;
 /// The resolved config as YAML that <c>axolotl train</c> reads back (saved with every run and checkpoint, so a run can
 /// be reproduced), and the JSON schema of the keys Axolotl.NET implements (<c>axolotl config-schema</c>).
 /// </summary>
-public static class ConfigWriter
+internal static class ConfigWriter
 {
     public const string FileName = "axolotl_config.yml";
 

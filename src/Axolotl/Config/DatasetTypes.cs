@@ -4,7 +4,7 @@ namespace Axolotl.Config;
 /// The dataset <c>type:</c> names Axolotl.NET implements: the config layer refuses the others by name before any data
 /// is read, and Data's prompt-strategy registry builds a strategy for each (a test keeps the two in step).
 /// </summary>
-public static class DatasetTypes
+internal static class DatasetTypes
 {
     /// <summary>Axolotl's prompt styles, after a colon (alpaca:chatml).</summary>
     public static readonly IReadOnlySet<string> Styles = new HashSet<string> { "instruct", "chat", "chatml", "phi" };

@@ -14,7 +14,7 @@ namespace Axolotl.Data;
 /// the conversation up to that turn once with its real content and once with a dummy, and take the span where the two
 /// token sequences differ. The EOS/EOT token following a turn (within 3 tokens) is trained per train_on_eos/eot.
 /// </summary>
-public sealed class ChatTemplateStrategy : IPromptStrategy
+internal sealed class ChatTemplateStrategy : IPromptStrategy
 {
     const string Dummy = "[[dummy_message]]", DummyReasoning = "[[dummy_reasoning]]";
     // Axolotl's split_thinking: the reasoning delimiters it looks for, in this order, and the answer delimiters after them.

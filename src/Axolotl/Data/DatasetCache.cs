@@ -21,7 +21,7 @@ namespace Axolotl.Data;
 /// renamed, so a half-written cache is never found; one whose files do not match meta.json's sizes and row counts,
 /// or whose Arrow structure is broken, is rebuilt.
 /// </summary>
-public static class DatasetCache
+internal static class DatasetCache
 {
     const int Version = 2;
 

@@ -10,7 +10,7 @@ namespace Axolotl.Data;
 /// split off the validation pairs. A pair is stored as two consecutive examples, prompt+chosen then prompt+rejected, with
 /// labels on the completion only, so the cache, <c>preprocess --debug</c> and the batches reuse what SFT examples use.
 /// </summary>
-public static class PreferenceDataset
+internal static class PreferenceDataset
 {
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null, Action<string>? warn = null)
     {

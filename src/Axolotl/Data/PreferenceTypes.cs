@@ -9,19 +9,19 @@ namespace Axolotl.Data;
 /// <see cref="Rendered"/> (TRL's conversational rows, rendered by the chat template), <see cref="Chosen"/> and
 /// <see cref="Rejected"/> hold the whole rendered conversation and are tokenized without special tokens, with no EOS added.
 /// </summary>
-public sealed record PreferenceText(string Prompt, string Chosen, string Rejected)
+internal sealed record PreferenceText(string Prompt, string Chosen, string Rejected)
 {
     public bool Rendered { get; init; }
 }
 
 /// <summary>An unpaired KTO example: a prompt, one completion and whether it is desirable.</summary>
-public sealed record KtoText(string Prompt, string Completion, bool Label)
+internal sealed record KtoText(string Prompt, string Completion, bool Label)
 {
     public bool Rendered { get; init; }
 }
 
 /// <summary>The dataset keys the preference types read (Axolotl's defaults); user_defined's formats among them.</summary>
-public sealed record PreferenceFormat
+internal sealed record PreferenceFormat
 {
     public string FieldPrompt { get; init; } = "prompt";
     public string FieldSystem { get; init; } = "system";
@@ -44,7 +44,7 @@ public sealed record PreferenceFormat
 /// prompt/chosen/rejected (KTO: prompt/completion/label) strings TRL tokenizes. A type without a dot is its
 /// <c>.default</c>, as Axolotl's loader reads it.
 /// </summary>
-public static class PreferenceTypes
+internal static class PreferenceTypes
 {
     // The names themselves are registered in the config layer, which refuses the others before any data is read.
     static string Canonical(string? type) => Config.DatasetTypes.Preference.Canonical(type);

@@ -9,7 +9,7 @@ using Axolotl.Runtime;
 namespace Axolotl.Planning;
 
 /// <summary>One line of the plan: a part of the peak and its bytes.</summary>
-public sealed record PlanPart(string Name, long Bytes, string Detail);
+internal sealed record PlanPart(string Name, long Bytes, string Detail);
 
 /// <summary>
 /// The memory a training run will peak at, predicted from config.json and the config alone (nothing is loaded): the
@@ -18,7 +18,7 @@ public sealed record PlanPart(string Name, long Bytes, string Detail);
 /// chunk and a fixed runtime (the .NET runtime, libtorch and its thread pools). Rows are counted at sequence_len, the
 /// most a micro-batch can hold.
 /// </summary>
-public sealed class MemoryPlan
+internal sealed class MemoryPlan
 {
     /// <summary>RSS of a training process before its model and data: .NET, libtorch and oneDNN's code and arenas.</summary>
     public const long RuntimeBytes = 400L << 20;

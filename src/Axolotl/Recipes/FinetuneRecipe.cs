@@ -11,13 +11,14 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
 
-public sealed record FinetuneResult(string OutputDir, TrainerState State, PreparedDataset Data);
+/// <summary>Where the run saved its outputs, its trainer state (trainer_state.json) and what it trained on.</summary>
+public sealed record FinetuneResult(string OutputDir, TrainerState State, DatasetSummary Data);
 
 /// <summary>
 /// <c>axolotl train</c>: config → tokenizer → data → model (+ adapter) → trainer → saved outputs. Each step is a call
 /// into a layer; this file only wires them.
 /// </summary>
-public static class FinetuneRecipe
+internal static class FinetuneRecipe
 {
     /// <param name="peakFlops">Peak FLOP/s in the compute dtype that the logged <c>mfu</c> is measured against (the
     /// benchmark passes its own); by default a quick matmul probe at the start of the run.</param>
@@ -188,7 +189,7 @@ public static class FinetuneRecipe
             // The summary entry is added without being reported as a log.
             metrics?.Append(state.LogHistory[^1]);
         }
-        if (!Distributed.DataParallelRun.WritesOutputs(parallel)) return new FinetuneResult(outputDir, state, data);
+        if (!Distributed.DataParallelRun.WritesOutputs(parallel)) return new FinetuneResult(outputDir, state, DatasetSummary.Of(data));
 
         foreach (var (reason, count, first) in stream?.SkippedRows ?? [])
             reporter.Warn($"skipped {count} bad rows of the stream ({reason}; bad_rows: skip), the first: {first}");
@@ -198,7 +199,7 @@ public static class FinetuneRecipe
         LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
         if (tokenizer != null) TokenizerFiles.CopyWithConfigChanges(tokenizerDir, outputDir, config, tokenizer);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
-        return new FinetuneResult(outputDir, state, data);
+        return new FinetuneResult(outputDir, state, DatasetSummary.Of(data));
     }
 
     /// <summary>Ranks other than 0 train silently: their figures are rank 0's.</summary>

@@ -11,7 +11,7 @@ namespace Axolotl.Recipes;
 /// The README.md model card that <c>axolotl train</c> leaves in output_dir, shaped like Axolotl's: Hub metadata, what was
 /// trained on what, the results per logged step, and the resolved config to reproduce the run.
 /// </summary>
-public static class ModelCard
+internal static class ModelCard
 {
     public const string FileName = "README.md";
 

@@ -10,7 +10,7 @@ namespace Axolotl.Recipes;
 /// loaded only when a dataset needs one (pre-tokenized rows do not). With <c>dataset_prepared_path</c>, the result is
 /// cached there and a later run with the same inputs reads it back; <c>preprocess</c> always rebuilds it, as Axolotl's does.
 /// </summary>
-public static class PreprocessRecipe
+internal static class PreprocessRecipe
 {
     public static (PreparedDataset Data, Tokenizer? Tokenizer, string TokenizerDir) Run(AxolotlConfig config, IRecipeReporter reporter, bool rebuild = false)
     {

@@ -6,7 +6,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Training.Objectives;
 
 /// <summary>What an <c>rl:</c> run optimises, with TRL 1.8's defaults as Axolotl passes them.</summary>
-public sealed record PreferenceSettings
+internal sealed record PreferenceSettings
 {
     /// <summary>dpo, ipo, simpo, orpo or kto.</summary>
     public RlMethod Method { get; init; } = RlMethod.Dpo;
@@ -61,7 +61,7 @@ public sealed record PreferenceSettings
 /// on the per-sequence log-probabilities. Units are pairs: the loop averages the loss and every metric over them, which
 /// for equal micro-batches is TRL's mean of per-batch means. Metrics are named as TRL logs them.
 /// </summary>
-public sealed class PreferenceObjective : ITrainingObjective
+internal sealed class PreferenceObjective : ITrainingObjective
 {
     readonly CausalLM _policy;
     readonly PreferenceSettings _s;

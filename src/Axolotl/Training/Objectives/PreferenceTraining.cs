@@ -7,7 +7,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Training.Objectives;
 
 /// <summary>What <c>axolotl train</c> needs for an <c>rl:</c> config: the batches and the objective with its reference.</summary>
-public static class PreferenceTraining
+internal static class PreferenceTraining
 {
     /// <summary>The prepared pairs as training batches (micro_batch_size pairs) and evaluation batches (eval_batch_size
     /// pairs); for KTO, the examples with their KL completions.</summary>
