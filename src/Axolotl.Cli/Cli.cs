@@ -71,7 +71,7 @@ public static class Cli
             var overrides = args[2..].ToList();
             if (command == "train" && overrides.Remove("--dry-run")) command = "plan";
             if (command == "inference" && overrides.Contains("--gradio")) command = "serve";
-            (string Host, int Port)? serve = command == "serve" ? ServeCommand.TakeFlags(overrides) : null;
+            (string? Host, int? Port)? serve = command == "serve" ? ServeCommand.TakeFlags(overrides) : null;
             int debugExamples = command == "preprocess" ? TakeDebugFlags(overrides) : 0;
             (string? Prompt, bool Chat, Dictionary<string, string> Sampling)? inference = command == "inference" ? TakeInferenceFlags(overrides) : null;
             string? ggufType = command switch { "merge-lora" => TakeFlag(overrides, "--gguf"), "export-gguf" => TakeFlag(overrides, "--outtype") ?? "f16", _ => null };
@@ -269,6 +269,8 @@ public static class Cli
                 List<DatasetConfig> ds => string.Join("; ", ds.Select(d => $"{d.Path} ({d.Strategy ?? "pre-tokenized"}{(d.Variant != null ? ":" + d.Variant : "")})")),
                 List<string> list => "[" + string.Join(", ", list) + "]",
                 List<int> list => "[" + string.Join(", ", list) + "]",
+                List<double> list => "[" + string.Join(", ", list.Select(d => d.ToString("R", System.Globalization.CultureInfo.InvariantCulture))) + "]",
+                Enum e => ConfigLoader.Spelling(e),
                 Dictionary<string, string> map => "{" + string.Join(", ", map.Select(kv => $"{kv.Key}: {kv.Value}")) + "}",
                 bool b => b ? "true" : "false",
                 double d => d.ToString("0.##########", System.Globalization.CultureInfo.InvariantCulture),

@@ -13,10 +13,10 @@ static class ServeCommand
     public const int DefaultPort = 7860;
 
     /// <summary>Removes serve's own flags (--port, --host, and inference's --gradio) from the overrides.</summary>
-    public static (string Host, int Port) TakeFlags(List<string> args)
+    public static (string? Host, int? Port) TakeFlags(List<string> args)
     {
-        string host = "127.0.0.1";
-        int port = DefaultPort;
+        string? host = null;
+        int? port = null;
         for (int i = 0; i < args.Count; i++)
         {
             if (args[i] == "--gradio") { args.RemoveAt(i--); continue; }
@@ -32,17 +32,24 @@ static class ServeCommand
                     throw new UserError($"--host must be an IP address to listen on (127.0.0.1, 0.0.0.0, ::), not '{value}'.");
                 host = value;
             }
-            else if (!int.TryParse(value, out port) || port is < 0 or > 65535) throw new UserError($"--port needs a port number (0 to 65535), not '{value}'.");
+            else if (int.TryParse(value, out var number) && number is >= 0 and <= 65535) port = number;
+            else throw new UserError($"--port needs a port number (0 to 65535), not '{value}'.");
             args.RemoveRange(i, inline ? 1 : 2);
             i--;
         }
         return (host, port);
     }
 
-    public static int Run(AxolotlConfig config, (string Host, int Port) at)
+    /// <param name="flags">--host and --port when given; otherwise the config's gradio_server_name and gradio_server_port.</param>
+    public static int Run(AxolotlConfig config, (string? Host, int? Port) flags)
     {
+        var at = (Host: flags.Host ?? config.GradioServerName ?? "127.0.0.1", Port: flags.Port ?? config.GradioServerPort ?? DefaultPort);
+        if (config.GradioShare == true)
+            Console.Error.WriteLine("warning: gradio_share: there is no public share link here (Gradio's tunnel); the page is served on the host and port only.");
+        var defaults = new ChatPage();
+        var page = new ChatPage(config.GradioTitle ?? defaults.Title, config.GradioMaxNewTokens ?? defaults.MaxNewTokens, config.GradioTemperature ?? defaults.Temperature);
         using var client = AxolotlChatClient.Load(config, new StderrReporter());
-        var server = ChatServer.StartAsync(client, at.Host, at.Port, line => Console.Error.WriteLine(line)).GetAwaiter().GetResult();
+        var server = ChatServer.StartAsync(client, at.Host, at.Port, line => Console.Error.WriteLine(line), page).GetAwaiter().GetResult();
         try
         {
             if (!System.Net.IPAddress.TryParse(at.Host, out var ip) || !System.Net.IPAddress.IsLoopback(ip))

@@ -16,6 +16,30 @@ using Microsoft.Extensions.Logging;
 
 namespace Axolotl.Serving;
 
+/// <summary>The chat page's title and its initial max tokens and temperature (Axolotl's gradio_* keys; the defaults of
+/// the last two are Axolotl's).</summary>
+public sealed record ChatPage(string Title = "Axolotl.NET chat", int MaxNewTokens = 1024, double Temperature = 0.9)
+{
+    static readonly string Template = ReadTemplate();
+
+    static string ReadTemplate()
+    {
+        using var stream = typeof(ChatPage).Assembly.GetManifestResourceStream("Axolotl.Serving.index.html")!;
+        return new StreamReader(stream).ReadToEnd();
+    }
+
+    internal byte[] Render()
+    {
+        var title = System.Net.WebUtility.HtmlEncode(Title);
+        return System.Text.Encoding.UTF8.GetBytes(Template
+            .Replace("<title>Axolotl.NET chat</title>", $"<title>{title}</title>")
+            .Replace("<h1>Axolotl.NET · ", $"<h1>{title} · ")
+            .Replace("id=\"temperature\" type=\"number\" min=\"0\" max=\"2\" step=\"0.1\" value=\"0.9\"",
+                     $"id=\"temperature\" type=\"number\" min=\"0\" max=\"2\" step=\"0.1\" value=\"{Temperature.ToString(System.Globalization.CultureInfo.InvariantCulture)}\"")
+            .Replace("id=\"max-tokens\" type=\"number\" min=\"1\" step=\"1\" value=\"256\"", $"id=\"max-tokens\" type=\"number\" min=\"1\" step=\"1\" value=\"{MaxNewTokens}\""));
+    }
+}
+
 /// <summary>
 /// <c>axolotl serve</c>: an OpenAI-compatible API (<c>POST /v1/chat/completions</c>, <c>POST /v1/completions</c>,
 /// <c>GET /v1/models</c>) and a chat page at <c>/</c> over one <see cref="AxolotlChatClient"/>. Generations run one at
@@ -32,8 +56,9 @@ public sealed class ChatServer : IAsyncDisposable
     ChatServer(WebApplication app, AxolotlChatClient client, Uri address) => (_app, _client, Address) = (app, client, address);
 
     /// <summary>Starts listening on <paramref name="host"/>:<paramref name="port"/> (port 0: a free one). <paramref name="log"/> gets one line per request.</summary>
-    public static async Task<ChatServer> StartAsync(AxolotlChatClient client, string host = "127.0.0.1", int port = 7860, Action<string>? log = null)
+    public static async Task<ChatServer> StartAsync(AxolotlChatClient client, string host = "127.0.0.1", int port = 7860, Action<string>? log = null, ChatPage? page = null)
     {
+        var pageBytes = (page ?? new ChatPage()).Render();
         if (!IPAddress.TryParse(host, out var ip) && host != "localhost")
             throw new UserError($"--host must be an IP address to listen on (127.0.0.1, 0.0.0.0, ::), not '{host}'.");
         var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions { Args = [] });
@@ -46,8 +71,8 @@ public sealed class ChatServer : IAsyncDisposable
         });
         var app = builder.Build();
         var api = new OpenAiEndpoints(client, log ?? (_ => { }));
-        app.MapGet("/", (HttpContext c) => Page(c));
-        app.MapGet("/index.html", (HttpContext c) => Page(c));
+        app.MapGet("/", (HttpContext c) => Page(c, pageBytes));
+        app.MapGet("/index.html", (HttpContext c) => Page(c, pageBytes));
         app.MapGet("/v1/models", api.Models);
         app.MapGet("/v1/models/{**id}", api.Model);
         app.MapPost("/v1/chat/completions", api.ChatCompletions);
@@ -67,22 +92,12 @@ public sealed class ChatServer : IAsyncDisposable
         return new ChatServer(app, client, new Uri(bound.Replace("[::]", "localhost").Replace("0.0.0.0", "127.0.0.1") + "/"));
     }
 
-    static readonly byte[] PageBytes = ReadPage();
-
-    static byte[] ReadPage()
-    {
-        using var stream = typeof(ChatServer).Assembly.GetManifestResourceStream("Axolotl.Serving.index.html")!;
-        using var memory = new MemoryStream();
-        stream.CopyTo(memory);
-        return memory.ToArray();
-    }
-
-    static Task Page(HttpContext c)
+    static Task Page(HttpContext c, byte[] page)
     {
         c.Response.ContentType = "text/html; charset=utf-8";
         // Everything the page needs is in it: no CDN, no other request but the API's.
         c.Response.Headers.ContentSecurityPolicy = "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'";
-        return c.Response.Body.WriteAsync(PageBytes).AsTask();
+        return c.Response.Body.WriteAsync(page).AsTask();
     }
 
     /// <summary>Completes when the server stops (Ctrl-C or SIGTERM in a console, or <paramref name="cancellationToken"/>).</summary>

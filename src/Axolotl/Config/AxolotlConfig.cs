@@ -256,6 +256,19 @@ public sealed class AxolotlConfig
     // training
     /// <summary>Also write the logged scalars as TensorBoard event files under output_dir/runs/.</summary>
     public bool UseTensorboard { get; set; }
+
+    // axolotl inference --gradio (here: axolotl serve), Axolotl's keys for its browser UI
+    /// <summary>The chat page's title.</summary>
+    public string? GradioTitle { get; set; }
+    /// <summary>Gradio's public share link; there is none here (a warning says so when true).</summary>
+    public bool? GradioShare { get; set; }
+    /// <summary>The address to listen on (default 127.0.0.1); --host overrides it.</summary>
+    public string? GradioServerName { get; set; }
+    /// <summary>The port (default 7860); --port overrides it.</summary>
+    public int? GradioServerPort { get; set; }
+    /// <summary>The page's initial max tokens and temperature (Axolotl's defaults 1024 and 0.9).</summary>
+    public int? GradioMaxNewTokens { get; set; }
+    public double? GradioTemperature { get; set; }
     /// <summary>Batches in the prepared data's order every epoch (Axolotl's SequentialSampler) instead of shuffled.</summary>
     public bool CurriculumSampling { get; set; }
     /// <summary>Stop when the logged loss exceeds this for loss_watchdog_patience (default 3) step ends in a row.</summary>

@@ -631,6 +631,9 @@ internal static class ConfigLoader
         if (c.ExcessLengthStrategy is not ("drop" or "truncate" or "raise"))
             Fail($"excess_length_strategy '{c.ExcessLengthStrategy}' is not one Axolotl has (drop, truncate, raise).");
         if (c.MicroBatchSize < 1) Fail("'micro_batch_size' must be at least 1.");
+        if (c.GradioServerPort is < 0 or > 65535) Fail("'gradio_server_port' must be a port number (0 to 65535).");
+        if (c.GradioMaxNewTokens is < 1) Fail("'gradio_max_new_tokens' must be at least 1.");
+        if (c.GradioTemperature is < 0) Fail("'gradio_temperature' must be 0 or more.");
         if (c.GradientAccumulationSteps < 1) Fail("'gradient_accumulation_steps' must be at least 1.");
         if (c.BatchSize is < 1) Fail("'batch_size' must be at least 1.");
         if (c.EvalBatchSize is < 1) Fail("'eval_batch_size' must be at least 1.");

@@ -43,6 +43,22 @@ public class ServeCommandTests
         Assert.EndsWith("Choose another --port.", last);
     }
 
+    /// <summary>Axolotl's gradio_server_port is where `inference --gradio` listens when --port is not given: a taken
+    /// port named in the config is the one the error names.</summary>
+    [Fact]
+    public void Gradio_server_port_from_the_config_is_used_without_a_flag()
+    {
+        using var dir = TestSetup.TempDir();
+        using var taken = new TcpListener(IPAddress.Loopback, 0);
+        taken.Start();
+        var port = ((IPEndPoint)taken.LocalEndpoint).Port;
+        var config = Config(dir);
+        File.AppendAllText(config, $"\ngradio_server_port: {port}\ngradio_server_name: 127.0.0.1\ngradio_title: Bot\n");
+        var (code, _, stderr) = InProcessCli.Run("inference", config, "--gradio");
+        Assert.Equal(2, code);
+        Assert.StartsWith($"error: cannot listen on 127.0.0.1:{port}", stderr.Trim().Split('\n')[^1]);
+    }
+
     [Theory]
     [InlineData("--port", "http", "--port needs a port number")]
     [InlineData("--port", "70000", "--port needs a port number")]

@@ -295,6 +295,20 @@ public class ServeTests(ServedModel served, Xunit.Abstractions.ITestOutputHelper
     }
 
     [Fact]
+    public async Task The_page_carries_the_gradio_title_max_tokens_and_temperature()
+    {
+        using var dir = TestSetup.TempDir();
+        using var client = ServedModel.LoadClient(dir);
+        await using var server = await ChatServer.StartAsync(client, "127.0.0.1", 0, page: new ChatPage("Bots & <Co>", 77, 0.25));
+        using var http = new HttpClient { BaseAddress = server.Address };
+        var html = await http.GetStringAsync("/");
+        Assert.Contains("<title>Bots &amp; &lt;Co&gt;</title>", html);
+        Assert.Contains("<h1>Bots &amp; &lt;Co&gt; · ", html);
+        Assert.Contains("id=\"max-tokens\" type=\"number\" min=\"1\" step=\"1\" value=\"77\"", html);
+        Assert.Contains("step=\"0.1\" value=\"0.25\"", html);
+    }
+
+    [Fact]
     public async Task A_full_queue_answers_503_and_later_requests_are_served()
     {
         using var dir = TestSetup.TempDir();
