@@ -35,7 +35,7 @@ public class StreamedSftTests
             type: alpaca
         streaming: true
         streaming_multipack_buffer_size: 5
-        sequence_len: 64
+        sequence_len: 256
         micro_batch_size: 2
         gradient_accumulation_steps: 2
         max_steps: 6
@@ -93,7 +93,7 @@ public class StreamedSftTests
         var (first, _) = stream.Batches(StreamPosition.Start).First();
         // Rows in file order: the first two alpaca rows, each tokenized as the alpaca type does outside a stream.
         var rows = RowReader.Stream(config.Datasets[0]).Take(2).ToList();
-        var strategy = PromptStrategies.For(config.Datasets[0], new StrategyContext(() => tokenizer, 64, false));
+        var strategy = PromptStrategies.For(config.Datasets[0], new StrategyContext(() => tokenizer, 256, false));
         var expected = rows.SelectMany(strategy.Tokenize).ToList();
         Assert.Equal(2, first.Rows);
         for (int r = 0; r < 2; r++)

@@ -42,10 +42,10 @@ public sealed class MlflowCallback(IMlflowStore store, MlflowRunOptions options,
     public void OnLog(TrainerContext c, JsonObject entry)
     {
         if (_runId is null) return;
-        long step = entry["step"] is JsonNode s ? (long)s.GetValue<double>() : c.Step;
+        long step = entry["step"] is JsonNode s ? (long)LossCurve.Number(s) : c.Step;
         long now = DateTimeOffset.UtcNow.ToUnixTimeMilliseconds();
         var metrics = entry.Where(kv => kv.Key != "step" && kv.Value is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.Number)
-            .Select(kv => new MlflowMetric(kv.Key, kv.Value!.GetValue<double>(), now, step)).ToList();
+            .Select(kv => new MlflowMetric(kv.Key, LossCurve.Number(kv.Value!), now, step)).ToList();
         if (metrics.Count > 0) Safely(() => store.LogBatch(_runId, metrics, []));
     }
 

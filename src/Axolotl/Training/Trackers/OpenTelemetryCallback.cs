@@ -51,7 +51,7 @@ public sealed class OpenTelemetryCallback : ITrainerCallback, IDisposable
 
     public void OnLog(TrainerContext c, JsonObject entry)
     {
-        double? Number(string key) => entry[key] is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.Number ? v.GetValue<double>() : null;
+        double? Number(string key) => entry[key] is JsonValue v && v.GetValueKind() == System.Text.Json.JsonValueKind.Number ? LossCurve.Number(v) : null;
         if (Number("loss") is double loss) _trainLoss.Record(loss);
         if (Number("eval_loss") is double evalLoss) _evalLoss.Record(evalLoss);
         if (Number("learning_rate") is double lr) _learningRate.Record(lr);
@@ -72,10 +72,10 @@ public sealed class OpenTelemetryCallback : ITrainerCallback, IDisposable
         {
             if (!key.StartsWith("eval_", StringComparison.Ordinal) || node is not JsonValue v || v.GetValueKind() != System.Text.Json.JsonValueKind.Number) continue;
             // eval_loss has its gauge already (Axolotl's second create_gauge of the same name returns that one).
-            if (key == "eval_loss") { _evalLoss.Record(v.GetValue<double>()); continue; }
+            if (key == "eval_loss") { _evalLoss.Record(LossCurve.Number(v)); continue; }
             if (!_evalGauges.TryGetValue(key, out var gauge))
                 _evalGauges[key] = gauge = _meter.CreateGauge<double>($"axolotl_{key}", "1", $"Evaluation metric: {key}");
-            gauge.Record(v.GetValue<double>());
+            gauge.Record(LossCurve.Number(v));
         }
     }
 
