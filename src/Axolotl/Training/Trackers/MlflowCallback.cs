@@ -141,7 +141,8 @@ public sealed class MlflowCallback(IMlflowStore store, MlflowRunOptions options,
         JsonArray a => a.Select(FromJson).ToList(),
         JsonValue v when v.GetValueKind() == System.Text.Json.JsonValueKind.String => v.GetValue<string>(),
         JsonValue v when v.GetValueKind() is System.Text.Json.JsonValueKind.True or System.Text.Json.JsonValueKind.False => v.GetValue<bool>(),
-        JsonValue v => v.TryGetValue<long>(out var l) ? l : v.GetValue<double>(),
+        // An integer as JSON writes it stays an int for Python (64, not 64.0).
+        JsonValue v => long.TryParse(v.ToJsonString(), NumberStyles.AllowLeadingSign, CultureInfo.InvariantCulture, out var l) ? (object)l : LossCurve.Number(v),
     };
 
     static object? FromYaml(YamlNode node) => node switch
