@@ -11,7 +11,7 @@ namespace Axolotl.Recipes;
 /// do_causal_lm_eval), MLflow (use_mlflow / mlflow_experiment_name), OpenTelemetry metrics (use_otel_metrics). Lives
 /// for the whole recipe: disposing it ends an unfinished MLflow run as KILLED and stops the metrics endpoint.
 /// </summary>
-public sealed class RunTrackers : IDisposable
+internal sealed class RunTrackers : IDisposable
 {
     readonly List<ITrainerCallback> _callbacks = [];
 

@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Training.Trackers;
 
 /// <summary>What <see cref="EvalSamplesCallback"/> does at each evaluation.</summary>
-public sealed record EvalSamplesOptions
+internal sealed record EvalSamplesOptions
 {
     /// <summary>eval_table_size: rows of the table (0: no table). Whole eval batches are taken until more than this many
     /// rows are in, as Axolotl's LogPredictionCallback checks the count before each batch.</summary>
@@ -36,7 +36,7 @@ public sealed record EvalSamplesOptions
 /// Perplexity passes no attention mask); eval_perplexity = exp(mean window loss), logged as its own entry.</item>
 /// </list>
 /// </summary>
-public sealed class EvalSamplesCallback(IReadOnlyList<Example> eval, Tokenizer tokenizer, EvalSamplesOptions options, string outputDir,
+internal sealed class EvalSamplesCallback(IReadOnlyList<Example> eval, Tokenizer tokenizer, EvalSamplesOptions options, string outputDir,
                                         TensorBoardWriter? tensorBoard = null) : ITrainerCallback
 {
     public const string FileName = "eval_samples.jsonl";

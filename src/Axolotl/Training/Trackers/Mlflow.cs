@@ -6,10 +6,10 @@ using Axolotl.IO;
 
 namespace Axolotl.Training.Trackers;
 
-public sealed record MlflowMetric(string Key, double Value, long Timestamp, long Step);
+internal sealed record MlflowMetric(string Key, double Value, long Timestamp, long Step);
 
 /// <summary>Where an MLflow run goes: a tracking server (REST API) or a local file store (<c>mlruns</c>).</summary>
-public interface IMlflowStore
+internal interface IMlflowStore
 {
     /// <summary>The id of the experiment of this name, created when missing (null: the Default experiment, id 0).</summary>
     string Experiment(string? name);
@@ -29,7 +29,7 @@ public interface IMlflowStore
 /// value as the whole file), <c>artifacts/</c>. A missing root gets the Default experiment (id 0) and <c>.trash</c>, as
 /// the FileStore creates them.
 /// </summary>
-public sealed class MlflowFileStore : IMlflowStore
+internal sealed class MlflowFileStore : IMlflowStore
 {
     readonly string _root;
 
@@ -195,7 +195,7 @@ public sealed class MlflowFileStore : IMlflowStore
 /// mlflow-artifacts proxy when the run's artifact_uri is mlflow-artifacts:. MLFLOW_TRACKING_TOKEN (bearer) or
 /// MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (basic) authenticate, as MLflow's client reads them.
 /// </summary>
-public sealed class MlflowRestStore : IMlflowStore, IDisposable
+internal sealed class MlflowRestStore : IMlflowStore, IDisposable
 {
     readonly HttpClient _http;
     readonly string _base;

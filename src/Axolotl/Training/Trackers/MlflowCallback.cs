@@ -14,7 +14,7 @@ namespace Axolotl.Training.Trackers;
 /// file at train begin (Axolotl's SaveAxolotlConfigtoMlflowCallback), each checkpoint's files on save and output_dir's
 /// files at the end go to the run's artifacts. The run ends FINISHED (or KILLED when training is interrupted).
 /// </summary>
-public sealed class MlflowCallback(IMlflowStore store, MlflowRunOptions options, Action<string>? warn = null) : ITrainerCallback, IDisposable
+internal sealed class MlflowCallback(IMlflowStore store, MlflowRunOptions options, Action<string>? warn = null) : ITrainerCallback, IDisposable
 {
     /// <summary>mlflow.utils.validation.MAX_PARAM_VAL_LENGTH.</summary>
     const int MaxParamLength = 6000;
@@ -177,7 +177,7 @@ public sealed class MlflowCallback(IMlflowStore store, MlflowRunOptions options,
 }
 
 /// <summary>The run's identity and what it logs.</summary>
-public sealed record MlflowRunOptions
+internal sealed record MlflowRunOptions
 {
     public string? ExperimentName { get; init; }
     public required string RunName { get; init; }

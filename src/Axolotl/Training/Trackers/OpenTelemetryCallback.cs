@@ -13,7 +13,7 @@ namespace Axolotl.Training.Trackers;
 /// axolotl_eval_* gauge per numeric eval metric; the counter axolotl_global_steps adds one per step. The exporter names
 /// them as the OpenTelemetry-to-Prometheus rules say (a unit suffix, _ratio for unit "1" gauges, _total for counters).
 /// </summary>
-public sealed class OpenTelemetryCallback : ITrainerCallback, IDisposable
+internal sealed class OpenTelemetryCallback : ITrainerCallback, IDisposable
 {
     public const string MeterName = "axolotl.training";
     readonly Meter _meter = new(MeterName);
