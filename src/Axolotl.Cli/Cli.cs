@@ -198,10 +198,10 @@ public static class Cli
     /// </summary>
     static int Preprocess(AxolotlConfig config, int debugExamples)
     {
-        if (config.PretrainingDataset.Count > 0)
+        if (config.Streaming || config.PretrainingDataset.Count > 0)
         {
             // As Axolotl's preprocess: a stream is tokenized while training, so there is nothing to prepare or cache.
-            Console.Error.WriteLine("pretraining_dataset is streamed and tokenized while `axolotl train` runs, never cached; `preprocess` has nothing to prepare. Run `axolotl train` directly.");
+            Console.Error.WriteLine($"{(config.PretrainingDataset.Count > 0 ? "pretraining_dataset" : "a streaming dataset")} is streamed and tokenized while `axolotl train` runs, never cached; `preprocess` has nothing to prepare. Run `axolotl train` directly.");
             return 0;
         }
         Runtime.TorchRuntime.EnsureLoaded();

@@ -182,7 +182,8 @@ public sealed class AxolotlConfig
     /// See Data/PretrainingStream.cs.
     /// </summary>
     public List<DatasetConfig> PretrainingDataset { get; set; } = [];
-    /// <summary>Set with pretraining_dataset (implied by it, as in Axolotl); streaming SFT datasets are not implemented.</summary>
+    /// <summary>Set with pretraining_dataset (implied by it, as in Axolotl); without it, the one SFT dataset is read,
+    /// tokenized (and packed) as rows arrive instead of prepared first (needs max_steps). See Data/PretrainingStream.cs.</summary>
     public bool Streaming { get; set; }
     /// <summary>pretraining_dataset without packing: true packs whole texts into sequence_len blocks; unset or false, one text per row.</summary>
     public bool? PretrainingSampleConcatenation { get; set; }
@@ -269,6 +270,31 @@ public sealed class AxolotlConfig
     /// <summary>The page's initial max tokens and temperature (Axolotl's defaults 1024 and 0.9).</summary>
     public int? GradioMaxNewTokens { get; set; }
     public double? GradioTemperature { get; set; }
+
+    // evaluation tables, causal-LM metrics and trackers (Training/Trackers/)
+    /// <summary>At each evaluation, greedy completions of the eval prompts (batches of eval rows until more than this many
+    /// rows are shown, as Axolotl's LogPredictionCallback) go to eval_samples.jsonl and TensorBoard's text plugin; 0: none.</summary>
+    public int EvalTableSize { get; set; }
+    /// <summary>New tokens per generated completion (eval table and causal-LM eval), and perplexity's window.</summary>
+    public int EvalMaxNewTokens { get; set; } = 128;
+    /// <summary>Metrics of do_causal_lm_eval: perplexity is computed; sacrebleu, comet, ter, chrf (downloaded by HF
+    /// evaluate in Axolotl) are not, with a warning. Axolotl's default is sacrebleu, comet, ter, chrf.</summary>
+    public List<string>? EvalCausalLmMetrics { get; set; }
+    /// <summary>At each evaluation, log eval_{metric} for eval_causal_lm_metrics over the eval rows' completions.</summary>
+    public bool DoCausalLmEval { get; set; }
+    /// <summary>Also log to MLflow (implied by mlflow_experiment_name, as Axolotl sets it).</summary>
+    public bool? UseMlflow { get; set; }
+    /// <summary>An http(s) MLflow tracking server (REST API) or a file: URI / path (MLflow's file store); ./mlruns when unset.</summary>
+    public string? MlflowTrackingUri { get; set; }
+    /// <summary>MLflow experiment, created when missing; "Default" (id 0) when unset.</summary>
+    public string? MlflowExperimentName { get; set; }
+    public string? MlflowRunName { get; set; }
+    /// <summary>Also copy the axolotl config and each checkpoint's files into the MLflow run's artifacts.</summary>
+    public bool HfMlflowLogArtifacts { get; set; }
+    /// <summary>Serve the training metrics in Prometheus' text format at http://otel_metrics_host:otel_metrics_port/metrics.</summary>
+    public bool UseOtelMetrics { get; set; }
+    public string OtelMetricsHost { get; set; } = "localhost";
+    public int OtelMetricsPort { get; set; } = 8000;
     /// <summary>Batches in the prepared data's order every epoch (Axolotl's SequentialSampler) instead of shuffled.</summary>
     public bool CurriculumSampling { get; set; }
     /// <summary>Stop when the logged loss exceeds this for loss_watchdog_patience (default 3) step ends in a row.</summary>

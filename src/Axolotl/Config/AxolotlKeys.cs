@@ -204,6 +204,25 @@ static class AxolotlKeys
         ["test_value"] = NotInSchema,
     }.ToFrozenDictionary();
 
+    const string Wandb = "W&B's run files are written by its own client and service, whose offline format is not specified well enough to write faithfully; log with use_tensorboard: true or mlflow_tracking_uri (a server, or a file: store that `mlflow ui` reads) instead";
+
+    /// <summary>
+    /// Keys refused on purpose, with the hardware or library each needs that a CPU (or a GPU through libtorch alone) does
+    /// not have: the refusal says why, so nobody waits for them (README, "Refused on purpose").
+    /// </summary>
+    public static readonly FrozenDictionary<string, string> RefusedOnPurpose = new Dictionary<string, string>
+    {
+        ["use_wandb"] = Wandb, ["wandb_project"] = Wandb, ["wandb_entity"] = Wandb, ["wandb_name"] = Wandb, ["wandb_run_id"] = Wandb,
+        ["wandb_mode"] = Wandb, ["wandb_watch"] = Wandb, ["wandb_log_model"] = Wandb,
+        ["qat"] = "quantization-aware training fakes torchao's low-bit (int4/int8/fp8) GPU kernels in the forward pass; without torchao and those kernels it cannot be reproduced (QLoRA with load_in_4bit trains on an NF4 base here)",
+        ["fp8"] = "FP8 training needs FP8 tensor cores (NVIDIA Hopper or Ada) and torchao's float8 layers, which libtorch alone does not provide; bf16 trains instead when you remove it",
+        ["fp8_enable_fsdp_float8_all_gather"] = "FP8 training needs FP8 tensor cores (NVIDIA Hopper or Ada), torchao's float8 layers and FSDP2",
+        ["nvfp4_merge_aware"] = "NVFP4 is a 4-bit float format computed by NVIDIA Blackwell tensor cores (and their kernels); no CPU or earlier GPU runs it",
+        ["nvfp4_merge_aware_start_step"] = "NVFP4 is a 4-bit float format computed by NVIDIA Blackwell tensor cores (and their kernels); no CPU or earlier GPU runs it",
+        ["gptq"] = "a GPTQ checkpoint runs through the GPU kernels of auto-gptq/gptqmodel (exllama, marlin); quantize a plain checkpoint with load_in_4bit (QLoRA) or load_in_8bit instead",
+        ["llmcompressor"] = "LLM Compressor (vLLM's llmcompressor library) applies its own sparsity and quantization recipes and saves compressed-tensors checkpoints for vLLM; neither the library nor that format is ported",
+    }.ToFrozenDictionary();
+
     /// <summary>Older Axolotl names, read as the current key with a warning.</summary>
     public static readonly FrozenDictionary<string, string> Renamed =
         new Dictionary<string, string> { ["random_init_weights"] = "reinit_weights", ["overrides_of_model_config"] = "model_config", ["pretrain_multipack_buffer_size"] = "streaming_multipack_buffer_size" }.ToFrozenDictionary();

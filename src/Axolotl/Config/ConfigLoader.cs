@@ -314,9 +314,13 @@ internal static class ConfigLoader
             if (IsGiven("pretraining_dataset") && c.MaxSteps is null) Fail("pretraining_dataset", "max_steps must be set with pretraining_dataset: the length of a stream is unknown, so the schedule needs it.");
             if (c.ValSetSize != 0 && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
                 Fail("val_set_size", "val_set_size is not supported with streaming or pretraining_dataset; use test_datasets for evaluation.");
+            // Axolotl refuses several streamed datasets with packing; without it, it merges them, which is not built here.
+            if (IsGiven("streaming") && !IsGiven("pretraining_dataset") && c.Datasets.Count > 1)
+                Fail("datasets", $"streaming reads one dataset here ({c.Datasets.Count} are listed): Axolotl does not pack several streamed datasets, and merging them without packing is not built yet; list one dataset or turn streaming off.");
             if (c.DatasetExactDeduplication && (IsGiven("streaming") || IsGiven("pretraining_dataset")))
                 Fail("dataset_exact_deduplication", "dataset_exact_deduplication is not available for streaming datasets.");
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
+            Trackers.CheckEvalKeys(c, IsGiven, Fail);
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
             // TRL's KTOTrainer: with one example per batch the KL estimate would be the example's own reward.
             if (c.Rl == RlMethod.Kto && c.MicroBatchSize <= 1) Fail("micro_batch_size", "rl: kto needs micro_batch_size of at least 2: the KL term is estimated from the other examples of each batch.");
@@ -354,10 +358,9 @@ internal static class ConfigLoader
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
             if (c.Adapter is AdapterKind.LlamaAdapter) Refuse("adapter");
             if (c.Rl is RlMethod.Gdpo or RlMethod.Grpo or RlMethod.Ebft) Refuse("rl");
-            // Streaming covers pretraining_dataset only; Axolotl's streamed SFT datasets are another path.
-            if (c.Streaming && c.PretrainingDataset.Count == 0) Refuse("streaming");
             if (!c.PretrainMultipackAttn && c.PretrainingDataset.Count > 0 && c.SamplePacking) Refuse("pretrain_multipack_attn");
-            if (c.PretrainingDataset.Count > 0 && c.TestDatasets.Count > 0) Refuse("test_datasets");
+            if ((c.Streaming || c.PretrainingDataset.Count > 0) && c.TestDatasets.Count > 0) Refuse("test_datasets");
+            if (c.Streaming && c.PretrainingDataset.Count == 0 && c.Rl != null) Refuse("streaming"); // streamed preference pairs
             // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
             if (c.Adapter == AdapterKind.Lora && c.LoadIn4Bit) Refuse("load_in_4bit");
             if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
@@ -374,10 +377,13 @@ internal static class ConfigLoader
             if (refused.Count == 0) return;
             var ordered = refused.OrderBy(r => r.At.Line).ToList();
             var keys = ordered.Select(r => r.Key).ToList();
+            static string Why(Refusal r) => AxolotlKeys.RefusedOnPurpose.TryGetValue(r.Key, out var reason) ? $" [refused on purpose: {reason}]" : "";
             if (ordered.Count == 1)
-                throw new UnsupportedKeysError($"{ordered[0].At.Full}: '{ordered[0].Shown}' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.", keys);
+                throw new UnsupportedKeysError(AxolotlKeys.RefusedOnPurpose.TryGetValue(ordered[0].Key, out var why)
+                    ? $"{ordered[0].At.Full}: '{ordered[0].Shown}' is refused on purpose: {why}; remove it or leave it empty."
+                    : $"{ordered[0].At.Full}: '{ordered[0].Shown}' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.", keys);
             throw new UnsupportedKeysError($"{path}: Axolotl options that Axolotl.NET does not implement yet: " +
-                string.Join(", ", ordered.Select(r => $"'{r.Shown}' ({r.At.Short})")) + "; remove them or leave them empty.", keys);
+                string.Join(", ", ordered.Select(r => $"'{r.Shown}' ({r.At.Short}){Why(r)}")) + "; remove them or leave them empty.", keys);
         }
 
         /// <summary>Axolotl's derived values, and what runs instead of each speed-only key.</summary>
@@ -404,6 +410,7 @@ internal static class ConfigLoader
             if (c.PretrainingDataset.Count > 0 && c.Datasets.Count > 0)
                 Warn(spots["datasets"].At, "'datasets' is not read when pretraining_dataset is set, as in Axolotl.");
             if (c.PretrainingDataset.Count > 0) c.Streaming = true;
+            foreach (var (key, text) in Trackers.Resolve(c)) Warn(spots.TryGetValue(key, out var e) ? e.At : new Spot(path, path, int.MaxValue), text);
 
             // Legacy flags mean an attn_implementation (the first set one in Axolotl's priority order wins).
             string? requested = c.AttnImplementation, from = requested != null ? "attn_implementation" : null;

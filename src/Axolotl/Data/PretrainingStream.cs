@@ -36,8 +36,10 @@ internal sealed record PretrainingOptions
     public PackingOptions? Packing { get; init; }
     /// <summary>streaming_multipack_buffer_size: rows shuffled, tokenized and packed together.</summary>
     public int BufferSize { get; init; } = 10_000;
-    /// <summary>shuffle_merged_datasets: rows go through a seeded shuffle buffer of BufferSize.</summary>
+    /// <summary>shuffle_merged_datasets: rows go through a seeded shuffle buffer of ShuffleBufferSize.</summary>
     public bool Shuffle { get; init; } = true;
+    /// <summary>Rows of the shuffle buffer; BufferSize when unset.</summary>
+    public int? ShuffleBufferSize { get; init; }
     public int Seed { get; init; } = 42;
     public int PadTokenId { get; init; }
     /// <summary>pad_to_sequence_len without packing: rows padded to a multiple of this.</summary>
@@ -181,7 +183,7 @@ internal sealed class PretrainingStream : IBatchStream
     IEnumerable<Row> Rows(int epoch)
     {
         var rows = _rows().Skip(_o.Skip);
-        return _o.Shuffle ? BufferShuffle(rows, _o.BufferSize, new Random(unchecked(_o.Seed + epoch))) : rows;
+        return _o.Shuffle ? BufferShuffle(rows, _o.ShuffleBufferSize ?? _o.BufferSize, new Random(unchecked(_o.Seed + epoch))) : rows;
     }
 
     /// <summary>
@@ -226,7 +228,24 @@ internal sealed class PretrainingStream : IBatchStream
     IEnumerable<object> Encode(IEnumerable<Row> buffer, int epoch, long bufferStart)
     {
         if (_o.Packing is { } packing) return PackBuffer(buffer, packing, epoch, bufferStart);
+        if (_strategy != null) return OneSamplePerRow(buffer);
         return _o.Concatenate ? Concatenated(buffer) : OneTextPerRow(buffer);
+    }
+
+    /// <summary>
+    /// A streamed SFT dataset without packing (Axolotl's iterable map of the dataset's type): each row's samples as the
+    /// type tokenizes them, micro_batch_size of them padded together; nothing is dropped, as Axolotl does not filter a stream.
+    /// </summary>
+    IEnumerable<object> OneSamplePerRow(IEnumerable<Row> buffer)
+    {
+        foreach (var row in buffer)
+        {
+            Example[] samples;
+            try { samples = _strategy!.Tokenize(row).ToArray(); }
+            catch (BadRowError e) { _bad.Report(e); continue; }
+            foreach (var sample in samples)
+                if (sample.InputIds.Length > 0) yield return sample;
+        }
     }
 
     IEnumerable<object> OneTextPerRow(IEnumerable<Row> buffer)
@@ -405,23 +424,29 @@ internal sealed class PretrainingStream : IBatchStream
 
 internal static class PretrainingStreams
 {
-    /// <summary>The stream of the config's first pretraining_dataset entry, as <c>axolotl train</c> reads it.</summary>
+    /// <summary>
+    /// The stream <c>axolotl train</c> reads: the first pretraining_dataset entry, or with <c>streaming: true</c> and no
+    /// pretraining_dataset the (one) SFT dataset, tokenized by its type as rows arrive (Axolotl's streamed SFT path).
+    /// </summary>
     public static PretrainingStream ForConfig(Config.AxolotlConfig config, Func<Tokenizer> tokenizer, int padTokenId)
     {
-        var d = config.PretrainingDataset[0];
+        bool sft = config.PretrainingDataset.Count == 0;
+        var d = sft ? config.Datasets[0] : config.PretrainingDataset[0];
         var bad = new BadRows(config.BadRows == "skip");
         IPromptStrategy? strategy = null;
-        // Without packing Axolotl tokenizes the text column whatever the type; with it, an SFT type formats each row.
-        if (config.SamplePacking && d.Type != "pretrain")
+        // Without packing Axolotl tokenizes a pretraining entry's text column whatever the type; with it, an SFT type
+        // formats each row. A streamed SFT dataset is always tokenized by its type.
+        if (sft || (config.SamplePacking && d.Type != "pretrain"))
             strategy = PromptStrategies.For(d, new StrategyContext(tokenizer, config.SequenceLen, config.TrainOnInputs)
             {
                 ChatTemplate = x => DatasetBuilder.ResolveChatTemplate(config, x, tokenizer(), warn: null),
+                EotTokens = config.EotTokens,
             });
         var options = new PretrainingOptions
         {
             SequenceLen = config.SequenceLen,
             MicroBatchSize = config.MicroBatchSize,
-            Concatenate = config.PretrainingSampleConcatenation == true,
+            Concatenate = !sft && config.PretrainingSampleConcatenation == true,
             // One row of micro_batch_size × sequence_len per micro-batch: Axolotl packs so and sets micro_batch_size to 1.
             Packing = config.SamplePacking ? new PackingOptions
             {
@@ -430,21 +455,32 @@ internal static class PretrainingStreams
                 Sequentially = config.SamplePackingSequentially, PadToSequenceLen = true,
             } : null,
             BufferSize = config.StreamingMultipackBufferSize,
-            Shuffle = config.ShuffleMergedDatasets,
+            Shuffle = config.ShuffleMergedDatasets && !(sft && config.CurriculumSampling),
+            // Unpacked streamed SFT goes through merge_datasets' IterableDataset.shuffle(seed), whose buffer is datasets' default.
+            ShuffleBufferSize = sft && !config.SamplePacking ? DatasetsShuffleBuffer : null,
             Seed = config.Seed,
             PadTokenId = padTokenId,
-            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : null,
+            PadToMultipleOf = !config.SamplePacking && config.PadToSequenceLen == true ? PackingOptions.PadMultiple(config.SequenceLen) : sft ? 64 : null,
             TextColumn = d.TextColumn ?? "text",
             Skip = d.Skip ?? 0,
         };
-        return new PretrainingStream(() => RowReader.Stream(d, bad), tokenizer, options, strategy, bad, $"pretraining_dataset '{d.Path}'");
+        return new PretrainingStream(() => RowReader.Stream(d, bad), tokenizer, options, strategy, bad,
+            sft ? $"dataset '{d.Path}' (streaming)" : $"pretraining_dataset '{d.Path}'");
     }
 
+    /// <summary>datasets' IterableDataset.shuffle default buffer_size.</summary>
+    const int DatasetsShuffleBuffer = 1000;
+
     /// <summary>One line on what the stream makes of the text.</summary>
-    public static string Describe(Config.AxolotlConfig config) =>
-        $"Data: streaming pretraining_dataset '{config.PretrainingDataset[0].Path}' for max_steps {config.MaxSteps}: " +
-        (config.SamplePacking ? $"samples packed into one row of {config.MicroBatchSize} × {config.SequenceLen} tokens per micro-batch"
-         : config.PretrainingSampleConcatenation == true ? $"texts concatenated into blocks of {config.SequenceLen} tokens"
-         : $"one text per row (up to {config.SequenceLen - 2} tokens)") +
-        (config.ShuffleMergedDatasets ? $", shuffled in a buffer of {config.StreamingMultipackBufferSize} rows" : "") + "; not cached.";
+    public static string Describe(Config.AxolotlConfig config)
+    {
+        bool sft = config.PretrainingDataset.Count == 0;
+        var d = sft ? config.Datasets[0] : config.PretrainingDataset[0];
+        return $"Data: streaming {(sft ? $"dataset '{d.Path}' (type {d.Type})" : $"pretraining_dataset '{d.Path}'")} for max_steps {config.MaxSteps}: " +
+            (config.SamplePacking ? $"samples packed into one row of {config.MicroBatchSize} × {config.SequenceLen} tokens per micro-batch"
+             : sft ? $"{config.MicroBatchSize} samples padded together per micro-batch"
+             : config.PretrainingSampleConcatenation == true ? $"texts concatenated into blocks of {config.SequenceLen} tokens"
+             : $"one text per row (up to {config.SequenceLen - 2} tokens)") +
+            (config.ShuffleMergedDatasets ? $", shuffled in a buffer of {(sft && !config.SamplePacking ? DatasetsShuffleBuffer : config.StreamingMultipackBufferSize)} rows" : "") + "; not cached.";
+    }
 }

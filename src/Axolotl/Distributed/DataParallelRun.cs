@@ -23,8 +23,8 @@ internal static class DataParallelRun
         if (config.WarnedKeys.FirstOrDefault(k => k is "fsdp" or "fsdp_config") is { } fsdp)
             throw new UserError($"{config.SourcePath}: '{fsdp}' (parameters sharded across processes and gathered layer by layer) is not built yet; " +
                                 "over several processes use 'deepspeed' with ZeRO stage 1 (sharded optimizer state) or 2 (also sharded gradients).");
-        if (config.PretrainingDataset.Count > 0)
-            throw new UserError($"{config.SourcePath}: pretraining_dataset (a stream) is not split across processes yet; train it in one process, or prepare the data as a dataset.");
+        if (config.Streaming || config.PretrainingDataset.Count > 0)
+            throw new UserError($"{config.SourcePath}: {(config.PretrainingDataset.Count > 0 ? "pretraining_dataset" : "streaming")} (a stream) is not split across processes yet; train it in one process, or prepare the data as a dataset.");
         if (config.SamplePacking && !config.MultipackRealBatches)
             throw new UserError($"{config.SourcePath}: multipack_real_batches: false packs a micro-batch into one row, which cannot be split across processes; set it to true (the default) to train on several.");
         int zeroStage = config.Deepspeed is { Length: > 0 } deepspeed ? DeepSpeedConfig.ZeroStage(deepspeed, config.SourcePath) : 0;

@@ -35,8 +35,8 @@ internal static class FinetuneRecipe
         // Read the architecture first: a wrong model path should fail before minutes of tokenization.
         var architecture = ModelLoading.Architecture(config);
 
-        // pretraining_dataset is read while training runs; nothing is prepared (or cached) before.
-        bool streaming = config.PretrainingDataset.Count > 0;
+        // pretraining_dataset and streamed SFT datasets are read while training runs; nothing is prepared (or cached) before.
+        bool streaming = config.Streaming || config.PretrainingDataset.Count > 0;
         var (data, tokenizer, tokenizerDir) = streaming
             ? (new PreparedDataset([], 0, 0, 0), ModelLoading.LoadTokenizer(config), config.TokenizerFolder())
             : Distributed.DataParallelRun.RankZeroFirst(parallel, () => PreprocessRecipe.Run(config, reporter));
@@ -166,6 +166,7 @@ internal static class FinetuneRecipe
         };
         var restored = resumeFrom != null && File.Exists(Path.Combine(resumeFrom, TrainerState.FileName)) ? TrainerState.Load(resumeFrom).LogHistory : [];
         TrainerState state;
+        using var trackers = new RunTrackers();
         using (var metrics = Distributed.DataParallelRun.WritesOutputs(parallel)
                    ? new MetricsLog(outputDir, restored, reporter) { TensorBoard = config.UseTensorboard ? new TensorBoardWriter(outputDir) : null } : null)
         {
@@ -181,6 +182,8 @@ internal static class FinetuneRecipe
             }
             var trainer = new Trainer(model, options, (ITrainingObserver?)metrics ?? reporter, checkpoints) { Objective = objective ?? new CrossEntropyObjective(model) };
             if (parallel != null) trainer.Callbacks.Add(new Distributed.DataParallelCallback(parallel.World, stop, reporter.Info));
+            if (metrics != null) trackers.AddFor(config, outputDir, data.Eval, tokenizer, metrics.TensorBoard, reporter);
+            trainer.Callbacks.AddRange(trackers.Callbacks);
             state = pairs != null ? trainer.Train(pairs, evalPairs, resumeFrom, stop)
                 : stream != null ? trainer.Train(stream, resumeFrom, stop)
                 : parallel != null ? trainer.Train(Distributed.RankBatches.Training(data.Examples, options, parallel),
@@ -199,6 +202,7 @@ internal static class FinetuneRecipe
         LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
         if (tokenizer != null) TokenizerFiles.CopyWithConfigChanges(tokenizerDir, outputDir, config, tokenizer);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
+        trackers.Finish(outputDir);
         return new FinetuneResult(outputDir, state, DatasetSummary.Of(data));
     }
 

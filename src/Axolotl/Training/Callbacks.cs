@@ -49,6 +49,9 @@ internal sealed class TrainerContext
     public TrainerControl Control { get; } = new();
     public int Step { get; internal set; }
     public StepFigures? LastStep { get; internal set; }
+    /// <summary>Adds an entry to the log history and passes it to every callback's OnLog, as transformers' Trainer.log
+    /// (a callback logging its own metrics, such as eval_perplexity of do_causal_lm_eval).</summary>
+    public Action<JsonObject>? Log { get; internal set; }
 }
 
 /// <summary>transformers' DefaultFlowCallback: logs, evaluates and saves at their intervals (and logs the last step).</summary>

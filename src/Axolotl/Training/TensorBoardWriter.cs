@@ -42,6 +42,43 @@ internal sealed class TensorBoardWriter : IDisposable
         WriteRecord(Event(WallTime(), (long)LossCurve.Number(stepNode), null, values));
     }
 
+    /// <summary>
+    /// A table for TensorBoard's text plugin: a string tensor [rows, columns] (a 2-D text summary is shown as a table,
+    /// each cell as markdown) with the plugin named in the value's metadata.
+    /// </summary>
+    public void WriteText(string tag, long step, string[,] cells)
+    {
+        var tensorProto = new MemoryStream();
+        Key(tensorProto, 1, 0); Varint(tensorProto, 7); // dtype: DT_STRING
+        var shape = new MemoryStream();
+        foreach (int size in new[] { cells.GetLength(0), cells.GetLength(1) })
+        {
+            var dim = new MemoryStream();
+            Key(dim, 1, 0); Varint(dim, (ulong)size);
+            Bytes(shape, 2, dim.ToArray());
+        }
+        Bytes(tensorProto, 2, shape.ToArray());
+        foreach (var cell in cells) Bytes(tensorProto, 8, Encoding.UTF8.GetBytes(cell ?? ""));
+        var pluginData = new MemoryStream();
+        Bytes(pluginData, 1, Encoding.UTF8.GetBytes("text"));
+        var metadata = new MemoryStream();
+        Bytes(metadata, 1, pluginData.ToArray());
+        // Summary.Value: tag = 1, tensor = 8, metadata = 9.
+        var value = new MemoryStream();
+        Bytes(value, 1, Encoding.UTF8.GetBytes(tag));
+        Bytes(value, 9, metadata.ToArray());
+        Bytes(value, 8, tensorProto.ToArray());
+        var summary = new MemoryStream();
+        Bytes(summary, 1, value.ToArray());
+        var e = new MemoryStream();
+        Span<byte> number = stackalloc byte[8];
+        BinaryPrimitives.WriteDoubleLittleEndian(number, WallTime());
+        Key(e, 1, 1); e.Write(number);
+        Key(e, 2, 0); Varint(e, (ulong)step);
+        Bytes(e, 5, summary.ToArray());
+        WriteRecord(e.ToArray());
+    }
+
     static double WallTime() => DateTimeOffset.UtcNow.ToUnixTimeMilliseconds() / 1000.0;
 
     void WriteRecord(byte[] data)

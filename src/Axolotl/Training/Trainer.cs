@@ -184,6 +184,7 @@ internal sealed class Trainer(CausalLM model, TrainingOptions options, ITraining
             : stepsPerEpoch;
         var context = new TrainerContext { Model = model, Options = o, Plan = plan, State = State, Optimizer = optimizer, Collectives = collectives };
         var callbacks = BuiltInCallbacks(loggingSteps, evalSteps, saveSteps).Concat(Callbacks).ToList();
+        context.Log = Log;
 
         int step = 0;
         // A checkpoint at or past the planned end leaves nothing to train: the run just saves, as transformers does.

@@ -25,7 +25,7 @@ public class TensorBoardTests
     }
 
     /// <summary>TFRecord frames: u64 length, masked crc of the length, data, masked crc of the data.</summary>
-    static List<byte[]> Records(byte[] file)
+    internal static List<byte[]> Records(byte[] file)
     {
         var records = new List<byte[]>();
         for (int at = 0; at < file.Length;)
@@ -53,7 +53,7 @@ public class TensorBoardTests
     }
 
     /// <summary>Protobuf fields as (number, wire type, raw value or bytes).</summary>
-    static IEnumerable<(int Field, int Wire, ulong Number, byte[] Bytes)> Fields(byte[] b)
+    internal static IEnumerable<(int Field, int Wire, ulong Number, byte[] Bytes)> Fields(byte[] b)
     {
         var fields = new List<(int, int, ulong, byte[])>();
         for (int at = 0; at < b.Length;)
