@@ -42,7 +42,7 @@ public static class ConfigLoader
     static readonly FrozenSet<string> KnownTopLevel =
         TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
 
-    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" }.ToFrozenSet();
+    static readonly FrozenSet<string> ImplementedOptimizers = Training.TrainingOptimizer.Names.ToFrozenSet();
     static readonly FrozenSet<string> ImplementedSchedulers = new[] { "cosine", "linear", "constant", "constant_with_warmup" }.ToFrozenSet();
 
     public static AxolotlConfig Load(string path, IReadOnlyList<string>? overrides = null)

@@ -10,10 +10,10 @@ namespace Axolotl.Training;
 /// weight decay (biases and norm weights get none), the learning rate set before each step, and state that a
 /// checkpoint saves and a resume restores exactly.
 /// </summary>
-public abstract class TrainingOptimizer : IDisposable
+public abstract partial class TrainingOptimizer : IDisposable
 {
     /// <summary>The optimizer names <see cref="Create"/> accepts (Axolotl's, which are transformers' OptimizerNames).</summary>
-    public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" };
+    public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit" };
 
     /// <remarks>With <see cref="TrainingOptions.Collectives"/> a <see cref="DataParallel"/> run, gradients are summed over the
     /// ranks before the update, and with ZeRO stage 1 or 2 each rank keeps the optimizer state (and with 2 the gradients)
@@ -25,7 +25,7 @@ public abstract class TrainingOptimizer : IDisposable
         // LoRA+ (PEFT's create_loraplus_optimizer as Axolotl calls it): lora_B and 1-D parameters at lr × ratio, the rest
         // at lr. Axolotl hands it no weight decay (HF keeps that in the param groups it replaces), so none applies.
         static bool IsLoraPlusB((string Name, Parameter Parameter) p) => p.Name.Contains("lora_B") || p.Parameter.dim() == 1;
-        if (o.LoraPlusLrRatio is not null && name is not ("adamw_torch" or "adamw_torch_fused" or "sgd"))
+        if (o.LoraPlusLrRatio is not null && name is not ("adamw_torch" or "adamw_torch_fused" or "sgd") && !EightBitAdamW.Contains(name))
             throw new UserError($"loraplus_lr_ratio is implemented with the adamw_torch and sgd optimizers, not '{name}'.");
         (double WeightDecay, double LrScale) Group((string Name, Parameter Parameter) p) => o.LoraPlusLrRatio is double ratio
             ? (0.0, IsLoraPlusB(p) ? ratio : 1.0)
@@ -44,6 +44,7 @@ public abstract class TrainingOptimizer : IDisposable
             "sgd" => new Sgd(slots),
             "adafactor" => new Adafactor(slots),
             "lion_32bit" => new Lion(slots, o.Beta1, o.Beta2),
+            _ when EightBitAdamW.Contains(name) => new AdamW8Bit(slots, o.Beta1, o.Beta2, o.Epsilon),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, "unknown optimizer"),
         };
         optimizer.Parallel = parallel;
@@ -87,6 +88,10 @@ public abstract class TrainingOptimizer : IDisposable
     public abstract void CollectGradients();
     public abstract void Save(BinaryWriter writer);
     public abstract void Load(BinaryReader reader);
+    /// <summary>Bytes of optimizer state held (moments, quantisation scales; not the fp32 master copies).</summary>
+    public abstract long StateBytes { get; }
+    /// <summary>The state tensors of the <paramref name="slot"/>-th trained parameter, in their saved order (tests, ReLoRA's pruning).</summary>
+    internal abstract IReadOnlyList<Tensor> StateTensors(int slot);
     public virtual void Dispose() { }
 
     /// <summary>
@@ -302,6 +307,10 @@ public abstract class TrainingOptimizer : IDisposable
             }
             Sharded?.ZeroGrad();
         }
+
+        internal override IReadOnlyList<Tensor> StateTensors(int slot) => StateOf(slot).ToList();
+
+        public override long StateBytes => Slots.Select((_, i) => StateOf(i).Sum(t => t.numel() * t.ElementSize)).Sum();
 
         IEnumerable<Tensor> SavedTensors() => Slots.SelectMany((slot, i) => (slot.HasSeparateMaster ? [slot.Master] : Array.Empty<Tensor>()).Concat(StateOf(i)));
 

@@ -150,7 +150,7 @@ public class ConfigLoaderTests
 
             flash_attention: true
             activation_offloading: true
-            optimizer: paged_adamw_8bit
+            optimizer: paged_adamw_32bit
             liger_rms_norm: true
             plugins:
               - axolotl.integrations.liger.LigerPlugin
@@ -159,14 +159,14 @@ public class ConfigLoaderTests
         Assert.Equal(5, c.Warnings.Count);
         Assert.Equal("cfg.yml:11:1: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.StartsWith("cfg.yml:12:1: 'activation_offloading: true' only saves GPU memory", c.Warnings[1]);
-        Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_8bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
+        Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_32bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
         Assert.StartsWith("cfg.yml:14:1: 'liger_rms_norm: true' only swaps in a faster GPU kernel", c.Warnings[3]);
         Assert.StartsWith("cfg.yml:15:1: plugin 'axolotl.integrations.liger.LigerPlugin' only swaps in faster GPU kernels", c.Warnings[4]);
         Assert.All(c.Warnings, w => Assert.Single(w.Split('\n')));
         Assert.Equal(("sdpa", "adamw_torch"), (c.AttnImplementation, c.Optimizer));
         Assert.Equal("flash_attention → flash_attention_2 → sdpa", c.Sources["attn_implementation"]);
         Assert.Equal("flash_attention_2 → sdpa", Parse(Minimal + "\nattn_implementation: flash_attention_2\n").Sources["attn_implementation"]);
-        Assert.Equal("paged_adamw_8bit → adamw_torch", c.Sources["optimizer"]);
+        Assert.Equal("paged_adamw_32bit → adamw_torch", c.Sources["optimizer"]);
 
         var refused = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nplugins:\n  - axolotl.integrations.liger.LigerPlugin\n  - axolotl.integrations.spectrum.SpectrumPlugin\n"));
         Assert.Contains("'plugins: axolotl.integrations.spectrum.SpectrumPlugin'", refused.Message);
@@ -231,7 +231,7 @@ public class ConfigLoaderTests
     [Fact]
     public void Overrides_go_through_the_same_policy()
     {
-        var c = Parse(Minimal, "--flash-attention", "--optimizer", "adamw_8bit");
+        var c = Parse(Minimal, "--flash-attention", "--optimizer", "adamw_torch_4bit");
         Assert.Equal("--flash-attention: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.Equal(("sdpa", "adamw_torch", "--optimizer"), (c.AttnImplementation, c.Optimizer, c.Warnings[1].Split(':')[0]));
 
