@@ -92,6 +92,9 @@ public abstract partial class TrainingOptimizer : IDisposable
     public abstract long StateBytes { get; }
     /// <summary>The state tensors of the <paramref name="slot"/>-th trained parameter, in their saved order (tests, ReLoRA's pruning).</summary>
     internal abstract IReadOnlyList<Tensor> StateTensors(int slot);
+    /// <summary>Applies <paramref name="transform"/> in place to each fp32 moment of the <paramref name="slot"/>-th trained
+    /// parameter (8-bit moments are dequantized for it and re-quantized after): ReLoRA's pruning.</summary>
+    internal abstract void TransformMoments(int slot, Action<Tensor> transform);
     public virtual void Dispose() { }
 
     /// <summary>
@@ -309,6 +312,12 @@ public abstract partial class TrainingOptimizer : IDisposable
         }
 
         internal override IReadOnlyList<Tensor> StateTensors(int slot) => StateOf(slot).ToList();
+
+        internal override void TransformMoments(int slot, Action<Tensor> transform)
+        {
+            using var _ = no_grad();
+            foreach (var t in StateOf(slot)) transform(t);
+        }
 
         public override long StateBytes => Slots.Select((_, i) => StateOf(i).Sum(t => t.numel() * t.ElementSize)).Sum();
 

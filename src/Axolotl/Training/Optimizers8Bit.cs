@@ -118,6 +118,20 @@ public abstract partial class TrainingOptimizer
             absmax.copy_(max);
         }
 
+        internal override void TransformMoments(int slot, Action<Tensor> transform)
+        {
+            var state = _state[slot];
+            if (state.Length == 2) { base.TransformMoments(slot, transform); return; }
+            using var _ = no_grad();
+            using var scope = NewDisposeScope();
+            foreach (var (codes, absmax, code, bounds) in new[] { (state[0], state[1], _signedCode, _signedBounds), (state[2], state[3], _unsignedCode, _unsignedBounds) })
+            {
+                var values = Dequantize(codes, absmax, code);
+                transform(values);
+                Quantize(values, bounds, codes, absmax);
+            }
+        }
+
         public override void Dispose()
         {
             base.Dispose();

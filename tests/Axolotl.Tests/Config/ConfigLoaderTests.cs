@@ -235,8 +235,8 @@ public class ConfigLoaderTests
         Assert.Equal("--flash-attention: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.Equal(("sdpa", "adamw_torch", "--optimizer"), (c.AttnImplementation, c.Optimizer, c.Warnings[1].Split(':')[0]));
 
-        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--kd-trainer", "--relora"));
-        Assert.Equal(["lisa_n_layers", "kd_trainer", "relora"], e.Keys);
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--kd-trainer", "--use-wandb"));
+        Assert.Equal(["lisa_n_layers", "kd_trainer", "use_wandb"], e.Keys);
         Assert.Contains("'kd_trainer: true' (--kd-trainer)", e.Message);
 
         // --no-... turns a refused key off, as leaving it false in the file would.
@@ -258,7 +258,7 @@ public class ConfigLoaderTests
         // bad_rows is Axolotl.NET's own: what to do with unusable dataset rows (Axolotl always fails).
         Assert.Subset(AxolotlKeys.All, typed.Where(k => k != "bad_rows").ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "reward_model", "relora", "wandb_project", "use_mlflow", "eval_table_size", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "reward_model", "wandb_project", "use_mlflow", "eval_table_size", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "fsdp", "liger_rms_norm", "torch_compile" });
     }
 }

@@ -218,4 +218,19 @@ public class EightBitAdamWTests
         double ratio = (double)OptimizerBytes("adamw_bnb_8bit") / OptimizerBytes("adamw_torch");
         Assert.InRange(ratio, 0.25, 0.33); // norm weights (under 4096 elements) keep fp32 moments
     }
+
+    [Fact]
+    public void The_eight_bit_names_load_as_themselves_and_paging_is_warned()
+    {
+        const string Minimal = "base_model: m\ndatasets:\n  - path: d.jsonl\nlearning_rate: 0.001\n";
+        foreach (var name in new[] { "adamw_bnb_8bit", "adamw_8bit" })
+        {
+            var c = Axolotl.Config.ConfigLoader.Parse(Minimal + $"optimizer: {name}\n", "c.yml");
+            Assert.Equal(name, c.Optimizer);
+            Assert.Empty(c.Warnings);
+        }
+        var paged = Axolotl.Config.ConfigLoader.Parse(Minimal + "optimizer: paged_adamw_8bit\n", "c.yml");
+        Assert.Equal("paged_adamw_8bit", paged.Optimizer);
+        Assert.Equal("c.yml:5:1: 'optimizer: paged_adamw_8bit' also pages its 8-bit state through CUDA unified memory; the same 8-bit AdamW runs here without paging (same math).", Assert.Single(paged.Warnings));
+    }
 }
