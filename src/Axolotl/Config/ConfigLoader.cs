@@ -472,6 +472,12 @@ public static class ConfigLoader
             if (c.BaseModelConfig is null) { c.BaseModelConfig = c.BaseModel; Follow("base_model_config", "base_model"); }
             if (c.TokenizerConfig is null) { c.TokenizerConfig = c.BaseModelConfig; Follow("tokenizer_config", "base_model_config"); }
             void Default(string key) => c.Sources[key] = "transformers' default";
+            // Muon's factory hands its AdamW part betas (0.9, 0.95) unless both adam_beta1 and adam_beta2 are set.
+            if (c.Optimizer == "muon" && !(spots.ContainsKey("adam_beta1") && spots.ContainsKey("adam_beta2")))
+            {
+                (c.AdamBeta1, c.AdamBeta2) = (0.9, 0.95);
+                c.Sources["adam_beta1"] = c.Sources["adam_beta2"] = "Muon's default for its AdamW part";
+            }
             if (c.MaxGradNorm is null) { c.MaxGradNorm = 1.0; Default("max_grad_norm"); }
             if (c.AdamBeta1 is null) { c.AdamBeta1 = 0.9; Default("adam_beta1"); }
             if (c.AdamBeta2 is null) { c.AdamBeta2 = 0.999; Default("adam_beta2"); }

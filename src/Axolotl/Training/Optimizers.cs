@@ -13,7 +13,7 @@ namespace Axolotl.Training;
 public abstract partial class TrainingOptimizer : IDisposable
 {
     /// <summary>The optimizer names <see cref="Create"/> accepts (Axolotl's, which are transformers' OptimizerNames).</summary>
-    public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit" };
+    public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "muon" };
 
     /// <remarks>With <see cref="TrainingOptions.Collectives"/> a <see cref="DataParallel"/> run, gradients are summed over the
     /// ranks before the update, and with ZeRO stage 1 or 2 each rank keeps the optimizer state (and with 2 the gradients)
@@ -29,7 +29,11 @@ public abstract partial class TrainingOptimizer : IDisposable
             throw new UserError($"loraplus_lr_ratio is implemented with the adamw_torch and sgd optimizers, not '{name}'.");
         (double WeightDecay, double LrScale) Group((string Name, Parameter Parameter) p) => o.LoraPlusLrRatio is double ratio
             ? (0.0, IsLoraPlusB(p) ? ratio : 1.0)
-            : (NoDecay(p.Name) ? 0.0 : o.WeightDecay, 1.0);
+            : (NoDecay(p.Name) || name == "muon" && IsEmbedding(p.Name) ? 0.0 : o.WeightDecay, 1.0);
+        // Muon's factory puts the embeddings and the head in an AdamW group without weight decay.
+        static bool IsEmbedding(string name) => name.Contains("embed_tokens") || name.Contains("lm_head");
+        if (parallel is { ZeroStage: > 0 } && name == "muon")
+            throw new UserError("deepspeed: Muon orthogonalises whole matrices, which ZeRO shards; Axolotl does not run Muon with DeepSpeed either. Drop the deepspeed key or use another optimizer.");
         if (parallel is { ZeroStage: > 0 } && name == "adafactor")
             throw new UserError("deepspeed: ZeRO stage 1 and 2 shard elementwise optimizers (adamw_torch, sgd, lion_32bit); adafactor's row and column statistics span whole matrices. Use another optimizer or drop the deepspeed key.");
         var shard = parallel is { ZeroStage: > 0 } ? new Shard(parallel, trainable.Select(p => p.Parameter).ToList()) : null;
@@ -44,6 +48,8 @@ public abstract partial class TrainingOptimizer : IDisposable
             "sgd" => new Sgd(slots),
             "adafactor" => new Adafactor(slots),
             "lion_32bit" => new Lion(slots, o.Beta1, o.Beta2),
+            // The factory: matrices but the embeddings and head to Muon, the rest to AdamW.
+            "muon" => new Muon(slots, trainable.Select(p => p.Parameter.dim() >= 2 && !IsEmbedding(p.Name)).ToArray(), o.Beta1, o.Beta2, o.Epsilon),
             _ when EightBitAdamW.Contains(name) => new AdamW8Bit(slots, o.Beta1, o.Beta2, o.Epsilon),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, "unknown optimizer"),
         };
