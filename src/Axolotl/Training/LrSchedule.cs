@@ -8,7 +8,7 @@ namespace Axolotl.Training;
 /// as multipliers of the peak learning rate. <c>step</c> counts optimizer updates already done, so the value at step 0 is
 /// the one the first update uses (LambdaLR semantics: warmup starts at zero).
 /// </summary>
-public sealed record LrSchedule(string Kind, int WarmupSteps, int TotalSteps)
+internal sealed record LrSchedule(string Kind, int WarmupSteps, int TotalSteps)
 {
     /// <summary>The lr_scheduler values implemented, each with the lr_scheduler_kwargs its transformers function reads
     /// (constant, constant_with_warmup, inverse_sqrt and rex are built without them, so they ignore any).</summary>

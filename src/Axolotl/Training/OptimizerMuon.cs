@@ -2,7 +2,7 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Training;
 
-public abstract partial class TrainingOptimizer
+internal abstract partial class TrainingOptimizer
 {
     /// <summary>
     /// Axolotl's <c>optimizer: muon</c> (axolotl-contribs-mit's MuonOptimizerFactory over Dion's Muon, one process):

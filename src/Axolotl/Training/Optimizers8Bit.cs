@@ -3,7 +3,7 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Training;
 
-public abstract partial class TrainingOptimizer
+internal abstract partial class TrainingOptimizer
 {
     /// <summary>
     /// bitsandbytes' 8-bit AdamW as transformers builds it for these names (optim_bits 8; paged_adamw_8bit only adds

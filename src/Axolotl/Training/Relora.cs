@@ -16,7 +16,7 @@ namespace Axolotl.Training;
 /// kaiming-uniform, B zero, so the model's function is unchanged), and the adapter's optimizer state is pruned. The
 /// jagged restart schedule (<see cref="LrSchedule.JaggedRestarts"/>) warms the rate back up after each restart.
 /// </summary>
-public static class Relora
+internal static class Relora
 {
     /// <summary>The merged base weights a checkpoint carries once a restart has happened (restored on resume).</summary>
     public const string FolderName = "relora";
@@ -128,7 +128,7 @@ public static class Relora
 /// step's save, so a checkpoint holds the restarted adapter, its pruned optimizer state and (written with the weights,
 /// <see cref="Relora.SaveBases"/>) the merged base weights.
 /// </summary>
-public sealed class ReloraCallback(int restartSteps, string pruneMethod, double pruneRatio, string? resumeFrom, Action<string> info) : ITrainerCallback
+internal sealed class ReloraCallback(int restartSteps, string pruneMethod, double pruneRatio, string? resumeFrom, Action<string> info) : ITrainerCallback
 {
     public int RestartSteps => restartSteps;
 
