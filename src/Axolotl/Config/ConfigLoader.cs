@@ -712,7 +712,7 @@ internal static class ConfigLoader
         if (!c.Relora) return;
         // Axolotl's check_relora, and its callback's optimizer check.
         if (c.JaggedRestartSteps is null) fail("jagged_restart_steps must be set to use ReLoRA.");
-        if (c.Adapter is not ("lora" or "qlora")) fail("relora needs adapter: lora or qlora (it merges and restarts a LoRA).");
+        if (c.Adapter is not (AdapterKind.Lora or AdapterKind.Qlora)) fail("relora needs adapter: lora or qlora (it merges and restarts a LoRA).");
         if (c.Deepspeed != null) fail("deepspeed is not supported with ReLoRA.");
         if (!c.Optimizer.Contains("adam", StringComparison.OrdinalIgnoreCase)) fail($"relora prunes Adam's moments at each restart; optimizer {c.Optimizer} is not supported with ReLoRA.");
         if (c.ReloraPruneMethod is not (null or "magnitude" or "random" or "reset")) fail($"'relora_prune_method' must be magnitude, random or reset, not '{c.ReloraPruneMethod}'.");

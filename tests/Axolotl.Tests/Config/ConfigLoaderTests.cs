@@ -92,12 +92,12 @@ public class ConfigLoaderTests
             lora_fan_in_fan_out: true
             peft_layer_replication: true
             lisa_n_layers: 4
-            optimizer: muon
+            optimizer: dion
             """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_human: chosen\n    field_model: rejected")));
         Assert.Equal(["datasets[0].field_human", "datasets[0].field_model", "lora_fan_in_fan_out", "peft_layer_replication", "lisa_n_layers", "optimizer"], e.Keys);
         Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_human: chosen' (4:5), " +
                           "'datasets[0].field_model: rejected' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
-        Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
+        Assert.EndsWith("'optimizer: dion' (16:1); remove them or leave them empty.", e.Message);
         Assert.Single(e.Message.Split('\n'));
     }
 

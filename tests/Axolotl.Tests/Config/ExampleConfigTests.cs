@@ -85,7 +85,7 @@ public class ExampleConfigTests
                 "load_in_4bit" => value == "true" && adapter == "lora", // Axolotl quantizes to 4 bits only with qlora
                 // Streamed SFT datasets are not implemented; streaming with pretraining_dataset is.
                 "streaming" => value == "true" && !root.Children.Any(kv => ((YamlScalarNode)kv.Key).Value == "pretraining_dataset"),
-                "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit"
+                "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit" or "muon"
                     or "paged_adamw_32bit" or "adamw_torch_4bit"),
                 "lr_scheduler" => value is not ("cosine" or "linear" or "constant" or "constant_with_warmup" or "cosine_with_restarts"
                     or "polynomial" or "inverse_sqrt" or "cosine_with_min_lr" or "cosine_warmup_with_min_lr" or "warmup_stable_decay" or "rex"),
