@@ -154,9 +154,9 @@ internal static class FinetuneRecipe
         void SaveWeights(string dir)
         {
             if (lora != null) Lora.Save(model, lora, dir, config.BaseModelRepoId ?? config.BaseModel);
+            else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32, layout);
             // ReLoRA changes the base weights: a checkpoint carries them, so a resume restores them.
             if (lora != null && config.Relora) Relora.SaveBases(model, dir);
-            else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32, layout);
             AtomicFile.WriteAllText(Path.Combine(dir, ConfigWriter.FileName), ConfigWriter.ToYaml(config));
             // Where the stream stands, so a resume from this folder re-reads only the current buffer.
             stream?.SavePosition(dir);

@@ -211,6 +211,8 @@ public class ReloraTests
         Assert.Equal(0, Cli.Cli.Run(["train", config]));
         var checkpoint = Path.Combine(dir["out"], "checkpoint-2");
         Assert.True(File.Exists(Path.Combine(checkpoint, Lora.WeightsFile)));
+        Assert.False(File.Exists(Path.Combine(checkpoint, "model.safetensors")), "a LoRA checkpoint holds the adapter only");
+        Assert.False(Directory.Exists(Path.Combine(checkpoint, Relora.FolderName)), "no merged base without relora");
         Assert.True(File.Exists(Path.Combine(checkpoint, "trainer_state.json")));
         Assert.False(File.Exists(Path.Combine(checkpoint, CheckpointStore.OptimizerFile)));
         Assert.False(File.Exists(Path.Combine(checkpoint, CheckpointStore.RngFile)));
