@@ -425,6 +425,8 @@ internal static class ConfigLoader
                 c.Sources["optimizer"] = $"{c.Optimizer} → adamw_torch";
                 c.Optimizer = "adamw_torch";
             }
+            if (c.ReloraCpuOffload)
+                WarnKey(spots["relora_cpu_offload"], "relora_cpu_offload", "only moves ReLoRA's merge arithmetic to the CPU; here it runs where the model is (same result)");
             if (c.Optimizer == "paged_adamw_8bit")
                 WarnKey(spots["optimizer"], "optimizer", "also pages its 8-bit state through CUDA unified memory; the same 8-bit AdamW runs here without paging (same math)");
             if (c.GradientCheckpointing is GradientCheckpointingMode.Offload or GradientCheckpointingMode.OffloadDisk)
