@@ -266,6 +266,8 @@ public sealed class AxolotlConfig
     public RlMethod? Rl { get; set; }
     public double? RlBeta { get; set; }
     public List<string>? DpoLossType { get; set; }
+    /// <summary>One weight per dpo_loss_type entry (TRL's loss_weights); unset weighs each 1.</summary>
+    public List<double>? DpoLossWeights { get; set; }
     public double? DpoLabelSmoothing { get; set; }
     public double? SimpoGamma { get; set; }
     public double? CpoAlpha { get; set; }

@@ -551,6 +551,11 @@ internal static class ConfigLoader
             if (node is not YamlSequenceNode seq) throw new UserError($"{where}: '{key}' must be a list of strings.");
             return seq.Children.Select(c => c is YamlScalarNode s ? s.Value ?? "" : throw new UserError($"{where}: '{key}' entries must be strings.")).ToList();
         }
+        if (underlying == typeof(List<double>))
+        {
+            var items = node is YamlSequenceNode list ? list.Children : [node];
+            return items.Select(c => (double)Convert(c, typeof(double), key, where)!).ToList();
+        }
         if (underlying == typeof(List<int>))
         {
             var items = node is YamlSequenceNode list ? list.Children : [node];

@@ -117,8 +117,8 @@ internal static class ConfigWriter
             if (defaultValue is Enum value) schema["default"] = ConfigLoader.Spelling(value);
             return schema;
         }
-        if (underlying == typeof(List<string>) || underlying == typeof(List<int>))
-            schema["items"] = new JsonObject { ["type"] = underlying == typeof(List<int>) ? "integer" : "string" };
+        if (underlying == typeof(List<string>) || underlying == typeof(List<int>) || underlying == typeof(List<double>))
+            schema["items"] = new JsonObject { ["type"] = underlying == typeof(List<int>) ? "integer" : underlying == typeof(List<double>) ? "number" : "string" };
         if (defaultValue is not null and not IEnumerable || defaultValue is string)
             schema["default"] = JsonSerializer.SerializeToNode(defaultValue);
         return schema;

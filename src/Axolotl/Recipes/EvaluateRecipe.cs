@@ -7,6 +7,7 @@ using Axolotl.IO;
 using Axolotl.Models;
 using Axolotl.Runtime;
 using Axolotl.Training;
+using Axolotl.Training.Objectives;
 using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
@@ -43,9 +44,16 @@ internal static class EvaluateRecipe
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             Seed = config.Seed,
         };
-        var objective = new CrossEntropyObjective(model);
-        var training = data.Examples.Count > 0 ? Score(new EvaluationBatches(data.Examples, options, "train"), "train") : null;
-        var validation = data.Eval.Count > 0 ? Score(new EvaluationBatches(data.Eval, options, "eval"), "eval") : null;
+        IBatchSource Batches(IReadOnlyList<Example> rows, string split) => config.Rl is null
+            ? new EvaluationBatches(rows, options, split) : PreferenceTraining.EvaluationBatches(config, rows, options.PadTokenId);
+        var trainBatches = data.Examples.Count > 0 ? Batches(data.Examples, "train") : null;
+        var evalBatches = data.Eval.Count > 0 ? Batches(data.Eval, "eval") : null;
+        // rl: the method's loss and TRL's metrics against its reference (the adapter disabled, or the loaded weights
+        // themselves for a full fine-tune), as the trainer evaluates during training.
+        var objective = config.Rl is null ? new CrossEntropyObjective(model)
+            : PreferenceTraining.Objective(config, model, config.HasLora, new[] { trainBatches, evalBatches }.OfType<IBatchSource>(), reporter.Info);
+        var training = trainBatches != null ? Score(trainBatches, "train") : null;
+        var validation = evalBatches != null ? Score(evalBatches, "eval") : null;
 
         JsonObject Score(IBatchSource batches, string prefix)
         {

@@ -81,6 +81,25 @@ public class PreferenceObjectiveTests
     }
 
     [Fact]
+    public void Dpo_loss_weights_weigh_each_loss_type_as_trl_sums_them()
+    {
+        var lm = Model();
+        Lora.Apply(lm, new LoraSettings { Rank = 4, Alpha = 8, TargetModules = Lora.LinearModuleNames(lm) });
+        manual_seed(5);
+        using (no_grad())
+            foreach (var l in Lora.Layers(lm)) l.Layer.lora_B.weight.copy_(randn_like(l.Layer.lora_B.weight) * 0.05);
+        var b = Pairs();
+        double Loss(PreferenceSettings s) => new PreferenceObjective(lm, s, PreferenceObjective.AdapterDisabledReference(lm)).Forward(b).LossSum;
+        double sigmoid = Loss(new() { LossTypes = ["sigmoid"] }), hinge = Loss(new() { LossTypes = ["hinge"] });
+        Assert.NotEqual(Math.Log(2) * 3, sigmoid, 3); // the policy differs from the reference
+        Assert.Equal(0.3 * sigmoid + 2.0 * hinge, Loss(new() { LossTypes = ["sigmoid", "hinge"], LossWeights = [0.3, 2.0] }), 5);
+
+        var config = Axolotl.Config.ConfigLoader.Parse("base_model: m\nrl: dpo\ndatasets:\n  - path: p.jsonl\n    type: chatml.intel\n" +
+            "learning_rate: 0.0001\ndpo_loss_type: [sigmoid, hinge]\ndpo_loss_weights: [0.3, 2]\n", "dpo.yml");
+        Assert.Equal([0.3, 2.0], PreferenceSettings.FromConfig(config).LossWeights!);
+    }
+
+    [Fact]
     public void Dpo_trajectory_matches_trl_math_on_full_logits()
     {
         const double beta = 0.1, lr = 0.05;

@@ -29,6 +29,7 @@ internal sealed record PreferenceSettings
         Method = c.Rl ?? RlMethod.Dpo,
         Beta = c.RlBeta ?? c.OrpoAlpha ?? 0.1, // Axolotl: rl_beta, else orpo_alpha (TRL reads ORPO's alpha as beta)
         LossTypes = c.Rl == RlMethod.Ipo ? ["ipo"] : c.DpoLossType is { Count: > 0 } types ? types : ["sigmoid"],
+        LossWeights = c.Rl == RlMethod.Ipo ? null : c.DpoLossWeights,
         LabelSmoothing = c.Rl == RlMethod.Dpo ? c.DpoLabelSmoothing ?? 0 : 0,
         SimpoGamma = c.SimpoGamma ?? 0.5,
         CpoAlpha = c.CpoAlpha ?? 1.0,

@@ -12,13 +12,16 @@ internal static class PreferenceTraining
     /// <summary>The prepared pairs as training batches (micro_batch_size pairs) and evaluation batches (eval_batch_size
     /// pairs); for KTO, the examples with their KL completions.</summary>
     public static (IBatchSource Train, IBatchSource? Eval) Batches(AxolotlConfig config, PreparedDataset data, int padTokenId) =>
+        (config.Rl == RlMethod.Kto
+            ? new KtoBatches(data.Examples, config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen)
+            : new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
+         data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null : EvaluationBatches(config, data.Eval, padTokenId));
+
+    /// <summary>Prepared pairs (or KTO examples) in order, eval_batch_size at a time: the evaluation of a split.</summary>
+    public static IBatchSource EvaluationBatches(AxolotlConfig config, IReadOnlyList<Example> rows, int padTokenId) =>
         config.Rl == RlMethod.Kto
-            ? (new KtoBatches(data.Examples, config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen),
-               data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null
-                   : new KtoBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen))
-            : (new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
-         data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null
-             : new PreferenceBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, sequential: true));
+            ? new KtoBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen)
+            : new PreferenceBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, sequential: true);
 
     /// <summary>
     /// The objective of the config's method. DPO and IPO compare against a reference: with an adapter, the model with
