@@ -330,6 +330,22 @@ public sealed class AxolotlConfig
     public double? CosineMinLrRatio { get; set; }
     /// <summary>cosine with cosine_min_lr_ratio: reach the floor after this fraction of the steps, then hold it.</summary>
     public double? CosineConstantLrRatio { get; set; }
+    /// <summary>cosine only: the warmup rises quadratically (Axolotl's get_cosine_schedule_with_quadratic_warmup).</summary>
+    public bool? LrQuadraticWarmup { get; set; }
+    /// <summary>Arguments of transformers' schedule function (num_cycles, lr_end, power, min_lr, num_decay_steps...).</summary>
+    public System.Text.Json.Nodes.JsonObject? LrSchedulerKwargs { get; set; }
+    /// <summary>Axolotl's jagged restarts: every N steps the rate drops to cosine_min_lr_ratio (or 0.001) of the schedule
+    /// and warms back up over jagged_restart_warmup_steps (unset: 10); jagged_restart_anneal_steps (unset: 1) before each.</summary>
+    public int? JaggedRestartSteps { get; set; }
+    public int? JaggedRestartWarmupSteps { get; set; }
+    public int? JaggedRestartAnnealSteps { get; set; }
+    /// <summary>ReLoRA: every jagged_restart_steps the LoRA is merged into the base weights and restarted, and the
+    /// adapter's optimizer state pruned (relora_prune_method magnitude | random | reset, relora_prune_ratio).</summary>
+    public bool Relora { get; set; }
+    public double? ReloraPruneRatio { get; set; }
+    public string? ReloraPruneMethod { get; set; }
+    /// <summary>Merge on the CPU; the whole run is on one device here, so it changes nothing.</summary>
+    public bool ReloraCpuOffload { get; set; }
     public int? WarmupSteps { get; set; }
     public double? WarmupRatio { get; set; }
     public double WeightDecay { get; set; }
@@ -355,6 +371,8 @@ public sealed class AxolotlConfig
     /// <summary>steps (default) or no; epoch means once per epoch.</summary>
     public IntervalStrategy SaveStrategy { get; set; } = IntervalStrategy.Steps;
     public int? SaveTotalLimit { get; set; }
+    /// <summary>Checkpoints hold the weights only (no optimizer or RNG state), as transformers; they cannot be resumed from.</summary>
+    public bool SaveOnlyModel { get; set; }
     /// <summary>A DeepSpeed JSON file; under MPI its zero_optimization.stage (1 or 2) shards the optimizer state across
     /// ranks (read when training starts, Distributed/DeepSpeedConfig.cs).</summary>
     public string? Deepspeed { get; set; }

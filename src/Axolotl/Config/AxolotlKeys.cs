@@ -122,7 +122,7 @@ static class AxolotlKeys
 
     /// <summary>Optimizers that are AdamW with other state storage or a fused/paged GPU kernel: adamw_torch runs instead.</summary>
     public static readonly FrozenSet<string> AdamWVariants = Words("""
-        adamw_bnb_8bit adamw_8bit paged_adamw_8bit paged_adamw_32bit adamw_torch_4bit adamw_torch_8bit adamw_apex_fused
+        paged_adamw_32bit adamw_torch_4bit adamw_torch_8bit adamw_apex_fused
         adamw_torch_xla adamw_torch_npu_fused ao_adamw_4bit ao_adamw_8bit ao_adamw_fp8
         """);
 

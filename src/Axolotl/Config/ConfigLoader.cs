@@ -42,8 +42,8 @@ internal static class ConfigLoader
     static readonly FrozenSet<string> KnownTopLevel =
         TopLevel.Keys.Concat(AxolotlKeys.All).Concat(AxolotlKeys.Warned.Keys).Concat(AxolotlKeys.Renamed.Keys).ToFrozenSet(StringComparer.Ordinal);
 
-    static readonly FrozenSet<string> ImplementedOptimizers = new[] { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" }.ToFrozenSet();
-    static readonly FrozenSet<string> ImplementedSchedulers = new[] { "cosine", "linear", "constant", "constant_with_warmup" }.ToFrozenSet();
+    static readonly FrozenSet<string> ImplementedOptimizers = Training.TrainingOptimizer.Names.ToFrozenSet();
+    static readonly FrozenSet<string> ImplementedSchedulers = Training.LrSchedule.Kwargs.Keys.ToFrozenSet();
 
     public static AxolotlConfig Load(string path, IReadOnlyList<string>? overrides = null)
     {
@@ -432,6 +432,10 @@ internal static class ConfigLoader
                 c.Sources["optimizer"] = $"{c.Optimizer} → adamw_torch";
                 c.Optimizer = "adamw_torch";
             }
+            if (c.ReloraCpuOffload)
+                WarnKey(spots["relora_cpu_offload"], "relora_cpu_offload", "only moves ReLoRA's merge arithmetic to the CPU; here it runs where the model is (same result)");
+            if (c.Optimizer == "paged_adamw_8bit")
+                WarnKey(spots["optimizer"], "optimizer", "also pages its 8-bit state through CUDA unified memory; the same 8-bit AdamW runs here without paging (same math)");
             if (c.GradientCheckpointing is GradientCheckpointingMode.Offload or GradientCheckpointingMode.OffloadDisk)
                 WarnKey(spots["gradient_checkpointing"], "gradient_checkpointing", "also moves the kept layer inputs off the GPU; here they stay in memory and each layer is recomputed as with true (same gradients)");
             if (AxolotlKeys.LionVariants.Contains(c.Optimizer))
@@ -471,6 +475,12 @@ internal static class ConfigLoader
             if (c.BaseModelConfig is null) { c.BaseModelConfig = c.BaseModel; Follow("base_model_config", "base_model"); }
             if (c.TokenizerConfig is null) { c.TokenizerConfig = c.BaseModelConfig; Follow("tokenizer_config", "base_model_config"); }
             void Default(string key) => c.Sources[key] = "transformers' default";
+            // Muon's factory hands its AdamW part betas (0.9, 0.95) unless both adam_beta1 and adam_beta2 are set.
+            if (c.Optimizer == "muon" && !(spots.ContainsKey("adam_beta1") && spots.ContainsKey("adam_beta2")))
+            {
+                (c.AdamBeta1, c.AdamBeta2) = (0.9, 0.95);
+                c.Sources["adam_beta1"] = c.Sources["adam_beta2"] = "Muon's default for its AdamW part";
+            }
             if (c.MaxGradNorm is null) { c.MaxGradNorm = 1.0; Default("max_grad_norm"); }
             if (c.AdamBeta1 is null) { c.AdamBeta1 = 0.9; Default("adam_beta1"); }
             if (c.AdamBeta2 is null) { c.AdamBeta2 = 0.999; Default("adam_beta2"); }
@@ -580,6 +590,8 @@ internal static class ConfigLoader
             };
         if (underlying == typeof(int))
         {
+            // pydantic (lax mode) reads a boolean as 0 or 1: Axolotl's relora example sets jagged_restart_anneal_steps: false.
+            if (text.ToLowerInvariant() is "false" or "no" or "off") return 0;
             if (int.TryParse(text, NumberStyles.Integer, CultureInfo.InvariantCulture, out var i)) return i;
             if (double.TryParse(text, NumberStyles.Float, CultureInfo.InvariantCulture, out var d) && d == Math.Floor(d) && Math.Abs(d) < int.MaxValue) return (int)d;
             throw new UserError($"{where}: '{key}' must be a whole number, not '{text}'.");
@@ -657,6 +669,7 @@ internal static class ConfigLoader
                 Fail("adapter lora needs 'lora_target_modules' or 'lora_target_linear: true'.");
         }
         if (c.LoraDropout is < 0 or >= 1) Fail("'lora_dropout' must be in [0, 1).");
+        CheckSchedulerAndRelora(c, Fail);
         if (c.WarmupRatio is < 0 or > 1) Fail("'warmup_ratio' must be in [0, 1].");
         if (c.CosineMinLrRatio is < 0 or > 1) Fail("'cosine_min_lr_ratio' must be in [0, 1].");
         if (c.CosineConstantLrRatio is < 0 or > 1) Fail("'cosine_constant_lr_ratio' must be in [0, 1].");
@@ -691,6 +704,36 @@ internal static class ConfigLoader
         }
         if (c.ResumeFromCheckpoint != null && !Directory.Exists(c.ResumeFromCheckpoint))
             Fail($"resume_from_checkpoint: folder '{c.ResumeFromCheckpoint}' does not exist.");
+    }
+
+    /// <summary>What transformers' schedule functions and Axolotl's ReLoRA validation reject.</summary>
+    static void CheckSchedulerAndRelora(AxolotlConfig c, Action<string> fail)
+    {
+        if (c.LrSchedulerKwargs is { } kwargs && Training.LrSchedule.Kwargs.TryGetValue(c.LrScheduler, out var accepted)
+            && c.LrScheduler is not ("constant" or "constant_with_warmup" or "inverse_sqrt" or "rex")
+            && kwargs.Select(kv => kv.Key).FirstOrDefault(k => !accepted.Contains(k)) is { } unknown)
+            fail($"lr_scheduler_kwargs: '{unknown}' is not an argument of lr_scheduler {c.LrScheduler} ({(accepted.Length == 0 ? "it takes none" : string.Join(", ", accepted))}).");
+        bool Has(string key) => c.LrSchedulerKwargs?[key] != null;
+        if (c.LrScheduler is "cosine_with_min_lr" or "cosine_warmup_with_min_lr" && Has("min_lr") == Has("min_lr_rate"))
+            fail($"lr_scheduler {c.LrScheduler} needs exactly one of min_lr or min_lr_rate in lr_scheduler_kwargs.");
+        if (c.LrScheduler == "warmup_stable_decay")
+        {
+            if (!Has("num_decay_steps")) fail("lr_scheduler warmup_stable_decay needs num_decay_steps in lr_scheduler_kwargs.");
+            foreach (var key in new[] { "warmup_type", "decay_type" })
+                if (c.LrSchedulerKwargs?[key]?.ToString() is { } type && type is not ("linear" or "cosine" or "1-sqrt"))
+                    fail($"lr_scheduler_kwargs: {key} must be linear, cosine or 1-sqrt, not '{type}'.");
+        }
+        if (c.LrScheduler == "polynomial" && c.LrSchedulerKwargs?["lr_end"] is { } end && double.Parse(end.ToString(), CultureInfo.InvariantCulture) >= c.LearningRate)
+            fail($"lr_scheduler_kwargs: lr_end ({end}) must be smaller than learning_rate ({c.LearningRate}).");
+        if (c.JaggedRestartSteps is <= 0) fail("'jagged_restart_steps' must be a positive number of steps.");
+        if (!c.Relora) return;
+        // Axolotl's check_relora, and its callback's optimizer check.
+        if (c.JaggedRestartSteps is null) fail("jagged_restart_steps must be set to use ReLoRA.");
+        if (c.Adapter is not (AdapterKind.Lora or AdapterKind.Qlora)) fail("relora needs adapter: lora or qlora (it merges and restarts a LoRA).");
+        if (c.Deepspeed != null) fail("deepspeed is not supported with ReLoRA.");
+        if (!c.Optimizer.Contains("adam", StringComparison.OrdinalIgnoreCase)) fail($"relora prunes Adam's moments at each restart; optimizer {c.Optimizer} is not supported with ReLoRA.");
+        if (c.ReloraPruneMethod is not (null or "magnitude" or "random" or "reset")) fail($"'relora_prune_method' must be magnitude, random or reset, not '{c.ReloraPruneMethod}'.");
+        if (c.ReloraPruneRatio is < 0 or > 1) fail("'relora_prune_ratio' must be in [0, 1].");
     }
 
     static bool IsNull(YamlNode node) =>

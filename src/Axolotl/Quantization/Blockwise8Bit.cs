@@ -12,7 +12,11 @@ namespace Axolotl.Quantization;
 internal sealed class Blockwise8Bit : IDisposable
 {
     /// <summary>create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), sorted, as fp32.</summary>
-    public static readonly float[] DynamicMap = CreateDynamicMap();
+    public static readonly float[] DynamicMap = CreateDynamicMap(signed: true);
+
+    /// <summary>create_dynamic_map(signed=False): the same exponents with twice the fractions and no negatives (an
+    /// 8-bit optimizer's second moment, which is never negative).</summary>
+    public static readonly float[] UnsignedDynamicMap = CreateDynamicMap(signed: false);
 
     public Tensor Codes { get; }
     public Tensor Absmax { get; }
@@ -24,21 +28,22 @@ internal sealed class Blockwise8Bit : IDisposable
 
     /// <summary>
     /// For each exponent e = 0..6: the midpoints of linspace(0.1, 1, 2^e + 1) (fp32, as torch computes them), scaled
-    /// by 10^(e-6) in fp32, with both signs; then 0 and 1. The map's ends are thus about ±0.993 and 1.0.
+    /// by 10^(e-6) in fp32, with both signs; then 0 and 1. The map's ends are thus about ±0.993 and 1.0. Unsigned:
+    /// linspace(0.1, 1, 2^(e+1) + 1), positive only.
     /// </summary>
-    static float[] CreateDynamicMap()
+    static float[] CreateDynamicMap(bool signed)
     {
         var values = new List<float>();
         using var scope = NewDisposeScope();
         for (int e = 0; e < 7; e++)
         {
-            var bounds = linspace(0.1, 1, (1 << e) + 1, dtype: ScalarType.Float32, device: CPU); // a host table
+            var bounds = linspace(0.1, 1, (1 << (signed ? e : e + 1)) + 1, dtype: ScalarType.Float32, device: CPU); // a host table
             var means = (bounds.narrow(0, 0, bounds.shape[0] - 1) + bounds.narrow(0, 1, bounds.shape[0] - 1)) / 2.0;
             // Python multiplies by the float 10**(e-6) (an int for e = 6); torch rounds that scalar to fp32 first.
             var scaled = means * Math.Pow(10, e - 6);
             var positive = scaled.data<float>().ToArray();
             values.AddRange(positive);
-            values.AddRange((means * -Math.Pow(10, e - 6)).data<float>().ToArray());
+            if (signed) values.AddRange((means * -Math.Pow(10, e - 6)).data<float>().ToArray());
         }
         values.Add(0f);
         values.Add(1f);

@@ -119,6 +119,31 @@ internal sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
         return base._to(device, dtype, non_blocking);
     }
 
+    /// <summary>Stores <paramref name="weight"/> in place of the current weight, quantized the same way (ReLoRA's merge
+    /// into a quantized base: dequantize, add, re-quantize).</summary>
+    public void Requantize(Tensor weight)
+    {
+        IQuantizedWeight next;
+        // The stored form lives as long as the layer, whatever dispose scope the caller runs in.
+        switch (Weight)
+        {
+            case Nf4Quantized n:
+                var nf4 = Nf4Weight.Quantize(weight.to(n.Stored.DType), n.Stored.NestedAbsmax != null);
+                foreach (var t in new[] { nf4.Packed, nf4.Absmax, nf4.NestedAbsmax?.Codes, nf4.NestedAbsmax?.Absmax }) t?.DetachFromDisposeScope();
+                next = new Nf4Quantized(nf4);
+                break;
+            case Int8Quantized:
+                var int8 = Int8Weight.Quantize(weight);
+                int8.Codes.DetachFromDisposeScope();
+                int8.RowAbsmax.DetachFromDisposeScope();
+                next = new Int8Quantized(int8);
+                break;
+            default: throw new InvalidOperationException($"cannot re-quantize a {Weight.GetType().Name}");
+        }
+        Weight.Dispose();
+        Weight = next;
+    }
+
     /// <summary>Bytes of the stored weight (codes and scales), without the bias.</summary>
     public long WeightBytes => Weight.Bytes;
 

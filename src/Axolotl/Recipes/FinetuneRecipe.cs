@@ -108,6 +108,9 @@ internal static class FinetuneRecipe
             Optimizer = config.Optimizer,
             CosineMinLrRatio = config.CosineMinLrRatio,
             CosineConstantLrRatio = config.CosineConstantLrRatio,
+            LrQuadraticWarmup = config.LrQuadraticWarmup == true,
+            LrSchedulerKwargs = config.LrSchedulerKwargs,
+            JaggedRestarts = Training.Relora.JaggedRestartsOf(config),
             WarmupSteps = config.WarmupSteps,
             WarmupRatio = config.WarmupRatio,
             WeightDecay = config.WeightDecay,
@@ -152,6 +155,8 @@ internal static class FinetuneRecipe
         {
             if (lora != null) Lora.Save(model, lora, dir, config.BaseModelRepoId ?? config.BaseModel);
             else model.SavePretrained(dir, bf16 ? ScalarType.BFloat16 : ScalarType.Float32, layout);
+            // ReLoRA changes the base weights: a checkpoint carries them, so a resume restores them.
+            if (lora != null && config.Relora) Relora.SaveBases(model, dir);
             AtomicFile.WriteAllText(Path.Combine(dir, ConfigWriter.FileName), ConfigWriter.ToYaml(config));
             // Where the stream stands, so a resume from this folder re-reads only the current buffer.
             stream?.SavePosition(dir);
@@ -162,6 +167,7 @@ internal static class FinetuneRecipe
             // A fraction derived from saves_per_epoch (as Axolotl derives it) is a save_steps like any other.
             SavesPerEpoch = (config.SaveSteps != null ? null : config.SavesPerEpoch) ?? (config.SaveStrategy == IntervalStrategy.Epoch ? 1 : null),
             SaveTotalLimit = config.SaveTotalLimit,
+            SaveOnlyModel = config.SaveOnlyModel,
             LoadWeights = config.LoadBestModelAtEnd ? dir => LoadTrainedWeights(model, dir, lora != null) : null,
         };
         var restored = resumeFrom != null && File.Exists(Path.Combine(resumeFrom, TrainerState.FileName)) ? TrainerState.Load(resumeFrom).LogHistory : [];
@@ -184,6 +190,7 @@ internal static class FinetuneRecipe
             if (parallel != null) trainer.Callbacks.Add(new Distributed.DataParallelCallback(parallel.World, stop, reporter.Info));
             if (metrics != null) trackers.AddFor(config, outputDir, data.Eval, tokenizer, metrics.TensorBoard, reporter);
             trainer.Callbacks.AddRange(trackers.Callbacks);
+            if (Relora.CallbackFor(config, resumeFrom, reporter.Info) is { } relora) trainer.Callbacks.Add(relora);
             state = pairs != null ? trainer.Train(pairs, evalPairs, resumeFrom, stop)
                 : stream != null ? trainer.Train(stream, resumeFrom, stop)
                 : parallel != null ? trainer.Train(Distributed.RankBatches.Training(data.Examples, options, parallel),
@@ -196,6 +203,13 @@ internal static class FinetuneRecipe
 
         foreach (var (reason, count, first) in stream?.SkippedRows ?? [])
             reporter.Warn($"skipped {count} bad rows of the stream ({reason}; bad_rows: skip), the first: {first}");
+        if (config.Relora && lora != null)
+        {
+            // As Axolotl: a ReLoRA run's result is the full model with the last LoRA merged in (the adapter alone
+            // would need the merged base of every restart).
+            Lora.MergeAndUnload(model);
+            lora = null;
+        }
         SaveWeights(outputDir);
         state.Save(outputDir);
         ModelCard.Write(outputDir, config, state);

@@ -42,8 +42,13 @@ internal sealed class CheckpointStore(CheckpointOptions options, TrainerState st
             Directory.CreateDirectory(temp);
             options.SaveWeights(temp);
             if (SaveDelayMs > 0) Thread.Sleep(SaveDelayMs);
-            AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
-            using (var rng = random.get_rng_state()) AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
+            // save_only_model, as transformers: the weights and trainer_state.json, no optimizer, scheduler or RNG state.
+            if (!options.SaveOnlyModel)
+            {
+                AtomicFile.Write(Path.Combine(temp, OptimizerFile), s => { using var w = new BinaryWriter(s, System.Text.Encoding.UTF8, leaveOpen: true); optimizer.Save(w); });
+                using var rng = random.get_rng_state();
+                AtomicFile.WriteAllBytes(Path.Combine(temp, RngFile), rng.bytes);
+            }
             state.Save(temp);
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
@@ -94,6 +99,9 @@ internal sealed class CheckpointStore(CheckpointOptions options, TrainerState st
     /// <summary>Restores optimizer, RNG and trainer state from a checkpoint; returns its step.</summary>
     public static int Restore(string dir, TrainingOptimizer optimizer, TrainerState state)
     {
+        // transformers' documented rule for save_only_model checkpoints: they cannot be resumed from.
+        if (File.Exists(Path.Combine(dir, TrainerState.FileName)) && !File.Exists(Path.Combine(dir, OptimizerFile)) && !File.Exists(Path.Combine(dir, RngFile)))
+            throw new UserError($"resume_from_checkpoint: '{dir}' was saved with save_only_model (weights only, no optimizer or RNG state), so training cannot resume from it; start a new run from its weights or train without save_only_model.");
         foreach (var file in new[] { OptimizerFile, RngFile, TrainerState.FileName })
             if (!File.Exists(Path.Combine(dir, file))) throw new UserError($"resume_from_checkpoint: '{dir}' has no {file}; it is not a complete checkpoint.");
         using (var stream = File.OpenRead(Path.Combine(dir, OptimizerFile)))

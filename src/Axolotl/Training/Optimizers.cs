@@ -10,10 +10,10 @@ namespace Axolotl.Training;
 /// weight decay (biases and norm weights get none), the learning rate set before each step, and state that a
 /// checkpoint saves and a resume restores exactly.
 /// </summary>
-internal abstract class TrainingOptimizer : IDisposable
+internal abstract partial class TrainingOptimizer : IDisposable
 {
     /// <summary>The optimizer names <see cref="Create"/> accepts (Axolotl's, which are transformers' OptimizerNames).</summary>
-    public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" };
+    public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "muon" };
 
     /// <remarks>With <see cref="TrainingOptions.Collectives"/> a <see cref="DataParallel"/> run, gradients are summed over the
     /// ranks before the update, and with ZeRO stage 1 or 2 each rank keeps the optimizer state (and with 2 the gradients)
@@ -25,11 +25,15 @@ internal abstract class TrainingOptimizer : IDisposable
         // LoRA+ (PEFT's create_loraplus_optimizer as Axolotl calls it): lora_B and 1-D parameters at lr × ratio, the rest
         // at lr. Axolotl hands it no weight decay (HF keeps that in the param groups it replaces), so none applies.
         static bool IsLoraPlusB((string Name, Parameter Parameter) p) => p.Name.Contains("lora_B") || p.Parameter.dim() == 1;
-        if (o.LoraPlusLrRatio is not null && name is not ("adamw_torch" or "adamw_torch_fused" or "sgd"))
+        if (o.LoraPlusLrRatio is not null && name is not ("adamw_torch" or "adamw_torch_fused" or "sgd") && !EightBitAdamW.Contains(name))
             throw new UserError($"loraplus_lr_ratio is implemented with the adamw_torch and sgd optimizers, not '{name}'.");
         (double WeightDecay, double LrScale) Group((string Name, Parameter Parameter) p) => o.LoraPlusLrRatio is double ratio
             ? (0.0, IsLoraPlusB(p) ? ratio : 1.0)
-            : (NoDecay(p.Name) ? 0.0 : o.WeightDecay, 1.0);
+            : (NoDecay(p.Name) || name == "muon" && IsEmbedding(p.Name) ? 0.0 : o.WeightDecay, 1.0);
+        // Muon's factory puts the embeddings and the head in an AdamW group without weight decay.
+        static bool IsEmbedding(string name) => name.Contains("embed_tokens") || name.Contains("lm_head");
+        if (parallel is { ZeroStage: > 0 } && name == "muon")
+            throw new UserError("deepspeed: Muon orthogonalises whole matrices, which ZeRO shards; Axolotl does not run Muon with DeepSpeed either. Drop the deepspeed key or use another optimizer.");
         if (parallel is { ZeroStage: > 0 } && name == "adafactor")
             throw new UserError("deepspeed: ZeRO stage 1 and 2 shard elementwise optimizers (adamw_torch, sgd, lion_32bit); adafactor's row and column statistics span whole matrices. Use another optimizer or drop the deepspeed key.");
         var shard = parallel is { ZeroStage: > 0 } ? new Shard(parallel, trainable.Select(p => p.Parameter).ToList()) : null;
@@ -44,6 +48,9 @@ internal abstract class TrainingOptimizer : IDisposable
             "sgd" => new Sgd(slots),
             "adafactor" => new Adafactor(slots),
             "lion_32bit" => new Lion(slots, o.Beta1, o.Beta2),
+            // The factory: matrices but the embeddings and head to Muon, the rest to AdamW.
+            "muon" => new Muon(slots, trainable.Select(p => p.Parameter.dim() >= 2 && !IsEmbedding(p.Name)).ToArray(), o.Beta1, o.Beta2, o.Epsilon),
+            _ when EightBitAdamW.Contains(name) => new AdamW8Bit(slots, o.Beta1, o.Beta2, o.Epsilon),
             _ => throw new ArgumentOutOfRangeException(nameof(name), name, "unknown optimizer"),
         };
         optimizer.Parallel = parallel;
@@ -87,6 +94,13 @@ internal abstract class TrainingOptimizer : IDisposable
     public abstract void CollectGradients();
     public abstract void Save(BinaryWriter writer);
     public abstract void Load(BinaryReader reader);
+    /// <summary>Bytes of optimizer state held (moments, quantisation scales; not the fp32 master copies).</summary>
+    public abstract long StateBytes { get; }
+    /// <summary>The state tensors of the <paramref name="slot"/>-th trained parameter, in their saved order (tests, ReLoRA's pruning).</summary>
+    internal abstract IReadOnlyList<Tensor> StateTensors(int slot);
+    /// <summary>Applies <paramref name="transform"/> in place to each fp32 moment of the <paramref name="slot"/>-th trained
+    /// parameter (8-bit moments are dequantized for it and re-quantized after): ReLoRA's pruning.</summary>
+    internal abstract void TransformMoments(int slot, Action<Tensor> transform);
     public virtual void Dispose() { }
 
     /// <summary>
@@ -302,6 +316,16 @@ internal abstract class TrainingOptimizer : IDisposable
             }
             Sharded?.ZeroGrad();
         }
+
+        internal override IReadOnlyList<Tensor> StateTensors(int slot) => StateOf(slot).ToList();
+
+        internal override void TransformMoments(int slot, Action<Tensor> transform)
+        {
+            using var _ = no_grad();
+            foreach (var t in StateOf(slot)) transform(t);
+        }
+
+        public override long StateBytes => Slots.Select((_, i) => StateOf(i).Sum(t => t.numel() * t.ElementSize)).Sum();
 
         IEnumerable<Tensor> SavedTensors() => Slots.SelectMany((slot, i) => (slot.HasSeparateMaster ? [slot.Master] : Array.Empty<Tensor>()).Concat(StateOf(i)));
 

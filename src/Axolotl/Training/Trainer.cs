@@ -24,6 +24,10 @@ internal sealed record TrainingOptions
     public double? CosineMinLrRatio { get; init; }
     /// <summary>With CosineMinLrRatio: the floor is reached at this fraction of the steps and held after.</summary>
     public double? CosineConstantLrRatio { get; init; }
+    /// <summary>lr_quadratic_warmup (cosine only), lr_scheduler_kwargs and jagged restarts: see <see cref="LrSchedule"/>.</summary>
+    public bool LrQuadraticWarmup { get; init; }
+    public System.Text.Json.Nodes.JsonObject? LrSchedulerKwargs { get; init; }
+    public LrSchedule.JaggedRestarts? JaggedRestarts { get; init; }
     public int? WarmupSteps { get; init; }
     public double? WarmupRatio { get; init; }
     public double WeightDecay { get; init; }
@@ -79,6 +83,9 @@ internal sealed record CheckpointOptions(string OutputDir, Action<string> SaveWe
     public int? SaveTotalLimit { get; init; }
     /// <summary>When set, training ends by loading the weights of the best checkpoint (load_best_model_at_end) with this.</summary>
     public Action<string>? LoadWeights { get; init; }
+    /// <summary>save_only_model: checkpoints hold the weights and trainer state only (no optimizer or RNG state); they
+    /// cannot be resumed from.</summary>
+    public bool SaveOnlyModel { get; init; }
 }
 
 /// <summary>A stop asked for from outside (SIGINT, SIGTERM), honoured after a whole optimizer step.</summary>
@@ -157,7 +164,11 @@ internal sealed class Trainer(CausalLM model, TrainingOptions options, ITraining
         int epochs = (totalSteps + stepsPerEpoch - 1) / stepsPerEpoch;
         int warmup = LrSchedule.ResolveWarmup(o.WarmupSteps, o.WarmupRatio, totalSteps);
         int loggingSteps = o.LoggingSteps ?? Math.Max(Math.Min((int)(0.005 * totalSteps), 10), 1);
-        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps) { MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio };
+        var schedule = new LrSchedule(o.LrScheduler, warmup, totalSteps)
+        {
+            MinLrRatio = o.CosineMinLrRatio, ConstantLrRatio = o.CosineConstantLrRatio, QuadraticWarmup = o.LrQuadraticWarmup,
+            SchedulerKwargs = o.LrSchedulerKwargs, LearningRate = o.LearningRate, Jagged = o.JaggedRestarts,
+        };
         var plan = new TrainingPlan(totalSteps, stepsPerEpoch, batchesPerEpoch, warmup, loggingSteps, epochs,
             trainable.Sum(p => p.parameter.numel()), model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model))
         { PackingEfficiency = train.PackingEfficiency };

@@ -92,12 +92,12 @@ public class ConfigLoaderTests
             lora_fan_in_fan_out: true
             peft_layer_replication: true
             lisa_n_layers: 4
-            optimizer: muon
+            optimizer: dion
             """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_human: chosen\n    field_model: rejected")));
         Assert.Equal(["datasets[0].field_human", "datasets[0].field_model", "lora_fan_in_fan_out", "peft_layer_replication", "lisa_n_layers", "optimizer"], e.Keys);
         Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_human: chosen' (4:5), " +
                           "'datasets[0].field_model: rejected' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
-        Assert.EndsWith("'optimizer: muon' (16:1); remove them or leave them empty.", e.Message);
+        Assert.EndsWith("'optimizer: dion' (16:1); remove them or leave them empty.", e.Message);
         Assert.Single(e.Message.Split('\n'));
     }
 
@@ -150,7 +150,7 @@ public class ConfigLoaderTests
 
             flash_attention: true
             activation_offloading: true
-            optimizer: paged_adamw_8bit
+            optimizer: paged_adamw_32bit
             liger_rms_norm: true
             plugins:
               - axolotl.integrations.liger.LigerPlugin
@@ -159,14 +159,14 @@ public class ConfigLoaderTests
         Assert.Equal(5, c.Warnings.Count);
         Assert.Equal("cfg.yml:11:1: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.StartsWith("cfg.yml:12:1: 'activation_offloading: true' only saves GPU memory", c.Warnings[1]);
-        Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_8bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
+        Assert.StartsWith("cfg.yml:13:1: 'optimizer: paged_adamw_32bit' is AdamW with compressed, paged or fused GPU state; adamw_torch runs instead", c.Warnings[2]);
         Assert.StartsWith("cfg.yml:14:1: 'liger_rms_norm: true' only swaps in a faster GPU kernel", c.Warnings[3]);
         Assert.StartsWith("cfg.yml:15:1: plugin 'axolotl.integrations.liger.LigerPlugin' only swaps in faster GPU kernels", c.Warnings[4]);
         Assert.All(c.Warnings, w => Assert.Single(w.Split('\n')));
         Assert.Equal(("sdpa", "adamw_torch"), (c.AttnImplementation, c.Optimizer));
         Assert.Equal("flash_attention → flash_attention_2 → sdpa", c.Sources["attn_implementation"]);
         Assert.Equal("flash_attention_2 → sdpa", Parse(Minimal + "\nattn_implementation: flash_attention_2\n").Sources["attn_implementation"]);
-        Assert.Equal("paged_adamw_8bit → adamw_torch", c.Sources["optimizer"]);
+        Assert.Equal("paged_adamw_32bit → adamw_torch", c.Sources["optimizer"]);
 
         var refused = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nplugins:\n  - axolotl.integrations.liger.LigerPlugin\n  - axolotl.integrations.spectrum.SpectrumPlugin\n"));
         Assert.Contains("'plugins: axolotl.integrations.spectrum.SpectrumPlugin'", refused.Message);
@@ -231,12 +231,12 @@ public class ConfigLoaderTests
     [Fact]
     public void Overrides_go_through_the_same_policy()
     {
-        var c = Parse(Minimal, "--flash-attention", "--optimizer", "adamw_8bit");
+        var c = Parse(Minimal, "--flash-attention", "--optimizer", "adamw_torch_4bit");
         Assert.Equal("--flash-attention: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.Equal(("sdpa", "adamw_torch", "--optimizer"), (c.AttnImplementation, c.Optimizer, c.Warnings[1].Split(':')[0]));
 
-        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--kd-trainer", "--relora"));
-        Assert.Equal(["lisa_n_layers", "kd_trainer", "relora"], e.Keys);
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--kd-trainer", "--use-wandb"));
+        Assert.Equal(["lisa_n_layers", "kd_trainer", "use_wandb"], e.Keys);
         Assert.Contains("'kd_trainer: true' (--kd-trainer)", e.Message);
 
         // --no-... turns a refused key off, as leaving it false in the file would.
@@ -258,7 +258,7 @@ public class ConfigLoaderTests
         // bad_rows is Axolotl.NET's own: what to do with unusable dataset rows (Axolotl always fails).
         Assert.Subset(AxolotlKeys.All, typed.Where(k => k != "bad_rows").ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "reward_model", "relora", "wandb_project", "qat", "gptq", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "reward_model", "wandb_project", "qat", "gptq", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "fsdp", "liger_rms_norm", "torch_compile" });
     }
 }

@@ -40,21 +40,20 @@ public class ExampleConfigTests
             ["--no-sample-packing", "--no-special-tokens"]);
         Assert.Equal(["optimizer", "gradient_checkpointing_kwargs", "attn_implementation"],
             c.Warnings.Select(w => w.Split('\'')[1].Split(':')[0]));
-        Assert.Equal((8, 8, "adamw_torch", "sdpa"), (c.GradientAccumulationSteps, c.BatchSize, c.Optimizer, c.AttnImplementation));
+        Assert.Equal((8, 8, "paged_adamw_8bit", "sdpa"), (c.GradientAccumulationSteps, c.BatchSize, c.Optimizer, c.AttnImplementation));
     }
 
     // The Axolotl features these configs use that Axolotl.NET does not implement, stated here rather than read from the
-    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), ReLoRA, LISA,
-    // jagged restarts, GPTQ, QAT, llmcompressor, PEFT-specific blocks, W&B
+    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), LISA, GPTQ, QAT, llmcompressor, PEFT-specific blocks, W&B
     // reporting, and the rest below. Set to anything but empty or false, each must be refused.
     static readonly HashSet<string> NotImplemented =
     [
         "gptq", "group_by_length",
-        "jagged_restart_anneal_steps", "jagged_restart_steps", "jagged_restart_warmup_steps", "lisa_layers_attribute",
-        "lisa_n_layers", "lisa_step_interval", "llmcompressor", "lr_quadratic_warmup", "num_labels",
+        "lisa_layers_attribute",
+        "lisa_n_layers", "lisa_step_interval", "llmcompressor", "num_labels",
         "peft", "process_reward_model", "push_dataset_to_hub", "qat",
-        "relora", "relora_cpu_offload", "relora_prune_ratio", "remove_unused_columns", "reward_model",
-        "save_only_model", "tokenizer_legacy", "torchdistx_path", "trl", "unfrozen_parameters",
+        "remove_unused_columns", "reward_model",
+        "tokenizer_legacy", "torchdistx_path", "trl", "unfrozen_parameters",
         "use_wandb", "wandb_entity", "wandb_log_model", "wandb_name", "wandb_project", "wandb_watch",
     ];
 
@@ -86,9 +85,10 @@ public class ExampleConfigTests
             {
                 "rl" => value is not ("dpo" or "ipo" or "simpo" or "orpo"),
                 "load_in_4bit" => value == "true" && adapter == "lora", // Axolotl quantizes to 4 bits only with qlora
-                "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit"
+                "optimizer" => value is not ("adamw_torch" or "adamw_torch_fused" or "adamw_bnb_8bit" or "adamw_8bit" or "paged_adamw_8bit" or "muon"
                     or "paged_adamw_32bit" or "adamw_torch_4bit"),
-                "lr_scheduler" => value is not ("cosine" or "linear" or "constant" or "constant_with_warmup"),
+                "lr_scheduler" => value is not ("cosine" or "linear" or "constant" or "constant_with_warmup" or "cosine_with_restarts"
+                    or "polynomial" or "inverse_sqrt" or "cosine_with_min_lr" or "cosine_warmup_with_min_lr" or "warmup_stable_decay" or "rex"),
                 "model_type" => value is not ("AutoModelForCausalLM" or "LlamaForCausalLM" or "MistralForCausalLM"),
                 "plugins" => ((YamlSequenceNode)v).Children.Any(p => ((YamlScalarNode)p).Value is not
                     ("axolotl.integrations.liger.LigerPlugin" or "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin")),
