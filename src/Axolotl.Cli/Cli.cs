@@ -320,7 +320,7 @@ public static class Cli
 
     static int Inference(AxolotlConfig config, (string? Prompt, bool Chat, Dictionary<string, string> Sampling) flags)
     {
-        var options = InferenceRecipe.AxolotlGeneration(config);
+        var options = Axolotl.Inference.InferenceSetup.AxolotlGeneration(config);
         double Number(string flag)
         {
             if (!double.TryParse(flags.Sampling[flag], System.Globalization.NumberStyles.Float, System.Globalization.CultureInfo.InvariantCulture, out var v) || v < 0)

@@ -64,7 +64,7 @@ public sealed class AxolotlChatClient : IChatClient
         _model = model;
         _tokenizer = tokenizer;
         _template = template;
-        _defaults = InferenceRecipe.AxolotlGeneration(config) with { EosTokenIds = InferenceRecipe.EosTokenIds(config, tokenizer) };
+        _defaults = InferenceSetup.AxolotlGeneration(config) with { EosTokenIds = InferenceSetup.EosTokenIds(config, tokenizer) };
         ModelId = config.Adapter is null && config.BaseModelRepoId is { } repoId ? repoId
             : Path.GetFileName(Path.TrimEndingDirectorySeparator(Path.GetFullPath(config.Adapter != null ? config.LoraModelDir ?? config.OutputDir : config.BaseModel)));
         _queue = new BlockingCollection<Job>(new ConcurrentQueue<Job>(), maxQueuedRequests);
@@ -79,7 +79,7 @@ public sealed class AxolotlChatClient : IChatClient
     internal static AxolotlChatClient Load(AxolotlConfig config, IRecipeReporter? reporter = null, int maxQueuedRequests = 64)
     {
         reporter ??= new SilentReporter();
-        var (model, tokenizer) = InferenceRecipe.Load(config, reporter);
+        var (model, tokenizer) = InferenceSetup.Load(config, reporter);
         bool chat = config.ChatTemplate is { Length: > 0 } || config.Datasets.FirstOrDefault()?.Strategy == "chat_template";
         var template = chat ? DatasetBuilder.ResolveChatTemplate(config, config.Datasets.FirstOrDefault(), tokenizer, reporter.Warn) : null;
         return new AxolotlChatClient(config, model, tokenizer, template, maxQueuedRequests);
@@ -153,7 +153,7 @@ public sealed class AxolotlChatClient : IChatClient
     string RenderPrompt(List<ChatMessage> messages, string? instructions)
     {
         if (!messages.Any(m => m.Role == ChatRole.User)) throw new ArgumentException("the conversation needs at least one user message.", nameof(messages));
-        if (_template is null) return InferenceRecipe.FormatPrompt(_config, messages.Last(m => m.Role == ChatRole.User).Text);
+        if (_template is null) return InferenceSetup.FormatPrompt(_config, messages.Last(m => m.Role == ChatRole.User).Text);
         var turns = new JsonArray();
         if (!string.IsNullOrEmpty(instructions)) turns.Add(new JsonObject { ["role"] = "system", ["content"] = instructions });
         foreach (var m in messages) turns.Add(new JsonObject { ["role"] = m.Role.Value, ["content"] = m.Text });

@@ -1,6 +1,7 @@
 using Axolotl.Adapters;
 using Axolotl.Config;
 using Axolotl.Data;
+using Axolotl.Inference;
 using Axolotl.Models;
 using Axolotl.Runtime;
 using Axolotl.Tokenization;
@@ -14,7 +15,7 @@ internal sealed record InferenceSettings
     /// <summary>One prompt to answer; null reads prompts from the input instead.</summary>
     public string? Prompt { get; init; }
     public bool Chat { get; init; }
-    /// <summary>Null: Axolotl's do_inference settings (<see cref="InferenceRecipe.AxolotlGeneration"/>).</summary>
+    /// <summary>Null: Axolotl's do_inference settings (<see cref="InferenceSetup.AxolotlGeneration"/>).</summary>
     public GenerationOptions? Generation { get; init; }
 }
 
@@ -24,42 +25,6 @@ internal sealed record InferenceSettings
 /// </summary>
 internal static class InferenceRecipe
 {
-    /// <summary>The GenerationConfig of Axolotl's do_inference: sampling at temperature 0.9, top-p 0.95, top-k 40, repetition penalty 1.1.</summary>
-    public static GenerationOptions AxolotlGeneration(AxolotlConfig config) => new()
-    {
-        MaxNewTokens = 1024, DoSample = true, Temperature = 0.9, TopP = 0.95, TopK = 40, RepetitionPenalty = 1.1,
-        Seed = (ulong)config.Seed,
-    };
-
-    public static (CausalLM Model, Tokenizer Tokenizer) Load(AxolotlConfig config, IRecipeReporter reporter)
-    {
-        TorchRuntime.EnsureLoaded();
-        var device = ModelLoading.ResolveDevice(config);
-        var architecture = ModelLoading.Architecture(config);
-        var tokenizer = ModelLoading.LoadTokenizer(config);
-        var model = ModelLoading.LoadTrained(config, architecture, tokenizer, "inference", reporter, device);
-        return (model, tokenizer);
-    }
-
-    /// <summary>
-    /// The prompt text for an instruction: the first dataset's prompt without its response (alpaca), as the model saw
-    /// prompts in training; for completion or pre-tokenized data, the text itself, trimmed as Axolotl trims it.
-    /// </summary>
-    public static string FormatPrompt(AxolotlConfig config, string instruction) =>
-        config.Datasets.FirstOrDefault()?.Strategy switch
-        {
-            "alpaca" => AlpacaPrompt.Instruct(instruction.Trim('\n'), null),
-            _ => instruction.Trim(),
-        };
-
-    /// <summary>End-of-sequence ids: generation_config.json's (a list, possibly), config.json's, and the tokenizer's.</summary>
-    public static IReadOnlyCollection<int> EosTokenIds(AxolotlConfig config, Tokenizer tokenizer)
-    {
-        var ids = new HashSet<int>(GenerationOptions.EosFromModelFolder(config.BaseModelConfig ?? config.BaseModel));
-        if (tokenizer.EosTokenId is int eos) ids.Add(eos);
-        return ids;
-    }
-
     /// <summary>Generates an answer to one formatted prompt, writing text to <paramref name="output"/> as tokens arrive.</summary>
     public static List<int> Answer(CausalLM model, Tokenizer tokenizer, string prompt, GenerationOptions options, TextWriter output,
         bool addSpecialTokens = true)
@@ -84,14 +49,14 @@ internal static class InferenceRecipe
     public static void Run(AxolotlConfig config, InferenceSettings settings, TextReader input, TextWriter output, TextWriter console,
         bool interactive, IRecipeReporter reporter)
     {
-        var (model, tokenizer) = Load(config, reporter);
-        var options = (settings.Generation ?? AxolotlGeneration(config)) with { EosTokenIds = EosTokenIds(config, tokenizer) };
+        var (model, tokenizer) = InferenceSetup.Load(config, reporter);
+        var options = (settings.Generation ?? InferenceSetup.AxolotlGeneration(config)) with { EosTokenIds = InferenceSetup.EosTokenIds(config, tokenizer) };
         // --chat: the instruction as one user turn through the chat template (chat_template, else the tokenizer's), with
         // the generation prompt; the template writes its own BOS, so none is added, as apply_chat_template does.
         var template = settings.Chat ? DatasetBuilder.ResolveChatTemplate(config, null, tokenizer, reporter.Warn) : null;
         void Respond(string instruction)
         {
-            if (template is null) { Answer(model, tokenizer, FormatPrompt(config, instruction), options, output); return; }
+            if (template is null) { Answer(model, tokenizer, InferenceSetup.FormatPrompt(config, instruction), options, output); return; }
             var turn = new System.Text.Json.Nodes.JsonArray(new System.Text.Json.Nodes.JsonObject { ["role"] = "user", ["content"] = instruction.Trim('\n') });
             Answer(model, tokenizer, template.Render(turn, addGenerationPrompt: true), options, output, addSpecialTokens: false);
         }
@@ -107,34 +72,5 @@ internal static class InferenceRecipe
             if (instruction.Length == 0) return;
             Respond(instruction);
         }
-    }
-}
-
-/// <summary>
-/// Decodes a growing token sequence into text increments. A byte-fallback character split over several tokens decodes
-/// to U+FFFD until its last byte arrives, so text ending in one is held back rather than printed broken.
-/// </summary>
-internal sealed class StreamingDecoder(Tokenizer tokenizer)
-{
-    readonly List<int> _ids = [];
-    int _printed;
-
-    public string Push(int id)
-    {
-        _ids.Add(id);
-        var text = tokenizer.Decode(_ids, skipSpecialTokens: true);
-        if (text.EndsWith('\uFFFD') || text.Length < _printed) return "";
-        var piece = text[_printed..];
-        _printed = text.Length;
-        return piece;
-    }
-
-    /// <summary>Whatever is still held back (an incomplete character stays U+FFFD, as a full decode shows it).</summary>
-    public string Flush()
-    {
-        var text = tokenizer.Decode(_ids, skipSpecialTokens: true);
-        var rest = text.Length > _printed ? text[_printed..] : "";
-        _printed = text.Length;
-        return rest;
     }
 }

@@ -175,7 +175,7 @@ public class InferenceTests
         const string text = "naïve ☃ and 🙂 done";
         var ids = tokenizer.Encode(text, addSpecialTokens: false);
         Assert.Contains(ids, id => tokenizer.IdToToken(id)!.StartsWith("<0x"));
-        var stream = new StreamingDecoder(tokenizer);
+        var stream = new Axolotl.Inference.StreamingDecoder(tokenizer);
         var pieces = ids.Select(stream.Push).Append(stream.Flush()).ToList();
         Assert.DoesNotContain(pieces, p => p.Contains('\uFFFD'));
         Assert.Equal(tokenizer.Decode(ids), string.Concat(pieces));
