@@ -44,17 +44,17 @@ public class ExampleConfigTests
     }
 
     // The Axolotl features these configs use that Axolotl.NET does not implement, stated here rather than read from the
-    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), ReLoRA, LISA,
+    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), ReLoRA,
     // jagged restarts, GPTQ, QAT, llmcompressor, PEFT-specific blocks, sample-generation eval, W&B and OpenTelemetry
     // reporting, and the rest below. Set to anything but empty or false, each must be refused.
     static readonly HashSet<string> NotImplemented =
     [
         "do_causal_lm_eval", "eval_causal_lm_metrics", "eval_max_new_tokens", "eval_table_size", "gptq", "group_by_length",
-        "jagged_restart_anneal_steps", "jagged_restart_steps", "jagged_restart_warmup_steps", "lisa_layers_attribute",
-        "lisa_n_layers", "lisa_step_interval", "llmcompressor", "lr_quadratic_warmup", "num_labels",
-        "otel_metrics_host", "otel_metrics_port", "peft", "process_reward_model", "push_dataset_to_hub", "qat",
+        "jagged_restart_anneal_steps", "jagged_restart_steps", "jagged_restart_warmup_steps",
+        "llmcompressor", "lr_quadratic_warmup", "num_labels",
+        "otel_metrics_host", "otel_metrics_port", "process_reward_model", "push_dataset_to_hub", "qat",
         "relora", "relora_cpu_offload", "relora_prune_ratio", "remove_unused_columns", "reward_model",
-        "save_only_model", "tokenizer_legacy", "torchdistx_path", "trl", "unfrozen_parameters", "use_otel_metrics",
+        "save_only_model", "tokenizer_legacy", "torchdistx_path", "trl", "use_otel_metrics",
         "use_wandb", "wandb_entity", "wandb_log_model", "wandb_name", "wandb_project", "wandb_watch",
     ];
 
