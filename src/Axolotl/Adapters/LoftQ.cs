@@ -1,3 +1,4 @@
+using Axolotl.IO;
 using Axolotl.Models;
 using Axolotl.Quantization;
 using TorchSharp;
@@ -55,17 +56,17 @@ public static class LoftQ
     };
 
     /// <summary>
-    /// Before the base is quantized (qlora) or wrapped: for each Linear the adapter will wrap, works out A and B, and
-    /// with a full-precision base (<paramref name="quantization"/> null) puts deq(Q(W)) into the Linear now.
-    /// With <paramref name="computeAdapter"/> false (a resume, whose adapter comes from the checkpoint) only the base is
-    /// replaced. Call <see cref="Initialization.CopyInto"/> once the adapter is applied.
+    /// Before the adapter is applied: for each layer it will wrap, works out A and B. A full-precision Linear gets
+    /// deq(Q(W)) as its weight now (PEFT's loftq_init); a layer already quantized at load (qlora) keeps its NF4 weight,
+    /// and its full-precision W is read again with <paramref name="fullPrecisionWeight"/> (by state-dict key), as PEFT's
+    /// replace_lora_weights_loftq reads the safetensors. With <paramref name="computeAdapter"/> false (a resume, whose
+    /// adapter comes from the checkpoint) only the base is replaced. Call <see cref="Initialization.CopyInto"/> once the
+    /// adapter is applied.
     /// </summary>
-    public static Initialization Prepare(nn.Module model, LoraSettings settings, int bits, QuantizationSettings? quantization,
-                                         bool computeAdapter, Action<string>? progress = null)
+    public static Initialization Prepare(nn.Module model, LoraSettings settings, int bits, bool computeAdapter,
+                                         Func<string, Tensor?>? fullPrecisionWeight = null, Action<string>? progress = null)
     {
-        var roundTrip = quantization is { } q
-            ? (Func<Tensor, Tensor>)(w => { using var stored = Quantizer.Quantize(w, q); return stored.Dequantize(ScalarType.Float32); })
-            : RoundTrip(bits);
+        var roundTrip = RoundTrip(bits);
         var targets = Lora.TargetPaths(model, settings);
         var result = new Initialization();
         var clock = System.Diagnostics.Stopwatch.StartNew();
@@ -74,15 +75,25 @@ public static class LoftQ
         for (int i = 0; i < targets.Count; i++)
         {
             var (parent, leaf) = ModuleTree.Parent(model, targets[i]);
-            if (parent.named_children().First(c => c.name == leaf).module is not Linear linear) continue;
             using var scope = NewDisposeScope();
-            if (computeAdapter)
+            switch (parent.named_children().First(c => c.name == leaf).module)
             {
-                var (dequantized, a, b) = Decompose(linear.weight, settings.Rank, roundTrip);
-                if (quantization is null) linear.weight.copy_(dequantized);
-                result.Adapters[targets[i]] = (a.DetachFromDisposeScope(), b.DetachFromDisposeScope());
+                case Linear linear when computeAdapter:
+                    var (dequantized, a, b) = Decompose(linear.weight, settings.Rank, roundTrip);
+                    linear.weight.copy_(dequantized);
+                    result.Adapters[targets[i]] = (a.DetachFromDisposeScope(), b.DetachFromDisposeScope());
+                    break;
+                case Linear linear:
+                    linear.weight.copy_(roundTrip(linear.weight));
+                    break;
+                case QuantizedLinear quantized when computeAdapter:
+                    var key = targets[i] + ".weight";
+                    var w = fullPrecisionWeight?.Invoke(key) ?? throw new UserError($"LoftQ: the full-precision weight '{key}' was not found in base_model's safetensors.");
+                    var stored = quantized.Weight.Dequantize(ScalarType.Float32);
+                    var (_, qa, qb) = Decompose(w, settings.Rank, _ => stored);
+                    result.Adapters[targets[i]] = (qa.DetachFromDisposeScope(), qb.DetachFromDisposeScope());
+                    break;
             }
-            else if (quantization is null) linear.weight.copy_(roundTrip(linear.weight));
             if (clock.Elapsed - lastReport > TimeSpan.FromSeconds(10))
             {
                 progress?.Invoke($"LoftQ: {i + 1} of {targets.Count} layers initialised ({clock.Elapsed.TotalSeconds:F0} s).");
@@ -90,9 +101,16 @@ public static class LoftQ
             }
         }
         if (targets.Count > 0) progress?.Invoke(computeAdapter
-            ? $"LoftQ ({bits}-bit): {result.Adapters.Count} adapters initialised from the SVD of the quantisation residual (rank {settings.Rank}){(quantization is null ? "; base weights replaced by their quantized values, as PEFT does" : "")}, {clock.Elapsed.TotalSeconds:F1} s."
+            ? $"LoftQ ({bits}-bit): {result.Adapters.Count} adapters initialised from the SVD of the quantisation residual (rank {settings.Rank}); full-precision base weights replaced by their quantized values, as PEFT does; {clock.Elapsed.TotalSeconds:F1} s."
             : $"LoftQ ({bits}-bit): base weights replaced by their quantized values, as when the adapter was initialised.");
         return result;
+    }
+
+    /// <summary>Reads a tensor of a model folder's safetensors (one file or shards) by key; null when none holds it.</summary>
+    public static Func<string, Tensor?> WeightsIn(string modelDir)
+    {
+        var files = ShardedSafetensors.WeightFiles(modelDir).Select(SafetensorsFile.Open).ToList();
+        return key => files.FirstOrDefault(f => f.Entries.ContainsKey(key))?.Read(key);
     }
 
     /// <summary>A and B per wrapped path, fp32, until copied into the adapter.</summary>

@@ -294,7 +294,7 @@ public static class Lora
         var settings = ReadSettings(dir);
         // PEFT runs loftq_init again when it creates a LoftQ adapter's layers: the base becomes deq(Q(W)), then the saved
         // A and B are loaded over the fresh ones. A base already quantized (qlora) is those weights itself.
-        if (settings.LoftqBits is int loftqBits) LoftQ.Prepare(model, settings, loftqBits, null, computeAdapter: false).Dispose();
+        if (settings.LoftqBits is int loftqBits) LoftQ.Prepare(model, settings, loftqBits, computeAdapter: false).Dispose();
         Apply(model, settings);
         var weightsPath = Path.Combine(dir, WeightsFile);
         if (!File.Exists(weightsPath))

@@ -60,9 +60,9 @@ public static class FinetuneRecipe
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
         var resumeFrom = ResolveCheckpoint(config, reporter);
-        // LoftQ needs the full-precision weights: the adapter's start is worked out before the base is quantized.
+        // LoftQ starts from the full-precision weights (read again for layers quantized at load).
         using var loftq = config.LoftqBits is int loftqBits && resumeFrom == null
-            ? LoftQ.Prepare(model, NewLoraSettings(config, model), loftqBits, QuantizationSettings.FromConfig(config), computeAdapter: true, reporter.Info) : null;
+            ? LoftQ.Prepare(model, NewLoraSettings(config, model), loftqBits, computeAdapter: true, LoftQ.WeightsIn(config.BaseModel), reporter.Info) : null;
         ModelLoading.QuantizeAsConfigured(model, config, reporter);
         LoraSettings? lora = null;
         if (config.Adapter is "lora" or "qlora")

@@ -95,7 +95,8 @@ public class PartialTrainTests
             peft:
               loftq_config:
                 loftq_bits: 4
-            """).Replace("max_steps: 4", "max_steps: 1").Replace("warmup_steps: 0", "warmup_steps: 1"));
+            """).Replace("max_steps: 4", "max_steps: 1").Replace("warmup_steps: 0", "warmup_steps: 1")
+            .Replace("lr_scheduler: constant", "lr_scheduler: constant_with_warmup"));
         var config = JsonNode.Parse(File.ReadAllText(Path.Combine(dir["out"], Lora.ConfigFile)))!;
         Assert.Equal("loftq", (string)config["init_lora_weights"]!);
         Assert.Equal(4, (int)config["loftq_config"]!["loftq_bits"]!);

@@ -207,6 +207,7 @@ public class PartialTrainingTests
 
     static (CausalLM Model, TrainerState State) RunLisa(string outputDir, int steps, string? resumeFrom = null)
     {
+        Directory.CreateDirectory(outputDir);
         var model = Deep(6);
         if (resumeFrom != null) model.LoadWeights(resumeFrom);
         var checkpoints = new CheckpointOptions(outputDir, d => model.SavePretrained(d)) { SaveSteps = 3 };
