@@ -46,8 +46,33 @@ public class PartialTrainTests
     public void Axolotls_examples_load(string file)
     {
         var c = ConfigLoader.Load(TestSetup.Data("axolotl-configs", file));
-        if (file.Contains("lisa")) Assert.Equal((4, 20, "model.layers"), (c.LisaNLayers, c.LisaStepInterval, c.LisaLayersAttribute));
-        else Assert.Equal(("lora", 4), (c.Adapter, c.LoftqBits));
+        // The resolved config saved with a run reads back the same (a resume reads it).
+        foreach (var config in new[] { c, ConfigLoader.Parse(ConfigWriter.ToYaml(c), "saved.yml") })
+            if (file.Contains("lisa")) Assert.Equal((4, 20, "model.layers"), (config.LisaNLayers, config.LisaStepInterval, config.LisaLayersAttribute));
+            else Assert.Equal(("lora", 4), (config.Adapter, config.LoftqBits));
+    }
+
+    [Fact]
+    public void Bigstrals_unfrozen_parameters_read_back_from_the_saved_config()
+    {
+        var c = ConfigLoader.Load(TestSetup.Data("axolotl-configs", "mistral__bigstral__bigstral-ds-zero3.yaml"));
+        Assert.Equal(6, c.UnfrozenParameters!.Count);
+        Assert.Equal(c.UnfrozenParameters, ConfigLoader.Parse(ConfigWriter.ToYaml(c), "saved.yml").UnfrozenParameters);
+    }
+
+    [Theory]
+    [InlineData("adapter: lora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true\nunfrozen_parameters: [^lm_head]", "with an adapter")]
+    [InlineData("lisa_n_layers: 2\nlisa_step_interval: 5\nadapter: lora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true", "does not combine with an adapter")]
+    [InlineData("unfrozen_parameters: ['^model.layers.(1']", "not a valid regular expression")]
+    [InlineData("adapter: lora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true\npeft: {loftq_config: {loftq_bits: 3}}", "must be 4 (NF4) or 8")]
+    [InlineData("adapter: lora\nlora_r: 8\nlora_alpha: 8\nlora_target_linear: true\npeft: {loftq_config: {loftq_iter: 2}}", "peft.loftq_config.loftq_iter is not a key")]
+    [InlineData("peft: {loftq_config: {loftq_bits: 4}}", "set adapter: lora")]
+    public void Contradictions_are_one_sentence_naming_the_key(string extra, string expected)
+    {
+        var yaml = $"base_model: some/model\ndatasets:\n  - path: data.jsonl\n    type: alpaca\nlearning_rate: 0.0002\n{extra}\n";
+        var e = Assert.Throws<UserError>(() => ConfigLoader.Parse(yaml, "cfg.yml"));
+        Assert.Contains(expected, e.Message);
+        Assert.StartsWith("cfg.yml:", e.Message);
     }
 
     [Fact]
