@@ -18,7 +18,7 @@ namespace Axolotl.Adapters;
 /// against exactly that (PEFT's replace_lora_weights_loftq for a bnb 4-bit model). Axolotl passes no loftq_iter, so
 /// PEFT's one iteration runs; <see cref="Decompose"/> takes more for the alternating form.</para>
 /// </summary>
-public static class LoftQ
+internal static class LoftQ
 {
     /// <summary>
     /// PEFT's loftq_init for one weight: for each iteration quantize the current target (W, then W − B·A), take the

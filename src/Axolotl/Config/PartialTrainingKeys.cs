@@ -9,7 +9,7 @@ namespace Axolotl.Config;
 /// '.' not followed by '+' made a literal dot; and the regex tried with Python's <c>re.match</c>, i.e. anchored at the
 /// start of the parameter name only (add '$' to match a whole name).
 /// </summary>
-public sealed record UnfrozenPattern(string Raw, Regex NameRegex, int? RangeStart, int? RangeEnd)
+internal sealed record UnfrozenPattern(string Raw, Regex NameRegex, int? RangeStart, int? RangeEnd)
 {
     /// <summary>Whether a row range was given (then only those rows of the first dimension train).</summary>
     public bool HasRange => RangeStart is not null;
@@ -93,9 +93,9 @@ static class PartialTrainingKeys
             if (key != "loftq_bits") fail("peft", $"peft.loftq_config.{key} is not a key Axolotl passes to LoftQ (it has loftq_bits).");
         if (c.LoftqBits is not int bits) return;
         if (bits is not (4 or 8)) fail("peft", $"peft.loftq_config.loftq_bits must be 4 (NF4) or 8 (int8), as PEFT's LoftQ supports; not {bits}.");
-        if (c.Adapter is not ("lora" or "qlora")) fail("peft", "peft.loftq_config initialises a LoRA adapter; set adapter: lora (or qlora).");
+        if (!c.HasLora) fail("peft", "peft.loftq_config initialises a LoRA adapter; set adapter: lora (or qlora).");
         if (c.LoadIn8Bit) fail("peft", "peft.loftq_config with load_in_8bit: LoftQ quantizes the full-precision weights itself; load the model unquantized (adapter: lora) or with qlora.");
-        if (c.Adapter == "qlora" && bits != 4) fail("peft", "peft.loftq_config.loftq_bits must be 4 with qlora: the residual is taken against the model's own NF4 weights.");
+        if (c.Adapter == AdapterKind.Qlora && bits != 4) fail("peft", "peft.loftq_config.loftq_bits must be 4 with qlora: the residual is taken against the model's own NF4 weights.");
         if (c.LoraModelDir != null) fail("peft", "peft.loftq_config initialises a new adapter; lora_model_dir loads a trained one. Remove one of them.");
     }
 }

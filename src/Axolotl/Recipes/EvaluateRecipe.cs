@@ -18,7 +18,7 @@ public sealed record EvaluateResult(string SummaryPath, JsonObject? Training, Js
 /// from output_dir when that holds one) scored on the training split and the validation split as train prepares
 /// them, written to output_dir/eval_summary.csv as Axolotl writes it (metric, training, validation).
 /// </summary>
-public static class EvaluateRecipe
+internal static class EvaluateRecipe
 {
     public const string SummaryFile = "eval_summary.csv";
 

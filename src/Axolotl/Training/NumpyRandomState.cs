@@ -6,7 +6,7 @@ namespace Axolotl.Training;
 /// random_interval (32-bit outputs under the smallest all-ones mask, rejected above the bound). What transformers'
 /// set_seed seeds and Axolotl's LISA callback draws from.
 /// </summary>
-public sealed class NumpyRandomState
+internal sealed class NumpyRandomState
 {
     const int N = 624, M = 397;
     readonly uint[] _mt = new uint[N];

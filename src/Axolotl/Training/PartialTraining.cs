@@ -12,7 +12,7 @@ namespace Axolotl.Training;
 /// trains the whole parameter but zeroes the gradient of the rows outside its ranges, as Axolotl's gradient hook does
 /// (so weight decay still reaches those rows, and their optimizer state exists, as Axolotl's schema says).
 /// </summary>
-public static class UnfrozenParameters
+internal static class UnfrozenParameters
 {
     /// <summary>Freezes what the patterns do not match; returns the callback that zeroes out-of-range rows, or null.</summary>
     public static ITrainerCallback? Apply(nn.Module model, IReadOnlyList<string> patterns, Action<string>? info = null)
@@ -112,7 +112,7 @@ public static class UnfrozenParameters
 /// correction continues from its own step count when it is drawn again, as torch's per-parameter step does. Its
 /// fp32 master (bf16 weights) is untouched while frozen, so it stays equal to the weight.</para>
 /// </summary>
-public sealed class LisaCallback(int layersToTrain, int stepInterval, string layersAttribute, uint seed, Action<string>? info = null) : ITrainerCallback
+internal sealed class LisaCallback(int layersToTrain, int stepInterval, string layersAttribute, uint seed, Action<string>? info = null) : ITrainerCallback
 {
     NumpyRandomState _random = new(seed);
     List<nn.Module> _layers = [];

@@ -49,7 +49,7 @@ public class PartialTrainTests
         // The resolved config saved with a run reads back the same (a resume reads it).
         foreach (var config in new[] { c, ConfigLoader.Parse(ConfigWriter.ToYaml(c), "saved.yml") })
             if (file.Contains("lisa")) Assert.Equal((4, 20, "model.layers"), (config.LisaNLayers, config.LisaStepInterval, config.LisaLayersAttribute));
-            else Assert.Equal(("lora", 4), (config.Adapter, config.LoftqBits));
+            else Assert.Equal(((AdapterKind?)AdapterKind.Lora, (int?)4), (config.Adapter, config.LoftqBits));
     }
 
     [Fact]
