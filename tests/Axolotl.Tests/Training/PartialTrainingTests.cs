@@ -4,6 +4,7 @@ using Axolotl.Data;
 using Axolotl.Models;
 using Axolotl.Training;
 using TorchSharp;
+using TorchSharp.Modules;
 using static TorchSharp.torch;
 
 namespace Axolotl.Tests.Training;
@@ -166,7 +167,14 @@ public class PartialTrainingTests
 
         public void OnTrainBegin(TrainerContext c) { _before = Snapshot(model); }
 
-        public void OnAfterBackward(TrainerContext c) => _active = [.. lisa.ActiveLayers.Order()];
+        public void OnAfterBackward(TrainerContext c)
+        {
+            _active = [.. lisa.ActiveLayers.Order()];
+            // Frozen layers hold no gradient (zero_grad(set_to_none=True) as HF runs it): no memory goes to them.
+            for (int i = 0; i < model.Config.NumLayers; i++)
+                if (!_active.Contains(i))
+                    Assert.All(model.model.layers[i].parameters(), p => Assert.Null(p.grad));
+        }
 
         public void OnStepEnd(TrainerContext c)
         {
@@ -203,6 +211,28 @@ public class PartialTrainingTests
         Assert.Equal(watch.Steps[2].Active, watch.Steps[3].Active);
         Assert.Equal(watch.Steps[4].Active, watch.Steps[5].Active);
         Assert.Equal([true, true, true, false, true, false], Enumerable.Range(0, 6).Select(lisa.SwitchesAt).ToArray());
+    }
+
+    [Fact]
+    public void A_parameter_frozen_for_a_step_starts_adams_bias_correction_at_its_own_first_step()
+    {
+        using var scope = NewDisposeScope();
+        var p1 = new Parameter(ones(4));
+        var p2 = new Parameter(ones(4));
+        const double lr = 0.01;
+        using var optimizer = TrainingOptimizer.Create("adamw_torch", [("a", p1), ("b", p2)], new TrainingOptions());
+        var gradient = tensor(new[] { 0.5f, -2f, 3f, -0.25f });
+        void Backward() { optimizer.ZeroGrad(); ((p1 * gradient).sum() + (p2.requires_grad ? (p2 * gradient).sum() : zeros(1).sum())).backward(); }
+        p2.requires_grad = false;
+        Backward();
+        optimizer.Step(lr);
+        Assert.True(Same(p2.detach(), ones(4)), "a frozen parameter moved");
+        p2.requires_grad = true;
+        Backward();
+        using (no_grad()) optimizer.Step(lr);
+        // torch's AdamW at a parameter's first step: m̂ = g, v̂ = g², so each element moves by lr · sign(g) (ε aside).
+        var moved = (ones(4) - p2.detach()) / lr;
+        Assert.True(moved.allclose(gradient.sign(), rtol: 1e-5, atol: 1e-5), $"first update of the late parameter: {string.Join(", ", moved.data<float>().ToArray())}");
     }
 
     static (CausalLM Model, TrainerState State) RunLisa(string outputDir, int steps, string? resumeFrom = null)
