@@ -26,6 +26,9 @@ internal sealed record LoraSettings
     public IReadOnlyList<string> ModulesToSave { get; init; } = [];
     /// <summary>Only these decoder layer indices get adapters (PEFT's layers_to_transform); null means all.</summary>
     public IReadOnlyList<int>? LayersToTransform { get; init; }
+    /// <summary>Initialised by LoftQ with this many bits (PEFT's init_lora_weights "loftq"): the base weights are their
+    /// quantized values, which loading the adapter reproduces, as PEFT does.</summary>
+    public int? LoftqBits { get; init; }
 }
 
 /// <summary>Wraps a model's Linear layers in LoRA and moves adapters to and from PEFT's files.</summary>
@@ -45,9 +48,7 @@ internal static class Lora
     public static IReadOnlyList<string> Apply(nn.Module model, LoraSettings settings)
     {
         foreach (var p in model.parameters()) p.requires_grad = false;
-        var targets = model.named_modules()
-            .Where(m => IsLinear(m.module) && Matches(m.name, settings) && InTransformedLayer(m.name, settings))
-            .Select(m => m.name).ToList();
+        var targets = TargetPaths(model, settings);
         if (targets.Count == 0)
             throw new UserError($"lora_target_modules [{string.Join(", ", settings.TargetModules)}] match no Linear layer of the model " +
                                 $"(its Linear layers: {string.Join(", ", LinearModuleNames(model))}).");
@@ -60,6 +61,12 @@ internal static class Lora
         ApplyModulesToSave(model, settings.ModulesToSave);
         return targets;
     }
+
+    /// <summary>The paths of the Linear layers <see cref="Apply"/> wraps.</summary>
+    public static List<string> TargetPaths(nn.Module model, LoraSettings settings) =>
+        model.named_modules()
+            .Where(m => IsLinear(m.module) && Matches(m.name, settings) && InTransformedLayer(m.name, settings))
+            .Select(m => m.name).ToList();
 
     static bool IsLinear(nn.Module m) => m is Linear or QuantizedLinear;
 
@@ -201,11 +208,11 @@ internal static class Lora
             ["bias"] = "none",
             ["fan_in_fan_out"] = false,
             ["inference_mode"] = true,
-            ["init_lora_weights"] = true,
+            ["init_lora_weights"] = settings.LoftqBits is null ? true : "loftq",
             ["layer_replication"] = null,
             ["layers_pattern"] = null,
             ["layers_to_transform"] = settings.LayersToTransform is { } layers ? new JsonArray(layers.Select(l => (JsonNode)JsonValue.Create(l)!).ToArray()) : null,
-            ["loftq_config"] = new JsonObject(),
+            ["loftq_config"] = settings.LoftqBits is int bits ? new JsonObject { ["loftq_bits"] = bits, ["loftq_iter"] = 1 } : new JsonObject(),
             ["lora_alpha"] = JsonNumber(settings.Alpha),
             ["lora_dropout"] = PythonFloat(settings.Dropout),
             ["megatron_config"] = null,
@@ -271,6 +278,8 @@ internal static class Lora
                 },
                 TargetModules = targets is JsonArray a ? a.Select(x => x!.GetValue<string>()).ToList() : [],
                 TargetRegex = targets is JsonValue v ? v.GetValue<string>() : null,
+                LoftqBits = json["init_lora_weights"] is JsonValue init && init.TryGetValue<string>(out var how) && how == "loftq"
+                    ? json["loftq_config"]?["loftq_bits"]?.GetValue<int>() ?? 4 : null,
             };
         }
         catch (Exception e) when (e is InvalidOperationException or FormatException)
@@ -283,6 +292,9 @@ internal static class Lora
     public static LoraSettings Load(nn.Module model, string dir)
     {
         var settings = ReadSettings(dir);
+        // PEFT runs loftq_init again when it creates a LoftQ adapter's layers: the base becomes deq(Q(W)), then the saved
+        // A and B are loaded over the fresh ones. A base already quantized (qlora) is those weights itself.
+        if (settings.LoftqBits is int loftqBits) LoftQ.Prepare(model, settings, loftqBits, computeAdapter: false).Dispose();
         Apply(model, settings);
         var weightsPath = Path.Combine(dir, WeightsFile);
         if (!File.Exists(weightsPath))

@@ -251,6 +251,12 @@ public sealed class AxolotlConfig
     public double? LoraplusLrRatio { get; set; }
     /// <summary>LoRA+ rate of LoRA embedding layers; there are none here (adapters wrap Linear layers), so it has no effect.</summary>
     public double? LoraplusLrEmbedding { get; set; }
+    /// <summary>Axolotl's peft block: only loftq_config ({loftq_bits: 4}) is read, LoftQ initialisation of the adapter.</summary>
+    public System.Text.Json.Nodes.JsonObject? Peft { get; set; }
+    /// <summary>peft.loftq_config.loftq_bits (4 when loftq_config is given without it, as Axolotl's default; 0 when it
+    /// is not a whole number); null without LoftQ.</summary>
+    public int? LoftqBits => Peft?["loftq_config"] is System.Text.Json.Nodes.JsonObject loftq
+        ? loftq["loftq_bits"] is { } bits ? (int.TryParse(bits.ToJsonString(), out var n) ? n : 0) : 4 : null;
     /// <summary>Overrides of Axolotl's 4-bit BitsAndBytesConfig (nf4, double quantization, compute dtype = the model's).</summary>
     public Dictionary<string, string>? BnbConfigKwargs { get; set; }
 
@@ -301,6 +307,13 @@ public sealed class AxolotlConfig
     public double? LossWatchdogThreshold { get; set; }
     public int? LossWatchdogPatience { get; set; }
     public int MicroBatchSize { get; set; } = 1;
+    /// <summary>Full fine-tune: only parameters whose HF name matches one of these (Axolotl's rule, <see cref="UnfrozenPattern"/>) train.</summary>
+    public List<string>? UnfrozenParameters { get; set; }
+    /// <summary>LISA: this many decoder layers train at a time, drawn again every lisa_step_interval steps.</summary>
+    public int? LisaNLayers { get; set; }
+    public int? LisaStepInterval { get; set; }
+    /// <summary>Path of the decoder layer list under the model, as Axolotl's default.</summary>
+    public string LisaLayersAttribute { get; set; } = "model.layers";
     // Preference training (rl: dpo, ipo, simpo, orpo), TRL's keys as Axolotl names them; unset means TRL's default.
     public RlMethod? Rl { get; set; }
     public double? RlBeta { get; set; }

@@ -322,6 +322,7 @@ internal static class ConfigLoader
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             Trackers.CheckEvalKeys(c, IsGiven, Fail);
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
+            PartialTrainingKeys.Check(c, Fail);
             // TRL's KTOTrainer: with one example per batch the KL estimate would be the example's own reward.
             if (c.Rl == RlMethod.Kto && c.MicroBatchSize <= 1) Fail("micro_batch_size", "rl: kto needs micro_batch_size of at least 2: the KL term is estimated from the other examples of each batch.");
             // Preference types need rl, and rl reads only its own types (an unknown type is refused with the other keys).

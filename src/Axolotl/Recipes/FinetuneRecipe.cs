@@ -61,6 +61,9 @@ internal static class FinetuneRecipe
             throw new UserError($"the data holds token id {maxId}, beyond the model's vocab_size {model.Config.VocabSize}.");
 
         var resumeFrom = ResolveCheckpoint(config, reporter);
+        // LoftQ starts from the full-precision weights (read again for layers quantized at load).
+        using var loftq = config.LoftqBits is int loftqBits && resumeFrom == null
+            ? LoftQ.Prepare(model, NewLoraSettings(config, model), loftqBits, computeAdapter: true, LoftQ.WeightsIn(config.BaseModel), reporter.Info) : null;
         ModelLoading.QuantizeAsConfigured(model, config, reporter);
         LoraSettings? lora = null;
         if (config.HasLora)
@@ -75,23 +78,19 @@ internal static class FinetuneRecipe
             }
             else
             {
-                var targets = new List<string>(config.LoraTargetModules ?? []);
-                if (config.LoraTargetLinear) targets.AddRange(Lora.LinearModuleNames(model));
-                lora = new LoraSettings
-                {
-                    Rank = config.LoraR!.Value, Alpha = config.LoraAlpha!.Value, Dropout = config.LoraDropout,
-                    TargetModules = targets.Distinct().ToList(),
-                    UseDora = config.PeftUseDora,
-                    UseRsLora = config.PeftUseRslora,
-                    ModulesToSave = config.LoraModulesToSave ?? [],
-                    LayersToTransform = config.PeftLayersToTransform,
-                };
+                lora = NewLoraSettings(config, model);
                 var wrapped = Lora.Apply(model, lora);
+                loftq?.CopyInto(model);
                 reporter.Info($"{(lora.UseDora ? "DoRA" : "LoRA")}: r {lora.Rank}, alpha {lora.Alpha}{(lora.UseRsLora ? " (rsLoRA scale alpha/sqrt(r))" : "")} on {wrapped.Count} layers ({string.Join(", ", lora.TargetModules)})" +
                               (lora.ModulesToSave.Count > 0 ? $"; trained in full: {string.Join(", ", lora.ModulesToSave)}." : "."));
             }
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
+        var partialTraining = new List<ITrainerCallback>();
+        if (config.UnfrozenParameters is { Count: > 0 } unfrozen && UnfrozenParameters.Apply(model, unfrozen, reporter.Info) is { } rowRanges)
+            partialTraining.Add(rowRanges);
+        if (config is { LisaNLayers: int lisaLayers, LisaStepInterval: int lisaInterval })
+            partialTraining.Add(new LisaCallback(lisaLayers, lisaInterval, config.LisaLayersAttribute, unchecked((uint)config.Seed), reporter.Info));
         model.model.GradientCheckpointing = config.RecomputesLayers;
         ModelLoading.Place(model, device, reporter);
         reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.Spelling(config.Bf16)}).");
@@ -191,6 +190,7 @@ internal static class FinetuneRecipe
             if (metrics != null) trackers.AddFor(config, outputDir, data.Eval, tokenizer, metrics.TensorBoard, reporter);
             trainer.Callbacks.AddRange(trackers.Callbacks);
             if (Relora.CallbackFor(config, resumeFrom, reporter.Info) is { } relora) trainer.Callbacks.Add(relora);
+            trainer.Callbacks.AddRange(partialTraining);
             state = pairs != null ? trainer.Train(pairs, evalPairs, resumeFrom, stop)
                 : stream != null ? trainer.Train(stream, resumeFrom, stop)
                 : parallel != null ? trainer.Train(Distributed.RankBatches.Training(data.Examples, options, parallel),
@@ -218,6 +218,23 @@ internal static class FinetuneRecipe
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
         trackers.Finish(outputDir);
         return new FinetuneResult(outputDir, state, DatasetSummary.Of(data));
+    }
+
+    /// <summary>A new adapter as the lora_* keys describe it.</summary>
+    static LoraSettings NewLoraSettings(AxolotlConfig config, CausalLM model)
+    {
+        var targets = new List<string>(config.LoraTargetModules ?? []);
+        if (config.LoraTargetLinear) targets.AddRange(Lora.LinearModuleNames(model));
+        return new LoraSettings
+        {
+            Rank = config.LoraR!.Value, Alpha = config.LoraAlpha!.Value, Dropout = config.LoraDropout,
+            TargetModules = targets.Distinct().ToList(),
+            UseDora = config.PeftUseDora,
+            UseRsLora = config.PeftUseRslora,
+            ModulesToSave = config.LoraModulesToSave ?? [],
+            LayersToTransform = config.PeftLayersToTransform,
+            LoftqBits = config.LoftqBits,
+        };
     }
 
     /// <summary>Ranks other than 0 train silently: their figures are rank 0's.</summary>

@@ -38,9 +38,9 @@ internal abstract partial class TrainingOptimizer
                 var (m, v) = (state[0], state[1]);
                 m.mul_(_beta1).add_(g, alpha: 1 - _beta1);
                 v.mul_(_beta2).addcmul_(g, g, 1 - _beta2);
-                var denominator = v.sqrt().div_(Math.Sqrt(1 - Math.Pow(_beta2, StepCount))).add_(_eps);
+                var denominator = v.sqrt().div_(Math.Sqrt(1 - Math.Pow(_beta2, slot.Steps))).add_(_eps);
                 p.mul_(1 - lr * slot.WeightDecay);
-                p.addcdiv_(m, denominator, -lr / (1 - Math.Pow(_beta1, StepCount)));
+                p.addcdiv_(m, denominator, -lr / (1 - Math.Pow(_beta1, slot.Steps)));
                 return;
             }
             var momentum = state[0];

@@ -85,6 +85,11 @@ internal abstract partial class TrainingOptimizer : IDisposable
     /// </summary>
     public abstract void Step(double lr, double gradScale = 1.0);
     public abstract void ZeroGrad();
+    /// <summary>
+    /// The gradient the next <see cref="Step"/> applies to <paramref name="parameter"/> (the fp32 sum of an accumulation
+    /// window, or the parameter's own), for a callback that edits it after the window's backward; null when it has none.
+    /// </summary>
+    public virtual Tensor? GradientOf(Parameter parameter) => parameter.grad;
     /// <summary>The L2 norm of all gradients together, accumulated in fp32 (torch's clip_grad_norm_ total norm).</summary>
     public abstract double GradNorm();
     /// <summary>
@@ -121,6 +126,9 @@ internal abstract partial class TrainingOptimizer : IDisposable
         public readonly bool HasSeparateMaster;
         /// <summary>fp32 sum of collected low-precision gradients (<see cref="CollectGradients"/>), else null.</summary>
         public Tensor? GradSum;
+        /// <summary>Updates this parameter has had: torch keeps a step per parameter, so one frozen for a while (LISA)
+        /// resumes its bias correction where it stopped rather than at the optimizer's step count.</summary>
+        public long Steps;
 
         public Slot(Parameter parameter, double weightDecay, double lrScale)
         {
@@ -200,6 +208,7 @@ internal abstract partial class TrainingOptimizer : IDisposable
             {
                 var slot = Slots[i];
                 if (Gradient(slot) is not { } grad) continue;
+                slot.Steps++;
                 var state = StateOf(i).ToArray();
                 double slotLr = lr * slot.LrScale;
                 if (!Elementwise)
@@ -247,6 +256,8 @@ internal abstract partial class TrainingOptimizer : IDisposable
         /// </summary>
         Tensor? Gradient(Slot slot)
         {
+            // A parameter frozen since the optimizer was built (LISA) is skipped, as torch skips one whose grad is None.
+            if (!slot.IsPiece && !slot.Parameter.requires_grad) return null;
             if (slot.IsPiece) return Sharded!.GradientOf(slot.FlatStart);
             if (slot.GradSum is null) return slot.Parameter.grad;
             if (slot.Parameter.grad is { } pending) { slot.GradSum.add_(pending); pending.zero_(); }
@@ -276,6 +287,12 @@ internal abstract partial class TrainingOptimizer : IDisposable
             // ZeRO: each rank holds its share of the gradient; the norm is over all of it.
             if (Sharded != null) squares = Parallel!.World.AllReduceSum(squares);
             return Math.Sqrt(squares);
+        }
+
+        public override Tensor? GradientOf(Parameter parameter)
+        {
+            var slot = Slots.FirstOrDefault(s => !s.IsPiece && ReferenceEquals(s.Parameter, parameter));
+            return slot is null ? null : Gradient(slot);
         }
 
         public override void CollectGradients()
@@ -364,6 +381,27 @@ internal abstract partial class TrainingOptimizer : IDisposable
             }
             writer.Write(StepCount);
             foreach (var t in SavedTensors()) t.Save(writer);
+            WriteSlotSteps(writer);
+        }
+
+        /// <summary>Appended after the state (older checkpoints end before it): each slot's own step count.</summary>
+        const long SlotStepsMagic = 0x5350455453544C53; // "SLTSTEPS"
+
+        void WriteSlotSteps(BinaryWriter writer)
+        {
+            writer.Write(SlotStepsMagic);
+            writer.Write(Slots.Count);
+            foreach (var slot in Slots) writer.Write(slot.Steps);
+        }
+
+        void ReadSlotSteps(BinaryReader reader)
+        {
+            foreach (var slot in Slots) slot.Steps = StepCount;
+            var stream = reader.BaseStream;
+            if (!stream.CanSeek || stream.Length - stream.Position < 12) return;
+            if (reader.ReadInt64() != SlotStepsMagic || reader.ReadInt32() != Slots.Count)
+                throw new UserError("resume: the checkpoint's optimizer state does not fit this run's trainable parameters.");
+            foreach (var slot in Slots) slot.Steps = reader.ReadInt64();
         }
 
         public override void Load(BinaryReader reader)
@@ -399,6 +437,7 @@ internal abstract partial class TrainingOptimizer : IDisposable
             StepCount = stepCount;
             using var _ = no_grad();
             foreach (var t in SavedTensors()) t.Load(reader);
+            ReadSlotSteps(reader);
             foreach (var slot in Slots.Where(s => s.HasSeparateMaster))
             {
                 using var target = slot.Parameter.view(-1).narrow(0, slot.Start, slot.Length);
@@ -441,8 +480,8 @@ internal abstract partial class TrainingOptimizer : IDisposable
             if (slot.WeightDecay != 0) p.mul_(1 - lr * slot.WeightDecay);
             m.mul_(_beta1).add_(g, alpha: 1 - _beta1); // not lerp_: TorchSharp makes its weight a tensor on the default device
             v.mul_(_beta2).addcmul_(g, g, 1 - _beta2);
-            double stepSize = lr / (1 - Math.Pow(_beta1, StepCount));
-            double correction2Sqrt = Math.Sqrt(1 - Math.Pow(_beta2, StepCount));
+            double stepSize = lr / (1 - Math.Pow(_beta1, slot.Steps));
+            double correction2Sqrt = Math.Sqrt(1 - Math.Pow(_beta2, slot.Steps));
             var denominator = v.sqrt().div_(correction2Sqrt).add_(_eps);
             p.addcdiv_(m, denominator, -stepSize);
         }
@@ -516,7 +555,7 @@ internal abstract partial class TrainingOptimizer : IDisposable
 
         protected override void Update(Slot slot, Tensor p, Tensor g, Tensor[] state, double lr)
         {
-            double beta2t = 1.0 - Math.Pow(StepCount, DecayRate);
+            double beta2t = 1.0 - Math.Pow(slot.Steps, DecayRate);
             var squared = g.square() + Eps1;
             Tensor update;
             if (state.Length == 2)

@@ -89,8 +89,8 @@ internal abstract partial class TrainingOptimizer
         {
             m.mul_(_beta1).add_(g, alpha: 1 - _beta1);
             v.mul_(_beta2).addcmul_(g, g, 1 - _beta2);
-            double correction1 = 1 - Math.Pow(_beta1, StepCount);
-            double correction2 = Math.Sqrt(1 - Math.Pow(_beta2, StepCount));
+            double correction1 = 1 - Math.Pow(_beta1, slot.Steps);
+            double correction2 = Math.Sqrt(1 - Math.Pow(_beta2, slot.Steps));
             var denominator = v.sqrt().div_(correction2).add_(_eps);
             if (slot.WeightDecay > 0) p.mul_(1 - lr * slot.WeightDecay);
             p.addcdiv_(m, denominator, -lr / correction1);

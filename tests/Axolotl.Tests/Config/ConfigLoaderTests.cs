@@ -76,10 +76,10 @@ public class ConfigLoaderTests
     [Fact]
     public void Known_axolotl_keys_we_do_not_implement_are_refused_by_name_unless_empty()
     {
-        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n"));
-        Assert.Equal("cfg.yml:6:1: 'lisa_n_layers: 4' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.", e.Message);
-        Assert.Equal(["lisa_n_layers"], e.Keys);
-        var ok = Parse(Minimal + "\nlisa_n_layers:\nload_in_8bit: false\nspecial_tokens: {}\n");
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\npose_num_chunks: 4\n"));
+        Assert.Equal("cfg.yml:6:1: 'pose_num_chunks: 4' is an Axolotl option that Axolotl.NET does not implement yet; remove it or leave it empty.", e.Message);
+        Assert.Equal(["pose_num_chunks"], e.Keys);
+        var ok = Parse(Minimal + "\npose_num_chunks:\nload_in_8bit: false\nspecial_tokens: {}\n");
         Assert.Equal("some/model", ok.BaseModel);
         Assert.Empty(ok.Warnings);
     }
@@ -91,10 +91,10 @@ public class ConfigLoaderTests
 
             lora_fan_in_fan_out: true
             peft_layer_replication: true
-            lisa_n_layers: 4
+            pose_num_chunks: 4
             optimizer: dion
             """).Replace("  - path: data.jsonl", "  - path: data.jsonl\n    field_human: chosen\n    field_model: rejected")));
-        Assert.Equal(["datasets[0].field_human", "datasets[0].field_model", "lora_fan_in_fan_out", "peft_layer_replication", "lisa_n_layers", "optimizer"], e.Keys);
+        Assert.Equal(["datasets[0].field_human", "datasets[0].field_model", "lora_fan_in_fan_out", "peft_layer_replication", "pose_num_chunks", "optimizer"], e.Keys);
         Assert.StartsWith("cfg.yml: Axolotl options that Axolotl.NET does not implement yet: 'datasets[0].field_human: chosen' (4:5), " +
                           "'datasets[0].field_model: rejected' (5:5), 'lora_fan_in_fan_out: true' (13:1)", e.Message);
         Assert.EndsWith("'optimizer: dion' (16:1); remove them or leave them empty.", e.Message);
@@ -235,8 +235,8 @@ public class ConfigLoaderTests
         Assert.Equal("--flash-attention: 'flash_attention: true' is Axolotl's legacy flag for attn_implementation: flash_attention_2; PyTorch SDPA attention runs instead (same math).", c.Warnings[0]);
         Assert.Equal(("sdpa", "adamw_torch", "--optimizer"), (c.AttnImplementation, c.Optimizer, c.Warnings[1].Split(':')[0]));
 
-        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\nlisa_n_layers: 4\n", "--kd-trainer", "--use-wandb"));
-        Assert.Equal(["lisa_n_layers", "kd_trainer", "use_wandb"], e.Keys);
+        var e = Assert.Throws<UnsupportedKeysError>(() => Parse(Minimal + "\npose_num_chunks: 4\n", "--kd-trainer", "--use-wandb"));
+        Assert.Equal(["pose_num_chunks", "kd_trainer", "use_wandb"], e.Keys);
         Assert.Contains("'kd_trainer: true' (--kd-trainer)", e.Message);
 
         // --no-... turns a refused key off, as leaving it false in the file would.
@@ -258,7 +258,7 @@ public class ConfigLoaderTests
         // bad_rows is Axolotl.NET's own: what to do with unusable dataset rows (Axolotl always fails).
         Assert.Subset(AxolotlKeys.All, typed.Where(k => k != "bad_rows").ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "lisa_n_layers", "reward_model", "wandb_project", "qat", "gptq", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "pose_num_chunks", "reward_model", "wandb_project", "qat", "gptq", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "fsdp", "liger_rms_norm", "torch_compile" });
     }
 }

@@ -44,16 +44,15 @@ public class ExampleConfigTests
     }
 
     // The Axolotl features these configs use that Axolotl.NET does not implement, stated here rather than read from the
-    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), LISA, GPTQ, QAT, llmcompressor, PEFT-specific blocks, W&B
+    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), GPTQ, QAT, llmcompressor, PEFT-specific blocks, W&B
     // reporting, and the rest below. Set to anything but empty or false, each must be refused.
     static readonly HashSet<string> NotImplemented =
     [
         "gptq", "group_by_length",
-        "lisa_layers_attribute",
-        "lisa_n_layers", "lisa_step_interval", "llmcompressor", "num_labels",
-        "peft", "process_reward_model", "push_dataset_to_hub", "qat",
+        "llmcompressor", "num_labels",
+        "process_reward_model", "push_dataset_to_hub", "qat",
         "remove_unused_columns", "reward_model",
-        "tokenizer_legacy", "torchdistx_path", "trl", "unfrozen_parameters",
+        "tokenizer_legacy", "torchdistx_path", "trl",
         "use_wandb", "wandb_entity", "wandb_log_model", "wandb_name", "wandb_project", "wandb_watch",
     ];
 
