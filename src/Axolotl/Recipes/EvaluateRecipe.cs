@@ -43,9 +43,14 @@ public static class EvaluateRecipe
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             Seed = config.Seed,
         };
-        var objective = new CrossEntropyObjective(model);
-        var training = data.Examples.Count > 0 ? Score(new EvaluationBatches(data.Examples, options, "train"), "train") : null;
-        var validation = data.Eval.Count > 0 ? Score(new EvaluationBatches(data.Eval, options, "eval"), "eval") : null;
+        // Reward models score pairs with TRL's loss, process reward models their labelled steps.
+        var objective = Training.Objectives.RewardTraining.Applies(config)
+            ? Training.Objectives.RewardTraining.Objective(config, model, options.PadTokenId) : new CrossEntropyObjective(model);
+        IBatchSource Split(IReadOnlyList<Example> rows, string name) => config.RewardModel
+            ? new Training.Objectives.RewardPairBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, options.PadTokenId, options.PadToMultipleOf, config.Seed, sequential: true)
+            : new EvaluationBatches(rows, options, name);
+        var training = data.Examples.Count > 0 ? Score(Split(data.Examples, "train"), "train") : null;
+        var validation = data.Eval.Count > 0 ? Score(Split(data.Eval, "eval"), "eval") : null;
 
         JsonObject Score(IBatchSource batches, string prefix)
         {

@@ -46,7 +46,7 @@ public static class PreprocessRecipe
                       (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than {config.MinSampleLen} tokens" : "") +
                       (data.DroppedUntrainable > 0 ? $"; dropped {data.DroppedUntrainable} with no trainable tokens (sample_packing)" : "") +
                       (data.Duplicates > 0 ? $"; dropped {data.Duplicates} exact duplicates" : "") +
-                      (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for evaluation" + (config.TestDatasets.Count > 0 ? " (test_datasets)" : $" (val_set_size {config.ValSetSize})") : ""));
+                      (data.Eval.Count > 0 ? $"; {(config.RewardModel ? $"{data.Eval.Count / 2} pairs" : data.Eval.Count)} held out for evaluation" + (config.TestDatasets.Count > 0 ? " (test_datasets)" : $" (val_set_size {config.ValSetSize})") : ""));
         foreach (var (reason, count, first) in data.SkippedRows)
             reporter.Warn($"skipped {count} bad rows ({reason}; bad_rows: skip), the first: {first}");
         return (data, tokenizer, tokenizerDir);

@@ -292,6 +292,12 @@ public class RewardModelTests
         var fresh = CausalLM.Create(ModelLoading.Architecture(config), ScalarType.Float32, ScalarType.Float32);
         using var saved = weights.Read("base_model.model.score.weight");
         Assert.False(saved.allclose(fresh.score!.weight));
+
+        // axolotl evaluate scores the pairs with the trained adapter and head: the same validation figures as the run's end.
+        var evaluated = EvaluateRecipe.Run(config, new Quiet());
+        Assert.Equal((double)eval["eval_accuracy"]!, (double)evaluated.Validation!["eval_accuracy"]!, 6);
+        Assert.Equal((double)eval["eval_loss"]!, (double)evaluated.Validation!["eval_loss"]!, 4);
+        Assert.Contains("\r\naccuracy,", File.ReadAllText(evaluated.SummaryPath));
     }
 
     [Fact]
