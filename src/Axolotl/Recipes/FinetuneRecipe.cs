@@ -50,7 +50,7 @@ public static class FinetuneRecipe
         int fileVocab = architecture.VocabSize;
         // A reward model's config.json names the pad token its head reads up to, as TRL sets it.
         var built = Training.Objectives.RewardTraining.Architecture(ModelLoading.WithTokenizerVocab(architecture, config, tokenizer), config,
-            config.RewardModel ? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId : null);
+            Training.Objectives.RewardTraining.PadTokenId(config, tokenizer));
         var model = LoadModel(config, built, weightType, computeType, reporter);
         if (model.Config.VocabSize > fileVocab)
         {

@@ -33,6 +33,7 @@ public static class InferenceRecipe
 
     public static (CausalLM Model, Tokenizer Tokenizer) Load(AxolotlConfig config, IRecipeReporter reporter)
     {
+        Training.Objectives.RewardTraining.RefuseGeneration(config, "inference");
         TorchRuntime.EnsureLoaded();
         var device = ModelLoading.ResolveDevice(config);
         var architecture = ModelLoading.Architecture(config);

@@ -298,6 +298,17 @@ public class RewardModelTests
         Assert.Equal((double)eval["eval_accuracy"]!, (double)evaluated.Validation!["eval_accuracy"]!, 6);
         Assert.Equal((double)eval["eval_loss"]!, (double)evaluated.Validation!["eval_loss"]!, 4);
         Assert.Contains("\r\naccuracy,", File.ReadAllText(evaluated.SummaryPath));
+
+        // merge-lora folds the adapter in and keeps the trained head: a plain LlamaForSequenceClassification folder.
+        var merged = MergeRecipe.Run(config, new Quiet());
+        var mergedConfig = JsonFiles.ReadObject(Path.Combine(merged, "config.json"));
+        Assert.Equal("LlamaForSequenceClassification", mergedConfig["architectures"]![0]!.GetValue<string>());
+        Assert.Equal(2, mergedConfig["pad_token_id"]!.GetValue<int>());
+        using var mergedHead = SafetensorsFile.Open(Path.Combine(merged, "model.safetensors")).Read("score.weight");
+        Assert.True(mergedHead.to(ScalarType.Float32).allclose(saved, 1e-2, 1e-3));   // rounded to the base's bf16
+        // Text generation cannot run a classifier: one sentence instead of nonsense.
+        var refused = Assert.Throws<UserError>(() => InferenceRecipe.Load(config, new Quiet()));
+        Assert.Contains("score it with axolotl evaluate", refused.Message);
     }
 
     [Fact]

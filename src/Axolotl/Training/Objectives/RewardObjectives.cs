@@ -166,6 +166,10 @@ public static class RewardTraining
         : ClassifierHead.Attach(architecture, config.RewardModel ? ClassifierKind.Sequence : ClassifierKind.Token, config.RewardModel ? 1 : config.NumLabels ?? 2, padTokenId)
             with { AttentionDropout = 0, ResidualDropout = 0, EmbeddingDropout = 0 };
 
+    /// <summary>The pad token a reward model's config.json names: the tokenizer's, else its EOS (TRL's rule); null otherwise.</summary>
+    public static int? PadTokenId(AxolotlConfig config, Tokenization.Tokenizer? tokenizer) =>
+        config.RewardModel ? tokenizer?.PadTokenId ?? tokenizer?.EosTokenId : null;
+
     /// <summary>PEFT's task type for the config's model: SEQ_CLS / TOKEN_CLS add the score head to modules_to_save.</summary>
     public static string PeftTaskType(AxolotlConfig config) => config.RewardModel ? "SEQ_CLS" : config.ProcessRewardModel ? "TOKEN_CLS" : "CAUSAL_LM";
 
@@ -186,6 +190,13 @@ public static class RewardTraining
 
     public static ITrainingObjective Objective(AxolotlConfig config, CausalLM model, int padTokenId) =>
         config.RewardModel ? new BradleyTerryObjective(model, padTokenId, config.CenterRewardsCoefficient) : new ProcessRewardObjective(model);
+
+    /// <summary>Commands that generate text cannot run a classifier: one sentence naming the key, instead of nonsense output.</summary>
+    public static void RefuseGeneration(AxolotlConfig config, string command)
+    {
+        if (Applies(config))
+            throw new UserError($"{command} runs a language model, but this config trains a classifier ({(config.RewardModel ? "reward_model" : "process_reward_model")}: true); score it with axolotl evaluate instead.");
+    }
 
     public static string Describe(AxolotlConfig config) => config.RewardModel
         ? "Reward model: Bradley-Terry loss -log σ(r_chosen − r_rejected)" + (config.CenterRewardsCoefficient is double c ? $" + {c} × (r_chosen + r_rejected)²" : "") +
