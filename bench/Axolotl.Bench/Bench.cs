@@ -132,7 +132,7 @@ public static class Bench
         }
 
         // 3. Training: W warm-up + N measured steps through the library's own path, nothing kept.
-        if (checkpointing is bool on) config.GradientCheckpointing = on ? "true" : "false";
+        if (checkpointing is bool on) config.GradientCheckpointing = on ? GradientCheckpointingMode.True : GradientCheckpointingMode.False;
         foreach (bool packing in comparePacking ? [false, true] : new[] { config.SamplePacking })
         {
             config.SamplePacking = packing;
@@ -195,8 +195,8 @@ public static class Bench
         long gpuBytes = observer.PeakGpuBytes;
         results.Add(new JsonObject
         {
-            ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter ?? "full",
-            ["gradient_checkpointing"] = config.GradientCheckpointing != "false",
+            ["benchmark"] = "train", ["dtype"] = bf16 ? "bf16" : "fp32", ["adapter"] = config.Adapter is { } adapter ? ConfigLoader.Spelling(adapter) : "full",
+            ["gradient_checkpointing"] = config.RecomputesLayers,
             ["micro_batch_size"] = config.MicroBatchSize, ["gradient_accumulation_steps"] = config.GradientAccumulationSteps,
             ["sample_packing"] = config.SamplePacking, ["packing_efficiency"] = plan.PackingEfficiency is double e ? Math.Round(e, 5) : null,
             ["warmup_steps"] = warmup, ["measured_steps"] = measured.Count,
@@ -221,7 +221,7 @@ public static class Bench
             $"{Stats.Percentile(stepSeconds, 10):F3} / {Stats.Percentile(stepSeconds, 50):F3} / {Stats.Percentile(stepSeconds, 90):F3}");
         Row(name, "FLOPs/token", $"{flopsPerToken:E3} ({plan.TrainableParameters:N0} of {plan.TotalParameters:N0} params trained, seq {meanSeq:F0})");
         Row(name, $"MFU ({(bf16 ? "bf16" : "fp32")} peak)", $"{mfu:P2} ({achieved:F2} of {peakInUse:F1} GFLOP/s)");
-        Row("process", $"peak RSS (VmHWM), gradient checkpointing {(config.GradientCheckpointing != "false" ? "on" : "off")}", $"{rssKb / 1024.0:F0} MiB");
+        Row("process", $"peak RSS (VmHWM), gradient checkpointing {(config.RecomputesLayers ? "on" : "off")}", $"{rssKb / 1024.0:F0} MiB");
         if (gpuBytes > 0) Row("process", "peak GPU memory in use (cudaMemGetInfo after each step)", $"{gpuBytes / 1048576.0:F0} MiB");
     }
 

@@ -208,7 +208,7 @@ public static class Cli
         var (data, tokenizer, _) = PreprocessRecipe.Run(config, new PlainReporter(), rebuild: true);
         // A preference pair is two examples: prompt + chosen, then prompt + rejected (the prompt masked in both).
         // A KTO example is prompt + completion, then a one-token row holding its label (shown in the heading instead).
-        bool pairs = config.Rl != null, kto = config.Rl == "kto";
+        bool pairs = config.Rl != null, kto = config.Rl == RlMethod.Kto;
         foreach (var (example, index) in data.Examples.Take(pairs ? 2 * debugExamples : debugExamples).Select((e, i) => (e, i)))
         {
             if (kto && index % 2 == 1) continue;

@@ -125,8 +125,12 @@ public static class AxolotlRuns
         Start(config, progress, cancellationToken, reporter => MergeRecipe.Run(config, reporter));
 
     /// <summary>Tokenizes the datasets as training would (and caches them in dataset_prepared_path), as <c>axolotl preprocess</c>.</summary>
-    public static Task<PreparedDataset> PreprocessAsync(AxolotlConfig config, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        Start(config, progress, cancellationToken, reporter => PreprocessRecipe.Run(config, reporter, rebuild: true).Data);
+    public static Task<DatasetSummary> PreprocessAsync(AxolotlConfig config, IProgress<TrainingProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        Start(config, progress, cancellationToken, reporter =>
+        {
+            using var data = PreprocessRecipe.Run(config, reporter, rebuild: true).Data;
+            return DatasetSummary.Of(data);
+        });
 
     /// <summary>
     /// Loads base_model with the trained adapter (lora_model_dir, else output_dir, when adapter is set) as an

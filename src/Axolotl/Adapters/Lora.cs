@@ -12,7 +12,7 @@ using Linear = Axolotl.Models.Linear;
 namespace Axolotl.Adapters;
 
 /// <summary>What a LoRA adapter is: the fields of PEFT's LoraConfig we implement.</summary>
-public sealed record LoraSettings
+internal sealed record LoraSettings
 {
     public required int Rank { get; init; }
     public required double Alpha { get; init; }
@@ -31,7 +31,7 @@ public sealed record LoraSettings
 }
 
 /// <summary>Wraps a model's Linear layers in LoRA and moves adapters to and from PEFT's files.</summary>
-public static class Lora
+internal static class Lora
 {
     public const string ConfigFile = "adapter_config.json";
     public const string WeightsFile = "adapter_model.safetensors";

@@ -17,7 +17,7 @@ namespace Axolotl.Adapters;
 /// y = base(x) + (m/n − 1) ⊙ (x Wᵀ) + (m/n) ⊙ scale·B(A(x)) with n = ‖W + ΔW‖ recomputed each call and detached
 /// from the graph (DoRA paper §4.3), x the dropped-out input. Without dropout this is (m/n) ⊙ x(W + ΔW)ᵀ + bias.</para>
 /// </summary>
-public sealed class LoraLinear : nn.Module<Tensor, Tensor>
+internal sealed class LoraLinear : nn.Module<Tensor, Tensor>
 {
     public nn.Module<Tensor, Tensor> base_layer;
     public Linear lora_A;

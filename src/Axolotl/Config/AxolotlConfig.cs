@@ -4,12 +4,17 @@ namespace Axolotl.Config;
 // loader maps snake_case to it). Defaults are Axolotl's. Every other Axolotl key is known by name in AxolotlKeys and is
 // either warned about or refused (ConfigLoader).
 
-/// <summary>The Axolotl key of a property whose C# name does not spell it.</summary>
-[AttributeUsage(AttributeTargets.Property)]
+/// <summary>The Axolotl spelling of a key (property) or of a fixed-set value (enum member) that snake_case of the C# name
+/// does not give.</summary>
+[AttributeUsage(AttributeTargets.Property | AttributeTargets.Field)]
 sealed class AxolotlKeyAttribute(string key) : Attribute
 {
     public string Key => key;
 }
+
+/// <summary>train_on_eos / train_on_eot: which end-of-sequence (or end-of-turn) tokens are trained on: every one, those of
+/// trained turns, only the last, or none.</summary>
+public enum TrainOnEnd { All, Turn, Last, None }
 
 /// <summary>One entry of <c>datasets:</c>.</summary>
 public sealed class DatasetConfig
@@ -50,10 +55,10 @@ public sealed class DatasetConfig
     /// <summary>{target role: [source roles]}; unset: human/user → user, gpt/assistant → assistant, system, tool.</summary>
     public Dictionary<string, List<string>>? Roles { get; set; }
     public List<string>? RolesToTrain { get; set; }
-    /// <summary>all, turn (default), last, none.</summary>
-    public string? TrainOnEos { get; set; }
+    /// <summary>Unset is turn.</summary>
+    public TrainOnEnd? TrainOnEos { get; set; }
     /// <summary>Unset follows train_on_eos.</summary>
-    public string? TrainOnEot { get; set; }
+    public TrainOnEnd? TrainOnEot { get; set; }
     public bool DropSystemMessage { get; set; }
     /// <summary>Move &lt;think&gt;...&lt;/think&gt; (and Axolotl's other reasoning tags) out of assistant content into the thinking key.</summary>
     public bool SplitThinking { get; set; }
@@ -102,6 +107,17 @@ public sealed record UserDefinedFormat
 
 /// <summary>transformers' IntervalStrategy (save_strategy, eval_strategy): written in configs as no, steps, epoch.</summary>
 public enum IntervalStrategy { No, Steps, Epoch }
+
+/// <summary>gradient_checkpointing: true recomputes each decoder layer in backward instead of keeping its activations;
+/// Axolotl's offload and offload_disk also move the kept layer inputs off the GPU (here they recompute as true does).</summary>
+public enum GradientCheckpointingMode { False, True, Offload, OffloadDisk }
+
+/// <summary>Axolotl's adapter key; unset is a full fine-tune. llama-adapter is Axolotl's but refused here.</summary>
+public enum AdapterKind { Lora, Qlora, [AxolotlKey("llama-adapter")] LlamaAdapter }
+
+/// <summary>Axolotl's rl key (its RLType): preference training methods. gdpo, grpo and ebft need generation with rewards
+/// and are refused when the config is read.</summary>
+public enum RlMethod { Dpo, Gdpo, Grpo, Ipo, Orpo, Kto, Simpo, Ebft }
 
 /// <summary>Axolotl's bf16 key: auto, true or false.</summary>
 public enum Bf16Mode { Auto, True, False }
@@ -216,7 +232,9 @@ public sealed class AxolotlConfig
     public List<string>? Tokens { get; set; }
 
     // adapter
-    public string? Adapter { get; set; }
+    public AdapterKind? Adapter { get; set; }
+    /// <summary>adapter: lora or qlora (llama-adapter is refused when the config is read).</summary>
+    public bool HasLora => Adapter is AdapterKind.Lora or AdapterKind.Qlora;
     public string? LoraModelDir { get; set; }
     public int? LoraR { get; set; }
     public double? LoraAlpha { get; set; }
@@ -251,7 +269,7 @@ public sealed class AxolotlConfig
     public int? LossWatchdogPatience { get; set; }
     public int MicroBatchSize { get; set; } = 1;
     // Preference training (rl: dpo, ipo, simpo, orpo), TRL's keys as Axolotl names them; unset means TRL's default.
-    public string? Rl { get; set; }
+    public RlMethod? Rl { get; set; }
     public double? RlBeta { get; set; }
     public List<string>? DpoLossType { get; set; }
     public double? DpoLabelSmoothing { get; set; }
@@ -295,7 +313,9 @@ public sealed class AxolotlConfig
     public int? LoggingSteps { get; set; }
     /// <summary>true: recompute each decoder layer in backward instead of keeping its activations (less memory, same
     /// gradients); false; Axolotl's offload and offload_disk recompute the same way (warned).</summary>
-    public string GradientCheckpointing { get; set; } = "false";
+    public GradientCheckpointingMode GradientCheckpointing { get; set; } = GradientCheckpointingMode.False;
+    /// <summary>Any gradient_checkpointing but false: decoder layers are recomputed in backward.</summary>
+    public bool RecomputesLayers => GradientCheckpointing != GradientCheckpointingMode.False;
     public int Seed { get; set; } = 42;
     public string OutputDir { get; set; } = "./model-out";
     public bool SaveSafetensors { get; set; } = true;

@@ -9,7 +9,7 @@ using YamlDotNet.RepresentationModel;
 namespace Axolotl.Config;
 
 /// <summary>A config that sets Axolotl keys Axolotl.NET does not implement yet; the message names each with its place.</summary>
-public sealed class UnsupportedKeysError(string message, IReadOnlyList<string> keys) : UserError(message)
+internal sealed class UnsupportedKeysError(string message, IReadOnlyList<string> keys) : UserError(message)
 {
     /// <summary>The refused keys, as "load_in_8bit" or "datasets[0].type".</summary>
     public IReadOnlyList<string> Keys { get; } = keys;
@@ -21,7 +21,7 @@ public sealed class UnsupportedKeysError(string message, IReadOnlyList<string> k
 /// warning (<see cref="AxolotlConfig.Warnings"/>); a key Axolotl knows whose semantics we lack is refused by name,
 /// all such keys in one error; an unknown key is an error that suggests the closest known key. Nothing is silently ignored.
 /// </summary>
-public static class ConfigLoader
+internal static class ConfigLoader
 {
     static readonly Dictionary<string, PropertyInfo> TopLevel = Properties(typeof(AxolotlConfig));
     static readonly Dictionary<string, PropertyInfo> DatasetProperties = Properties(typeof(DatasetConfig));
@@ -140,7 +140,6 @@ public static class ConfigLoader
         {
             foreach (var (key, entry) in entries) Take(key, entry);
             ThrowUnknown();
-            if (c.Adapter == "") c.Adapter = null;
             CheckContradictions();
             RefuseByValue();
             ThrowRefused();
@@ -231,9 +230,6 @@ public static class ConfigLoader
                 }
                 if (d.DsType is not (null or "json" or "text" or "csv" or "parquet" or "arrow"))
                     throw new UserError($"{valueSpots["ds_type"].Full}: ds_type '{d.DsType}' is not one of json, csv, parquet, arrow, text.");
-                foreach (var (k, value) in new[] { ("train_on_eos", d.TrainOnEos), ("train_on_eot", d.TrainOnEot) })
-                    if (value is not (null or "all" or "turn" or "last" or "none"))
-                        throw new UserError($"{valueSpots[k].Full}: '{k}' must be all, turn, last or none, not '{value}'.");
                 if (d.FieldThinking != null)
                     Warn(valueSpots["field_thinking"], $"{name("field_thinking")} has no effect, as in Axolotl (its message_property_mappings always holds role and content, which turns off the default that reads field_thinking); map it with message_property_mappings: {{reasoning_content: {d.FieldThinking}}}.");
                 if (d.Skip is < 0) throw new UserError($"{valueSpots["skip"].Full}: 'skip' must be a number of rows, 0 or more.");
@@ -305,13 +301,11 @@ public static class ConfigLoader
             if (string.IsNullOrWhiteSpace(c.BaseModel)) Fail("", "'base_model' is required (a Hugging Face model folder).");
             if (c.Datasets.Count == 0 && !IsGiven("pretraining_dataset")) Fail("", "either 'datasets' or 'pretraining_dataset' is required.");
             if (c.LearningRate is null) Fail("", "'learning_rate' is required.");
-            if (c.Adapter == "qlora" && c.LoadIn8Bit) Fail("load_in_8bit", "adapter: qlora loads the model in 4 bits, not with load_in_8bit; use load_in_4bit: true.");
-            if (c.Adapter == "qlora" && !c.LoadIn4Bit) Fail("adapter", "adapter: qlora requires load_in_4bit: true.");
+            if (c.Adapter == AdapterKind.Qlora && c.LoadIn8Bit) Fail("load_in_8bit", "adapter: qlora loads the model in 4 bits, not with load_in_8bit; use load_in_4bit: true.");
+            if (c.Adapter == AdapterKind.Qlora && !c.LoadIn4Bit) Fail("adapter", "adapter: qlora requires load_in_4bit: true.");
             if (c.LoadIn4Bit && c.LoadIn8Bit) Fail("load_in_8bit", "load_in_4bit and load_in_8bit are both set; a model loads with one of them.");
             if (c.Adapter is null && (c.LoadIn4Bit || c.LoadIn8Bit))
                 Fail(c.LoadIn4Bit ? "load_in_4bit" : "load_in_8bit", "load_in_8bit and load_in_4bit need an adapter (lora or qlora); for a full fine-tune turn them off.");
-            if (c.Adapter is not (null or "lora" or "qlora" or "llama-adapter"))
-                Fail("adapter", $"adapter '{c.Adapter}' is not one Axolotl has (lora, qlora, llama-adapter), nor unset for a full fine-tune.");
             if (c.Adapter is null && c.LoraModelDir is not null) Fail("lora_model_dir", "'lora_model_dir' is set but 'adapter' is not; add 'adapter: lora'.");
             if (c.WarmupSteps is not null && c.WarmupRatio is not null) Fail("warmup_ratio", "warmup_steps and warmup_ratio are mutually exclusive; set one.");
             if (c.BatchSize is not null && spots.ContainsKey("gradient_accumulation_steps"))
@@ -325,14 +319,14 @@ public static class ConfigLoader
             if (c.ValSetSize != 0 && c.TestDatasets.Count > 0) Fail("val_set_size", "set either val_set_size or test_datasets for evaluation, not both.");
             if (c.SamplePacking && IsGiven("rl")) Fail("sample_packing", "sample_packing: true does not work with RLHF training (rl).");
             // TRL's KTOTrainer: with one example per batch the KL estimate would be the example's own reward.
-            if (c.Rl == "kto" && c.MicroBatchSize <= 1) Fail("micro_batch_size", "rl: kto needs micro_batch_size of at least 2: the KL term is estimated from the other examples of each batch.");
+            if (c.Rl == RlMethod.Kto && c.MicroBatchSize <= 1) Fail("micro_batch_size", "rl: kto needs micro_batch_size of at least 2: the KL term is estimated from the other examples of each batch.");
             // Preference types need rl, and rl reads only its own types (an unknown type is refused with the other keys).
             foreach (var d in c.Datasets.Concat(c.TestDatasets))
             {
                 var type = d.UserDefined != null ? "user_defined" : d.Type;
-                if (c.Rl is "dpo" or "ipo" or "simpo" or "orpo" or "kto" && (type is null || DatasetTypes.Preference.IsKnown(type) || DatasetTypes.IsImplemented(type))
-                    && !DatasetTypes.Preference.For(c.Rl).Contains(DatasetTypes.Preference.Canonical(type)))
-                    throw new UserError($"{d.Origin}: dataset type '{type}' is not a type of rl: {c.Rl}; use one of {string.Join(", ", DatasetTypes.Preference.For(c.Rl))}.");
+                if (c.Rl is RlMethod.Dpo or RlMethod.Ipo or RlMethod.Simpo or RlMethod.Orpo or RlMethod.Kto && (type is null || DatasetTypes.Preference.IsKnown(type) || DatasetTypes.IsImplemented(type))
+                    && !DatasetTypes.Preference.For(c.Rl.Value).Contains(DatasetTypes.Preference.Canonical(type)))
+                    throw new UserError($"{d.Origin}: dataset type '{type}' is not a type of rl: {Spelling(c.Rl.Value)}; use one of {string.Join(", ", DatasetTypes.Preference.For(c.Rl.Value))}.");
                 if (c.Rl is null && type != null && !DatasetTypes.IsImplemented(type) && DatasetTypes.Preference.IsKnown(type) && d.UserDefined == null)
                     throw new UserError($"{d.Origin}: dataset type '{type}' is a preference type; it needs rl: (dpo, ipo, simpo, orpo, kto).");
             }
@@ -359,14 +353,14 @@ public static class ConfigLoader
         void RefuseByValue()
         {
             void Refuse(string key) => refused.Add(new Refusal(key, Shown(key, spots[key].Node), spots[key].At));
-            if (c.Adapter is "llama-adapter") Refuse("adapter");
-            if (c.Rl is not (null or "dpo" or "ipo" or "simpo" or "orpo" or "kto")) Refuse("rl");
+            if (c.Adapter is AdapterKind.LlamaAdapter) Refuse("adapter");
+            if (c.Rl is RlMethod.Gdpo or RlMethod.Grpo or RlMethod.Ebft) Refuse("rl");
             // Streaming covers pretraining_dataset only; Axolotl's streamed SFT datasets are another path.
             if (c.Streaming && c.PretrainingDataset.Count == 0) Refuse("streaming");
             if (!c.PretrainMultipackAttn && c.PretrainingDataset.Count > 0 && c.SamplePacking) Refuse("pretrain_multipack_attn");
             if (c.PretrainingDataset.Count > 0 && c.TestDatasets.Count > 0) Refuse("test_datasets");
             // Axolotl quantizes to 4 bits only for adapter: qlora; with lora, load_in_4bit would load a 16-bit model.
-            if (c.Adapter == "lora" && c.LoadIn4Bit) Refuse("load_in_4bit");
+            if (c.Adapter == AdapterKind.Lora && c.LoadIn4Bit) Refuse("load_in_4bit");
             if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
             if (!ImplementedSchedulers.Contains(c.LrScheduler)) Refuse("lr_scheduler");
             if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal) && !RewardModels.HeadMatches(c)) Refuse("model_type"); // e.g. a classifier head without reward_model
@@ -433,7 +427,7 @@ public static class ConfigLoader
                 c.Sources["optimizer"] = $"{c.Optimizer} → adamw_torch";
                 c.Optimizer = "adamw_torch";
             }
-            if (c.GradientCheckpointing is "offload" or "offload_disk")
+            if (c.GradientCheckpointing is GradientCheckpointingMode.Offload or GradientCheckpointingMode.OffloadDisk)
                 WarnKey(spots["gradient_checkpointing"], "gradient_checkpointing", "also moves the kept layer inputs off the GPU; here they stay in memory and each layer is recomputed as with true (same gradients)");
             if (AxolotlKeys.LionVariants.Contains(c.Optimizer))
             {
@@ -560,11 +554,13 @@ public static class ConfigLoader
         if (underlying == typeof(string)) return text;
         if (underlying.IsEnum)
         {
-            // A fixed set of Axolotl's values, written in snake_case (save_strategy: no | steps | epoch).
-            var names = Enum.GetNames(underlying);
-            var match = names.FirstOrDefault(n => SnakeCase(n) == text.ToLowerInvariant());
-            return match != null ? Enum.Parse(underlying, match)
-                : throw new UserError($"{where}: '{key}' must be one of {string.Join(", ", names.Select(SnakeCase))}, not '{text}'.");
+            var spellings = Spellings(underlying);
+            // YAML 1.1 booleans for the sets that are true/false plus more (gradient_checkpointing, bf16).
+            var lower = text.ToLowerInvariant();
+            if (!spellings.ContainsKey(lower) && spellings.ContainsKey("true") && spellings.ContainsKey("false"))
+                lower = lower switch { "yes" or "on" => "true", "no" or "off" => "false", _ => lower };
+            return spellings.TryGetValue(lower, out var value) ? value
+                : throw new UserError($"{where}: '{key}' must be one of {string.Join(", ", spellings.Keys)}, not '{text}'.");
         }
         if (underlying == typeof(bool))
             return text.ToLowerInvariant() switch
@@ -641,14 +637,7 @@ public static class ConfigLoader
         if (c.NumEpochs <= 0 && c.MaxSteps is null) Fail("'num_epochs' must be positive (or set 'max_steps').");
         if (c.MaxSteps is <= 0) Fail("'max_steps' must be positive.");
         if (c.StreamingMultipackBufferSize < 1) Fail("'streaming_multipack_buffer_size' must be at least 1.");
-        c.GradientCheckpointing = c.GradientCheckpointing.ToLowerInvariant() switch
-        {
-            "true" or "yes" or "on" => "true",
-            "false" or "no" or "off" or "" => "false",
-            "offload" or "offload_disk" => c.GradientCheckpointing.ToLowerInvariant(),
-            _ => throw new UserError($"{path}: 'gradient_checkpointing' must be true, false, offload or offload_disk, not '{c.GradientCheckpointing}'."),
-        };
-        if (c.Adapter is "lora" or "qlora" && c.LoraModelDir is null)
+        if (c.HasLora && c.LoraModelDir is null)
         {
             if (c.LoraR is null or <= 0) Fail("adapter lora needs 'lora_r' (a positive rank).");
             if (c.LoraAlpha is null) Fail("adapter lora needs 'lora_alpha'.");
@@ -714,6 +703,15 @@ public static class ConfigLoader
 
     /// <summary>The Axolotl key of a config property.</summary>
     public static string KeyOf(PropertyInfo property) => property.GetCustomAttribute<AxolotlKeyAttribute>()?.Key ?? SnakeCase(property.Name);
+
+    /// <summary>How a value of one of Axolotl's fixed sets is written in a config: snake_case of its name unless the
+    /// member says otherwise (llama-adapter).</summary>
+    public static string Spelling(Enum value) =>
+        value.GetType().GetField(value.ToString())?.GetCustomAttribute<AxolotlKeyAttribute>()?.Key ?? SnakeCase(value.ToString());
+
+    /// <summary>Every value of a fixed set by its spelling, in declaration order.</summary>
+    public static Dictionary<string, Enum> Spellings(Type enumType) =>
+        Enum.GetValues(enumType).Cast<Enum>().ToDictionary(Spelling, v => v);
 
     public static string SnakeCase(string pascal)
     {

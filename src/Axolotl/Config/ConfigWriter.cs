@@ -11,7 +11,7 @@ namespace Axolotl.Config;
 /// The resolved config as YAML that <c>axolotl train</c> reads back (saved with every run and checkpoint, so a run can
 /// be reproduced), and the JSON schema of the keys Axolotl.NET implements (<c>axolotl config-schema</c>).
 /// </summary>
-public static class ConfigWriter
+internal static class ConfigWriter
 {
     public const string FileName = "axolotl_config.yml";
 
@@ -60,7 +60,7 @@ public static class ConfigWriter
         JsonNode node => node.ToJsonString(), // JSON is YAML flow style
         bool b => b ? "true" : "false",
         double d => d.ToString("R", CultureInfo.InvariantCulture),
-        Enum e => ConfigLoader.SnakeCase(e.ToString()),
+        Enum e => ConfigLoader.Spelling(e),
         IFormattable f => f.ToString(null, CultureInfo.InvariantCulture),
         IDictionary map => "{" + string.Join(", ", map.Keys.Cast<object>().Select(k => $"{Scalar(k)}: {Scalar(map[k]!)}")) + "}",
         IEnumerable list => "[" + string.Join(", ", list.Cast<object>().Select(Scalar)) + "]",
@@ -113,8 +113,8 @@ public static class ConfigWriter
         };
         if (underlying.IsEnum)
         {
-            schema["enum"] = new JsonArray([.. Enum.GetNames(underlying).Select(n => (JsonNode)ConfigLoader.SnakeCase(n))]);
-            if (defaultValue is Enum value) schema["default"] = ConfigLoader.SnakeCase(value.ToString());
+            schema["enum"] = new JsonArray([.. ConfigLoader.Spellings(underlying).Keys.Select(n => (JsonNode)n)]);
+            if (defaultValue is Enum value) schema["default"] = ConfigLoader.Spelling(value);
             return schema;
         }
         if (underlying == typeof(List<string>) || underlying == typeof(List<int>))

@@ -4,7 +4,7 @@ namespace Axolotl.Config;
 /// The dataset <c>type:</c> names Axolotl.NET implements: the config layer refuses the others by name before any data
 /// is read, and Data's prompt-strategy registry builds a strategy for each (a test keeps the two in step).
 /// </summary>
-public static class DatasetTypes
+internal static class DatasetTypes
 {
     /// <summary>Axolotl's prompt styles, after a colon (alpaca:chatml).</summary>
     public static readonly IReadOnlySet<string> Styles = new HashSet<string> { "instruct", "chat", "chatml", "phi" };
@@ -56,7 +56,7 @@ public static class DatasetTypes
         public static string Canonical(string? type) => type is null or "" ? "passthrough.default" : type.Contains('.') ? type : type + ".default";
 
         /// <summary>The types an <c>rl:</c> method reads: KTO's and ORPO's own, the DPO set for dpo, ipo and simpo.</summary>
-        public static IReadOnlyList<string> For(string rl) => rl switch { "kto" => Kto, "orpo" => Orpo, _ => Dpo };
+        public static IReadOnlyList<string> For(RlMethod rl) => rl switch { RlMethod.Kto => Kto, RlMethod.Orpo => Orpo, _ => Dpo };
     }
 
     /// <summary>

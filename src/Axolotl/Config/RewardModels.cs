@@ -34,7 +34,7 @@ static class RewardModels
             return;
         }
         string key = c.RewardModel ? "reward_model" : "process_reward_model";
-        if (c.Rl != null) fail("rl", $"rl: {c.Rl} and {key}: true are different trainers; set one of them.");
+        if (c.Rl is { } rl) fail("rl", $"rl: {ConfigLoader.Spelling(rl)} and {key}: true are different trainers; set one of them.");
         if (c.SamplePacking) fail("sample_packing", $"sample_packing: true does not work with {key} (each sequence is scored on its own).");
         if (c.ModelType is { } type && !HeadMatches(c))
             fail("model_type", $"{key}: true trains a {(c.RewardModel ? "sequence" : "token")} classifier: model_type must be " +

@@ -7,7 +7,7 @@ namespace Axolotl.Data;
 /// unknown role): <c>bad_rows: fail</c> (the default, as Axolotl, whose loaders and strategies raise) stops at the first
 /// with its file and line; <c>bad_rows: skip</c> leaves it out and counts it by reason, so nothing vanishes silently.
 /// </summary>
-public sealed class BadRows(bool skip)
+internal sealed class BadRows(bool skip)
 {
     readonly ConcurrentDictionary<string, (int Count, string First)> byReason = new();
 
@@ -32,7 +32,7 @@ public sealed class BadRows(bool skip)
 }
 
 /// <summary>A row that cannot be used; <see cref="Reason"/> is the bucket it is counted in when bad rows are skipped.</summary>
-public sealed class BadRowError(string reason, string message) : UserError(message)
+internal sealed class BadRowError(string reason, string message) : UserError(message)
 {
     public string Reason { get; } = reason;
 }

@@ -5,7 +5,7 @@ namespace Axolotl.Data;
 /// TrainableTokens counts the labels the loss covers (never a row's or a packed sample's first token: nothing predicts
 /// it); RealTokens counts the non-padding tokens.
 /// </summary>
-public sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length, long TrainableTokens, long RealTokens)
+internal sealed record Batch(long[] InputIds, long[] Labels, int Rows, int Length, long TrainableTokens, long RealTokens)
 {
     /// <summary>Packed rows only: each token's position inside its own sample (RoPE restarts at 0 per sample).</summary>
     public long[]? PositionIds { get; init; }

@@ -14,7 +14,7 @@ namespace Axolotl.Data;
 /// the conversation up to that turn once with its real content and once with a dummy, and take the span where the two
 /// token sequences differ. The EOS/EOT token following a turn (within 3 tokens) is trained per train_on_eos/eot.
 /// </summary>
-public sealed class ChatTemplateStrategy : IPromptStrategy
+internal sealed class ChatTemplateStrategy : IPromptStrategy
 {
     const string Dummy = "[[dummy_message]]", DummyReasoning = "[[dummy_reasoning]]";
     // Axolotl's split_thinking: the reasoning delimiters it looks for, in this order, and the answer delimiters after them.
@@ -33,7 +33,7 @@ public sealed class ChatTemplateStrategy : IPromptStrategy
     readonly Dictionary<string, string> mappings;
     readonly Dictionary<string, string> roles;
     readonly HashSet<string> rolesToTrain;
-    readonly string trainOnEos, trainOnEot;
+    readonly TrainOnEnd trainOnEos, trainOnEot;
     readonly bool dropSystem, splitThinking;
     readonly HashSet<int> eotIds;
 
@@ -58,7 +58,7 @@ public sealed class ChatTemplateStrategy : IPromptStrategy
             ? given.SelectMany(kv => kv.Value.Select(source => (source, target: kv.Key))).ToDictionary(x => x.source, x => x.target)
             : new() { ["human"] = "user", ["user"] = "user", ["assistant"] = "assistant", ["gpt"] = "assistant", ["system"] = "system", ["tool"] = "tool" };
         rolesToTrain = (d.RolesToTrain ?? ["assistant"]).Select(x => roles.GetValueOrDefault(x, x)).ToHashSet();
-        trainOnEos = d.TrainOnEos ?? "turn";
+        trainOnEos = d.TrainOnEos ?? TrainOnEnd.Turn;
         trainOnEot = d.TrainOnEot ?? trainOnEos;
         dropSystem = d.DropSystemMessage;
         splitThinking = d.SplitThinking;
@@ -84,7 +84,7 @@ public sealed class ChatTemplateStrategy : IPromptStrategy
             bool shouldTrain = turn.Training != null ? Truthy(turn.Training)
                 : turn.Detail != null || turn.ReasoningDetail != null ? hasDetail || hasReasoningDetail
                 : c.TrainOnInputs || (role != null && rolesToTrain.Contains(role));
-            if (!shouldTrain && trainOnEos != "all" && trainOnEot != "all") continue;
+            if (!shouldTrain && trainOnEos != TrainOnEnd.All && trainOnEot != TrainOnEnd.All) continue;
 
             // With train_detail on a turn that has reasoning, the span is the content's alone (the dummy keeps the reasoning).
             bool hasReasoning = turn.Message[thinkingKey] != null;
@@ -119,11 +119,11 @@ public sealed class ChatTemplateStrategy : IPromptStrategy
                     if (found == -1) continue;
                 }
                 if (isEot) lastEot = found; else lastEos = found;
-                if (option == "all" || (option == "turn" && shouldTrain)) labels[found] = ids[found];
+                if (option == TrainOnEnd.All || (option == TrainOnEnd.Turn && shouldTrain)) labels[found] = ids[found];
             }
         }
-        if (trainOnEot == "last" && lastEot != -1) labels[lastEot] = ids[lastEot];
-        if (trainOnEos == "last" && lastEos != -1) labels[lastEos] = ids[lastEos];
+        if (trainOnEot == TrainOnEnd.Last && lastEot != -1) labels[lastEot] = ids[lastEot];
+        if (trainOnEos == TrainOnEnd.Last && lastEos != -1) labels[lastEos] = ids[lastEos];
         yield return new Example(ids, labels);
     }
 
@@ -170,7 +170,7 @@ public sealed class ChatTemplateStrategy : IPromptStrategy
                     throw new UserError($"eot_tokens: '{token}' is encoded as {encoded.Count} tokens ({string.Join(", ", encoded)}); add it under 'tokens:' in the config, or override an unused added token with added_tokens_overrides.");
             }
             if (eos != null && tokens.Contains(eos) && trainOnEos != trainOnEot)
-                throw new UserError($"eot_tokens includes the EOS token '{eos}', but train_on_eos ({trainOnEos}) and train_on_eot ({trainOnEot}) differ; set them the same, or leave EOS out of eot_tokens.");
+                throw new UserError($"eot_tokens includes the EOS token '{eos}', but train_on_eos ({ConfigLoader.Spelling(trainOnEos)}) and train_on_eot ({ConfigLoader.Spelling(trainOnEot)}) differ; set them the same, or leave EOS out of eot_tokens.");
         }
         var set = new HashSet<int>();
         foreach (var token in tokens)

@@ -4,8 +4,15 @@ using Axolotl.Tokenization;
 
 namespace Axolotl.Data;
 
+/// <summary>What a prepared dataset holds, as <c>axolotl preprocess</c> reports it (the examples stay inside the library).</summary>
+public sealed record DatasetSummary(int RowsRead, int Examples, int EvalExamples, long Tokens, long TrainableTokens, bool FromCache)
+{
+    internal static DatasetSummary Of(PreparedDataset data) =>
+        new(data.RowsRead, data.Examples.Count, data.Eval.Count, data.TotalTokens, data.TrainableTokens, data.FromCache);
+}
+
 /// <summary>Prepared examples; read from the cache, they are memory-mapped and Dispose unmaps them.</summary>
-public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort) : IDisposable
+internal sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRead, int DroppedTooLong, int DroppedTooShort) : IDisposable
 {
     /// <summary>With sample_packing, examples whose labels are all -100 are dropped (Axolotl's drop_no_trainable_tokens).</summary>
     public int DroppedUntrainable { get; init; }
@@ -33,7 +40,7 @@ public sealed record PreparedDataset(IReadOnlyList<Example> Examples, int RowsRe
 /// with the seed as datasets does (shuffle_merged_datasets), handle sequences outside [min_sample_len, sequence_len] by
 /// excess_length_strategy, drop exact duplicates (dataset_exact_deduplication), split off the validation rows.
 /// </summary>
-public static class DatasetBuilder
+internal static class DatasetBuilder
 {
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null,
         Func<DatasetConfig, IChatTemplate>? chatTemplate = null, Action<string>? warn = null)

@@ -21,7 +21,7 @@ namespace Axolotl.Data;
 /// renamed, so a half-written cache is never found; one whose files do not match meta.json's sizes and row counts,
 /// or whose Arrow structure is broken, is rebuilt.
 /// </summary>
-public static class DatasetCache
+internal static class DatasetCache
 {
     const int Version = 2;
 
@@ -47,7 +47,7 @@ public static class DatasetCache
             ["chat_template"] = config.ChatTemplate,
             ["chat_template_jinja"] = FileOrText(config.ChatTemplateJinja),
             ["eot_tokens"] = config.EotTokens is { } eot ? new JsonArray(eot.Select(t => (JsonNode)t).ToArray()) : null,
-            ["rl"] = config.Rl, // preference pairs are stored as chosen/rejected examples
+            ["rl"] = config.Rl is { } rl ? ConfigLoader.Spelling(rl) : null, // preference pairs are stored as chosen/rejected examples
             ["max_prompt_len"] = config.MaxPromptLen,
             ["tokenizer"] = TokenizerDigest(config, tokenizerDir),
         };

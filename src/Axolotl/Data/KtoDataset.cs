@@ -9,7 +9,7 @@ namespace Axolotl.Data;
 /// two consecutive examples so the cache and the batches reuse what SFT examples use: prompt+completion with labels on
 /// the completion, then a one-token marker row holding the label (1 desirable, 0 undesirable).
 /// </summary>
-public static class KtoDataset
+internal static class KtoDataset
 {
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null, Action<string>? warn = null)
     {

@@ -10,7 +10,7 @@ namespace Axolotl.Data;
 /// whole; the loss is taken on the gpt answers only, located by re-tokenising each turn as FastChat does. Axolotl pads
 /// the row to sequence_len here; padding is left to the collator, so the example is the unpadded prefix.
 /// </summary>
-public sealed class Llama2Chat(StrategyContext c) : IPromptStrategy
+internal sealed class Llama2Chat(StrategyContext c) : IPromptStrategy
 {
     const string DefaultSystem =
         "[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant. Always answer as helpfully as possible, while being safe. " +

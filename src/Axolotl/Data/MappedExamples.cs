@@ -15,7 +15,7 @@ namespace Axolotl.Data;
 /// the most a <see cref="Memory{T}"/> (and Apache.Arrow's readers over one) can span; larger sets are several files.
 /// Disposing unmaps the files; reading a row afterwards throws.
 /// </summary>
-public sealed unsafe class MappedExamples : IReadOnlyList<Example>, IDisposable
+internal sealed unsafe class MappedExamples : IReadOnlyList<Example>, IDisposable
 {
     /// <summary>One record batch: row r's tokens are values[offsets[r] .. offsets[r + 1]] of both columns.</summary>
     readonly struct Segment(int firstRow, int rows, int* idOffsets, int* ids, int* labelOffsets, int* labels)

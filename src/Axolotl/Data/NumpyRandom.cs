@@ -9,7 +9,7 @@ namespace Axolotl.Data;
 /// (numpy's random_interval: 32-bit draws below 2^32, each 64-bit output giving its low half first, then its high half).
 /// Checked against numpy's published PCG64 and SeedSequence test vectors.
 /// </summary>
-public sealed class NumpyRandom
+internal sealed class NumpyRandom
 {
     static readonly UInt128 Multiplier = new(2549297995355413924UL, 4865540595714422341UL);
     UInt128 state;
@@ -84,7 +84,7 @@ public sealed class NumpyRandom
 }
 
 /// <summary>NumPy's SeedSequence (pool of four 32-bit words) for a plain non-negative integer entropy.</summary>
-public static class SeedSequence
+internal static class SeedSequence
 {
     const uint InitA = 0x43b0d7e5, MultA = 0x931e8875, InitB = 0x8b51f9dd, MultB = 0x58f38ded;
     const uint MixMultL = 0xca01f9dd, MixMultR = 0x4973f715;

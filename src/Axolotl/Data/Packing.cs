@@ -1,7 +1,7 @@
 namespace Axolotl.Data;
 
 /// <summary>Axolotl's multipack settings: how examples are packed into rows (sample_packing_* keys).</summary>
-public sealed record PackingOptions
+internal sealed record PackingOptions
 {
     /// <summary>The packing the config asks for (used for training with sample_packing, for evaluation with eval_sample_packing).</summary>
     public static PackingOptions For(Config.AxolotlConfig config) => new()
@@ -39,7 +39,7 @@ public sealed record PackingOptions
 }
 
 /// <summary>One pass over the data, packed: each batch is a list of bins, each bin the indices of the examples it holds.</summary>
-public sealed record PackedEpoch(IReadOnlyList<int[][]> Batches, long TokensUsed, long TokenSlots)
+internal sealed record PackedEpoch(IReadOnlyList<int[][]> Batches, long TokensUsed, long TokenSlots)
 {
     /// <summary>Tokens in the kept batches over the token slots of their bins.</summary>
     public double Efficiency => TokenSlots == 0 ? 0 : (double)TokensUsed / TokenSlots;
@@ -52,7 +52,7 @@ public sealed record PackedEpoch(IReadOnlyList<int[][]> Batches, long TokensUsed
 /// position ids restarting at 0 per example and a per-token example number, from which the model builds a
 /// block-diagonal causal mask: packed and unpacked examples give the same loss and gradients.
 /// </summary>
-public static class Packing
+internal static class Packing
 {
     public static PackedEpoch Pack(IReadOnlyList<Example> examples, IReadOnlyList<int> order, PackingOptions o)
     {

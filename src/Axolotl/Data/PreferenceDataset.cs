@@ -10,12 +10,12 @@ namespace Axolotl.Data;
 /// split off the validation pairs. A pair is stored as two consecutive examples, prompt+chosen then prompt+rejected, with
 /// labels on the completion only, so the cache, <c>preprocess --debug</c> and the batches reuse what SFT examples use.
 /// </summary>
-public static class PreferenceDataset
+internal static class PreferenceDataset
 {
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null, Action<string>? warn = null)
     {
         var rl = config.Rl ?? throw new InvalidOperationException("not an rl config");
-        if (rl == "kto") return KtoDataset.Build(config, tokenizer, progress, warn);
+        if (rl == RlMethod.Kto) return KtoDataset.Build(config, tokenizer, progress, warn);
         var bad = new BadRows(config.BadRows == "skip");
         var (pairs, rowsRead, dropped) = Read(config.Datasets, "train", config, tokenizer, bad, progress, warn);
         if (config.ShuffleMergedDatasets) pairs = DatasetBuilder.ShuffleAsDatasets(pairs, config.Seed);
@@ -54,7 +54,7 @@ public static class PreferenceDataset
         Func<Tokenizer> tokenizer, BadRows bad, Action<int>? progress, Action<string>? warn) =>
         ReadRows<PreferenceExample>(datasets, split, config, tokenizer, bad, progress, warn, dataset =>
         {
-            var transform = PreferenceTypes.Pairs(config.Rl!, dataset.UserDefined != null ? "user_defined" : dataset.Type, Format(dataset),
+            var transform = PreferenceTypes.Pairs(config.Rl!.Value, dataset.UserDefined != null ? "user_defined" : dataset.Type, Format(dataset),
                 () => DatasetBuilder.ResolveChatTemplate(config, dataset, tokenizer(), warn));
             return (row, tok, warnOnce) =>
                 PreferenceTokenization.CheckLength(transform(row), row, tok, config.SequenceLen, config.ExcessLengthStrategy, config.MaxPromptLen) is { } text

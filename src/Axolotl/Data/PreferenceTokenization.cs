@@ -3,10 +3,10 @@ using Axolotl.Tokenization;
 namespace Axolotl.Data;
 
 /// <summary>A tokenized preference pair: TRL's prompt_ids, chosen_ids and rejected_ids.</summary>
-public sealed record PreferenceExample(int[] Prompt, int[] Chosen, int[] Rejected);
+internal sealed record PreferenceExample(int[] Prompt, int[] Chosen, int[] Rejected);
 
 /// <summary>A tokenized KTO example: prompt_ids, completion_ids and the label.</summary>
-public sealed record KtoExample(int[] Prompt, int[] Completion, bool Label);
+internal sealed record KtoExample(int[] Prompt, int[] Completion, bool Label);
 
 /// <summary>
 /// Tokenization as TRL 1.8's DPOTrainer/KTOTrainer prepare a dataset, after Axolotl's length handling.
@@ -14,7 +14,7 @@ public sealed record KtoExample(int[] Prompt, int[] Completion, bool Label);
 /// tokenizer's special tokens, the completion ids being what follows the prompt's ids (a warning, as TRL's, when the
 /// prompt's ids are not a prefix). Rendered conversations: the same without special tokens and without EOS.
 /// </summary>
-public static class PreferenceTokenization
+internal static class PreferenceTokenization
 {
     const string PrefixWarning = "Mismatch between tokenized prompt and the start of tokenized prompt+{0}. This may be due to unexpected " +
                                  "tokenizer behavior, whitespace issues, or special token handling. Verify that the tokenizer is processing text consistently.";

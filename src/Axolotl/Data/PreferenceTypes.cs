@@ -1,3 +1,4 @@
+using Axolotl.Config;
 using System.Text.Json.Nodes;
 using Axolotl.Templates;
 
@@ -8,19 +9,19 @@ namespace Axolotl.Data;
 /// <see cref="Rendered"/> (TRL's conversational rows, rendered by the chat template), <see cref="Chosen"/> and
 /// <see cref="Rejected"/> hold the whole rendered conversation and are tokenized without special tokens, with no EOS added.
 /// </summary>
-public sealed record PreferenceText(string Prompt, string Chosen, string Rejected)
+internal sealed record PreferenceText(string Prompt, string Chosen, string Rejected)
 {
     public bool Rendered { get; init; }
 }
 
 /// <summary>An unpaired KTO example: a prompt, one completion and whether it is desirable.</summary>
-public sealed record KtoText(string Prompt, string Completion, bool Label)
+internal sealed record KtoText(string Prompt, string Completion, bool Label)
 {
     public bool Rendered { get; init; }
 }
 
 /// <summary>The dataset keys the preference types read (Axolotl's defaults); user_defined's formats among them.</summary>
-public sealed record PreferenceFormat
+internal sealed record PreferenceFormat
 {
     public string FieldPrompt { get; init; } = "prompt";
     public string FieldSystem { get; init; } = "system";
@@ -43,18 +44,18 @@ public sealed record PreferenceFormat
 /// prompt/chosen/rejected (KTO: prompt/completion/label) strings TRL tokenizes. A type without a dot is its
 /// <c>.default</c>, as Axolotl's loader reads it.
 /// </summary>
-public static class PreferenceTypes
+internal static class PreferenceTypes
 {
     // The names themselves are registered in the config layer, which refuses the others before any data is read.
     static string Canonical(string? type) => Config.DatasetTypes.Preference.Canonical(type);
-    static IReadOnlyList<string> For(string rl) => Config.DatasetTypes.Preference.For(rl);
+    static IReadOnlyList<string> For(RlMethod rl) => Config.DatasetTypes.Preference.For(rl);
 
     /// <summary>The transform of a DPO/IPO/SimPO/ORPO type; bad rows throw <see cref="BadRowError"/> naming file, line and field.</summary>
-    public static Func<Row, PreferenceText> Pairs(string rl, string type, PreferenceFormat f, Func<IChatTemplate> template)
+    public static Func<Row, PreferenceText> Pairs(RlMethod rl, string type, PreferenceFormat f, Func<IChatTemplate> template)
     {
         type = Canonical(type);
         if (!For(rl).Contains(type))
-            throw new UserError($"dataset type '{type}' is not a {rl} type; use one of {string.Join(", ", For(rl))}.");
+            throw new UserError($"dataset type '{type}' is not a {ConfigLoader.Spelling(rl)} type; use one of {string.Join(", ", For(rl))}.");
         var (module, name) = (type[..type.IndexOf('.')], type[(type.IndexOf('.') + 1)..]);
         if (module is "chatml" or "llama3")
         {

@@ -6,7 +6,7 @@ using Axolotl.Tokenization;
 namespace Axolotl.Data;
 
 /// <summary>Micro-batches read from a stream, for a trainer that cannot know the data's length in advance.</summary>
-public interface IBatchStream
+internal interface IBatchStream
 {
     /// <summary>
     /// The micro-batches from the <paramref name="index"/>-th (0-based) on, without end: the data starts over when it
@@ -21,12 +21,12 @@ public interface IBatchStream
 /// How far a stream's consumed micro-batches reach: pass over the data (<see cref="Epoch"/>), the first row (after
 /// skip and shuffle) of the buffer being read, how many of that buffer's rows-of-a-batch were used, micro-batches in all.
 /// </summary>
-public sealed record StreamPosition(int Epoch, long BufferStart, int UnitsInBuffer, long Batches)
+internal sealed record StreamPosition(int Epoch, long BufferStart, int UnitsInBuffer, long Batches)
 {
     public static readonly StreamPosition Start = new(0, 0, 0, 0);
 }
 
-public sealed record PretrainingOptions
+internal sealed record PretrainingOptions
 {
     public required int SequenceLen { get; init; }
     public int MicroBatchSize { get; init; } = 1;
@@ -66,7 +66,7 @@ public sealed record PretrainingOptions
 /// Everything depends only on the config, so a resumed run regenerates exactly the batches an uninterrupted one sees;
 /// the consumed position (<see cref="Consumed"/>) is saved with each checkpoint so a resume re-reads only the current buffer.
 /// </summary>
-public sealed class PretrainingStream : IBatchStream
+internal sealed class PretrainingStream : IBatchStream
 {
     public const string PositionFile = "pretraining_stream.json";
 
@@ -403,7 +403,7 @@ public sealed class PretrainingStream : IBatchStream
     }
 }
 
-public static class PretrainingStreams
+internal static class PretrainingStreams
 {
     /// <summary>The stream of the config's first pretraining_dataset entry, as <c>axolotl train</c> reads it.</summary>
     public static PretrainingStream ForConfig(Config.AxolotlConfig config, Func<Tokenizer> tokenizer, int padTokenId)

@@ -12,7 +12,7 @@ namespace Axolotl.Data;
 /// token is trained on as in SFT. The pairs are shuffled as datasets shuffles them (shuffle_merged_datasets) and the
 /// last val_set_size of them are held out, as the SFT path splits its rows.
 /// </summary>
-public static class BradleyTerryDataset
+internal static class BradleyTerryDataset
 {
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null, Action<string>? warn = null)
     {
@@ -97,7 +97,7 @@ public static class BradleyTerryDataset
 /// last step is labelled); the completion is cut to max_completion_length, the whole to sequence_len. Labels are the
 /// classes at their own positions (token classification), not next-token targets.
 /// </summary>
-public sealed class StepwiseSupervised(Tokenizer tokenizer, int sequenceLen, string stepSeparator, int? maxCompletionLength, bool trainOnLastStepOnly) : IPromptStrategy
+internal sealed class StepwiseSupervised(Tokenizer tokenizer, int sequenceLen, string stepSeparator, int? maxCompletionLength, bool trainOnLastStepOnly) : IPromptStrategy
 {
     public static StepwiseSupervised For(DatasetConfig d, StrategyContext c) =>
         new(c.Tokenizer(), c.SequenceLen, d.StepSeparator ?? "\n", d.MaxCompletionLength, d.TrainOnLastStepOnly);

@@ -6,7 +6,7 @@ using Axolotl.Config;
 namespace Axolotl.Data;
 
 /// <summary>A dataset row and where it came from, so a message about it can name the file and row.</summary>
-public sealed record Row(JsonObject Fields, string File, int Number, bool IsLine = false)
+internal sealed record Row(JsonObject Fields, string File, int Number, bool IsLine = false)
 {
     public string Where => $"{File}, {(IsLine ? "line" : "row")} {Number}";
 }
@@ -16,7 +16,7 @@ public sealed record Row(JsonObject Fields, string File, int Number, bool IsLine
 /// holding the rows under <c>field</c>), csv, parquet, arrow (also folders written by <c>save_to_disk</c>) and text
 /// files, folders of them, <c>data_files</c>, <c>split</c> (with slices such as <c>train[:100]</c>), <c>name</c>.
 /// </summary>
-public static class RowReader
+internal static class RowReader
 {
     public static IReadOnlyList<Row> Read(string path, string? dsType) => Read(new DatasetConfig { Path = path, DsType = dsType });
 

@@ -4,7 +4,7 @@ namespace Axolotl.Distributed;
 /// A run over several ranks: who they are, and how much of the optimizer each keeps (DeepSpeed's ZeRO stage from the
 /// <c>deepspeed:</c> config: 0 every rank holds everything, 1 the optimizer state is sharded, 2 the gradients too).
 /// </summary>
-public sealed record DataParallel(MpiCollectives World, int ZeroStage) : ICollectives
+internal sealed record DataParallel(MpiCollectives World, int ZeroStage) : ICollectives
 {
     // The loop sees the collectives; the optimizer also reads the ZeRO stage from here (TrainingOptions.Collectives).
     public int Rank => World.Rank;

@@ -9,7 +9,7 @@ namespace Axolotl.Distributed;
 /// own state gathered for a checkpoint, its own generator restored on resume, and a stop asked for on any rank turned
 /// into a checkpoint on all of them.
 /// </summary>
-public sealed class DataParallelCallback(MpiCollectives world, CancellationToken stop, Action<string>? notice = null) : ITrainerCallback
+internal sealed class DataParallelCallback(MpiCollectives world, CancellationToken stop, Action<string>? notice = null) : ITrainerCallback
 {
     readonly System.Diagnostics.Stopwatch _training = new();
 

@@ -6,7 +6,7 @@ namespace Axolotl.Distributed;
 /// What a training process does differently as one rank of several: its share of the cores, the data prepared once
 /// (rank 0 first, the others then read its cache), and outputs written by rank 0 alone.
 /// </summary>
-public static class DataParallelRun
+internal static class DataParallelRun
 {
     /// <summary>Axolotl's default dataset_prepared_path, used when several ranks must share one preparation.</summary>
     public const string DefaultPreparedPath = "last_run_prepared";

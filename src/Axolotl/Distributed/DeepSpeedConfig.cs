@@ -7,7 +7,7 @@ namespace Axolotl.Distributed;
 /// <c>zero_optimization.stage</c>. Batch sizes, precision and the like come from the Axolotl config, as Axolotl fills
 /// DeepSpeed's "auto" values from it.
 /// </summary>
-public static class DeepSpeedConfig
+internal static class DeepSpeedConfig
 {
     /// <summary>The ZeRO stage (0 when the file names none); relative paths are tried from the working directory, then
     /// from the config file's folder.</summary>

@@ -7,7 +7,7 @@ namespace Axolotl.Distributed;
 /// names a transport. One process is the trivial implementation; MPI is the first real one (NCCL can follow without
 /// touching the loop).
 /// </summary>
-public interface ICollectives
+internal interface ICollectives
 {
     int Rank { get; }
     int WorldSize { get; }
@@ -26,7 +26,7 @@ public interface ICollectives
 }
 
 /// <summary>A world of one: every collective is the identity.</summary>
-public sealed class SingleProcess : ICollectives
+internal sealed class SingleProcess : ICollectives
 {
     public static readonly SingleProcess Instance = new();
     SingleProcess() { }

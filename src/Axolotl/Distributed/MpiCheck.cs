@@ -6,7 +6,7 @@ namespace Axolotl.Distributed;
 /// <c>axolotl mpi-check</c> under a launcher: every collective training uses, on values each rank can predict, so a
 /// broken launch, library or network shows up in seconds instead of as a hung or silently wrong training run.
 /// </summary>
-public static class MpiCheck
+internal static class MpiCheck
 {
     /// <summary>Runs the checks on this rank; returns the lines to print (rank 0 only) and throws on a wrong result.</summary>
     public static IReadOnlyList<string> Run(MpiCollectives world)

@@ -10,7 +10,7 @@ namespace Axolotl.Distributed;
 /// type MPI sums: fp32, fp64, int64); anything else (bf16, fp16, a GPU tensor without CUDA-aware MPI) goes through an
 /// fp32 host copy, so sums never round in bf16. Every method is collective: all ranks call it in the same order.
 /// </summary>
-public sealed class MpiCollectives : ICollectives, IDisposable
+internal sealed class MpiCollectives : ICollectives, IDisposable
 {
     readonly Mpi _mpi;
 

@@ -7,7 +7,7 @@ namespace Axolotl.Distributed;
 /// launchers say through the environment. MPI is initialised once per process, only for a launched job, and the same
 /// collectives serve the whole run.
 /// </summary>
-public static class MpiLaunch
+internal static class MpiLaunch
 {
     static MpiCollectives? _world;
 

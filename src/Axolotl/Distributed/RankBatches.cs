@@ -9,7 +9,7 @@ namespace Axolotl.Distributed;
 /// So N ranks see exactly the rows, padding and packing one process sees with N times the micro-batch, and their
 /// summed gradients are that process's up to summation order. Packed rows travel whole (a bin never splits).
 /// </summary>
-public sealed class RankBatches(IBatchSource global, int rank, int ranks) : IBatchSource
+internal sealed class RankBatches(IBatchSource global, int rank, int ranks) : IBatchSource
 {
     /// <summary>This rank's training batches: those of one process with micro_batch_size × ranks, cut by rows.</summary>
     public static IBatchSource Training(IReadOnlyList<Example> examples, TrainingOptions options, DataParallel parallel)
@@ -74,7 +74,7 @@ public sealed class RankBatches(IBatchSource global, int rank, int ranks) : IBat
 /// One rank's share of the evaluation batches: batch i goes to rank i mod ranks. The batches are those one process
 /// evaluates, so the rows-weighted sums all-reduced by the loop give its eval loss exactly (up to summation order).
 /// </summary>
-public sealed class RankEvaluationBatches(IBatchSource global, int rank, int ranks) : IBatchSource
+internal sealed class RankEvaluationBatches(IBatchSource global, int rank, int ranks) : IBatchSource
 {
     public int BatchesPerEpoch => (global.BatchesPerEpoch - rank + ranks - 1) / ranks;
     public int Examples => global.Examples;

@@ -3,7 +3,7 @@ using System.Buffers.Binary;
 namespace Axolotl.Export;
 
 /// <summary>ggml's tensor types, by the numbers ggml.h gives them (those this project writes and reads).</summary>
-public enum GgmlType : uint
+internal enum GgmlType : uint
 {
     F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9,
     Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14, Q8_K = 15, BF16 = 30,
@@ -15,7 +15,7 @@ public enum GgmlType : uint
 /// weights as d = m / -8, where m is the weight of largest magnitude with its sign, and 16 bytes of 4-bit codes
 /// min(15, trunc(x / d + 8.5)), weight j in the low nibble of byte j and weight j + 16 in its high nibble.
 /// </summary>
-public static class GgmlQuants
+internal static class GgmlQuants
 {
     public const int BlockSize = 32;
 

@@ -10,7 +10,7 @@ namespace Axolotl.Export;
 /// changes of layout (Llama's Q/K row permutation, Gemma's norm weights stored as 1 + w). Both directions live here, so
 /// export and read-back cannot drift apart.
 /// </summary>
-public sealed class GgufArchitecture
+internal sealed class GgufArchitecture
 {
     /// <summary>HF model_type → llama.cpp architecture name. Mistral is a Llama to llama.cpp's converter.</summary>
     static readonly Dictionary<string, string> Architectures = new()

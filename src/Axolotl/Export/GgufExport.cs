@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Export;
 
 /// <summary>The tensor types a whole GGUF file is written in (llama.cpp's --outtype names).</summary>
-public enum GgufOutType { F32, F16, BF16, Q8_0, Q4_0 }
+internal enum GgufOutType { F32, F16, BF16, Q8_0, Q4_0 }
 
 /// <summary>
 /// <c>axolotl export-gguf</c> and <c>merge-lora --gguf</c>: the merged model (base + adapter, as merge-lora builds it)
@@ -18,7 +18,7 @@ public enum GgufOutType { F32, F16, BF16, Q8_0, Q4_0 }
 /// the tokenizer. Tensors are converted and written one at a time (in slices of rows), so beside the fp32 model only
 /// a slice is ever held.
 /// </summary>
-public static class GgufExport
+internal static class GgufExport
 {
     public static readonly string[] OutTypes = ["f32", "f16", "bf16", "q8_0", "q4_0"];
 
@@ -38,7 +38,7 @@ public static class GgufExport
     {
         Training.Objectives.RewardTraining.RefuseGeneration(config, "export-gguf");
         TorchRuntime.EnsureLoaded();
-        var (model, tokenizer) = config.Adapter is "lora" or "qlora" ? MergeRecipe.LoadMerged(config, reporter) : LoadPlain(config, reporter);
+        var (model, tokenizer) = config.HasLora ? MergeRecipe.LoadMerged(config, reporter) : LoadPlain(config, reporter);
         using var tokenizerFiles = new TemporaryFolder();
         TokenizerFiles.CopyWithConfigChanges(config.TokenizerFolder(), tokenizerFiles.Path, config, tokenizer);
         var path = outPath ?? Path.Combine(config.OutputDir, $"model-{type.ToString().ToLowerInvariant()}.gguf");

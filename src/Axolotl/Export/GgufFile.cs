@@ -4,14 +4,14 @@ using System.Text;
 namespace Axolotl.Export;
 
 /// <summary>GGUF's metadata value types (gguf.h's gguf_type).</summary>
-public enum GgufValueType : uint
+internal enum GgufValueType : uint
 {
     UInt8 = 0, Int8 = 1, UInt16 = 2, Int16 = 3, UInt32 = 4, Int32 = 5, Float32 = 6, Bool = 7, String = 8, Array = 9,
     UInt64 = 10, Int64 = 11, Float64 = 12,
 }
 
 /// <summary>One metadata value: a scalar, a string or a typed array (the element type says how it is written).</summary>
-public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType ElementType = GgufValueType.UInt8)
+internal sealed record GgufValue(GgufValueType Type, object Value, GgufValueType ElementType = GgufValueType.UInt8)
 {
     public static GgufValue Of(string s) => new(GgufValueType.String, s);
     public static GgufValue Of(uint v) => new(GgufValueType.UInt32, v);
@@ -34,7 +34,7 @@ public sealed record GgufValue(GgufValueType Type, object Value, GgufValueType E
 }
 
 /// <summary>A tensor's entry in the header: name, ggml dims (ne: fastest-varying first, the reverse of torch's shape), type.</summary>
-public sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type)
+internal sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type)
 {
     public long Elements => Dims.Aggregate(1L, (a, b) => a * b);
     public long ByteSize => GgmlQuants.ByteSize(Type, Elements);
@@ -49,7 +49,7 @@ public sealed record GgufTensorInfo(string Name, long[] Dims, GgmlType Type)
 /// value), the tensor infos (name, dims, type, offset), then each tensor's data at an offset aligned to
 /// general.alignment (32 unless the file says otherwise). All little-endian; strings are a u64 length and UTF-8 bytes.
 /// </summary>
-public static class GgufFormat
+internal static class GgufFormat
 {
     public const uint Magic = 0x46554747; // "GGUF"
     public const uint Version = 3;
@@ -63,7 +63,7 @@ public static class GgufFormat
 /// up front from shapes), then the tensors one at a time as <c>produce</c> hands them over, so only one converted
 /// tensor is in memory beside the model.
 /// </summary>
-public sealed class GgufWriter
+internal sealed class GgufWriter
 {
     readonly List<(string Key, GgufValue Value)> _metadata = [];
     readonly List<GgufTensorInfo> _tensors = [];
@@ -171,7 +171,7 @@ public sealed class GgufWriter
 /// A GGUF file opened for reading: the metadata and tensor infos parsed, the data memory-mapped and read per tensor.
 /// Malformed files are one-sentence errors naming the file.
 /// </summary>
-public sealed class GgufReader : IDisposable
+internal sealed class GgufReader : IDisposable
 {
     public string Path { get; }
     public uint Version { get; }

@@ -8,7 +8,7 @@ namespace Axolotl.Export;
 /// it, so family defaults apply as for a Hugging Face folder) and its tensors dequantized to the model's dtype on load,
 /// undoing the export's layout changes (<see cref="GgufArchitecture"/>).
 /// </summary>
-public static class GgufModel
+internal static class GgufModel
 {
     public static bool IsGguf(string path) => path.EndsWith(".gguf", StringComparison.OrdinalIgnoreCase) && File.Exists(path);
 

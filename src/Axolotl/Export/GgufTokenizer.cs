@@ -9,7 +9,7 @@ namespace Axolotl.Export;
 /// "llama" with tokens, scores and token types; a byte-level BPE as model "gpt2" with tokens, merges, token types and
 /// the pre-tokenizer's name; then the special token ids, add_bos/add_eos and the chat template.
 /// </summary>
-public static class GgufTokenizer
+internal static class GgufTokenizer
 {
     // llama.cpp's token types (llama_token_type).
     const int Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6;

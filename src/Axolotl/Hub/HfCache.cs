@@ -7,7 +7,7 @@ namespace Axolotl.Hub;
 /// used in place: <c>{root}/models--org--name/refs/main</c> holds a commit hash, <c>snapshots/{commit}/</c> the files
 /// (symlinks into <c>blobs/</c>). <see cref="HubClient"/> fills it in the same layout.
 /// </summary>
-public sealed partial class HfCache(string root, bool offline = false)
+internal sealed partial class HfCache(string root, bool offline = false)
 {
     public string Root { get; } = root;
     /// <summary>HF_HUB_OFFLINE: the cache is all there is; nothing is downloaded.</summary>

@@ -10,7 +10,7 @@ using Axolotl.IO;
 namespace Axolotl.Hub;
 
 /// <summary>Bytes of one file arriving: <see cref="Done"/> of <see cref="Total"/> (null when the server did not say).</summary>
-public readonly record struct HubProgress(string Repo, string File, long Done, long? Total);
+internal readonly record struct HubProgress(string Repo, string File, long Done, long? Total);
 
 /// <summary>
 /// Downloads from the Hugging Face Hub (HF_ENDPOINT) into <see cref="HfCache"/> as huggingface_hub does, so Python and
@@ -20,7 +20,7 @@ public readonly record struct HubProgress(string Repo, string File, long Done, l
 /// ETag), so a snapshot never points at a partial or corrupt blob; an interrupted download resumes from the partial
 /// with a Range request.
 /// </summary>
-public sealed partial class HubClient : IDisposable
+internal sealed partial class HubClient : IDisposable
 {
     public const string DefaultEndpoint = "https://huggingface.co";
 

@@ -5,7 +5,7 @@ using Axolotl.Data;
 namespace Axolotl.Hub;
 
 /// <summary>What a Hub id is needed for, which decides the files fetched for it.</summary>
-public enum HubWant
+internal enum HubWant
 {
     /// <summary>base_model: config, tokenizer and the safetensors weights (one file or the shards its index names).</summary>
     Model,
@@ -25,7 +25,7 @@ public enum HubWant
 /// Only the files a run needs are fetched: a repo often carries the same weights in several formats
 /// (pytorch_model.bin, onnx, gguf) that would multiply the download.
 /// </summary>
-public static partial class HubFiles
+internal static partial class HubFiles
 {
     static readonly string[] ConfigFiles = ["config.json", "generation_config.json"];
     static readonly string[] TokenizerFiles =

@@ -7,7 +7,7 @@ namespace Axolotl.Hub;
 /// local path wins; else a value shaped like a Hub repo id is looked up in the HF cache, and downloaded into it when
 /// missing (or when the cached snapshot lacks files the value is needed for); else a UserError.
 /// </summary>
-public static class PathResolver
+internal static class PathResolver
 {
     /// <summary>Rewrites the paths in <paramref name="config"/>; returns one line per value taken from the cache or the Hub.</summary>
     public static List<string> Resolve(AxolotlConfig config, HubClient hub)

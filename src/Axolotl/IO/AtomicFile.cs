@@ -1,7 +1,7 @@
 namespace Axolotl.IO;
 
 /// <summary>Every file the project writes goes through here: a temp file beside the target, flushed, then renamed.</summary>
-public static class AtomicFile
+internal static class AtomicFile
 {
     public static void Write(string path, Action<Stream> write)
     {

@@ -3,7 +3,7 @@ using System.Text.Json.Nodes;
 
 namespace Axolotl.IO;
 
-public static class JsonFiles
+internal static class JsonFiles
 {
     /// <summary>
     /// Parsing options for user files: a key given twice is an error at parse time, where the line is known, rather

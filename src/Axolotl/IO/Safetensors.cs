@@ -8,13 +8,13 @@ using static TorchSharp.torch;
 namespace Axolotl.IO;
 
 /// <summary>One tensor's entry in a safetensors header.</summary>
-public sealed record SafetensorsEntry(string Name, string DType, long[] Shape, long Begin, long End);
+internal sealed record SafetensorsEntry(string Name, string DType, long[] Shape, long Begin, long End);
 
 /// <summary>
 /// Reads a .safetensors file: the header is parsed and validated up front, tensors are read only when asked for.
 /// Format: u64 little-endian header length, a JSON header, then the raw data that header offsets point into.
 /// </summary>
-public sealed class SafetensorsFile
+internal sealed class SafetensorsFile
 {
     public string Path { get; }
     public IReadOnlyDictionary<string, SafetensorsEntry> Entries { get; }
@@ -235,7 +235,7 @@ public sealed class SafetensorsFile
 /// A model's weights as Hugging Face lays them out: model.safetensors, or shards model-0000i-of-0000N.safetensors with
 /// model.safetensors.index.json mapping each tensor to its shard (transformers' save_pretrained / from_pretrained).
 /// </summary>
-public static class ShardedSafetensors
+internal static class ShardedSafetensors
 {
     public const string SingleFile = "model.safetensors";
     public const string IndexFile = "model.safetensors.index.json";

@@ -76,7 +76,7 @@ public sealed class AxolotlChatClient : IChatClient
     /// Loads the model as <c>axolotl inference</c> does (Hub ids must already be resolved; <see cref="AxolotlRuns.LoadChatClientAsync"/>
     /// resolves them). <paramref name="maxQueuedRequests"/> bounds the requests that may wait.
     /// </summary>
-    public static AxolotlChatClient Load(AxolotlConfig config, IRecipeReporter? reporter = null, int maxQueuedRequests = 64)
+    internal static AxolotlChatClient Load(AxolotlConfig config, IRecipeReporter? reporter = null, int maxQueuedRequests = 64)
     {
         reporter ??= new SilentReporter();
         var (model, tokenizer) = InferenceRecipe.Load(config, reporter);

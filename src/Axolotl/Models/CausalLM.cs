@@ -11,7 +11,7 @@ namespace Axolotl.Models;
 #pragma warning disable IDE1006 // HF state-dict names, see Layers.cs
 
 /// <summary>The transformer body: HF's "model" prefix.</summary>
-public sealed class DecoderModel : nn.Module<Tensor, Tensor>
+internal sealed class DecoderModel : nn.Module<Tensor, Tensor>
 {
     public Embedding embed_tokens;
     public ModuleList<DecoderLayer> layers;
@@ -143,7 +143,7 @@ public sealed class DecoderModel : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>A decoder-only language model with a head, as HF's *ForCausalLM.</summary>
-public sealed class CausalLM : nn.Module<Tensor, Tensor>
+internal sealed class CausalLM : nn.Module<Tensor, Tensor>
 {
     public DecoderModel model;
     public Linear? lm_head;

@@ -4,7 +4,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Models;
 
 /// <summary>Which transformers head sits on the decoder in place of lm_head.</summary>
-public enum ClassifierKind
+internal enum ClassifierKind
 {
     /// <summary>*ForSequenceClassification: one score per row, read at the row's last non-padding token (reward models).</summary>
     Sequence,
@@ -17,7 +17,7 @@ public enum ClassifierKind
 /// transformers' Generic*Classification classes build it: without a bias for sequence classification, with one for
 /// token classification; a checkpoint without it starts from normal(0, initializer_range) and a zero bias.
 /// </summary>
-public sealed record ClassifierHead(ClassifierKind Kind, int NumLabels)
+internal sealed record ClassifierHead(ClassifierKind Kind, int NumLabels)
 {
     public const string Module = "score";
 

@@ -2,13 +2,13 @@ using System.Text.Json.Nodes;
 
 namespace Axolotl.Models;
 
-public enum NormKind { Rms, Layer }
+internal enum NormKind { Rms, Layer }
 
 /// <summary>
 /// HF state-dict names of the parts whose names differ between families. Modules are registered under these names,
 /// so weights load, LoRA targets and adapters save by HF's own keys.
 /// </summary>
-public sealed record ModuleNames
+internal sealed record ModuleNames
 {
     public string AttentionOutput { get; init; } = "o_proj";
     public string MlpGate { get; init; } = "gate_proj";
@@ -25,7 +25,7 @@ public sealed record ModuleNames
 /// piece of code: a family that needs a new behaviour adds a field, not a class. Only <see cref="FromJson"/> knows
 /// families, because config.json keys and their defaults are per family.
 /// </summary>
-public sealed record DecoderConfig
+internal sealed record DecoderConfig
 {
     public required string ModelType { get; init; }
     public required int VocabSize { get; init; }

@@ -6,7 +6,7 @@ using F = TorchSharp.torch.nn.functional;
 namespace Axolotl.Models;
 
 /// <summary>transformers' GenerationConfig fields that we implement, with its defaults.</summary>
-public sealed record GenerationOptions
+internal sealed record GenerationOptions
 {
     public int MaxNewTokens { get; init; } = 20;
     /// <summary>False: greedy (argmax), temperature/top_k/top_p unused, as in transformers.</summary>
@@ -48,7 +48,7 @@ public sealed record GenerationOptions
 }
 
 /// <summary>Autoregressive decoding over <see cref="CausalLM"/>: transformers' generate() for one sequence.</summary>
-public static class Generation
+internal static class Generation
 {
     /// <summary>
     /// Generates up to MaxNewTokens after <paramref name="prompt"/>; returns the new tokens (an EOS that stopped it

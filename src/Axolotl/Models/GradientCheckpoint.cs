@@ -13,7 +13,7 @@ namespace Axolotl.Models;
 /// when the hidden state needs none (a LoRA run's frozen embeddings): transformers needs enable_input_require_grads
 /// for that case, this does not.
 /// </remarks>
-public sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientCheckpoint>
+internal sealed class GradientCheckpoint : autograd.SingleTensorFunction<GradientCheckpoint>
 {
     public override string Name => nameof(GradientCheckpoint);
 

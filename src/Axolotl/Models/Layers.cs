@@ -14,7 +14,7 @@ namespace Axolotl.Models;
 /// y = x W^T + b, computed in the input's dtype. fp32 weights (LoRA's adapters) with bf16 activations are cast here,
 /// and autograd carries fp32 gradients back to them.
 /// </summary>
-public sealed class Linear : nn.Module<Tensor, Tensor>
+internal sealed class Linear : nn.Module<Tensor, Tensor>
 {
     public Parameter weight;
     public Parameter? bias;
@@ -40,7 +40,7 @@ public sealed class Linear : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>Token embeddings; the lookup is returned in the model's compute dtype.</summary>
-public sealed class Embedding : nn.Module<Tensor, Tensor>
+internal sealed class Embedding : nn.Module<Tensor, Tensor>
 {
     public Parameter weight;
     readonly ScalarType _computeType;
@@ -64,7 +64,7 @@ public sealed class Embedding : nn.Module<Tensor, Tensor>
 /// HF's RMSNorm, normalising in fp32. Llama-style (offset 0): cast back, then scale by w in the input dtype.
 /// Gemma-style (offset 1): scale by (1 + w) still in fp32, then cast (transformers PR 29402) — the two differ in bf16.
 /// </summary>
-public sealed class RmsNorm : nn.Module<Tensor, Tensor>
+internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 {
     public Parameter weight;
     readonly double _eps;
@@ -89,7 +89,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>torch.nn.LayerNorm with weight and bias, in the input's dtype (phi).</summary>
-public sealed class LayerNorm : nn.Module<Tensor, Tensor>
+internal sealed class LayerNorm : nn.Module<Tensor, Tensor>
 {
     public Parameter weight, bias;
     readonly double _eps;
@@ -106,7 +106,7 @@ public sealed class LayerNorm : nn.Module<Tensor, Tensor>
         F.layer_norm(x, [x.shape[^1]], Cast.To(weight, x.dtype), Cast.To(bias, x.dtype), _eps);
 }
 
-public static class Parts
+internal static class Parts
 {
     public static nn.Module<Tensor, Tensor> Norm(DecoderConfig c, ScalarType dtype) => c.Norm switch
     {
@@ -133,7 +133,7 @@ public static class Parts
 /// full-attention layers, SlidingMask for sliding-window layers). With a cache, keys and values of earlier tokens come
 /// from it and the new ones are appended.
 /// </summary>
-public sealed record Positions(Tensor Cos, Tensor Sin, Tensor? Mask)
+internal sealed record Positions(Tensor Cos, Tensor Sin, Tensor? Mask)
 {
     /// <summary>Angles of the sliding-window layers when they rotate with their own base (Gemma 3's rope_local_base_freq).</summary>
     public (Tensor Cos, Tensor Sin)? SlidingAngles { get; init; }
@@ -142,7 +142,7 @@ public sealed record Positions(Tensor Cos, Tensor Sin, Tensor? Mask)
 }
 
 /// <summary>Past keys and values per layer (after RoPE, before GQA expansion), for generation one token at a time.</summary>
-public sealed class KvCache : IDisposable
+internal sealed class KvCache : IDisposable
 {
     readonly Tensor?[] _keys, _values;
     public KvCache(int layers) { _keys = new Tensor?[layers]; _values = new Tensor?[layers]; }
@@ -170,7 +170,7 @@ public sealed class KvCache : IDisposable
 }
 
 /// <summary>Rotary position embedding in the split-halves layout (HF's rotate_half), angles computed in fp32.</summary>
-public static class Rope
+internal static class Rope
 {
     public static (Tensor Cos, Tensor Sin) Angles(long seqLen, int rotaryDim, double theta, ScalarType type, Device device)
     {
@@ -204,7 +204,7 @@ public static class Rope
     }
 }
 
-public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
+internal sealed class Attention : nn.Module<Tensor, Positions, Tensor>
 {
     public nn.Module<Tensor, Tensor>? q_proj, k_proj, v_proj, qkv_proj;
     public nn.Module<Tensor, Tensor> o_proj;
@@ -304,7 +304,7 @@ public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
     static Tensor CausalMask(long seq, Device device) => ones(seq, seq, ScalarType.Bool, device).tril();
 }
 
-public sealed class Mlp : nn.Module<Tensor, Tensor>
+internal sealed class Mlp : nn.Module<Tensor, Tensor>
 {
     public nn.Module<Tensor, Tensor>? gate_proj, up_proj, gate_up_proj;
     public nn.Module<Tensor, Tensor> down_proj;
@@ -353,7 +353,7 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
     }
 }
 
-public sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
+internal sealed class DecoderLayer : nn.Module<Tensor, Positions, Tensor>
 {
     public Attention self_attn;
     /// <summary>A dense <see cref="Mlp"/>, or a <see cref="SparseMoeBlock"/> registered under the config's block name.</summary>

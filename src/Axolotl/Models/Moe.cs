@@ -10,7 +10,7 @@ namespace Axolotl.Models;
 /// A mixture-of-experts MLP as config.json describes it (Mixtral, Qwen2-MoE, Qwen3-MoE). The names are the HF
 /// state-dict names of the block and its expert projections, so weights load and LoRA targets them by PEFT's names.
 /// </summary>
-public sealed record MoeConfig
+internal sealed record MoeConfig
 {
     public required int NumExperts { get; init; }
     /// <summary>num_experts_per_tok: each token runs through this many experts.</summary>
@@ -35,7 +35,7 @@ public sealed record MoeConfig
 /// Where the sparse blocks of one forward pass put their router logits [tokens, experts] (HF's output_router_logits),
 /// for the load-balancing loss. Off (null) unless the loss asks for them.
 /// </summary>
-public sealed class RouterLogits
+internal sealed class RouterLogits
 {
     public List<Tensor>? Collected { get; set; }
 }
@@ -45,7 +45,7 @@ public sealed class RouterLogits
 /// says), each expert run only on the tokens routed to it and its output, times the routing weight, added back at
 /// those tokens. Tokens are grouped per expert with one sort, so the work and memory scale with k, not the expert count.
 /// </summary>
-public sealed class SparseMoeBlock : nn.Module<Tensor, Tensor>
+internal sealed class SparseMoeBlock : nn.Module<Tensor, Tensor>
 {
     // Typed as modules, not Linear, so LoRA and quantization can swap in their own layers.
     public nn.Module<Tensor, Tensor> gate;
@@ -112,7 +112,7 @@ public sealed class SparseMoeBlock : nn.Module<Tensor, Tensor>
 }
 
 /// <summary>transformers' load_balancing_loss_func (Switch Transformer, eqs. 4–6) over all sparse layers' router logits.</summary>
-public static class LoadBalancing
+internal static class LoadBalancing
 {
     /// <summary>
     /// E · Σ_e f_e · P_e summed over the k slots, where f is the fraction of tokens whose slot-th choice is e and P the

@@ -9,7 +9,7 @@ namespace Axolotl.Models;
 /// stretched (linear, llama3, yarn), recomputed from the sequence length (dynamic, longrope), and cos/sin may be
 /// scaled by an attention factor (yarn, longrope).
 /// </summary>
-public sealed record RopeScaling
+internal sealed record RopeScaling
 {
     public required string Type { get; init; }
     public double Factor { get; init; } = 1;

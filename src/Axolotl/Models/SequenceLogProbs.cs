@@ -11,7 +11,7 @@ namespace Axolotl.Models;
 /// never exist. With gradients, the body's graph is kept until <see cref="Backward"/> turns the objective's gradient
 /// with respect to each row's sum into parameter gradients, recomputing each head chunk once.
 /// </summary>
-public sealed class SequenceLogProbs : IDisposable
+internal sealed class SequenceLogProbs : IDisposable
 {
     /// <summary>Each row's summed log-probability of its labelled tokens.</summary>
     public double[] Sums { get; }

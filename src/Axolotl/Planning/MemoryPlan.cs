@@ -9,7 +9,7 @@ using Axolotl.Runtime;
 namespace Axolotl.Planning;
 
 /// <summary>One line of the plan: a part of the peak and its bytes.</summary>
-public sealed record PlanPart(string Name, long Bytes, string Detail);
+internal sealed record PlanPart(string Name, long Bytes, string Detail);
 
 /// <summary>
 /// The memory a training run will peak at, predicted from config.json and the config alone (nothing is loaded): the
@@ -18,7 +18,7 @@ public sealed record PlanPart(string Name, long Bytes, string Detail);
 /// chunk and a fixed runtime (the .NET runtime, libtorch and its thread pools). Rows are counted at sequence_len, the
 /// most a micro-batch can hold.
 /// </summary>
-public sealed class MemoryPlan
+internal sealed class MemoryPlan
 {
     /// <summary>RSS of a training process before its model and data: .NET, libtorch and oneDNN's code and arenas.</summary>
     public const long RuntimeBytes = 400L << 20;
@@ -31,7 +31,7 @@ public sealed class MemoryPlan
     public long PeakBytes => Parts.Sum(p => p.Bytes);
 
     public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch) =>
-        For(config, arch, config.MicroBatchSize, config.GradientCheckpointing != "false", QuantizationSettings.FromConfig(config));
+        For(config, arch, config.MicroBatchSize, config.RecomputesLayers, QuantizationSettings.FromConfig(config));
 
     public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch, int microBatchSize, bool checkpointing, QuantizationSettings? quantization)
     {
@@ -59,7 +59,7 @@ public sealed class MemoryPlan
         if (quantization is not null)
             parts.Add(new("dequantization buffer", linears.Max(l => l.In * l.Out) * a, "the largest linear weight, reused by every matmul"));
 
-        bool adapter = config.Adapter is "lora" or "qlora";
+        bool adapter = config.HasLora;
         long trainable;
         if (adapter)
         {
@@ -132,7 +132,7 @@ public sealed class MemoryPlan
         for (int m = config.MicroBatchSize / 2; suggestion is null && m >= 1; m /= 2)
             if (For(config, arch, m, true, quantization).PeakBytes <= availableBytes)
                 suggestion = $"micro_batch_size: {m} with gradient_checkpointing: true (and gradient_accumulation_steps × {config.MicroBatchSize / m} to keep the batch)";
-        if (suggestion is null && quantization is null && config.Adapter is "lora" or null
+        if (suggestion is null && quantization is null && config.Adapter is AdapterKind.Lora or null
             && For(config, arch, 1, true, new QuantizationSettings(QuantKind.Nf4)).PeakBytes <= availableBytes)
             suggestion = "adapter: qlora with load_in_4bit: true, micro_batch_size: 1 and gradient_checkpointing: true";
         if (suggestion is null) suggestion = "a shorter sequence_len or a machine with more memory";

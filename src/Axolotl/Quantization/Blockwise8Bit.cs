@@ -9,7 +9,7 @@ namespace Axolotl.Quantization;
 /// search last stepped away from; a value exactly on a midpoint stays at the search's pivot). Used for the absmax
 /// values of double-quantized NF4 weights (block 256).
 /// </summary>
-public sealed class Blockwise8Bit : IDisposable
+internal sealed class Blockwise8Bit : IDisposable
 {
     /// <summary>create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), sorted, as fp32.</summary>
     public static readonly float[] DynamicMap = CreateDynamicMap();

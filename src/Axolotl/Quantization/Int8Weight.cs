@@ -9,7 +9,7 @@ namespace Axolotl.Quantization;
 /// activations to int8 per row and, with its default threshold 6.0, keeps outlier activation columns in 16 bits; this
 /// implementation quantizes only the weight, which is LLM.int8 with threshold 0 minus the activation rounding.
 /// </summary>
-public sealed class Int8Weight : IDisposable
+internal sealed class Int8Weight : IDisposable
 {
     /// <summary>int8 [out, in].</summary>
     public Tensor Codes { get; }

@@ -24,7 +24,7 @@ namespace Axolotl.Quantization;
 /// One difference from CUDA remains: bnb compiles with --use_fast_math, so its 1/absmax may be off by one ulp of
 /// the IEEE reciprocal used here (bnb's CPU backend also uses the IEEE one); codes can then differ at exact midpoints.
 /// </summary>
-public sealed class Nf4Weight : IDisposable
+internal sealed class Nf4Weight : IDisposable
 {
     public const int BlockSize = 64;
     public const int StatisticsBlockSize = 256;

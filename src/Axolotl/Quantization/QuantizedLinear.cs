@@ -8,7 +8,7 @@ namespace Axolotl.Quantization;
 #pragma warning disable IDE1006 // HF state-dict names
 
 /// <summary>A frozen weight held in a compact form, dequantized when used.</summary>
-public interface IQuantizedWeight : IDisposable
+internal interface IQuantizedWeight : IDisposable
 {
     long[] Shape { get; }
     /// <summary>The weight in <paramref name="type"/>, rounded first to the dtype it was quantized from (as bnb does).</summary>
@@ -45,7 +45,7 @@ static class DequantizeBuffer
     }
 }
 
-public sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
+internal sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
 {
     public Nf4Weight Stored => w;
     public long[] Shape => w.Shape;
@@ -62,7 +62,7 @@ public sealed class Nf4Quantized(Nf4Weight w) : IQuantizedWeight
     public void Dispose() => w.Dispose();
 }
 
-public sealed class Int8Quantized(Int8Weight w) : IQuantizedWeight
+internal sealed class Int8Quantized(Int8Weight w) : IQuantizedWeight
 {
     public Int8Weight Stored => w;
     public long[] Shape => [w.Codes.shape[0], w.Codes.shape[1]];
@@ -77,7 +77,7 @@ public sealed class Int8Quantized(Int8Weight w) : IQuantizedWeight
 /// pass, freed, and dequantized again in the backward pass for the input gradient (W gets none), so no full-precision
 /// copy of any layer outlives its own matmul. The bias stays a regular (frozen) parameter, as in bnb.
 /// </summary>
-public sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
+internal sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
 {
     public Parameter? bias;
     public IQuantizedWeight Weight { get; private set; }

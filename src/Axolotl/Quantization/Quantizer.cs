@@ -8,17 +8,17 @@ using Linear = Axolotl.Models.Linear;
 
 namespace Axolotl.Quantization;
 
-public enum QuantKind { Nf4, Int8 }
+internal enum QuantKind { Nf4, Int8 }
 
 /// <summary>How the frozen base is stored: Axolotl's BitsAndBytesConfig for QLoRA (nf4, double quantization on,
 /// compute dtype = the model's), with bnb_config_kwargs applied on top, or load_in_8bit.</summary>
-public sealed record QuantizationSettings(QuantKind Kind, bool DoubleQuant = true, ScalarType? ComputeType = null)
+internal sealed record QuantizationSettings(QuantKind Kind, bool DoubleQuant = true, ScalarType? ComputeType = null)
 {
     /// <summary>Null when the config loads the base in full precision.</summary>
     public static QuantizationSettings? FromConfig(AxolotlConfig config)
     {
-        if (config.LoadIn8Bit && config.Adapter == "lora") return new QuantizationSettings(QuantKind.Int8);
-        if (!(config.LoadIn4Bit && config.Adapter == "qlora")) return null;
+        if (config.LoadIn8Bit && config.Adapter == AdapterKind.Lora) return new QuantizationSettings(QuantKind.Int8);
+        if (!(config.LoadIn4Bit && config.Adapter == AdapterKind.Qlora)) return null;
         bool doubleQuant = true;
         ScalarType? compute = null;
         foreach (var (key, value) in config.BnbConfigKwargs ?? [])
@@ -56,7 +56,7 @@ public sealed record QuantizationSettings(QuantKind Kind, bool DoubleQuant = tru
     }
 }
 
-public static class Quantizer
+internal static class Quantizer
 {
     /// <summary>
     /// Stores every Linear but lm_head in quantized form, as transformers does for a bnb-quantized model (it skips the

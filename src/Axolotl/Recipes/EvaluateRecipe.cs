@@ -7,6 +7,7 @@ using Axolotl.IO;
 using Axolotl.Models;
 using Axolotl.Runtime;
 using Axolotl.Training;
+using Axolotl.Training.Objectives;
 using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
@@ -18,7 +19,7 @@ public sealed record EvaluateResult(string SummaryPath, JsonObject? Training, Js
 /// from output_dir when that holds one) scored on the training split and the validation split as train prepares
 /// them, written to output_dir/eval_summary.csv as Axolotl writes it (metric, training, validation).
 /// </summary>
-public static class EvaluateRecipe
+internal static class EvaluateRecipe
 {
     public const string SummaryFile = "eval_summary.csv";
 
@@ -43,14 +44,19 @@ public static class EvaluateRecipe
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             Seed = config.Seed,
         };
-        // Reward models score pairs with TRL's loss, process reward models their labelled steps.
-        var objective = Training.Objectives.RewardTraining.Applies(config)
-            ? Training.Objectives.RewardTraining.Objective(config, model, options.PadTokenId) : new CrossEntropyObjective(model);
-        IBatchSource Split(IReadOnlyList<Example> rows, string name) => config.RewardModel
-            ? new Training.Objectives.RewardPairBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, options.PadTokenId, options.PadToMultipleOf, config.Seed, sequential: true)
-            : new EvaluationBatches(rows, options, name);
-        var training = data.Examples.Count > 0 ? Score(Split(data.Examples, "train"), "train") : null;
-        var validation = data.Eval.Count > 0 ? Score(Split(data.Eval, "eval"), "eval") : null;
+        IBatchSource Batches(IReadOnlyList<Example> rows, string split) =>
+            config.RewardModel ? new RewardPairBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, options.PadTokenId, options.PadToMultipleOf, config.Seed, sequential: true)
+            : config.Rl is null ? new EvaluationBatches(rows, options, split) : PreferenceTraining.EvaluationBatches(config, rows, options.PadTokenId);
+        var trainBatches = data.Examples.Count > 0 ? Batches(data.Examples, "train") : null;
+        var evalBatches = data.Eval.Count > 0 ? Batches(data.Eval, "eval") : null;
+        // rl: the method's loss and TRL's metrics against its reference (the adapter disabled, or the loaded weights
+        // themselves for a full fine-tune), as the trainer evaluates during training. Reward models score pairs with
+        // TRL's Bradley-Terry loss, process reward models their labelled steps.
+        var objective = RewardTraining.Applies(config) ? RewardTraining.Objective(config, model, options.PadTokenId)
+            : config.Rl is null ? new CrossEntropyObjective(model)
+            : PreferenceTraining.Objective(config, model, config.HasLora, new[] { trainBatches, evalBatches }.OfType<IBatchSource>(), reporter.Info);
+        var training = trainBatches != null ? Score(trainBatches, "train") : null;
+        var validation = evalBatches != null ? Score(evalBatches, "eval") : null;
 
         JsonObject Score(IBatchSource batches, string prefix)
         {

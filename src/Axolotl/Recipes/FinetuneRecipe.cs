@@ -11,13 +11,14 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Recipes;
 
-public sealed record FinetuneResult(string OutputDir, TrainerState State, PreparedDataset Data);
+/// <summary>Where the run saved its outputs, its trainer state (trainer_state.json) and what it trained on.</summary>
+public sealed record FinetuneResult(string OutputDir, TrainerState State, DatasetSummary Data);
 
 /// <summary>
 /// <c>axolotl train</c>: config → tokenizer → data → model (+ adapter) → trainer → saved outputs. Each step is a call
 /// into a layer; this file only wires them.
 /// </summary>
-public static class FinetuneRecipe
+internal static class FinetuneRecipe
 {
     /// <param name="peakFlops">Peak FLOP/s in the compute dtype that the logged <c>mfu</c> is measured against (the
     /// benchmark passes its own); by default a quick matmul probe at the start of the run.</param>
@@ -65,7 +66,7 @@ public static class FinetuneRecipe
         var resumeFrom = ResolveCheckpoint(config, reporter);
         ModelLoading.QuantizeAsConfigured(model, config, reporter);
         LoraSettings? lora = null;
-        if (config.Adapter is "lora" or "qlora")
+        if (config.HasLora)
         {
             manual_seed(config.Seed);
             if (resumeFrom != null)
@@ -96,9 +97,9 @@ public static class FinetuneRecipe
             }
         }
         else if (resumeFrom != null) model.LoadWeights(resumeFrom);
-        model.model.GradientCheckpointing = config.GradientCheckpointing != "false";
+        model.model.GradientCheckpointing = config.RecomputesLayers;
         ModelLoading.Place(model, device, reporter);
-        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.SnakeCase(config.Bf16.ToString())}).");
+        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.Spelling(config.Bf16)}).");
 
         var packing = PackingOptions.For(config);
         var options = new TrainingOptions
@@ -177,7 +178,7 @@ public static class FinetuneRecipe
             IBatchSource? pairs = null, evalPairs = null;
             if (config.Rl != null)
             {
-                if (parallel != null) throw new UserError($"rl: {config.Rl} across processes is not built yet; run preference training in one process (without --nproc or mpirun).");
+                if (parallel != null) throw new UserError($"rl: {ConfigLoader.Spelling(config.Rl.Value)} across processes is not built yet; run preference training in one process (without --nproc or mpirun).");
                 // Preference training: pairs as [chosen; rejected] batches, TRL's loss against a reference.
                 (pairs, evalPairs) = Training.Objectives.PreferenceTraining.Batches(config, data, options.PadTokenId);
                 objective = Training.Objectives.PreferenceTraining.Objective(config, model, lora != null,
@@ -200,7 +201,7 @@ public static class FinetuneRecipe
             // The summary entry is added without being reported as a log.
             metrics?.Append(state.LogHistory[^1]);
         }
-        if (!Distributed.DataParallelRun.WritesOutputs(parallel)) return new FinetuneResult(outputDir, state, data);
+        if (!Distributed.DataParallelRun.WritesOutputs(parallel)) return new FinetuneResult(outputDir, state, DatasetSummary.Of(data));
 
         foreach (var (reason, count, first) in stream?.SkippedRows ?? [])
             reporter.Warn($"skipped {count} bad rows of the stream ({reason}; bad_rows: skip), the first: {first}");
@@ -210,7 +211,7 @@ public static class FinetuneRecipe
         LossCurve.Write(outputDir, state.LogHistory, $"{Path.GetFileName(outputDir)}: {config.BaseModelRepoId ?? config.BaseModel}");
         if (tokenizer != null) TokenizerFiles.CopyWithConfigChanges(tokenizerDir, outputDir, config, tokenizer);
         reporter.Info($"Saved {(lora != null ? "adapter" : "model")} to {outputDir}");
-        return new FinetuneResult(outputDir, state, data);
+        return new FinetuneResult(outputDir, state, DatasetSummary.Of(data));
     }
 
     /// <summary>Ranks other than 0 train silently: their figures are rank 0's.</summary>

@@ -3,7 +3,7 @@ using Axolotl.Training;
 namespace Axolotl.Recipes;
 
 /// <summary>What a run reports as it prepares, for the CLI to show.</summary>
-public interface IRecipeReporter : ITrainingObserver
+internal interface IRecipeReporter : ITrainingObserver
 {
     void Info(string message) { }
     void Warn(string message) { }

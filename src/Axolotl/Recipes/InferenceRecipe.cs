@@ -9,7 +9,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Recipes;
 
 /// <summary>What <c>axolotl inference</c> was asked for beyond the config.</summary>
-public sealed record InferenceSettings
+internal sealed record InferenceSettings
 {
     /// <summary>One prompt to answer; null reads prompts from the input instead.</summary>
     public string? Prompt { get; init; }
@@ -22,7 +22,7 @@ public sealed record InferenceSettings
 /// <c>axolotl inference</c>: base_model (+ the LoRA adapter in lora_model_dir, else output_dir, when adapter is set),
 /// prompts formatted as the first dataset's prompt style, answers streamed token by token as Axolotl's do_inference does.
 /// </summary>
-public static class InferenceRecipe
+internal static class InferenceRecipe
 {
     /// <summary>The GenerationConfig of Axolotl's do_inference: sampling at temperature 0.9, top-p 0.95, top-k 40, repetition penalty 1.1.</summary>
     public static GenerationOptions AxolotlGeneration(AxolotlConfig config) => new()
@@ -115,7 +115,7 @@ public static class InferenceRecipe
 /// Decodes a growing token sequence into text increments. A byte-fallback character split over several tokens decodes
 /// to U+FFFD until its last byte arrives, so text ending in one is held back rather than printed broken.
 /// </summary>
-public sealed class StreamingDecoder(Tokenizer tokenizer)
+internal sealed class StreamingDecoder(Tokenizer tokenizer)
 {
     readonly List<int> _ids = [];
     int _printed;

@@ -13,7 +13,7 @@ namespace Axolotl.Recipes;
 /// <c>axolotl merge-lora</c>: base_model + the adapter in lora_model_dir (default output_dir, as in Axolotl) folded into
 /// one plain model, saved to {output_dir}/merged in the base checkpoint's dtype with its config and tokenizer files.
 /// </summary>
-public static class MergeRecipe
+internal static class MergeRecipe
 {
     /// <param name="gguf">Also write {output_dir}/merged/model-{type}.gguf from the merged model (merge-lora --gguf TYPE).</param>
     public static string Run(AxolotlConfig config, IRecipeReporter reporter, Export.GgufOutType? gguf = null)

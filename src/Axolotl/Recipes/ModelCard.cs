@@ -11,7 +11,7 @@ namespace Axolotl.Recipes;
 /// The README.md model card that <c>axolotl train</c> leaves in output_dir, shaped like Axolotl's: Hub metadata, what was
 /// trained on what, the results per logged step, and the resolved config to reproduce the run.
 /// </summary>
-public static class ModelCard
+internal static class ModelCard
 {
     public const string FileName = "README.md";
 
@@ -34,7 +34,7 @@ public static class ModelCard
         var method = config.Adapter switch
         {
             null => "A full fine-tune of",
-            var a => $"A {(a == "qlora" ? "QLoRA" : a == "lora" ? "LoRA" : a)} adapter{(config.PeftUseDora ? " (DoRA)" : "")} (r {config.LoraR}, alpha {config.LoraAlpha}) for",
+            var a => $"A {(a == AdapterKind.Qlora ? "QLoRA" : "LoRA")} adapter{(config.PeftUseDora ? " (DoRA)" : "")} (r {config.LoraR}, alpha {config.LoraAlpha}) for",
         };
         card.AppendLine($"{method} `{baseModel}`, trained with Axolotl.NET on {(datasets.Count == 0 ? "no listed dataset" : string.Join(", ", datasets.Select(d => $"`{d}`")))}" +
                         (config.Rl is { } rl ? $" by preference training: {Training.Objectives.PreferenceSettings.Describe(config)}." : "."));

@@ -12,7 +12,7 @@ using Linear = Axolotl.Models.Linear;
 namespace Axolotl.Recipes;
 
 /// <summary>How every command turns a config into a model: the same precision, quantization and adapter rules.</summary>
-public static class ModelLoading
+internal static class ModelLoading
 {
     /// <summary>
     /// bf16: true, or auto on a GPU or on a CPU with native bf16; else fp32. On a GPU auto assumes bf16 support
@@ -89,7 +89,7 @@ public static class ModelLoading
         var type = ComputeType(config, device);
         var model = FinetuneRecipe.LoadModel(config, WithTokenizerVocab(architecture, config, tokenizer), type, type, reporter);
         QuantizeAsConfigured(model, config, reporter);
-        if (config.Adapter is "lora" or "qlora")
+        if (config.HasLora)
         {
             var dir = config.LoraModelDir ?? config.OutputDir;
             if (!File.Exists(Path.Combine(dir, Lora.ConfigFile)) || !File.Exists(Path.Combine(dir, Lora.WeightsFile)))

@@ -10,7 +10,7 @@ namespace Axolotl.Recipes;
 /// loaded only when a dataset needs one (pre-tokenized rows do not). With <c>dataset_prepared_path</c>, the result is
 /// cached there and a later run with the same inputs reads it back; <c>preprocess</c> always rebuilds it, as Axolotl's does.
 /// </summary>
-public static class PreprocessRecipe
+internal static class PreprocessRecipe
 {
     public static (PreparedDataset Data, Tokenizer? Tokenizer, string TokenizerDir) Run(AxolotlConfig config, IRecipeReporter reporter, bool rebuild = false)
     {
@@ -40,7 +40,7 @@ public static class PreprocessRecipe
                 reporter.Info($"Data: saved the prepared dataset to {cacheDir}");
             }
         }
-        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl == "kto" ? $"{data.Examples.Count / 2} KTO examples" : config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : config.RewardModel ? $"{data.Examples.Count / 2} chosen/rejected pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
+        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl == RlMethod.Kto ? $"{data.Examples.Count / 2} KTO examples" : config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : config.RewardModel ? $"{data.Examples.Count / 2} chosen/rejected pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
                       (data.Truncated > 0 ? $"; truncated {data.Truncated} to sequence_len {config.SequenceLen}" : "") +
                       (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than {config.MinSampleLen} tokens" : "") +

@@ -9,7 +9,7 @@ namespace Axolotl.Runtime;
 /// rule (cuda when torch sees a GPU, else cpu); cpu, cuda and cuda:N pin it. A GPU needs the TorchSharp-cuda-linux
 /// package in place of TorchSharp-cpu (README: GPU).
 /// </summary>
-public static class ComputeDevice
+internal static class ComputeDevice
 {
     public const string Values = "auto, cpu, cuda or cuda:N";
 

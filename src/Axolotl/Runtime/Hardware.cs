@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace Axolotl.Runtime;
 
-public static class Hardware
+internal static class Hardware
 {
     /// <summary>Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX-BF16); elsewhere bf16 is emulated and slower than fp32.</summary>
     public static bool CpuHasBf16()
@@ -177,4 +177,4 @@ public static class Hardware
 
 /// <summary>glibc heap figures in bytes: Arena = taken from the system by brk, InUse = allocated, Free = free inside the
 /// arena (kept, not returned), Mapped = chunks served by their own mmap.</summary>
-public sealed record MallocStats(long Arena, long InUse, long Free, long Mapped);
+internal sealed record MallocStats(long Arena, long InUse, long Free, long Mapped);

@@ -13,7 +13,7 @@ namespace Axolotl.Runtime;
 /// .gnu.version_r) turns the hard failure into nothing at all. The copy in the build output is patched in place:
 /// loading a second copy of libtorch from another folder aborts the process.
 /// </remarks>
-public static class TorchRuntime
+internal static class TorchRuntime
 {
     const string NeededVersion = "GLIBCXX_3.4.32";
     static readonly object Gate = new();
@@ -111,7 +111,7 @@ public static class TorchRuntime
 }
 
 /// <summary>Edits the version-needed records of an ELF64 little-endian shared object.</summary>
-public static class ElfVersionPatcher
+internal static class ElfVersionPatcher
 {
     const uint ShtGnuVerneed = 0x6ffffffe;
     const ushort VerFlgWeak = 0x2;

@@ -8,7 +8,7 @@ namespace Axolotl.Templates;
 /// get_chat_template does: <c>tokenizer_default</c>, <c>tokenizer_default_fallback_&lt;name&gt;</c>, a bundled
 /// template name, or <c>jinja</c>.
 /// </summary>
-public static class ChatTemplates
+internal static class ChatTemplates
 {
     const string Jinja = "jinja", TokenizerDefault = "tokenizer_default", FallbackPrefix = "tokenizer_default_fallback_";
 

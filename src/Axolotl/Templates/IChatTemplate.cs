@@ -7,7 +7,7 @@ namespace Axolotl.Templates;
 /// dataset's own JSON objects (role, content, tool_calls, ...), so fields the template reads pass through untouched.
 /// The seam between the Jinja engine and the chat_template prompt strategy.
 /// </summary>
-public interface IChatTemplate
+internal interface IChatTemplate
 {
     string Render(JsonArray messages, bool addGenerationPrompt = false, JsonArray? tools = null,
         JsonObject? extraVariables = null);

@@ -4,7 +4,7 @@ using Axolotl.Tokenization;
 namespace Axolotl.Templates;
 
 /// <summary>The special tokens a tokenizer gives chat templates as bos_token, eos_token, pad_token and unk_token.</summary>
-public sealed record SpecialTokens(string? BosToken = null, string? EosToken = null, string? PadToken = null, string? UnkToken = null)
+internal sealed record SpecialTokens(string? BosToken = null, string? EosToken = null, string? PadToken = null, string? UnkToken = null)
 {
     public static SpecialTokens From(Tokenizer tokenizer) =>
         new(tokenizer.BosToken, tokenizer.EosToken, tokenizer.PadToken, tokenizer.UnkToken);
@@ -24,7 +24,7 @@ public sealed record SpecialTokens(string? BosToken = null, string? EosToken = n
 /// messages, tools and documents (none unless given), add_generation_prompt, the special tokens, then any extra
 /// variables (which override the rest, as keyword arguments do).
 /// </summary>
-public sealed class JinjaChatTemplate : IChatTemplate
+internal sealed class JinjaChatTemplate : IChatTemplate
 {
     readonly SpecialTokens _tokens;
     readonly TimeProvider _clock;

@@ -7,7 +7,7 @@ namespace Axolotl.Templates;
 /// A Jinja template as Hugging Face renders chat templates: the semantics of @huggingface/jinja (the renderer of
 /// transformers.js), with trim_blocks and lstrip_blocks on as transformers sets them. Parsed once; Render is thread-safe.
 /// </summary>
-public sealed class JinjaTemplate
+internal sealed class JinjaTemplate
 {
     readonly ProgramNode _program;
 
@@ -68,7 +68,7 @@ public sealed class JinjaTemplate
 }
 
 /// <summary>A chat template that failed to parse or to render; <see cref="Detail"/> is the renderer's own message.</summary>
-public sealed class ChatTemplateError : UserError
+internal sealed class ChatTemplateError : UserError
 {
     internal ChatTemplateError(string template, int line, int column, string detail, bool raised, string message) : base(message)
     {

@@ -6,7 +6,7 @@ namespace Axolotl.Tokenization;
 /// off), the BOS/EOS template of a Llama tokenizer is rebuilt when both bos_token and eos_token are given, and
 /// <c>tokens</c> are added as plain added tokens. The model's embeddings must then grow to <see cref="Tokenizer.VocabSize"/>.
 /// </summary>
-public static class ConfigTokens
+internal static class ConfigTokens
 {
     /// <summary>What Axolotl's get_linear_embedding_layers returns for the supported model types.</summary>
     public static readonly string[] EmbeddingModules = ["embed_tokens", "lm_head"];

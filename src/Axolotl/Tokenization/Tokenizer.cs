@@ -11,7 +11,7 @@ namespace Axolotl.Tokenization;
 /// (<see cref="AddTokens(IEnumerable{string}, bool)"/>, <see cref="SetSpecialToken"/>, <see cref="UpdatePostProcessor"/>)
 /// are for setting it up before use.
 /// </summary>
-public sealed class Tokenizer
+internal sealed class Tokenizer
 {
     static readonly string[] SpecialTokenKeys = ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
 

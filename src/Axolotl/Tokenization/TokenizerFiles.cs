@@ -4,7 +4,7 @@ using Axolotl.IO;
 namespace Axolotl.Tokenization;
 
 /// <summary>A tokenizer's files copied into an output folder, with what the config changed recorded as save_pretrained would.</summary>
-public static class TokenizerFiles
+internal static class TokenizerFiles
 {
     static readonly string[] FileNames = ["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"];
 

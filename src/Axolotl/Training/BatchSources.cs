@@ -6,7 +6,7 @@ namespace Axolotl.Training;
 /// Where a run's micro-batches come from. An epoch's order depends only on (seed, epoch), so a resume skips the
 /// batches already trained and reads the same stream as the interrupted run.
 /// </summary>
-public interface IBatchSource
+internal interface IBatchSource
 {
     /// <summary>Micro-batches in one epoch (every epoch has as many).</summary>
     int BatchesPerEpoch { get; }
@@ -29,7 +29,7 @@ public interface IBatchSource
 /// Tokenized examples as training batches: shuffled per epoch with a seed (or in order with curriculum_sampling), then
 /// either micro_batch_size rows padded to the longest, or packed bins (sample_packing) with Axolotl's multipack rules.
 /// </summary>
-public sealed class ExampleBatches : IBatchSource
+internal sealed class ExampleBatches : IBatchSource
 {
     readonly IReadOnlyList<Example> _examples;
     readonly TrainingOptions _options;
@@ -98,7 +98,7 @@ public sealed class ExampleBatches : IBatchSource
 /// Evaluation batches, in order, unshuffled: packed with eval_sample_packing (an incomplete last batch dropped, as
 /// Axolotl), else eval_batch_size rows padded to the longest.
 /// </summary>
-public sealed class EvaluationBatches : IBatchSource
+internal sealed class EvaluationBatches : IBatchSource
 {
     readonly IReadOnlyList<Example> _examples;
     readonly TrainingOptions _options;
@@ -139,7 +139,7 @@ public sealed class EvaluationBatches : IBatchSource
 /// A stream's micro-batches (pretraining_dataset) as one "epoch" of MaxSteps × gradient_accumulation_steps batches,
 /// as transformers runs an iterable dataset; a resume asks the stream for the batches from the first untrained one on.
 /// </summary>
-public sealed class StreamBatches(IBatchStream stream, int batches) : IBatchSource
+internal sealed class StreamBatches(IBatchStream stream, int batches) : IBatchSource
 {
     public int BatchesPerEpoch => batches;
     public int Examples => batches;
@@ -166,7 +166,7 @@ public sealed class StreamBatches(IBatchStream stream, int batches) : IBatchSour
 }
 
 /// <summary>Micro-batches collated as the loop reaches them: an epoch of full rows need not sit in memory at once.</summary>
-public sealed class CollatedOnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
+internal sealed class CollatedOnDemand(int count, Func<int, Batch> collate) : IReadOnlyList<Batch>
 {
     public int Count => count;
     public Batch this[int index] => collate(index);

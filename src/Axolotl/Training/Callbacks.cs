@@ -8,7 +8,7 @@ namespace Axolotl.Training;
 /// A hook into the training loop, as transformers' TrainerCallback: the loop calls these in order and acts on the
 /// flags they set in <see cref="TrainerContext.Control"/> (log, evaluate, save, stop). Every method is optional.
 /// </summary>
-public interface ITrainerCallback
+internal interface ITrainerCallback
 {
     void OnTrainBegin(TrainerContext context) { }
     /// <summary>The whole accumulation window's gradients are in the parameters, before clipping and the optimizer step:
@@ -24,7 +24,7 @@ public interface ITrainerCallback
 }
 
 /// <summary>What the loop does after the current step (reset every step), as transformers' TrainerControl.</summary>
-public sealed class TrainerControl
+internal sealed class TrainerControl
 {
     public bool ShouldLog { get; set; }
     public bool ShouldEvaluate { get; set; }
@@ -34,11 +34,11 @@ public sealed class TrainerControl
 }
 
 /// <summary>One optimizer step's figures: the loss and metrics of the window, averaged as the objective defines.</summary>
-public sealed record StepFigures(int Step, double Loss, IReadOnlyDictionary<string, double> Metrics, double GradNorm,
+internal sealed record StepFigures(int Step, double Loss, IReadOnlyDictionary<string, double> Metrics, double GradNorm,
                                  double NextLearningRate, double TokensPerSecond, TimeSpan Elapsed, double EpochProgress);
 
 /// <summary>What callbacks see of the run.</summary>
-public sealed class TrainerContext
+internal sealed class TrainerContext
 {
     public required CausalLM Model { get; init; }
     public required TrainingOptions Options { get; init; }
@@ -52,7 +52,7 @@ public sealed class TrainerContext
 }
 
 /// <summary>transformers' DefaultFlowCallback: logs, evaluates and saves at their intervals (and logs the last step).</summary>
-public sealed class IntervalCallback(int loggingSteps, int evalSteps, int saveSteps) : ITrainerCallback
+internal sealed class IntervalCallback(int loggingSteps, int evalSteps, int saveSteps) : ITrainerCallback
 {
     public void OnStepEnd(TrainerContext c)
     {
@@ -66,7 +66,7 @@ public sealed class IntervalCallback(int loggingSteps, int evalSteps, int saveSt
 /// Axolotl's LossWatchDogCallback: at each step end, before that step's log, the last logged loss is compared with the
 /// threshold; after <c>patience</c> step ends in a row above it, training stops.
 /// </summary>
-public sealed class LossWatchdogCallback(double threshold, int patience) : ITrainerCallback
+internal sealed class LossWatchdogCallback(double threshold, int patience) : ITrainerCallback
 {
     int _violations;
 
@@ -83,7 +83,7 @@ public sealed class LossWatchdogCallback(double threshold, int patience) : ITrai
 /// transformers' EarlyStoppingCallback (threshold 0): an evaluation not strictly better than the best before it counts
 /// one; <c>patience</c> in a row stops training. The counter lives in the trainer state, so it survives a resume.
 /// </summary>
-public sealed class EarlyStoppingCallback(string metric, int patience, bool greaterIsBetter) : ITrainerCallback
+internal sealed class EarlyStoppingCallback(string metric, int patience, bool greaterIsBetter) : ITrainerCallback
 {
     public void OnEvaluate(TrainerContext c, JsonObject metrics) => Judge(c.State, metrics, c.Control, c.Step, c.Plan.TotalSteps);
 
@@ -101,7 +101,7 @@ public sealed class EarlyStoppingCallback(string metric, int patience, bool grea
 }
 
 /// <summary>Passes the loop's progress to an <see cref="ITrainingObserver"/> (the CLI's console, the metrics file).</summary>
-public sealed class ObserverCallback(ITrainingObserver observer) : ITrainerCallback
+internal sealed class ObserverCallback(ITrainingObserver observer) : ITrainerCallback
 {
     public void OnTrainBegin(TrainerContext c) => observer.OnStart(c.Plan);
     public void OnStepEnd(TrainerContext c)

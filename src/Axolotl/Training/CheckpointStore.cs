@@ -8,7 +8,7 @@ namespace Axolotl.Training;
 /// into a temporary folder and renamed into place, so a kill mid-save never leaves a checkpoint that looks complete;
 /// rotated by save_total_limit keeping the best; read back for an exact resume.
 /// </summary>
-public sealed class CheckpointStore(CheckpointOptions options, TrainerState state)
+internal sealed class CheckpointStore(CheckpointOptions options, TrainerState state)
 {
     public const string OptimizerFile = "optimizer.bin";
     public const string RngFile = "rng_state.bin";

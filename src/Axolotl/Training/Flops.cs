@@ -14,7 +14,7 @@ namespace Axolotl.Training;
 /// N counts the matmul weights: every parameter except the input embedding (a lookup), which counts once when tied to
 /// the LM head. A full fine-tune has N_frozen = 0, so this is 6·N + attention; LoRA trains the adapters only.
 /// </summary>
-public static class Flops
+internal static class Flops
 {
     public const string Formula = "6*N_trainable + 4*N_frozen + 12*layers*seq*heads*head_dim (N: matmul weights, i.e. all parameters minus the untied input embedding; seq: mean tokens per example)";
 

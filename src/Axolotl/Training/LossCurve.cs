@@ -10,7 +10,7 @@ namespace Axolotl.Training;
 /// <c>loss_curve.html</c>: the training loss per logged step (a polyline) and eval_loss (dots) as inline SVG, one file
 /// that opens anywhere without scripts or network.
 /// </summary>
-public static class LossCurve
+internal static class LossCurve
 {
     public const string FileName = "loss_curve.html";
     const double Width = 800, Height = 420, Left = 70, Right = 20, Top = 40, Bottom = 50;

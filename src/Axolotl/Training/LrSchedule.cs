@@ -4,7 +4,7 @@ namespace Axolotl.Training;
 /// transformers' schedules as multipliers of the peak learning rate. <c>step</c> counts optimizer updates already
 /// done, so the value at step 0 is the one the first update uses (LambdaLR semantics: warmup starts at zero).
 /// </summary>
-public sealed record LrSchedule(string Kind, int WarmupSteps, int TotalSteps)
+internal sealed record LrSchedule(string Kind, int WarmupSteps, int TotalSteps)
 {
     /// <summary>cosine_min_lr_ratio: Axolotl's cosine decays to this fraction of the peak (unset or 0: HF's cosine to 0).</summary>
     public double? MinLrRatio { get; init; }

@@ -7,7 +7,7 @@ namespace Axolotl.Training;
 /// <c>metrics.jsonl</c> in output_dir: every log_history entry as one JSON line, appended and flushed as it is logged,
 /// so a run that dies still leaves its metrics. Wraps the run's observer and passes every call on.
 /// </summary>
-public sealed class MetricsLog : ITrainingObserver, IDisposable
+internal sealed class MetricsLog : ITrainingObserver, IDisposable
 {
     public const string FileName = "metrics.jsonl";
     readonly ITrainingObserver _inner;

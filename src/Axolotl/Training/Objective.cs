@@ -9,7 +9,7 @@ namespace Axolotl.Training;
 /// training loop owns everything else (accumulation, normalisation, clipping, the optimizer, schedule, callbacks) and
 /// never names a loss or a metric. SFT's cross-entropy is one objective; preference losses are others.
 /// </summary>
-public interface ITrainingObjective
+internal interface ITrainingObjective
 {
     /// <summary>What the loss averages over in this micro-batch: trainable tokens for cross-entropy, pairs for a
     /// preference loss. The loop sums it over the accumulation window (and over ranks) to normalise.</summary>
@@ -29,14 +29,14 @@ public interface ITrainingObjective
 /// A micro-batch's summed loss and summed metrics. The loop reports each as sum ÷ units: per step over the window,
 /// averaged over the steps since the last log; in evaluation as per-batch means weighted by rows (transformers' rule).
 /// </summary>
-public sealed record ObjectiveOutput(double LossSum, IReadOnlyDictionary<string, double>? MetricSums = null);
+internal sealed record ObjectiveOutput(double LossSum, IReadOnlyDictionary<string, double>? MetricSums = null);
 
 /// <summary>
 /// Supervised fine-tuning: cross-entropy of the next token over the trainable labels. On a Mixture-of-Experts model
 /// with router logits on, the loss also holds router_aux_loss_coef × the load-balancing loss (the model adds it), and
 /// the load-balancing loss itself is logged as <c>aux_loss</c>, token-weighted over the window.
 /// </summary>
-public sealed class CrossEntropyObjective(CausalLM model) : ITrainingObjective
+internal sealed class CrossEntropyObjective(CausalLM model) : ITrainingObjective
 {
     public long Units(Batch batch) => batch.TrainableTokens;
 
@@ -64,7 +64,7 @@ public sealed class CrossEntropyObjective(CausalLM model) : ITrainingObjective
         model.LastRouterAuxLoss is double aux ? new Dictionary<string, double> { ["aux_loss"] = aux * tokens } : null;
 }
 
-public static class BatchTensors
+internal static class BatchTensors
 {
     /// <summary>A batch as tensors on <paramref name="device"/> (position and sequence ids only for packed rows).</summary>
     public static (Tensor Ids, Tensor Labels, Tensor? PositionIds, Tensor? SequenceIds) Of(Batch batch, Device device)

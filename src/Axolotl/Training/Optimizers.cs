@@ -10,7 +10,7 @@ namespace Axolotl.Training;
 /// weight decay (biases and norm weights get none), the learning rate set before each step, and state that a
 /// checkpoint saves and a resume restores exactly.
 /// </summary>
-public abstract class TrainingOptimizer : IDisposable
+internal abstract class TrainingOptimizer : IDisposable
 {
     /// <summary>The optimizer names <see cref="Create"/> accepts (Axolotl's, which are transformers' OptimizerNames).</summary>
     public static readonly IReadOnlySet<string> Names = new HashSet<string> { "adamw_torch", "adamw_torch_fused", "sgd", "adafactor", "lion_32bit" };

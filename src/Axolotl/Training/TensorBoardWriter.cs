@@ -10,7 +10,7 @@ namespace Axolotl.Training;
 /// TensorBoard event files without TensorFlow: <c>runs/&lt;timestamp&gt;/events.out.tfevents.&lt;secs&gt;.&lt;host&gt;</c>, a
 /// TFRecord stream of tf.Event protobufs encoded by hand, with the scalar tags transformers' TensorBoardCallback uses.
 /// </summary>
-public sealed class TensorBoardWriter : IDisposable
+internal sealed class TensorBoardWriter : IDisposable
 {
     public const string RunsFolder = "runs";
     readonly FileStream _file;

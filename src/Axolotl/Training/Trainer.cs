@@ -10,7 +10,7 @@ using static TorchSharp.torch;
 
 namespace Axolotl.Training;
 
-public sealed record TrainingOptions
+internal sealed record TrainingOptions
 {
     public int MicroBatchSize { get; init; } = 1;
     public int GradientAccumulationSteps { get; init; } = 1;
@@ -70,7 +70,7 @@ public sealed record TrainingOptions
 /// When and where checkpoints go. <see cref="SaveWeights"/> writes the trained weights (adapter or model) into a
 /// folder: the trainer does not know which kind it trains.
 /// </summary>
-public sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeights)
+internal sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeights)
 {
     /// <summary>Save every N optimizer steps; a value below 1 is a fraction of the total steps (transformers' rule).</summary>
     public double SaveSteps { get; init; } = 500;
@@ -82,7 +82,7 @@ public sealed record CheckpointOptions(string OutputDir, Action<string> SaveWeig
 }
 
 /// <summary>A stop asked for from outside (SIGINT, SIGTERM), honoured after a whole optimizer step.</summary>
-public sealed class TrainingInterrupted(int step, string? checkpoint)
+internal sealed class TrainingInterrupted(int step, string? checkpoint)
     : Exception(checkpoint != null
         ? $"interrupted after step {step}; saved {checkpoint}. Run the same command with auto_resume_from_checkpoints: true (or resume_from_checkpoint: {checkpoint}) to continue."
         : $"interrupted after step {step}; nothing was saved (save_strategy is no).")
@@ -92,14 +92,14 @@ public sealed class TrainingInterrupted(int step, string? checkpoint)
 }
 
 /// <summary>The numbers fixed before the first step.</summary>
-public sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters)
+internal sealed record TrainingPlan(int TotalSteps, int StepsPerEpoch, int BatchesPerEpoch, int WarmupSteps, int LoggingSteps, int Epochs, long TrainableParameters, long TotalParameters)
 {
     /// <summary>With sample_packing: tokens over token slots of the first epoch's packed batches.</summary>
     public double? PackingEfficiency { get; init; }
 }
 
 /// <summary>Receives progress; the CLI draws it, tests ignore it.</summary>
-public interface ITrainingObserver
+internal interface ITrainingObserver
 {
     void OnStart(TrainingPlan plan) { }
     void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed) { }
@@ -115,7 +115,7 @@ public interface ITrainingObserver
 /// optimised: the <see cref="Objective"/> turns micro-batches into losses, an <see cref="IBatchSource"/> supplies them,
 /// and callbacks decide when to log, evaluate, save and stop.
 /// </summary>
-public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingObserver? observer = null, CheckpointOptions? checkpoints = null)
+internal sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingObserver? observer = null, CheckpointOptions? checkpoints = null)
 {
     readonly ITrainingObserver _observer = observer ?? new NullObserver();
     sealed class NullObserver : ITrainingObserver;
@@ -377,7 +377,7 @@ public sealed class Trainer(CausalLM model, TrainingOptions options, ITrainingOb
 /// Evaluation as transformers' evaluation loop reports it: each batch's mean loss (loss sum ÷ the objective's units),
 /// averaged over batches weighted by their rows, in order, without gradients; the same for every metric of the objective.
 /// </summary>
-public static class Evaluation
+internal static class Evaluation
 {
     /// <summary>{prefix}_loss, _perplexity, the objective's metrics, _runtime, _samples_per_second, _steps_per_second.</summary>
     public static JsonObject Run(ITrainingObjective objective, CausalLM model, IBatchSource batches, string prefix = "eval", Distributed.ICollectives? collectives = null)

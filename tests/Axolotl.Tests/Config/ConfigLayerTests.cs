@@ -32,7 +32,7 @@ public class ConfigLayerTests
         config.LearningRate = null;
         Assert.Contains("'learning_rate' is required", Assert.Throws<UserError>(() => config.Resolve()).Message);
         config = InCode();
-        config.Adapter = "qlora";
+        config.Adapter = AdapterKind.Qlora;
         Assert.Contains("adapter: qlora requires load_in_4bit", Assert.Throws<UserError>(() => config.Resolve()).Message);
         config = InCode();
         config.Datasets[0].Type = "no_such_type";

@@ -220,7 +220,7 @@ public class ConfigLoaderTests
     [InlineData("warmup_steps: 10\nwarmup_ratio: 0.1", "cfg.yml:7:1: warmup_steps and warmup_ratio are mutually exclusive")]
     [InlineData("val_set_size: 0.1\ntest_datasets:\n  - path: eval.jsonl", "cfg.yml:6:1: set either val_set_size or test_datasets")]
     [InlineData("adapter: lora\nflash_attn_fuse_mlp: true", "cfg.yml:7:1: flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.")]
-    [InlineData("adapter: prefix", "cfg.yml:6:1: adapter 'prefix' is not one Axolotl has")]
+    [InlineData("adapter: prefix", "cfg.yml:6:10: 'adapter' must be one of lora, qlora, llama-adapter, not 'prefix'")]
     public void Contradictions_are_stated_in_axolotl_terms_before_anything_is_refused(string extra, string expected)
     {
         var message = Error(Minimal + "\n" + extra + "\n");

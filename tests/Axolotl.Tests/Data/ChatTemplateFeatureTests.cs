@@ -94,7 +94,7 @@ public class ChatTemplateFeatureTests : IDisposable
     public void Train_on_eot_decides_the_custom_eot_token_of_each_turn(string option)
     {
         // EOS never appears in the rendered text, so train_on_eos (turn) trains nothing; <|im_end|> follows train_on_eot.
-        var s = Strategy(plain, Chat(d => d.TrainOnEot = option), Bundled("chatml", plain), ["<|im_end|>"]);
+        var s = Strategy(plain, Chat(d => d.TrainOnEot = Enum.Parse<Axolotl.Config.TrainOnEnd>(option, ignoreCase: true)), Bundled("chatml", plain), ["<|im_end|>"]);
         Func<int, bool> terminator = option switch
         {
             "all" => _ => true,
@@ -109,7 +109,7 @@ public class ChatTemplateFeatureTests : IDisposable
     public void Without_eot_tokens_the_eos_token_is_the_eot_token_and_both_options_apply_to_it()
     {
         // EOS alone as EOT skips Axolotl's conflict check: train_on_eot all trains every terminator, train_on_eos turn adds nothing more.
-        var s = Strategy(imEndEos, Chat(d => { d.TrainOnEos = "turn"; d.TrainOnEot = "all"; }), Bundled("chatml", imEndEos));
+        var s = Strategy(imEndEos, Chat(d => { d.TrainOnEos = Axolotl.Config.TrainOnEnd.Turn; d.TrainOnEot = Axolotl.Config.TrainOnEnd.All; }), Bundled("chatml", imEndEos));
         ChatMl(imEndEos, _ => true).Check(Run(s, Conversation));
         Assert.Empty(warnings);
     }
@@ -123,7 +123,7 @@ public class ChatTemplateFeatureTests : IDisposable
         const string row = """{"messages": [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Hello! How can I help?"}]}""";
         foreach (var option in new[] { "all", "turn" })
         {
-            var e = Run(Strategy(plain, Chat(d => d.TrainOnEot = option), template, ["<|im_start|>", "<|im_end|>"]), row);
+            var e = Run(Strategy(plain, Chat(d => d.TrainOnEot = Enum.Parse<Axolotl.Config.TrainOnEnd>(option, ignoreCase: true)), template, ["<|im_start|>", "<|im_end|>"]), row);
             new Expect(plain).Text("user\n").Text("Hi there").Add(ImStart, option == "all")
                 .Text("assistant\n").Text("Hello! How can I help?", true).Add(ImEnd, true).Check(e);
         }
@@ -133,11 +133,11 @@ public class ChatTemplateFeatureTests : IDisposable
     public void An_eot_token_the_template_never_writes_is_dropped_with_a_warning()
     {
         // <|endoftext|> (the EOS) is not in chatml: dropped before the conflict check, so differing options are no error.
-        var s = Strategy(plain, Chat(d => { d.TrainOnEos = "none"; d.TrainOnEot = "all"; }), Bundled("chatml", plain), ["<|im_end|>", "<|endoftext|>"]);
+        var s = Strategy(plain, Chat(d => { d.TrainOnEos = Axolotl.Config.TrainOnEnd.None; d.TrainOnEot = Axolotl.Config.TrainOnEnd.All; }), Bundled("chatml", plain), ["<|im_end|>", "<|endoftext|>"]);
         ChatMl(plain, _ => true).Check(Run(s, Conversation));
         Assert.Contains(warnings, w => w.Contains("'<|endoftext|>' is not in the chat template"));
         // EOS named alone is kept though the template never writes it (Axolotl only warns), so no terminator is trained.
-        var none = Strategy(plain, Chat(d => d.TrainOnEot = "all"), Bundled("chatml", plain), ["<|endoftext|>"]);
+        var none = Strategy(plain, Chat(d => d.TrainOnEot = Axolotl.Config.TrainOnEnd.All), Bundled("chatml", plain), ["<|endoftext|>"]);
         ChatMl(plain, _ => false).Check(Run(none, Conversation));
     }
 
@@ -161,10 +161,10 @@ public class ChatTemplateFeatureTests : IDisposable
         Assert.Contains("'<turn_end>' is encoded as", split.Message);
         Assert.Contains("tokens:", split.Message);
         Assert.Contains("encodes to no tokens", Assert.Throws<UserError>(() => Strategy(plain, Chat(), template, [""])).Message);
-        var conflict = Assert.Throws<UserError>(() => Strategy(plain, Chat(d => { d.TrainOnEos = "turn"; d.TrainOnEot = "all"; }), template, ["<|im_end|>", "<|endoftext|>"]));
+        var conflict = Assert.Throws<UserError>(() => Strategy(plain, Chat(d => { d.TrainOnEos = Axolotl.Config.TrainOnEnd.Turn; d.TrainOnEot = Axolotl.Config.TrainOnEnd.All; }), template, ["<|im_end|>", "<|endoftext|>"]));
         Assert.Contains("train_on_eos (turn) and train_on_eot (all) differ", conflict.Message);
         // The same tokens with equal options (train_on_eot following train_on_eos) are fine.
-        Strategy(plain, Chat(d => d.TrainOnEos = "all"), template, ["<|im_end|>", "<|endoftext|>"]);
+        Strategy(plain, Chat(d => d.TrainOnEos = Axolotl.Config.TrainOnEnd.All), template, ["<|im_end|>", "<|endoftext|>"]);
     }
 
     // ---- list content ----

@@ -112,7 +112,7 @@ public class ChatTemplateTests : IDisposable
     [InlineData("none")]
     public void Train_on_eos_variants(string option)
     {
-        var e = Run(Chat(d => d.TrainOnEos = option), Conversation);
+        var e = Run(Chat(d => d.TrainOnEos = Enum.Parse<Axolotl.Config.TrainOnEnd>(option, ignoreCase: true)), Conversation);
         Func<int, bool> end = option switch { "all" => _ => true, "last" => i => i == 4, _ => _ => false };
         AssertExample(e, Expected(Turns, i => i is 2 or 4, end));
     }
@@ -123,7 +123,7 @@ public class ChatTemplateTests : IDisposable
         // With eot_tokens naming <|im_end|> and EOS a different token, train_on_eot alone decides the terminators.
         var plain = Tokenizer.FromFolder(TestSetup.Data("tok-tiny512"));
         var strategy = new ChatTemplateStrategy(new StrategyContext(() => plain, 4096, false) { EotTokens = ["<|im_end|>"] },
-            Chat(d => { d.TrainOnEos = "none"; d.TrainOnEot = "all"; }), new ChatMlTemplate());
+            Chat(d => { d.TrainOnEos = Axolotl.Config.TrainOnEnd.None; d.TrainOnEot = Axolotl.Config.TrainOnEnd.All; }), new ChatMlTemplate());
         var e = strategy.Tokenize(new Row(JsonNode.Parse(Conversation)!.AsObject(), "chat.jsonl", 1)).Single();
         Assert.Equal(5, e.InputIds.Select((id, i) => (id, i)).Count(x => x.id == ImEnd && e.Labels[x.i] == ImEnd));
     }

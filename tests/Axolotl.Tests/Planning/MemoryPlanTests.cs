@@ -26,8 +26,8 @@ public sealed class MemoryPlanTests : IDisposable
 
     static AxolotlConfig Config(string adapter, string checkpointing = "false", int microBatch = 1, int sequenceLen = 2048) => new()
     {
-        BaseModel = "m", Adapter = adapter == "full" ? null : adapter, LoadIn4Bit = adapter == "qlora", LoraR = 16, LoraAlpha = 32,
-        LoraTargetLinear = true, GradientCheckpointing = checkpointing, MicroBatchSize = microBatch, SequenceLen = sequenceLen, Bf16 = Bf16Mode.True,
+        BaseModel = "m", Adapter = adapter == "full" ? null : adapter == "qlora" ? AdapterKind.Qlora : AdapterKind.Lora, LoadIn4Bit = adapter == "qlora", LoraR = 16, LoraAlpha = 32,
+        LoraTargetLinear = true, GradientCheckpointing = checkpointing == "true" ? GradientCheckpointingMode.True : GradientCheckpointingMode.False, MicroBatchSize = microBatch, SequenceLen = sequenceLen, Bf16 = Bf16Mode.True,
     };
 
     [Fact]

@@ -23,7 +23,7 @@ public class PreferenceConfigTests
                   field_prompt: q
                   chosen_format: "{chosen}!"
             """, "dpo.yml");
-        Assert.Equal(("dpo", 0.2, 128, true), (c.Rl, c.RlBeta, c.MaxPromptLen, c.PrecomputeRefLogProbs));
+        Assert.Equal((Axolotl.Config.RlMethod.Dpo, 0.2, 128, true), (c.Rl, c.RlBeta, c.MaxPromptLen, c.PrecomputeRefLogProbs));
         Assert.Equal(["ipo"], c.DpoLossType!);
         Assert.Equal("q", c.Datasets[1].UserDefined!.FieldPrompt);
         Assert.Equal("{chosen}!", c.Datasets[1].UserDefined!.ChosenFormat);

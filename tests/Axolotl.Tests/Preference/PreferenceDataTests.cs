@@ -17,7 +17,7 @@ public class PreferenceDataTests
 
     static Row R(string json, int line = 3) => new((JsonObject)JsonNode.Parse(json)!, "prefs.jsonl", line, IsLine: true);
 
-    static PreferenceText Pair(string type, string json, PreferenceFormat? f = null, string rl = "dpo") =>
+    static PreferenceText Pair(string type, string json, PreferenceFormat? f = null, Axolotl.Config.RlMethod rl = Axolotl.Config.RlMethod.Dpo) =>
         PreferenceTypes.Pairs(rl, type, f ?? new PreferenceFormat(), () => ChatML)(R(json));
 
     [Fact]
@@ -76,7 +76,7 @@ public class PreferenceDataTests
     [Fact]
     public void Orpo_chat_template_argilla_cuts_completions_after_the_prompt_text()
     {
-        var t = Pair("chat_template.argilla", """{"system":"S","chosen":[{"role":"user","content":"U"},{"role":"assistant","content":"good"}],"rejected":[{"role":"user","content":"U"},{"role":"assistant","content":"bad"}]}""", rl: "orpo");
+        var t = Pair("chat_template.argilla", """{"system":"S","chosen":[{"role":"user","content":"U"},{"role":"assistant","content":"good"}],"rejected":[{"role":"user","content":"U"},{"role":"assistant","content":"bad"}]}""", rl: Axolotl.Config.RlMethod.Orpo);
         Assert.Equal("<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n", t.Prompt);
         Assert.Equal(("good<|im_end|>\n", "bad<|im_end|>\n"), (t.Chosen, t.Rejected));
     }
@@ -137,7 +137,7 @@ public class PreferenceDataTests
         var longPrompt = Assert.Throws<BadRowError>(() => PreferenceTokenization.CheckLength(new PreferenceText("one two three four five", "a", "b"), R("{}", 9), tok, 64, "drop", 3));
         Assert.Contains("line 9", longPrompt.Message);
         Assert.Contains("max_prompt_len 3", longPrompt.Message);
-        Assert.Throws<UserError>(() => PreferenceTypes.Pairs("dpo", "chatml.nonsense", new PreferenceFormat(), () => ChatML));
+        Assert.Throws<UserError>(() => PreferenceTypes.Pairs(Axolotl.Config.RlMethod.Dpo, "chatml.nonsense", new PreferenceFormat(), () => ChatML));
     }
 
     [Fact]

@@ -143,7 +143,7 @@ public class PreferenceObjectiveTests
         var lm = Model();
         var b = Pairs();
         int pairs = b.Rows / 2;
-        var output = new PreferenceObjective(lm, new PreferenceSettings { Method = method, Beta = beta, SimpoGamma = gamma, CpoAlpha = cpoAlpha }, null).Forward(b);
+        var output = new PreferenceObjective(lm, new PreferenceSettings { Method = Enum.Parse<Axolotl.Config.RlMethod>(method, ignoreCase: true), Beta = beta, SimpoGamma = gamma, CpoAlpha = cpoAlpha }, null).Forward(b);
         double[] sums;
         using (no_grad()) sums = FullLogps(lm, b).to(ScalarType.Float64).data<double>().ToArray();
         var tokens = b.Labels.Chunk(b.Length).Select(row => (double)row.Skip(1).Count(l => l != -100)).ToArray();

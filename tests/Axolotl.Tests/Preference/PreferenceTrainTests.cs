@@ -35,6 +35,14 @@ public class PreferenceTrainTests
         Assert.Contains(logs, e => e["eval_rewards/margins"] != null && e["eval_loss"] != null);
         Assert.True(File.Exists(Path.Combine(dir["out"], "adapter_model.safetensors")));
         Assert.Contains("DPO (sigmoid loss), beta 0.1", File.ReadAllText(Path.Combine(dir["out"], "README.md")));
+
+        // axolotl evaluate on the same config scores the saved adapter as DPO (not as SFT cross-entropy): the
+        // validation figures equal those the trainer logged at its last step, when it evaluated the same weights.
+        var evaluated = EvaluateRecipe.Run(config, new Quiet());
+        var last = logs.Last(e => e["eval_loss"] != null);
+        foreach (var key in new[] { "eval_loss", "eval_rewards/margins", "eval_rewards/accuracies", "eval_logps/chosen" })
+            Assert.Equal((double)last[key]!, (double)evaluated.Validation![key]!, 5);
+        Assert.NotEqual(Math.Log(2), (double)evaluated.Validation!["eval_loss"]!, 4);
     }
 
     /// <summary>

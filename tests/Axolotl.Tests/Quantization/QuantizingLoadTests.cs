@@ -15,7 +15,7 @@ public class QuantizingLoadTests
     {
         using var scope = NewDisposeScope();
         var dir = TestSetup.Data("reference", "models", "tiny-llama");
-        var config = new AxolotlConfig { BaseModel = dir, Adapter = fourBit ? "qlora" : "lora", LoadIn4Bit = fourBit, LoadIn8Bit = !fourBit };
+        var config = new AxolotlConfig { BaseModel = dir, Adapter = fourBit ? AdapterKind.Qlora : AdapterKind.Lora, LoadIn4Bit = fourBit, LoadIn8Bit = !fourBit };
         var settings = QuantizationSettings.FromConfig(config)!;
         var architecture = DecoderConfig.FromFolder(dir);
 

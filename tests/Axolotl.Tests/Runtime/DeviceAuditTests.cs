@@ -223,10 +223,11 @@ public class DeviceAuditTests
     /// kernels for a forward pass, which the stray-tensor trap covers instead).
     /// </summary>
     [Theory]
-    [InlineData(QuantKind.Nf4)]
-    [InlineData(QuantKind.Int8)]
-    public void Placing_a_quantized_LoRA_model_moves_every_weight_quantized_codes_included(QuantKind kind)
+    [InlineData("Nf4")]
+    [InlineData("Int8")]
+    public void Placing_a_quantized_LoRA_model_moves_every_weight_quantized_codes_included(string kindName)
     {
+        var kind = Enum.Parse<QuantKind>(kindName);
         using var scope = NewDisposeScope();
         manual_seed(2);
         var model = TinyLlama();

@@ -142,12 +142,12 @@ public class GradientCheckpointConfigTests
     public void The_key_is_implemented_and_offload_is_read_as_true_with_a_warning()
     {
         var on = Axolotl.Config.ConfigLoader.Parse(Minimal + "gradient_checkpointing: True\n", "cfg.yml");
-        Assert.Equal("true", on.GradientCheckpointing);
+        Assert.Equal(Axolotl.Config.GradientCheckpointingMode.True, on.GradientCheckpointing);
         Assert.Empty(on.Warnings);
         var offload = Axolotl.Config.ConfigLoader.Parse(Minimal + "gradient_checkpointing: offload\n", "cfg.yml");
-        Assert.Equal("offload", offload.GradientCheckpointing);
+        Assert.Equal(Axolotl.Config.GradientCheckpointingMode.Offload, offload.GradientCheckpointing);
         Assert.StartsWith("cfg.yml:6:1: 'gradient_checkpointing: offload' also moves", Assert.Single(offload.Warnings));
         var e = Assert.Throws<UserError>(() => Axolotl.Config.ConfigLoader.Parse(Minimal + "gradient_checkpointing: sometimes\n", "cfg.yml"));
-        Assert.Contains("'gradient_checkpointing' must be true, false, offload or offload_disk, not 'sometimes'", e.Message);
+        Assert.Contains("'gradient_checkpointing' must be one of false, true, offload, offload_disk, not 'sometimes'", e.Message);
     }
 }

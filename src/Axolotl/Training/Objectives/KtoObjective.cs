@@ -12,7 +12,7 @@ namespace Axolotl.Training.Objectives;
 /// completion of example j − 1 (the first with the chunk's last). A batch's rows are [prompt+completion …; prompt+KL
 /// completion …], each cut to <paramref name="maxLength"/>, right-padded, with labels on the completion only.
 /// </summary>
-public sealed class KtoBatches : IBatchSource
+internal sealed class KtoBatches : IBatchSource
 {
     readonly List<KtoExample> _examples;
     readonly int[][] _klCompletions;
@@ -77,7 +77,7 @@ public sealed class KtoBatches : IBatchSource
 /// logps/rejected, rewards/margins, each the batch's mean over its desirable (undesirable) examples, passed as
 /// mean × examples so the loop's division gives TRL's mean of per-batch means.
 /// </summary>
-public sealed class KtoObjective : ITrainingObjective
+internal sealed class KtoObjective : ITrainingObjective
 {
     readonly CausalLM _policy;
     readonly double _beta, _desirableWeight, _undesirableWeight;

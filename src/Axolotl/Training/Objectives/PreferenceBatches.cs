@@ -7,7 +7,7 @@ namespace Axolotl.Training.Objectives;
 /// <see cref="PreferenceDataset"/>) in a seeded order per epoch (the prepared order with curriculum_sampling),
 /// micro_batch_size pairs per batch, collated as TRL's DataCollatorForPreference when the loop reaches them.
 /// </summary>
-public sealed class PreferenceBatches : IBatchSource
+internal sealed class PreferenceBatches : IBatchSource
 {
     readonly IReadOnlyList<Example> _examples;
     readonly int _microBatchSize, _padTokenId, _seed;

@@ -8,7 +8,7 @@ namespace Axolotl.Training.Objectives;
 /// pair or example), each returning the per-pair (per-example) loss so callers sum or average it. Autograd flows through
 /// them: the log-probabilities of the policy carry the gradient, the reference's do not.
 /// </summary>
-public static class PreferenceLosses
+internal static class PreferenceLosses
 {
     /// <summary>DPO loss types built here (TRL's DPOTrainer names); any other is refused by name.</summary>
     public static readonly IReadOnlyList<string> DpoLossTypes =

@@ -1,3 +1,4 @@
+using Axolotl.Config;
 using Axolotl.Data;
 using Axolotl.Models;
 using static TorchSharp.torch;
@@ -5,10 +6,10 @@ using static TorchSharp.torch;
 namespace Axolotl.Training.Objectives;
 
 /// <summary>What an <c>rl:</c> run optimises, with TRL 1.8's defaults as Axolotl passes them.</summary>
-public sealed record PreferenceSettings
+internal sealed record PreferenceSettings
 {
     /// <summary>dpo, ipo, simpo, orpo or kto.</summary>
-    public string Method { get; init; } = "dpo";
+    public RlMethod Method { get; init; } = RlMethod.Dpo;
     /// <summary>β: rl_beta (orpo_alpha for ORPO), default 0.1 as TRL's configs.</summary>
     public double Beta { get; init; } = 0.1;
     /// <summary>DPO's loss types (dpo_loss_type; ipo forces ["ipo"]) and their weights (dpo_loss_weights).</summary>
@@ -25,10 +26,10 @@ public sealed record PreferenceSettings
     /// <summary>The settings of an rl config, with TRL 1.8's defaults where a key is unset (as Axolotl's builder passes them).</summary>
     public static PreferenceSettings FromConfig(Config.AxolotlConfig c) => new()
     {
-        Method = c.Rl ?? "dpo",
+        Method = c.Rl ?? RlMethod.Dpo,
         Beta = c.RlBeta ?? c.OrpoAlpha ?? 0.1, // Axolotl: rl_beta, else orpo_alpha (TRL reads ORPO's alpha as beta)
-        LossTypes = c.Rl == "ipo" ? ["ipo"] : c.DpoLossType is { Count: > 0 } types ? types : ["sigmoid"],
-        LabelSmoothing = c.Rl == "dpo" ? c.DpoLabelSmoothing ?? 0 : 0,
+        LossTypes = c.Rl == RlMethod.Ipo ? ["ipo"] : c.DpoLossType is { Count: > 0 } types ? types : ["sigmoid"],
+        LabelSmoothing = c.Rl == RlMethod.Dpo ? c.DpoLabelSmoothing ?? 0 : 0,
         SimpoGamma = c.SimpoGamma ?? 0.5,
         CpoAlpha = c.CpoAlpha ?? 1.0,
         // Axolotl passes `kto_desirable_weight or 1.0`: unset and 0 both mean 1.
@@ -42,15 +43,15 @@ public sealed record PreferenceSettings
         var s = FromConfig(c);
         return s.Method switch
         {
-            "dpo" or "ipo" => $"{s.Method.ToUpperInvariant()} ({string.Join(" + ", s.LossTypes)} loss), beta {s.Beta}",
-            "kto" => $"KTO, beta {s.Beta}, desirable_weight {s.DesirableWeight}, undesirable_weight {s.UndesirableWeight}",
-            "simpo" => $"SimPO, beta {s.Beta}, gamma {s.SimpoGamma}, cpo_alpha {s.CpoAlpha}",
+            RlMethod.Dpo or RlMethod.Ipo => $"{ConfigLoader.Spelling(s.Method).ToUpperInvariant()} ({string.Join(" + ", s.LossTypes)} loss), beta {s.Beta}",
+            RlMethod.Kto => $"KTO, beta {s.Beta}, desirable_weight {s.DesirableWeight}, undesirable_weight {s.UndesirableWeight}",
+            RlMethod.Simpo => $"SimPO, beta {s.Beta}, gamma {s.SimpoGamma}, cpo_alpha {s.CpoAlpha}",
             _ => $"ORPO, beta (orpo_alpha) {s.Beta}",
         };
     }
 
     /// <summary>Whether the loss compares against a reference model (DPO, IPO and KTO; SimPO and ORPO need none).</summary>
-    public bool NeedsReference => Method is "dpo" or "ipo" or "kto";
+    public bool NeedsReference => Method is RlMethod.Dpo or RlMethod.Ipo or RlMethod.Kto;
 }
 
 /// <summary>
@@ -60,7 +61,7 @@ public sealed record PreferenceSettings
 /// on the per-sequence log-probabilities. Units are pairs: the loop averages the loss and every metric over them, which
 /// for equal micro-batches is TRL's mean of per-batch means. Metrics are named as TRL logs them.
 /// </summary>
-public sealed class PreferenceObjective : ITrainingObjective
+internal sealed class PreferenceObjective : ITrainingObjective
 {
     readonly CausalLM _policy;
     readonly PreferenceSettings _s;
@@ -130,7 +131,7 @@ public sealed class PreferenceObjective : ITrainingObjective
 
         Tensor loss;
         double[] chosenRewards, rejectedRewards;
-        if (_s.Method is "dpo" or "ipo")
+        if (_s.Method is RlMethod.Dpo or RlMethod.Ipo)
         {
             var refChosen = tensor(reference!.Take(pairs).ToArray(), dtype: ScalarType.Float64);
             var refRejected = tensor(reference!.Skip(pairs).Take(pairs).ToArray(), dtype: ScalarType.Float64);
@@ -150,7 +151,7 @@ public sealed class PreferenceObjective : ITrainingObjective
             var chosenAverage = chosen / chosenTokens.clamp_min(1);
             var rejectedAverage = rejected / rejectedTokens.clamp_min(1);
             var nll = -chosen.sum() / chosenTokens.sum().clamp_min(1);
-            if (_s.Method == "simpo")
+            if (_s.Method == RlMethod.Simpo)
             {
                 loss = PreferenceLosses.Simpo(beta, _s.SimpoGamma, _s.LabelSmoothing, chosenAverage, rejectedAverage).sum() + pairs * _s.CpoAlpha * nll;
             }

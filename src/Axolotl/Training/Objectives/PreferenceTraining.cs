@@ -7,18 +7,21 @@ using static TorchSharp.torch;
 namespace Axolotl.Training.Objectives;
 
 /// <summary>What <c>axolotl train</c> needs for an <c>rl:</c> config: the batches and the objective with its reference.</summary>
-public static class PreferenceTraining
+internal static class PreferenceTraining
 {
     /// <summary>The prepared pairs as training batches (micro_batch_size pairs) and evaluation batches (eval_batch_size
     /// pairs); for KTO, the examples with their KL completions.</summary>
     public static (IBatchSource Train, IBatchSource? Eval) Batches(AxolotlConfig config, PreparedDataset data, int padTokenId) =>
-        config.Rl == "kto"
-            ? (new KtoBatches(data.Examples, config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen),
-               data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null
-                   : new KtoBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen))
-            : (new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
-         data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null
-             : new PreferenceBatches(data.Eval, config.EvalBatchSize ?? config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, sequential: true));
+        (config.Rl == RlMethod.Kto
+            ? new KtoBatches(data.Examples, config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen)
+            : new PreferenceBatches(data.Examples, config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, config.CurriculumSampling),
+         data.Eval.Count == 0 || config.EvalStrategy == IntervalStrategy.No ? null : EvaluationBatches(config, data.Eval, padTokenId));
+
+    /// <summary>Prepared pairs (or KTO examples) in order, eval_batch_size at a time: the evaluation of a split.</summary>
+    public static IBatchSource EvaluationBatches(AxolotlConfig config, IReadOnlyList<Example> rows, int padTokenId) =>
+        config.Rl == RlMethod.Kto
+            ? new KtoBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, config.MicroBatchSize, padTokenId, config.SequenceLen)
+            : new PreferenceBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, padTokenId, config.SequenceLen, config.Seed, sequential: true);
 
     /// <summary>
     /// The objective of the config's method. DPO and IPO compare against a reference: with an adapter, the model with
@@ -30,7 +33,7 @@ public static class PreferenceTraining
         var settings = PreferenceSettings.FromConfig(config);
         if (!settings.NeedsReference) return new PreferenceObjective(model, settings, null);
         if (adapter && config.LoraModulesToSave is { Count: > 0 })
-            throw new UserError($"lora_modules_to_save cannot be combined with rl: {settings.Method} yet: the adapter-disabled reference would keep the trained copies; leave lora_modules_to_save out.");
+            throw new UserError($"lora_modules_to_save cannot be combined with rl: {ConfigLoader.Spelling(settings.Method)} yet: the adapter-disabled reference would keep the trained copies; leave lora_modules_to_save out.");
         var reference = adapter ? PreferenceObjective.AdapterDisabledReference(model) : PreferenceObjective.FrozenReference(FrozenCopy(model));
         if (config.PrecomputeRefLogProbs)
         {
@@ -41,7 +44,7 @@ public static class PreferenceTraining
         info($"Preference training: {PreferenceSettings.Describe(config)}; reference: " +
              (adapter ? "the base model (adapters disabled)" : "a frozen copy of the starting weights") +
              (config.PrecomputeRefLogProbs ? ", precomputed." : "."));
-        return settings.Method == "kto"
+        return settings.Method == RlMethod.Kto
             ? new KtoObjective(model, settings.Beta, settings.DesirableWeight, settings.UndesirableWeight, reference)
             : new PreferenceObjective(model, settings, reference);
     }

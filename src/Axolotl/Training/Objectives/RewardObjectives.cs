@@ -15,7 +15,7 @@ namespace Axolotl.Training.Objectives;
 /// rewards, accuracy (r_chosen &gt; r_rejected) and margin (r_chosen − r_rejected); summed here so that sum ÷ pairs is
 /// the micro-batch's value (min and max weighted by its pairs).
 /// </summary>
-public sealed class BradleyTerryObjective(CausalLM model, long padTokenId, double? centerRewardsCoefficient) : ITrainingObjective
+internal sealed class BradleyTerryObjective(CausalLM model, long padTokenId, double? centerRewardsCoefficient) : ITrainingObjective
 {
     public long Units(Batch batch) => batch.Rows / 2;
 
@@ -79,7 +79,7 @@ public sealed class BradleyTerryObjective(CausalLM model, long padTokenId, doubl
 /// labelled tokens of the accumulation window (transformers' num_items_in_batch). Evaluation also reports accuracy,
 /// argmax = label at the labelled positions (TRL's compute_accuracy); training logs only the loss, as TRL does.
 /// </summary>
-public sealed class ProcessRewardObjective(CausalLM model) : ITrainingObjective
+internal sealed class ProcessRewardObjective(CausalLM model) : ITrainingObjective
 {
     public long Units(Batch batch) => batch.Labels.LongCount(l => l != Example.IgnoreIndex);
 
@@ -119,7 +119,7 @@ public sealed class ProcessRewardObjective(CausalLM model) : ITrainingObjective
 /// DataCollatorForPreference: the chosen rows, then the rejected rows, right-padded with the pad token to the longest
 /// (rounded up to pad_to_multiple_of).
 /// </summary>
-public sealed class RewardPairBatches : IBatchSource
+internal sealed class RewardPairBatches : IBatchSource
 {
     readonly IReadOnlyList<Example> _examples;
     readonly int _pairsPerBatch, _padTokenId, _seed;
@@ -151,7 +151,7 @@ public sealed class RewardPairBatches : IBatchSource
 }
 
 /// <summary>What <c>axolotl train</c> needs for reward_model / process_reward_model: the architecture, batches and objective.</summary>
-public static class RewardTraining
+internal static class RewardTraining
 {
     public static bool Applies(AxolotlConfig config) => config.RewardModel || config.ProcessRewardModel;
 
