@@ -551,7 +551,8 @@ internal static class ConfigLoader
         }
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");
         var text = (scalar.Value ?? "").Trim();
-        if (underlying == typeof(string)) return text;
+        // A quoted string is taken as written, as PyYAML reads it: step_separator: "\n" is a newline, not empty.
+        if (underlying == typeof(string)) return scalar.Style is ScalarStyle.DoubleQuoted or ScalarStyle.SingleQuoted ? scalar.Value ?? "" : text;
         if (underlying.IsEnum)
         {
             var spellings = Spellings(underlying);

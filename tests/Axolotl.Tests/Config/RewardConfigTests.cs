@@ -38,6 +38,28 @@ public class RewardConfigTests
         Assert.Null(c.PadToSequenceLen);
     }
 
+    [Fact]
+    public void A_quoted_step_separator_keeps_its_whitespace_as_pyyaml_reads_it()
+    {
+        var c = ConfigLoader.Parse("""
+            base_model: some/model
+            process_reward_model: true
+            datasets:
+              - path: steps.jsonl
+                type: stepwise_supervised
+                step_separator: "\n"
+              - path: steps.jsonl
+                type: stepwise_supervised
+                step_separator: ' ки '
+            learning_rate: 0.001
+            """, "prm.yml");
+        Assert.Equal("\n", c.Datasets[0].StepSeparator);
+        Assert.Equal(" ки ", c.Datasets[1].StepSeparator);
+        // …and the resolved config written with a run reads back the same.
+        var again = ConfigLoader.Parse(ConfigWriter.ToYaml(c), "again.yml");
+        Assert.Equal(["\n", " ки "], again.Datasets.Select(d => d.StepSeparator));
+    }
+
     [Theory]
     [InlineData("", "bradley_terry.chat_template", "needs reward_model: true")]
     [InlineData("", "stepwise_supervised", "needs process_reward_model: true")]
