@@ -29,6 +29,8 @@ internal sealed record LoraSettings
     /// <summary>Initialised by LoftQ with this many bits (PEFT's init_lora_weights "loftq"): the base weights are their
     /// quantized values, which loading the adapter reproduces, as PEFT does.</summary>
     public int? LoftqBits { get; init; }
+    /// <summary>PEFT's task_type: CAUSAL_LM, or SEQ_CLS / TOKEN_CLS for a classifier, whose head PEFT adds to modules_to_save.</summary>
+    public string TaskType { get; init; } = "CAUSAL_LM";
 }
 
 /// <summary>Wraps a model's Linear layers in LoRA and moves adapters to and from PEFT's files.</summary>
@@ -41,7 +43,7 @@ internal static class Lora
 
     /// <summary>All Linear layers but the output head: Axolotl's lora_target_linear.</summary>
     public static IReadOnlyList<string> LinearModuleNames(nn.Module model) =>
-        model.named_modules().Where(m => IsLinear(m.module) && m.name != "lm_head")
+        model.named_modules().Where(m => IsLinear(m.module) && m.name is not ("lm_head" or ClassifierHead.Module))
             .Select(m => m.name.Split('.')[^1]).Distinct().Order(StringComparer.Ordinal).ToList();
 
     /// <summary>Replaces each targeted Linear with a LoraLinear around it and freezes everything else. Returns the wrapped paths.</summary>
@@ -58,7 +60,7 @@ internal static class Lora
             var inner = (nn.Module<Tensor, Tensor>)parent.named_children().First(c => c.name == leaf).module;
             ModuleTree.ReplaceChild(parent, leaf, new LoraLinear(inner, settings.Rank, settings.Alpha, settings.Dropout, settings.UseRsLora, settings.UseDora));
         }
-        ApplyModulesToSave(model, settings.ModulesToSave);
+        ApplyModulesToSave(model, settings.ModulesToSave, settings.TaskType != "CAUSAL_LM");
         return targets;
     }
 
@@ -82,11 +84,13 @@ internal static class Lora
     /// PEFT's modules_to_save: each named module (matched on its path's end) becomes a trainable fp32 copy of itself;
     /// its weights are saved with the adapter under the module's own key (base_model.model.lm_head.weight), as PEFT does.
     /// </summary>
-    static void ApplyModulesToSave(nn.Module model, IReadOnlyList<string> names)
+    static void ApplyModulesToSave(nn.Module model, IReadOnlyList<string> names, bool classifier)
     {
         foreach (var name in names)
         {
             var found = model.named_modules().Where(m => m.name == name || m.name.EndsWith("." + name, StringComparison.Ordinal)).ToList();
+            // PEFT's SEQ_CLS / TOKEN_CLS models list both usual head names; the one the model lacks matches nothing.
+            if (found.Count == 0 && classifier && name is "classifier" or ClassifierHead.Module) continue;
             if (found.Count == 0)
                 throw new UserError($"lora_modules_to_save: '{name}' names no module of the model" +
                                     (name == "lm_head" && model is CausalLM { lm_head: null } ? " (its lm_head is tied to embed_tokens)." : "."));
@@ -225,7 +229,7 @@ internal static class Lora
             ["target_modules"] = settings.TargetRegex != null
                 ? JsonValue.Create(settings.TargetRegex)
                 : new JsonArray(wrappedLeaves.Select(l => (JsonNode)JsonValue.Create(l)!).ToArray()),
-            ["task_type"] = "CAUSAL_LM",
+            ["task_type"] = settings.TaskType,
             ["use_dora"] = settings.UseDora,
             ["use_rslora"] = settings.UseRsLora,
         };
@@ -269,6 +273,7 @@ internal static class Lora
                 Dropout = json["lora_dropout"]?.GetValue<double>() ?? 0,
                 UseRsLora = json["use_rslora"]?.GetValue<bool>() ?? false,
                 UseDora = json["use_dora"]?.GetValue<bool>() ?? false,
+                TaskType = json["task_type"]?.GetValue<string>() ?? "CAUSAL_LM",
                 ModulesToSave = json["modules_to_save"] is JsonArray save ? save.Select(x => x!.GetValue<string>()).ToList() : [],
                 LayersToTransform = json["layers_to_transform"] switch
                 {

@@ -66,6 +66,12 @@ public sealed class DatasetConfig
     public string? TemplateThinkingKey { get; set; }
     /// <summary>Accepted as Axolotl accepts it; it has no effect there (see ConfigLoader's warning).</summary>
     public string? FieldThinking { get; set; }
+    /// <summary>stepwise_supervised: appended to every step; its last token carries the step's label (default "\n").</summary>
+    public string? StepSeparator { get; set; }
+    /// <summary>stepwise_supervised: completion tokens kept (steps and separators), before the prompt is put in front.</summary>
+    public int? MaxCompletionLength { get; set; }
+    /// <summary>stepwise_supervised: only the last step is labelled.</summary>
+    public bool TrainOnLastStepOnly { get; set; }
     /// <summary>pretraining_dataset only: the column holding the text (Axolotl's default "text").</summary>
     public string? TextColumn { get; set; }
     /// <summary>pretraining_dataset only: rows left out at the start of the stream.</summary>
@@ -329,6 +335,13 @@ public sealed class AxolotlConfig
     public double? KtoUndesirableWeight { get; set; }
     public int? MaxPromptLen { get; set; }
     public bool PrecomputeRefLogProbs { get; set; }
+    // Reward models (TRL's RewardTrainer, bradley_terry.* data) and process reward models (PRMTrainer, stepwise_supervised data).
+    public bool RewardModel { get; set; }
+    public bool ProcessRewardModel { get; set; }
+    /// <summary>The classifier head's outputs: 1 for a reward model, 2 (by default) for a process reward model.</summary>
+    public int? NumLabels { get; set; }
+    /// <summary>TRL's center_rewards_coefficient: adds coef × mean((r_chosen + r_rejected)²) to the reward loss.</summary>
+    public double? CenterRewardsCoefficient { get; set; }
     public int GradientAccumulationSteps { get; set; } = 1;
     /// <summary>micro_batch_size × gradient_accumulation_steps; when given instead, gradient_accumulation_steps is derived.</summary>
     public int? BatchSize { get; set; }

@@ -225,7 +225,7 @@ internal static class ConfigLoader
                     // instruct is the default prompt style: "alpaca:instruct" is "alpaca".
                     if (d.Variant == "instruct" && DatasetTypes.IsImplemented(d.Strategy)) d.Type = d.Strategy;
                     // Preference types are checked against rl once every key is read.
-                    if (!DatasetTypes.IsImplemented(d.Type) && !DatasetTypes.Preference.IsKnown(d.Type))
+                    if (!DatasetTypes.IsImplemented(d.Type) && !DatasetTypes.Preference.IsKnown(d.Type) && !DatasetTypes.Reward.IsKnown(d.Type))
                         refused.Add(new Refusal(name("type"), $"{name("type")}: {d.Type}", valueSpots["type"]));
                 }
                 if (d.DsType is not (null or "json" or "text" or "csv" or "parquet" or "arrow"))
@@ -335,6 +335,7 @@ internal static class ConfigLoader
                 if (c.Rl is null && type != null && !DatasetTypes.IsImplemented(type) && DatasetTypes.Preference.IsKnown(type) && d.UserDefined == null)
                     throw new UserError($"{d.Origin}: dataset type '{type}' is a preference type; it needs rl: (dpo, ipo, simpo, orpo, kto).");
             }
+            RewardModels.CheckContradictions(c, Fail);
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
             if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
             if (IsGiven("max_memory") && IsGiven("gpu_memory_limit")) Fail("gpu_memory_limit", "max_memory and gpu_memory_limit are mutually exclusive.");
@@ -366,7 +367,8 @@ internal static class ConfigLoader
             if (c.Adapter == AdapterKind.Lora && c.LoadIn4Bit) Refuse("load_in_4bit");
             if (!ImplementedOptimizers.Contains(c.Optimizer) && !AxolotlKeys.AdamWVariants.Contains(c.Optimizer) && !AxolotlKeys.LionVariants.Contains(c.Optimizer)) Refuse("optimizer");
             if (!ImplementedSchedulers.Contains(c.LrScheduler)) Refuse("lr_scheduler");
-            if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal)) Refuse("model_type"); // e.g. a reward model's classifier head
+            if (c.ModelType is { } type && !type.EndsWith("ForCausalLM", StringComparison.Ordinal) && !RewardModels.HeadMatches(c)) Refuse("model_type"); // e.g. a classifier head without reward_model
+            if (c.NumLabels != null && !c.RewardModel && !c.ProcessRewardModel) Refuse("num_labels");
             if (!c.TokenizerUseFast) Refuse("tokenizer_use_fast");
             if (!c.SaveSafetensors) Refuse("save_safetensors");
             if (set.TryGetValue("plugins", out var plugins) && !Plugins(plugins.Node).All(IsSpeedOnlyPlugin))
@@ -473,6 +475,7 @@ internal static class ConfigLoader
             if (c.EvalBatchSize is null) { c.EvalBatchSize = micro; Follow("eval_batch_size", "micro_batch_size"); }
             if (c.EvalSamplePacking is null) { c.EvalSamplePacking = c.SamplePacking; Follow("eval_sample_packing", "sample_packing"); }
             if (c.PadToSequenceLen is null && c.SamplePacking) { c.PadToSequenceLen = true; Follow("pad_to_sequence_len", "sample_packing"); }
+            RewardModels.Resolve(c, (key, text) => Warn(spots[key].At, text), Follow);
             if (c.BaseModelConfig is null) { c.BaseModelConfig = c.BaseModel; Follow("base_model_config", "base_model"); }
             if (c.TokenizerConfig is null) { c.TokenizerConfig = c.BaseModelConfig; Follow("tokenizer_config", "base_model_config"); }
             void Default(string key) => c.Sources[key] = "transformers' default";
@@ -571,7 +574,8 @@ internal static class ConfigLoader
         }
         if (node is not YamlScalarNode scalar) throw new UserError($"{where}: '{key}' must be a single value, not a list or mapping.");
         var text = (scalar.Value ?? "").Trim();
-        if (underlying == typeof(string)) return text;
+        // A quoted string is taken as written, as PyYAML reads it: step_separator: "\n" is a newline, not empty.
+        if (underlying == typeof(string)) return scalar.Style is ScalarStyle.DoubleQuoted or ScalarStyle.SingleQuoted ? scalar.Value ?? "" : text;
         if (underlying.IsEnum)
         {
             var spellings = Spellings(underlying);

@@ -22,6 +22,7 @@ internal static class DatasetTypes
         "context_qa", "context_qa.load", "context_qa.load_404", "context_qa.load_v2",
         "metharme", "metharme.load", "input_output", "input_output.load", "completion", "completion.load",
         "chat_template", "chat_template.load", "llama2_chat", "llama2_chat.load",
+        Reward.Stepwise, Reward.Stepwise + ".load",
     };
 
     public static bool IsImplemented(string type)
@@ -56,5 +57,18 @@ internal static class DatasetTypes
 
         /// <summary>The types an <c>rl:</c> method reads: KTO's and ORPO's own, the DPO set for dpo, ipo and simpo.</summary>
         public static IReadOnlyList<string> For(RlMethod rl) => rl switch { RlMethod.Kto => Kto, RlMethod.Orpo => Orpo, _ => Dpo };
+    }
+
+    /// <summary>
+    /// The reward-model types: Axolotl's bradley_terry.* (chosen/rejected pairs scored by a sequence classifier, for
+    /// reward_model: true) and stepwise_supervised (per-step labels for a token classifier, process_reward_model: true).
+    /// </summary>
+    public static class Reward
+    {
+        public const string Stepwise = "stepwise_supervised";
+        public static readonly IReadOnlyList<string> BradleyTerry = ["bradley_terry.chat_template", "bradley_terry.chat_template.load"];
+
+        public static bool IsBradleyTerry(string? type) => type != null && BradleyTerry.Contains(type);
+        public static bool IsKnown(string? type) => IsBradleyTerry(type) || type is Stepwise or Stepwise + ".load";
     }
 }

@@ -79,6 +79,7 @@ internal static class PromptStrategies
             "llama2_chat" => new Llama2Chat(c),
             "completion" => new Completion(c.Tokenizer(), c.SequenceLen, d.Field ?? "text"),
             "chat_template" => new ChatTemplateStrategy(c, d, c.ChatTemplate?.Invoke(d) ?? throw new InvalidOperationException("no chat template resolver")),
+            DatasetTypes.Reward.Stepwise => StepwiseSupervised.For(d, c),
             _ => throw new UserError($"dataset type '{d.Type}' is not implemented."),
         };
     }

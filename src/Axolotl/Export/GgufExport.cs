@@ -36,6 +36,7 @@ internal static class GgufExport
     /// <summary>export-gguf: merges the adapter when the config has one (else exports base_model as it is) and writes the file.</summary>
     public static string Run(AxolotlConfig config, GgufOutType type, string? outPath, IRecipeReporter reporter)
     {
+        Training.Objectives.RewardTraining.RefuseGeneration(config, "export-gguf");
         TorchRuntime.EnsureLoaded();
         var (model, tokenizer) = config.HasLora ? MergeRecipe.LoadMerged(config, reporter) : LoadPlain(config, reporter);
         using var tokenizerFiles = new TemporaryFolder();

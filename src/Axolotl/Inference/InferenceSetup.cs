@@ -22,6 +22,7 @@ internal static class InferenceSetup
 
     public static (CausalLM Model, Tokenizer Tokenizer) Load(AxolotlConfig config, IRecipeReporter reporter)
     {
+        Training.Objectives.RewardTraining.RefuseGeneration(config, "inference");
         TorchRuntime.EnsureLoaded();
         var device = ModelLoading.ResolveDevice(config);
         var architecture = ModelLoading.Architecture(config);

@@ -147,6 +147,8 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
 {
     public DecoderModel model;
     public Linear? lm_head;
+    /// <summary>The classifier head of a reward model (<see cref="DecoderConfig.Classifier"/>); null for a causal LM.</summary>
+    public Linear? score;
     public DecoderConfig Config { get; }
     public ScalarType ComputeType { get; }
 
@@ -164,7 +166,13 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
         Config = config;
         ComputeType = computeType;
         model = new DecoderModel(config, dtype, computeType);
-        lm_head = config.TieWordEmbeddings ? null : new Linear(config.HiddenSize, config.VocabSize, config.LmHeadBias, dtype);
+        lm_head = config.TieWordEmbeddings || config.Classifier != null ? null : new Linear(config.HiddenSize, config.VocabSize, config.LmHeadBias, dtype);
+        if (config.Classifier is { } head)
+        {
+            // transformers' _init_weights for a head the checkpoint lacks, from the run's seeded generator.
+            score = new Linear(config.HiddenSize, head.NumLabels, head.Bias, dtype);
+            using (no_grad()) score.weight.normal_(0, config.InitializerRange);
+        }
         OutputRouterLogits = config.Moe?.OutputRouterLogits ?? false;
         RegisterComponents();
     }
@@ -186,6 +194,7 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
 
     internal Tensor Head(Tensor hidden)
     {
+        if (score is not null) return score.forward(hidden);
         var logits = lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
         // Gemma 2 bounds the logits smoothly: cap · tanh(logits / cap), in the compute dtype.
         return Config.FinalLogitSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
@@ -369,17 +378,21 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
                 if (!byKey.TryGetValue(key, out var holder) || Path.GetFileName(holder.Path) != file)
                     throw new UserError($"{Path.Combine(modelDir, ShardedSafetensors.IndexFile)}: tensor '{key}' is mapped to '{file}', which does not hold it.");
         var expected = named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        var missing = expected.Keys.Where(k => !byKey.ContainsKey(k)).ToList();
+        // A causal LM's checkpoint loaded as a classifier: its lm_head is left out and the new score head keeps its init.
+        bool NewHead(string key) => Config.Classifier != null && key.StartsWith(ClassifierHead.Module + ".", StringComparison.Ordinal) && !byKey.ContainsKey(key);
+        var missing = expected.Keys.Where(k => !byKey.ContainsKey(k) && !NewHead(k)).ToList();
         if (missing.Count > 0)
             throw new UserError($"{modelDir}: the weights lack {missing.Count} tensor(s) that config.json implies, e.g. {string.Join(", ", missing.Take(3))}.");
         // Older checkpoints carry rotary inv_freq buffers; they are recomputed, not loaded.
         var unexpected = byKey.Keys.Where(k => !expected.ContainsKey(k) && !k.EndsWith("rotary_emb.inv_freq") && loadedElsewhere?.Contains(k) != true
-                                               && !(Config.TieWordEmbeddings && k == "lm_head.weight")).ToList();
+                                               && !(Config.TieWordEmbeddings && k == "lm_head.weight")
+                                               && !(Config.Classifier != null && k.StartsWith("lm_head.", StringComparison.Ordinal))).ToList();
         if (unexpected.Count > 0)
             throw new UserError($"{modelDir}: the weights hold {unexpected.Count} tensor(s) this architecture does not use, e.g. {string.Join(", ", unexpected.Take(3))}.");
         using var _ = no_grad();
         foreach (var (name, parameter) in expected)
         {
+            if (NewHead(name)) continue;
             var file = byKey[name];
             var entry = file.Entries[name];
             if (growVocabSeed is long seed && name is "model.embed_tokens.weight" or "lm_head.weight" or "lm_head.bias"
@@ -437,6 +450,8 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
         config["torch_dtype"] = type == ScalarType.BFloat16 ? "bfloat16" : type == ScalarType.Float16 ? "float16" : "float32";
         var options = new JsonSerializerOptions { WriteIndented = true };
         AtomicFile.WriteAllText(Path.Combine(dir, "config.json"), config.ToJsonString(options));
+        // transformers writes a generation config only for models that generate, which a classifier does not.
+        if (Config.Classifier != null) return;
         var generation = new JsonObject { ["_from_model_config"] = true };
         // As config.json has them: Llama 3's eos_token_id is a list, and generation stops at any of its ids.
         foreach (var key in new[] { "bos_token_id", "eos_token_id" })

@@ -86,6 +86,8 @@ internal sealed record DecoderConfig
     public ModuleNames Names { get; init; } = new();
     /// <summary>Mixture-of-experts MLPs (Mixtral, Qwen2-MoE, Qwen3-MoE); null: every MLP is dense.</summary>
     public MoeConfig? Moe { get; init; }
+    /// <summary>A classifier head (reward and process reward models) in place of lm_head; null: a causal LM.</summary>
+    public ClassifierHead? Classifier { get; init; }
     public double InitializerRange { get; init; } = 0.02;
     public int MaxPositionEmbeddings { get; init; } = 2048;
     public int? BosTokenId { get; init; }

@@ -71,7 +71,7 @@ internal static class Quantizer
 
     /// <summary>The paths of the Linear layers a bnb-quantized model stores quantized: all but lm_head.</summary>
     public static List<string> QuantizableLinears(nn.Module model) =>
-        model.named_modules().Where(m => m.module is Linear && m.name != "lm_head").Select(m => m.name).ToList();
+        model.named_modules().Where(m => m.module is Linear && m.name is not ("lm_head" or Models.ClassifierHead.Module)).Select(m => m.name).ToList();
 
     public static Linear LinearAt(nn.Module model, string path)
     {

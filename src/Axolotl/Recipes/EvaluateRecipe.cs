@@ -44,13 +44,16 @@ internal static class EvaluateRecipe
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,
             Seed = config.Seed,
         };
-        IBatchSource Batches(IReadOnlyList<Example> rows, string split) => config.Rl is null
-            ? new EvaluationBatches(rows, options, split) : PreferenceTraining.EvaluationBatches(config, rows, options.PadTokenId);
+        IBatchSource Batches(IReadOnlyList<Example> rows, string split) =>
+            config.RewardModel ? new RewardPairBatches(rows, config.EvalBatchSize ?? config.MicroBatchSize, options.PadTokenId, options.PadToMultipleOf, config.Seed, sequential: true)
+            : config.Rl is null ? new EvaluationBatches(rows, options, split) : PreferenceTraining.EvaluationBatches(config, rows, options.PadTokenId);
         var trainBatches = data.Examples.Count > 0 ? Batches(data.Examples, "train") : null;
         var evalBatches = data.Eval.Count > 0 ? Batches(data.Eval, "eval") : null;
         // rl: the method's loss and TRL's metrics against its reference (the adapter disabled, or the loaded weights
-        // themselves for a full fine-tune), as the trainer evaluates during training.
-        var objective = config.Rl is null ? new CrossEntropyObjective(model)
+        // themselves for a full fine-tune), as the trainer evaluates during training. Reward models score pairs with
+        // TRL's Bradley-Terry loss, process reward models their labelled steps.
+        var objective = RewardTraining.Applies(config) ? RewardTraining.Objective(config, model, options.PadTokenId)
+            : config.Rl is null ? new CrossEntropyObjective(model)
             : PreferenceTraining.Objective(config, model, config.HasLora, new[] { trainBatches, evalBatches }.OfType<IBatchSource>(), reporter.Info);
         var training = trainBatches != null ? Score(trainBatches, "train") : null;
         var validation = evalBatches != null ? Score(evalBatches, "eval") : null;

@@ -49,7 +49,10 @@ internal static class FinetuneRecipe
         // and LoRA's adapter weights are fp32 themselves.
         var weightType = computeType;
         int fileVocab = architecture.VocabSize;
-        var model = LoadModel(config, ModelLoading.WithTokenizerVocab(architecture, config, tokenizer), weightType, computeType, reporter);
+        // A reward model's config.json names the pad token its head reads up to, as TRL sets it.
+        var built = Training.Objectives.RewardTraining.Architecture(ModelLoading.WithTokenizerVocab(architecture, config, tokenizer), config,
+            Training.Objectives.RewardTraining.PadTokenId(config, tokenizer));
+        var model = LoadModel(config, built, weightType, computeType, reporter);
         if (model.Config.VocabSize > fileVocab)
         {
             reporter.Info($"Embeddings resized from {fileVocab} to {model.Config.VocabSize} rows for the config's tokens (new rows: normal(0, {model.Config.InitializerRange}), as transformers' resize_token_embeddings).");
@@ -79,7 +82,8 @@ internal static class FinetuneRecipe
             else
             {
                 lora = NewLoraSettings(config, model);
-                var wrapped = Lora.Apply(model, lora);
+                // TRL's reward and PRM trainers turn dropout off, LoRA's too; adapter_config.json keeps lora_dropout.
+                var wrapped = Lora.Apply(model, Training.Objectives.RewardTraining.Applies(config) ? lora with { Dropout = 0 } : lora);
                 loftq?.CopyInto(model);
                 reporter.Info($"{(lora.UseDora ? "DoRA" : "LoRA")}: r {lora.Rank}, alpha {lora.Alpha}{(lora.UseRsLora ? " (rsLoRA scale alpha/sqrt(r))" : "")} on {wrapped.Count} layers ({string.Join(", ", lora.TargetModules)})" +
                               (lora.ModulesToSave.Count > 0 ? $"; trained in full: {string.Join(", ", lora.ModulesToSave)}." : "."));
@@ -185,6 +189,13 @@ internal static class FinetuneRecipe
                 objective = Training.Objectives.PreferenceTraining.Objective(config, model, lora != null,
                     evalPairs is null ? [pairs] : [pairs, evalPairs], reporter.Info);
             }
+            else if (Training.Objectives.RewardTraining.Applies(config))
+            {
+                if (parallel != null) throw new UserError($"{(config.RewardModel ? "reward_model" : "process_reward_model")} across processes is not built yet; run it in one process (without --nproc or mpirun).");
+                (pairs, evalPairs) = Training.Objectives.RewardTraining.Batches(config, data, options);
+                objective = Training.Objectives.RewardTraining.Objective(config, model, options.PadTokenId);
+                reporter.Info(Training.Objectives.RewardTraining.Describe(config));
+            }
             var trainer = new Trainer(model, options, (ITrainingObserver?)metrics ?? reporter, checkpoints) { Objective = objective ?? new CrossEntropyObjective(model) };
             if (parallel != null) trainer.Callbacks.Add(new Distributed.DataParallelCallback(parallel.World, stop, reporter.Info));
             if (metrics != null) trackers.AddFor(config, outputDir, data.Eval, tokenizer, metrics.TensorBoard, reporter);
@@ -231,9 +242,10 @@ internal static class FinetuneRecipe
             TargetModules = targets.Distinct().ToList(),
             UseDora = config.PeftUseDora,
             UseRsLora = config.PeftUseRslora,
-            ModulesToSave = config.LoraModulesToSave ?? [],
+            ModulesToSave = Training.Objectives.RewardTraining.ModulesToSave(config),
             LayersToTransform = config.PeftLayersToTransform,
             LoftqBits = config.LoftqBits,
+            TaskType = Training.Objectives.RewardTraining.PeftTaskType(config),
         };
     }
 

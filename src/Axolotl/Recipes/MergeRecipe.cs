@@ -18,6 +18,7 @@ internal static class MergeRecipe
     /// <param name="gguf">Also write {output_dir}/merged/model-{type}.gguf from the merged model (merge-lora --gguf TYPE).</param>
     public static string Run(AxolotlConfig config, IRecipeReporter reporter, Export.GgufOutType? gguf = null)
     {
+        if (gguf != null) Training.Objectives.RewardTraining.RefuseGeneration(config, "merge-lora --gguf");
         var (model, tokenizer) = LoadMerged(config, reporter);
         var storedType = CausalLM.StoredWeightType(config.BaseModel);
         var outputDir = Path.Combine(config.OutputDir, "merged");
@@ -25,7 +26,7 @@ internal static class MergeRecipe
         model.SavePretrained(outputDir, storedType, ShardedSafetensors.LayoutOf(config.BaseModel));
         // transformers saves the generation config it loaded with the base, so carry the base's file over ours.
         var generation = Path.Combine(config.BaseModelConfig ?? config.BaseModel, "generation_config.json");
-        if (File.Exists(generation)) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
+        if (File.Exists(generation) && model.Config.Classifier is null) AtomicFile.WriteAllText(Path.Combine(outputDir, "generation_config.json"), File.ReadAllText(generation));
         TokenizerFiles.CopyWithConfigChanges(config.TokenizerFolder(), outputDir, config, tokenizer);
         reporter.Info($"Saved merged model ({storedType}) to {Path.GetFullPath(outputDir)}");
         if (gguf is { } type)
@@ -45,7 +46,8 @@ internal static class MergeRecipe
             throw new UserError($"merge-lora: the adapter folder '{adapterDir}' does not exist (set lora_model_dir or --lora-model-dir).");
         // The embeddings grow as in training when the config adds tokens (the adapter's saved embed_tokens/lm_head fill them).
         var tokenizer = ModelLoading.LoadTokenizer(config);
-        var architecture = ModelLoading.WithTokenizerVocab(ModelLoading.Architecture(config), config, tokenizer);
+        var architecture = Training.Objectives.RewardTraining.Architecture(ModelLoading.WithTokenizerVocab(ModelLoading.Architecture(config), config, tokenizer),
+            config, Training.Objectives.RewardTraining.PadTokenId(config, tokenizer));
         // Merge in fp32 whatever the checkpoint holds, and round to its dtype once, when saving.
         var model = CausalLM.Create(architecture, ScalarType.Float32, ScalarType.Float32);
         model.LoadWeights(config.BaseModel, growVocabSeed: config.Seed);

@@ -23,8 +23,9 @@ internal static class ModelLoading
             ? ScalarType.BFloat16 : ScalarType.Float32;
 
     /// <summary>The architecture every command builds: base_model_config's config.json with model_config's values over it.</summary>
+    /// <remarks>reward_model / process_reward_model put a classifier head in place of lm_head.</remarks>
     public static DecoderConfig Architecture(AxolotlConfig config) =>
-        DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel, config.ModelConfig);
+        Training.Objectives.RewardTraining.Architecture(DecoderConfig.FromFolder(config.BaseModelConfig ?? config.BaseModel, config.ModelConfig), config);
 
     /// <summary>
     /// base_model's weights in <paramref name="weightType"/>. With load_in_4bit / load_in_8bit the layers to quantize are

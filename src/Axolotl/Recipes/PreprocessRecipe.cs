@@ -31,8 +31,8 @@ internal static class PreprocessRecipe
         }
         if (data == null)
         {
-            data = config.Rl != null
-                ? PreferenceDataset.Build(config, GetTokenizer, reporter.OnTokenizing, reporter.Warn)
+            data = config.Rl != null ? PreferenceDataset.Build(config, GetTokenizer, reporter.OnTokenizing, reporter.Warn)
+                : config.RewardModel ? BradleyTerryDataset.Build(config, GetTokenizer, reporter.OnTokenizing, reporter.Warn)
                 : DatasetBuilder.Build(config, GetTokenizer, reporter.OnTokenizing, warn: reporter.Warn);
             if (cacheDir != null)
             {
@@ -40,13 +40,13 @@ internal static class PreprocessRecipe
                 reporter.Info($"Data: saved the prepared dataset to {cacheDir}");
             }
         }
-        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl == RlMethod.Kto ? $"{data.Examples.Count / 2} KTO examples" : config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
+        reporter.Info($"Data: {data.RowsRead} rows → {(config.Rl == RlMethod.Kto ? $"{data.Examples.Count / 2} KTO examples" : config.Rl != null ? $"{data.Examples.Count / 2} preference pairs" : config.RewardModel ? $"{data.Examples.Count / 2} chosen/rejected pairs" : $"{data.Examples.Count} examples")}, {data.TotalTokens} tokens ({data.TrainableTokens} trained on)" +
                       (data.DroppedTooLong > 0 ? $"; dropped {data.DroppedTooLong} longer than sequence_len {config.SequenceLen}" : "") +
                       (data.Truncated > 0 ? $"; truncated {data.Truncated} to sequence_len {config.SequenceLen}" : "") +
                       (data.DroppedTooShort > 0 ? $"; dropped {data.DroppedTooShort} shorter than {config.MinSampleLen} tokens" : "") +
                       (data.DroppedUntrainable > 0 ? $"; dropped {data.DroppedUntrainable} with no trainable tokens (sample_packing)" : "") +
                       (data.Duplicates > 0 ? $"; dropped {data.Duplicates} exact duplicates" : "") +
-                      (data.Eval.Count > 0 ? $"; {data.Eval.Count} held out for evaluation" + (config.TestDatasets.Count > 0 ? " (test_datasets)" : $" (val_set_size {config.ValSetSize})") : ""));
+                      (data.Eval.Count > 0 ? $"; {(config.RewardModel ? $"{data.Eval.Count / 2} pairs" : data.Eval.Count)} held out for evaluation" + (config.TestDatasets.Count > 0 ? " (test_datasets)" : $" (val_set_size {config.ValSetSize})") : ""));
         foreach (var (reason, count, first) in data.SkippedRows)
             reporter.Warn($"skipped {count} bad rows ({reason}; bad_rows: skip), the first: {first}");
         return (data, tokenizer, tokenizerDir);

@@ -258,7 +258,7 @@ public class ConfigLoaderTests
         // bad_rows is Axolotl.NET's own: what to do with unusable dataset rows (Axolotl always fails).
         Assert.Subset(AxolotlKeys.All, typed.Where(k => k != "bad_rows").ToHashSet());
         // The keys most configs carry, pinned so that a change of policy is a visible change here.
-        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "pose_num_chunks", "reward_model", "wandb_project", "qat", "gptq", "hub_model_id" });
+        Assert.Subset(ConfigLoader.Unsupported.ToHashSet(), new HashSet<string> { "lora_fan_in_fan_out", "pose_num_chunks", "wandb_project", "qat", "gptq", "hub_model_id" });
         Assert.Subset(AxolotlKeys.Warned.Keys.ToHashSet(), new HashSet<string> { "activation_offloading", "tf32", "fsdp", "liger_rms_norm", "torch_compile" });
     }
 }

@@ -44,25 +44,24 @@ public class ExampleConfigTests
     }
 
     // The Axolotl features these configs use that Axolotl.NET does not implement, stated here rather than read from the
-    // loader: preference and reward training (rl, trl, orpo, reward models, process reward models), GPTQ, QAT, llmcompressor, PEFT-specific blocks, W&B
+    // loader: preference training beyond dpo/ipo/simpo/orpo (rl values, trl), GPTQ, QAT, llmcompressor, PEFT-specific blocks, W&B
     // reporting, and the rest below. Set to anything but empty or false, each must be refused.
     static readonly HashSet<string> NotImplemented =
     [
         "gptq", "group_by_length",
-        "llmcompressor", "num_labels",
-        "process_reward_model", "push_dataset_to_hub", "qat",
-        "remove_unused_columns", "reward_model",
+        "llmcompressor",
+        "push_dataset_to_hub", "qat",
+        "remove_unused_columns",
         "tokenizer_legacy", "torchdistx_path", "trl",
         "use_wandb", "wandb_entity", "wandb_log_model", "wandb_name", "wandb_project", "wandb_watch",
     ];
 
-    // Dataset entry keys of process-reward and completion-length datasets (field_chosen/field_rejected are preference
-    // training's, implemented with rl).
-    static readonly HashSet<string> NotImplementedDatasetKeys =
-        ["max_completion_length", "step_separator", "train_on_last_step_only"];
+    // Dataset entry keys not implemented (process-reward datasets' step_separator, max_completion_length and
+    // train_on_last_step_only are, as are preference training's field_chosen/field_rejected with rl).
+    static readonly HashSet<string> NotImplementedDatasetKeys = [];
 
-    // Reward and process-reward dataset types: refused with or without rl.
-    static readonly HashSet<string> RewardTypes = ["bradley_terry.chat_template", "rwd.gsm8k_transform", "stepwise_supervised"];
+    // GRPO's reward-function dataset types: refused with or without rl.
+    static readonly HashSet<string> RewardTypes = ["rwd.gsm8k_transform"];
 
     // Without rl, the preference types (chat_template.argilla, chat_template.default) are not SFT types either.
     static readonly HashSet<string> NotImplementedTypes = [.. RewardTypes, "chat_template.argilla", "chat_template.default"];
@@ -74,6 +73,8 @@ public class ExampleConfigTests
         var root = (YamlMappingNode)yaml.Documents[0].RootNode;
         string? adapter = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "adapter").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
         string? rl = root.Children.Where(kv => ((YamlScalarNode)kv.Key).Value == "rl").Select(kv => (kv.Value as YamlScalarNode)?.Value).FirstOrDefault();
+        bool Flag(string name) => root.Children.Any(kv => ((YamlScalarNode)kv.Key).Value == name && (kv.Value as YamlScalarNode)?.Value == "true");
+        bool reward = Flag("reward_model"), processReward = Flag("process_reward_model");
         foreach (var (k, v) in root.Children)
         {
             var key = ((YamlScalarNode)k).Value!;
@@ -88,7 +89,8 @@ public class ExampleConfigTests
                     or "paged_adamw_32bit" or "adamw_torch_4bit"),
                 "lr_scheduler" => value is not ("cosine" or "linear" or "constant" or "constant_with_warmup" or "cosine_with_restarts"
                     or "polynomial" or "inverse_sqrt" or "cosine_with_min_lr" or "cosine_warmup_with_min_lr" or "warmup_stable_decay" or "rex"),
-                "model_type" => value is not ("AutoModelForCausalLM" or "LlamaForCausalLM" or "MistralForCausalLM"),
+                "model_type" => value is not ("AutoModelForCausalLM" or "LlamaForCausalLM" or "MistralForCausalLM")
+                    && !(reward && value == "AutoModelForSequenceClassification") && !(processReward && value == "AutoModelForTokenClassification"),
                 "plugins" => ((YamlSequenceNode)v).Children.Any(p => ((YamlScalarNode)p).Value is not
                     ("axolotl.integrations.liger.LigerPlugin" or "axolotl.integrations.cut_cross_entropy.CutCrossEntropyPlugin")),
                 _ => false,
