@@ -120,8 +120,13 @@ public sealed class MemoryPlan
     /// Null when the run fits in <paramref name="availableBytes"/>; else one sentence saying so, with the first change
     /// that would fit: gradient checkpointing, a smaller micro-batch, QLoRA, a shorter sequence_len.
     /// </summary>
-    public static string? Refusal(AxolotlConfig config, DecoderConfig arch, long availableBytes)
+    public static string? Refusal(AxolotlConfig config, DecoderConfig arch, long availableBytes) =>
+        Refusal(config, arch, (availableBytes, "available memory is"));
+
+    /// <summary>As above, against a budget and the words that name it (<see cref="MemoryBudget.For"/>).</summary>
+    public static string? Refusal(AxolotlConfig config, DecoderConfig arch, (long Bytes, string Source) budget)
     {
+        long availableBytes = budget.Bytes;
         var plan = For(config, arch);
         if (availableBytes <= 0 || plan.PeakBytes <= availableBytes) return null;
         var quantization = QuantizationSettings.FromConfig(config);
@@ -137,6 +142,6 @@ public sealed class MemoryPlan
             suggestion = "adapter: qlora with load_in_4bit: true, micro_batch_size: 1 and gradient_checkpointing: true";
         if (suggestion is null) suggestion = "a shorter sequence_len or a machine with more memory";
         return string.Create(CultureInfo.InvariantCulture,
-            $"{config.SourcePath}: this run is predicted to peak at {plan.PeakBytes / 1073741824.0:F1} GiB but only {availableBytes / 1073741824.0:F1} GiB is available (axolotl plan shows the parts); try {suggestion}.");
+            $"{config.SourcePath}: this run is predicted to peak at {plan.PeakBytes / 1073741824.0:F1} GiB but {budget.Source} {availableBytes / 1073741824.0:F1} GiB (axolotl plan shows the parts); try {suggestion}.");
     }
 }

@@ -133,13 +133,13 @@ public class GradientCheckpointTests
         manual_seed(4);
         var model = CausalLM.Create(arch, ScalarType.Float32, ScalarType.Float32);
         model.train();
-        var ids = randint(3, 512, [4, 512]);
+        var ids = randint(3, 512, [2, 512]);
         long plain = BytesKeptByForward(model, ids);
         model.model.GradientCheckpointing = true;
         long checkpointed = BytesKeptByForward(model, ids);
-        // Without: every layer's activations (tens of MB here). With: each layer's input, 4 × 512 × 64 fp32 = 512 KiB,
+        // Without: every layer's activations (tens of MB here). With: each layer's input, 2 × 512 × 64 fp32 = 256 KiB,
         // and the final norm's. Before each layer freed its intermediates, the step's dispose scope held them all either way.
-        Assert.True(plain > 20 << 20, $"a plain forward kept only {plain >> 10} KiB");
+        Assert.True(plain > 10 << 20, $"a plain forward kept only {plain >> 10} KiB");
         Assert.True(checkpointed * 5 < plain, $"checkpointed forward kept {checkpointed >> 10} KiB against {plain >> 10} KiB without");
     }
 
