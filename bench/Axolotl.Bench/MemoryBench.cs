@@ -53,9 +53,12 @@ public static class MemoryBench
         config.SaveStrategy = IntervalStrategy.No;
         config.EvalStrategy = IntervalStrategy.No;
         config.LoggingSteps = Math.Max(1, every);
-        var trace = new Trace(every);
+        using var sampler = new PeakSampler();
+        var trace = new Trace(every, sampler);
         try { FinetuneRecipe.Run(config, trace); }
         finally { try { Directory.Delete(outputDir, recursive: true); } catch (IOException) { } }
+        Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
+            $"over the run: peak RSS {sampler.RunPeakRssKb / 1024} MiB, peak native bytes in use (heap in use + mmapped chunks) {sampler.RunPeakLiveBytes >> 20} MiB"));
         var reference = trace.Samples.FirstOrDefault(s => s.Step >= 100) ?? trace.Samples.First();
         var last = trace.Samples.Last();
         Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
@@ -65,7 +68,53 @@ public static class MemoryBench
 
     sealed record Sample(int Step, long RssKb);
 
-    sealed class Trace(int every) : IRecipeReporter
+    /// <summary>
+    /// Samples VmRSS and glibc's bytes in use every few milliseconds on its own thread: the peak of what is allocated
+    /// (live tensors and libtorch's buffers) next to the peak RSS tells a high-water mark of the heap from live memory.
+    /// </summary>
+    sealed class PeakSampler : IDisposable
+    {
+        readonly Thread _thread;
+        volatile bool _stop;
+        long _intervalRssKb, _intervalLiveBytes;
+        public long RunPeakRssKb, RunPeakLiveBytes;
+
+        public PeakSampler()
+        {
+            _thread = new Thread(() =>
+            {
+                while (!_stop)
+                {
+                    long rss = Hardware.RssKb();
+                    long live = Hardware.HeapStats() is { } h ? h.InUse + h.Mapped : 0;
+                    lock (this)
+                    {
+                        _intervalRssKb = Math.Max(_intervalRssKb, rss);
+                        _intervalLiveBytes = Math.Max(_intervalLiveBytes, live);
+                        RunPeakRssKb = Math.Max(RunPeakRssKb, rss);
+                        RunPeakLiveBytes = Math.Max(RunPeakLiveBytes, live);
+                    }
+                    Thread.Sleep(10);
+                }
+            }) { IsBackground = true, Name = "memory sampler" };
+            _thread.Start();
+        }
+
+        /// <summary>The peaks since the last call.</summary>
+        public (long RssKb, long LiveBytes) TakeInterval()
+        {
+            lock (this)
+            {
+                var peaks = (_intervalRssKb, _intervalLiveBytes);
+                (_intervalRssKb, _intervalLiveBytes) = (0, 0);
+                return peaks;
+            }
+        }
+
+        public void Dispose() { _stop = true; _thread.Join(); }
+    }
+
+    sealed class Trace(int every, PeakSampler sampler) : IRecipeReporter
     {
         public readonly List<Sample> Samples = [];
         public void Info(string message) => Console.Error.WriteLine(message);
@@ -73,12 +122,13 @@ public static class MemoryBench
         public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed)
         {
             if (step % every != 0 && step != 1) return;
+            var (peakRss, peakLive) = sampler.TakeInterval();
             long rss = Hardware.RssKb();
             Samples.Add(new Sample(step, rss));
             var heap = Hardware.HeapStats();
             long live = DisposeScopeManager.Statistics.TensorStatistics.ThreadTotalLiveCount;
             Console.WriteLine(string.Create(CultureInfo.InvariantCulture,
-                $"step {step,5} | {elapsed.TotalSeconds,7:F1} s | loss {loss:F4} | {tokensPerSecond,8:F0} tok/s | RSS {rss / 1024,6} MiB | heap arena {heap?.Arena >> 20,5} in use {heap?.InUse >> 20,5} free {heap?.Free >> 20,5} mmapped {heap?.Mapped >> 20,5} MiB | live tensors {live}"));
+                $"step {step,5} | {elapsed.TotalSeconds,7:F1} s | loss {loss:F4} | {tokensPerSecond,8:F0} tok/s | RSS {rss / 1024,6} MiB | heap arena {heap?.Arena >> 20,5} in use {heap?.InUse >> 20,5} free {heap?.Free >> 20,5} mmapped {heap?.Mapped >> 20,5} MiB | live tensors {live} | since last line: peak RSS {peakRss / 1024} MiB, peak in use {peakLive >> 20} MiB"));
         }
     }
 }

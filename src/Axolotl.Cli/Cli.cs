@@ -395,8 +395,8 @@ public static class Cli
         var arch = ModelLoading.Architecture(config);
         double gflops = Training.Flops.MeasureMatmulGflops(Recipes.ModelLoading.ComputeType(config), 1024, 3).Max();
         Console.WriteLine(Planning.MemoryPlan.For(config, arch).Describe(gflops));
-        long available = Hardware.AvailableMemoryBytes();
-        if (available > 0) Console.Error.WriteLine($"available memory now: {available / 1073741824.0:F1} GiB");
+        var (budget, source) = Planning.MemoryBudget.For(config);
+        if (budget > 0) Console.Error.WriteLine($"{source} {budget / 1073741824.0:F1} GiB");
         return 0;
     }
 
@@ -404,7 +404,7 @@ public static class Cli
     {
         TorchRuntime.EnsureLoaded();
         // Refused up front rather than killed for memory an hour in.
-        if (Planning.MemoryPlan.Refusal(config, ModelLoading.Architecture(config), Hardware.AvailableMemoryBytes()) is { } refusal)
+        if (Planning.MemoryPlan.Refusal(config, ModelLoading.Architecture(config), Planning.MemoryBudget.For(config)) is { } refusal)
             throw new UserError(refusal);
         // Ctrl-C or a scheduler's SIGTERM: finish the step in flight, checkpoint, exit, instead of dying mid-write.
         using var stop = new CancellationTokenSource();

@@ -147,6 +147,11 @@ public sealed class AxolotlConfig
     /// config (e.g. output_router_logits: true for the MoE load-balancing loss); a saved full model's config.json has them.
     /// </summary>
     public System.Text.Json.Nodes.JsonObject? ModelConfig { get; set; }
+    /// <summary>
+    /// Per-device memory limits as Axolotl gives transformers ({0: "20GiB", cpu: "60GiB"}); the cpu (or only) entry is
+    /// the budget the memory plan refuses a run against (Planning.MemoryBudget).
+    /// </summary>
+    public Dictionary<string, string>? MaxMemory { get; set; }
 
     // data
     public List<DatasetConfig> Datasets { get; set; } = [];

@@ -172,7 +172,7 @@ static class AxolotlKeys
         ["gradient_checkpointing_kwargs"] = "only tunes how PyTorch recomputes layers (use_reentrant); gradient_checkpointing recomputes each decoder layer here (same gradients)",
         ["activation_offloading"] = Memory, ["layer_offloading"] = Memory,
         ["tiled_mlp"] = Memory, ["tiled_mlp_num_shards"] = Memory, ["tiled_mlp_use_original_mlp"] = Memory,
-        ["low_cpu_mem_usage"] = Placement, ["device_map"] = Placement, ["max_memory"] = Placement, ["gpu_memory_limit"] = Placement,
+        ["low_cpu_mem_usage"] = Placement, ["device_map"] = Placement, ["gpu_memory_limit"] = Placement,
         ["experimental_skip_move_to_device"] = Placement, ["torch_empty_cache_steps"] = Placement,
         ["gc_steps"] = Placement, ["gc_collect_steps"] = Placement,
         // distribution

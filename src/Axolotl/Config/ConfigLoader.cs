@@ -339,6 +339,8 @@ internal static class ConfigLoader
             if (c.Adapter != null && IsGiven("flash_attn_fuse_mlp")) Fail("flash_attn_fuse_mlp", "flash_attn_fuse_mlp (fused modules) is not supported with LoRA/QLoRA.");
             if (IsGiven("deepspeed") && IsGiven("fsdp")) Fail("fsdp", "deepspeed and fsdp cannot be used together.");
             if (IsGiven("max_memory") && IsGiven("gpu_memory_limit")) Fail("gpu_memory_limit", "max_memory and gpu_memory_limit are mutually exclusive.");
+            try { Planning.MemoryBudget.FromMaxMemory(c.MaxMemory); }
+            catch (Exception e) when (e is FormatException or OverflowException) { Fail("max_memory", $"max_memory {e.Message}."); }
             if (set.TryGetValue("chat_template", out var template) && template.Node is YamlScalarNode { Value: "jinja" } && !IsGiven("chat_template_jinja"))
                 Fail("chat_template", "chat_template: jinja needs the template itself in chat_template_jinja.");
 

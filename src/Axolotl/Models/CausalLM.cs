@@ -95,10 +95,20 @@ internal sealed class DecoderModel : nn.Module<Tensor, Tensor>
         // TorchSharp cannot read a CUDA generator's state, so in GPU training each layer's dropout starts from a seed
         // drawn from the CPU generator (which checkpoints save): gradient checkpointing sets it again to recompute.
         bool reseed = training && Runtime.ComputeDevice.IsCuda(h.device);
+        // In training each layer's intermediates are freed as it ends: autograd holds what backward needs by its own
+        // reference, and the step's dispose scope would otherwise keep all of them (needed or not) until the step ends.
+        // Not with a KV cache or router logits to collect: those keep tensors made inside the layer.
+        bool scoped = training && is_grad_enabled() && positions.Cache is null && Router.Collected is null;
         foreach (var layer in layers)
         {
             long? cudaSeed = reseed ? Runtime.ComputeDevice.ReseedCuda() : null;
-            h = recompute ? GradientCheckpoint.Run(layer, h, positions, cudaSeed) : layer.forward(h, positions);
+            if (recompute) h = GradientCheckpoint.Run(layer, h, positions, cudaSeed);
+            else if (!scoped) h = layer.forward(h, positions);
+            else
+            {
+                using var scope = NewDisposeScope();
+                h = layer.forward(h, positions).MoveToOuterDisposeScope();
+            }
         }
         return norm.forward(h);
     }

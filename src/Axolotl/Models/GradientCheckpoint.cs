@@ -40,7 +40,10 @@ internal sealed class GradientCheckpoint : autograd.SingleTensorFunction<Gradien
         ctx.save_data("positions", positions);
         ctx.save_data("inputNeedsGrad", x.requires_grad);
         ctx.save_for_backward([x]);
-        return layer.forward(x, positions); // apply runs this with grad disabled: nothing inside is kept
+        // apply runs this with grad disabled, so autograd keeps nothing inside; the scope frees the layer's
+        // intermediates now instead of at the end of the step (the caller's scope would hold every layer's until then).
+        using var scope = NewDisposeScope();
+        return layer.forward(x, positions).MoveToOuterDisposeScope();
     }
 
     public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
