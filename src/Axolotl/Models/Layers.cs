@@ -80,11 +80,18 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        if (Offset == 0 && FusedRmsNorm.Applies(x, weight)) return FusedRmsNorm.Run(x, weight, _eps);
+        return Composition(x, weight, _eps, Offset);
+    }
+
+    /// <summary>The norm in torch ops (any device, dtype or layout): what <see cref="FusedRmsNorm"/> computes in one pass.</summary>
+    internal static Tensor Composition(Tensor x, Tensor weight, double eps, double offset)
+    {
         var inputType = x.dtype;
         var h = x.to(ScalarType.Float32);
-        h = h * rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps);
-        if (Offset == 0) return Cast.To(weight, inputType) * h.to(inputType);
-        return (h * (weight.to(ScalarType.Float32) + Offset)).to(inputType);
+        h = h * rsqrt(h.pow(2).mean([-1], keepdim: true) + eps);
+        if (offset == 0) return Cast.To(weight, inputType) * h.to(inputType);
+        return (h * (weight.to(ScalarType.Float32) + offset)).to(inputType);
     }
 }
 
