@@ -197,7 +197,9 @@ public static class SideBySideBench
         var measured = observer.Steps.Where(s => s.Step > warmup).Select(s => (JsonNode)s.Seconds).ToArray();
         Console.WriteLine(new JsonObject
         {
-            ["step_seconds"] = new JsonArray(measured), ["parameters_total"] = plan.TotalParameters, ["parameters_trainable"] = plan.TrainableParameters,
+            ["step_seconds"] = new JsonArray(measured),
+            ["tokens_per_step"] = (long)config.MicroBatchSize * config.SequenceLen * config.GradientAccumulationSteps,
+            ["parameters_total"] = plan.TotalParameters, ["parameters_trainable"] = plan.TrainableParameters,
             ["peak_rss_kib"] = Hardware.PeakRssKb(), ["torch_threads"] = get_num_threads(),
         }.ToJsonString());
         return 0;

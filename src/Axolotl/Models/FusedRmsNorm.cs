@@ -22,11 +22,8 @@ public sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
 {
     public override string Name => nameof(FusedRmsNorm);
 
-    /// <summary>Whether fused CPU kernels are used where they apply (environment AXOLOTL_CPU_KERNELS, default on).</summary>
-    public static readonly bool Enabled = Environment.GetEnvironmentVariable("AXOLOTL_CPU_KERNELS") != "0";
-
     public static bool Applies(Tensor x, Tensor weight) =>
-        Enabled && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
+        CpuKernels.Enabled && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
         && x.dtype is ScalarType.BFloat16 or ScalarType.Float32 && weight.dtype == x.dtype
         && x.is_contiguous() && weight.is_contiguous() && x.dim() >= 1 && x.shape[^1] == weight.shape[0] && weight.dim() == 1
         && x.numel() > 0;
@@ -62,6 +59,12 @@ public sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
 /// <summary>The row loops of <see cref="FusedRmsNorm"/> on the tensors' memory, rows split over torch's thread count.</summary>
 static unsafe class RmsNormKernels
 {
+    static int ChunkCount(long rows) => CpuKernels.ChunkCount(rows, 8);
+    static void ForRowChunks(long rows, Action<long, long> body) => CpuKernels.ForChunks(rows, 8, body);
+    static void Load(void* source, bool bf16, float* destination, int n) => CpuKernels.Load(source, bf16, destination, n);
+    static void Store(float* source, void* destination, bool bf16, int n) => CpuKernels.Store(source, destination, bf16, n);
+    static void RoundToBf16(float* v, int n) => CpuKernels.RoundToBf16(v, n);
+
     public static void Forward(Tensor x, Tensor weight, float eps, Tensor y, Tensor rstd)
     {
         long hidden = x.shape[^1], rows = x.numel() / hidden;
@@ -144,64 +147,6 @@ static unsafe class RmsNormKernels
                 for (int i = 0; i < h; i++) total[i] += partial![c * h + i];
             fixed (float* t = total) fixed (byte* gwStart = gw.bytes) Store(t, gwStart, bf16, h);
         }
-    }
-
-    /// <summary>Chunks of rows, one per torch thread (each at least 8 rows so tiny inputs stay on one thread).</summary>
-    static int ChunkCount(long rows) => (int)Math.Max(1, Math.Min(get_num_threads(), rows / 8));
-
-    static void ForRowChunks(long rows, Action<long, long> body)
-    {
-        int chunks = ChunkCount(rows);
-        if (chunks == 1) { body(0, rows); return; }
-        Parallel.For(0, chunks, c => body(rows * c / chunks, rows * (c + 1) / chunks));
-    }
-
-    static void Load(void* source, bool bf16, float* destination, int n)
-    {
-        if (!bf16) { new Span<float>(source, n).CopyTo(new Span<float>(destination, n)); return; }
-        var s = (ushort*)source;
-        int i = 0;
-        for (; i + 16 <= n; i += 16)
-        {
-            var (lo, hi) = Vector256.Widen(Vector256.Load(s + i));
-            Vector256.ShiftLeft(lo, 16).AsSingle().Store(destination + i);
-            Vector256.ShiftLeft(hi, 16).AsSingle().Store(destination + i + 8);
-        }
-        for (; i < n; i++) destination[i] = BitConverter.UInt32BitsToSingle((uint)s[i] << 16);
-    }
-
-    static void Store(float* source, void* destination, bool bf16, int n)
-    {
-        if (!bf16) { new Span<float>(source, n).CopyTo(new Span<float>(destination, n)); return; }
-        var d = (ushort*)destination;
-        int i = 0;
-        for (; i + 16 <= n; i += 16)
-            Vector256.Narrow(RoundBits(Vector256.Load(source + i)), RoundBits(Vector256.Load(source + i + 8))).Store(d + i);
-        for (; i < n; i++) d[i] = (ushort)(RoundBits(source[i]) >> 16);
-    }
-
-    /// <summary>fp32 → bf16 rounding to nearest even, as the high 16 bits of the result (torch's conversion; NaN stays NaN).</summary>
-    [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    static Vector256<uint> RoundBits(Vector256<float> v)
-    {
-        var bits = v.AsUInt32();
-        var rounded = bits + Vector256.Create(0x7FFFu) + ((bits >> 16) & Vector256.Create(1u));
-        var nan = ~Vector256.Equals(v, v).AsUInt32();
-        return Vector256.ConditionalSelect(nan, Vector256.Create(0x7FC00000u), rounded) >> 16;
-    }
-
-    static uint RoundBits(float v)
-    {
-        if (float.IsNaN(v)) return 0x7FC00000u;
-        uint bits = BitConverter.SingleToUInt32Bits(v);
-        return bits + 0x7FFFu + ((bits >> 16) & 1);
-    }
-
-    static void RoundToBf16(float* v, int n)
-    {
-        int i = 0;
-        for (; i + 8 <= n; i += 8) (RoundBits(Vector256.Load(v + i)) << 16).AsSingle().Store(v + i);
-        for (; i < n; i++) v[i] = BitConverter.UInt32BitsToSingle(RoundBits(v[i]) >> 16 << 16);
     }
 
     static float SumOfSquares(float* v, int n)

@@ -354,9 +354,10 @@ public sealed class Mlp : nn.Module<Tensor, Tensor>
             var gateUp = gate_up_proj.forward(x);
             return down_proj.forward(gateUp.narrow(-1, _intermediate, _intermediate) * Parts.Activate(_activation, gateUp.narrow(-1, 0, _intermediate)));
         }
-        return down_proj.forward(gate_proj is null
-            ? Parts.Activate(_activation, up_proj!.forward(x))
-            : Parts.Activate(_activation, gate_proj.forward(x)) * up_proj!.forward(x));
+        if (gate_proj is null) return down_proj.forward(Parts.Activate(_activation, up_proj!.forward(x)));
+        var gate = gate_proj.forward(x);
+        var up = up_proj!.forward(x);
+        return down_proj.forward(_activation == "silu" && FusedSwiGlu.Applies(gate, up) ? FusedSwiGlu.Run(gate, up) : Parts.Activate(_activation, gate) * up);
     }
 }
 

@@ -93,4 +93,35 @@ public class FusedKernelTests(Xunit.Abstractions.ITestOutputHelper output)
         var strided = x.transpose(0, 1);
         Assert.True(RelativeError(norm.forward(strided), RmsNorm.Composition(strided, norm.weight, Eps, 0)) < 1e-7);
     }
+
+    [Theory]
+    [InlineData(ScalarType.Float32, new long[] { 3, 37 })]
+    [InlineData(ScalarType.Float32, new long[] { 2, 64, 300 })]    // several chunks, blocks with a tail
+    [InlineData(ScalarType.BFloat16, new long[] { 3, 37 })]
+    [InlineData(ScalarType.BFloat16, new long[] { 2, 64, 300 })]
+    public void SwiGlu_matches_the_composition_values_and_gradients(ScalarType dtype, long[] shape)
+    {
+        using var scope = NewDisposeScope();
+        var generator = new TorchSharp.torch.Generator(11);
+        var g0 = (randn(shape, generator: generator) * 4).to(dtype);
+        var u0 = randn(shape, generator: generator).to(dtype);
+        var gy = randn(shape, generator: generator).to(dtype);
+        Assert.True(FusedSwiGlu.Applies(g0, u0));
+        (Tensor Y, Tensor Gg, Tensor Gu) Run(Func<Tensor, Tensor, Tensor> f)
+        {
+            var g = g0.detach().clone().requires_grad_(true);
+            var u = u0.detach().clone().requires_grad_(true);
+            var y = f(g, u);
+            y.backward([gy]);
+            return (y.detach().to(ScalarType.Float32), g.grad!.to(ScalarType.Float32), u.grad!.to(ScalarType.Float32));
+        }
+        var (fy, fgg, fgu) = Run(FusedSwiGlu.Run);
+        var (ry, rgg, rgu) = Run((g, u) => TorchSharp.torch.nn.functional.silu(g) * u);
+        double ey = RelativeError(fy, ry), egg = RelativeError(fgg, rgg), egu = RelativeError(fgu, rgu);
+        double same = ((fy == ry).to(ScalarType.Float32).mean() + (fgg == rgg).to(ScalarType.Float32).mean() + (fgu == rgu).to(ScalarType.Float32).mean()).item<float>() / 3;
+        output.WriteLine($"{dtype} [{string.Join(",", shape)}]: relative error y {ey:E2}, gate grad {egg:E2}, up grad {egu:E2}; identical {same:P2}");
+        double tolerance = dtype == ScalarType.Float32 ? 1e-5 : 1e-2;
+        Assert.True(ey < tolerance && egg < tolerance && egu < tolerance, $"y {ey}, gate grad {egg}, up grad {egu}");
+        if (dtype == ScalarType.BFloat16) Assert.True(same > 0.95, $"only {same:P1} of the bf16 values identical");
+    }
 }
