@@ -85,7 +85,7 @@ public sealed class RmsNorm : nn.Module<Tensor, Tensor>
     }
 
     /// <summary>The norm in torch ops (any device, dtype or layout): what <see cref="FusedRmsNorm"/> computes in one pass.</summary>
-    internal static Tensor Composition(Tensor x, Tensor weight, double eps, double offset)
+    public static Tensor Composition(Tensor x, Tensor weight, double eps, double offset)
     {
         var inputType = x.dtype;
         var h = x.to(ScalarType.Float32);
