@@ -269,12 +269,18 @@ public sealed class Attention : nn.Module<Tensor, Positions, Tensor>
         q = q.view(batch, seq, _heads, _headDim);
         k = k.view(batch, seq, _kvHeads, _headDim);
         if (q_norm is not null) { q = q_norm.forward(q); k = k_norm!.forward(k); }
+        var (cos, sin) = _sliding && positions.SlidingAngles is { } local ? local : (positions.Cos, positions.Sin);
+        // The fused CPU kernel rotates in the projection's own [batch, seq, heads, head_dim] layout, before the transpose.
+        bool fused = FusedRope.Applies(q, cos, sin) && FusedRope.Applies(k, cos, sin);
+        if (fused) { q = FusedRope.Run(q, cos, sin); k = FusedRope.Run(k, cos, sin); }
         q = q.transpose(1, 2);
         k = k.transpose(1, 2);
         v = v.view(batch, seq, _kvHeads, _headDim).transpose(1, 2);
-        var (cos, sin) = _sliding && positions.SlidingAngles is { } local ? local : (positions.Cos, positions.Sin);
-        q = Rope.Apply(q, cos, sin);
-        k = Rope.Apply(k, cos, sin);
+        if (!fused)
+        {
+            q = Rope.Apply(q, cos, sin);
+            k = Rope.Apply(k, cos, sin);
+        }
         if (positions.Cache is { } cache) (k, v) = cache.Append(_layer, k, v);
         if (_kvHeads != _heads)
         {

@@ -124,4 +124,41 @@ public class FusedKernelTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.True(ey < tolerance && egg < tolerance && egu < tolerance, $"y {ey}, gate grad {egg}, up grad {egu}");
         if (dtype == ScalarType.BFloat16) Assert.True(same > 0.95, $"only {same:P1} of the bf16 values identical");
     }
+
+    [Theory]
+    [InlineData(ScalarType.Float32, false)]
+    [InlineData(ScalarType.Float32, true)]     // packed: angles per row, [batch, 1, seq, dim]
+    [InlineData(ScalarType.BFloat16, false)]
+    [InlineData(ScalarType.BFloat16, true)]
+    public void Rope_matches_the_composition_values_and_gradients(ScalarType dtype, bool packed)
+    {
+        using var scope = NewDisposeScope();
+        var generator = new TorchSharp.torch.Generator(5);
+        long batch = 2, seq = 13, heads = 3, dim = 10;
+        var x0 = randn([batch, seq, heads, dim], generator: generator).to(dtype);
+        var gy = randn([batch, seq, heads, dim], generator: generator).to(dtype);
+        Tensor cos, sin;
+        if (packed)
+        {
+            var invFreq = 1.0f / pow(full(dim / 2, 10000.0f), arange(0, dim, 2, dtype: ScalarType.Float32) / dim);
+            var positions = tensor(new long[] { 0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 0, 1, 0, 1, 2 }).view(batch, seq);
+            (cos, sin) = Rope.Angles(positions.unsqueeze(1), invFreq, 1.0, dtype);
+        }
+        else (cos, sin) = Rope.Angles(seq, (int)dim, 10000, dtype, CPU);
+        Assert.True(FusedRope.Applies(x0, cos, sin));
+        (Tensor Y, Tensor Gx) Run(Func<Tensor, Tensor> f)
+        {
+            var x = x0.detach().clone().requires_grad_(true);
+            var y = f(x);
+            y.backward([gy]);
+            return (y.detach().to(ScalarType.Float32), x.grad!.to(ScalarType.Float32));
+        }
+        var (fy, fgx) = Run(x => FusedRope.Run(x, cos, sin));
+        var (ry, rgx) = Run(x => Rope.Apply(x.transpose(1, 2), cos, sin).transpose(1, 2));
+        double ey = RelativeError(fy, ry), egx = RelativeError(fgx, rgx);
+        double same = ((fy == ry).to(ScalarType.Float32).mean() + (fgx == rgx).to(ScalarType.Float32).mean()).item<float>() / 2;
+        output.WriteLine($"{dtype} packed {packed}: relative error y {ey:E2}, gx {egx:E2}; identical {same:P2}");
+        if (dtype == ScalarType.BFloat16) Assert.True(same > 0.99, $"only {same:P1} of the bf16 values identical");
+        Assert.True(ey < 1e-6 && egx < 1e-6, $"y {ey}, gx {egx}");
+    }
 }
