@@ -37,11 +37,18 @@ public static class KernelBench
         var g = randn(rows, intermediate).to(dtype);
         var u = randn(rows, intermediate).to(dtype);
         var gyMlp = randn(rows, intermediate).to(dtype);
+        // Rotary: the rows as [1, rows, heads, 64] (hidden = heads × 64), one query projection's worth.
+        long heads = hidden / 64;
+        var q = randn(1, rows, heads, 64).to(dtype);
+        var gyRope = randn(1, rows, heads, 64).to(dtype);
+        var (cos, sin) = Rope.Angles(rows, 64, 10000, dtype, CPU);
         var cases = new (string Name, Func<double> Composition, Func<double> Fused)[]
         {
             ("RMSNorm fwd+bwd, weight frozen (LoRA)", () => Time(() => Norm(RmsNorm.Composition, x, w, gy, false)), () => Time(() => Norm(FusedRmsNorm.Run, x, w, gy, false))),
             ("RMSNorm fwd+bwd, weight trained (full)", () => Time(() => Norm(RmsNorm.Composition, x, w, gy, true)), () => Time(() => Norm(FusedRmsNorm.Run, x, w, gy, true))),
             ("SwiGLU fwd+bwd", () => Time(() => Glu((a, b) => nn.functional.silu(a) * b, g, u, gyMlp)), () => Time(() => Glu(FusedSwiGlu.Run, g, u, gyMlp))),
+            ("RoPE fwd+bwd (one projection)", () => Time(() => Rotate(t => Rope.Apply(t.transpose(1, 2), cos, sin), q, gyRope.transpose(1, 2))),
+                                              () => Time(() => Rotate(t => FusedRope.Run(t, cos, sin), q, gyRope))),
         };
         var lines = new List<JsonObject>();
         foreach (var (name, composition, fused) in cases)
@@ -78,6 +85,13 @@ public static class KernelBench
         var x = x0.detach().requires_grad_(true);
         var w = w0.detach().requires_grad_(weightGrad);
         norm(x, w).backward([gy]);
+    }
+
+    static void Rotate(Func<Tensor, Tensor> rope, Tensor q0, Tensor gy)
+    {
+        using var scope = NewDisposeScope();
+        var q = q0.detach().requires_grad_(true);
+        rope(q).backward([gy]);
     }
 
     static void Glu(Func<Tensor, Tensor, Tensor> glu, Tensor g0, Tensor u0, Tensor gy)
