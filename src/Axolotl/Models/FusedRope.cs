@@ -1,3 +1,4 @@
+using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -71,27 +72,43 @@ static unsafe class RopeKernels
                 fixed (float* scratch = buffer)
                 {
                     float* v = scratch, c = scratch + d, s = scratch + 2 * d, o = scratch + 3 * d;
+                    long loadedAngles = -1;
                     for (long r = first; r < last; r++)
                     {
                         long t = r / heads % seq, b = r / (seq * heads);
                         long angleRow = packed ? b * seq + t : t;
                         CpuKernels.Load((byte*)inAt + r * d * size, bf16, v, (int)d);
-                        CpuKernels.Load((byte*)cosAt + angleRow * d * size, bf16, c, (int)d);
-                        CpuKernels.Load((byte*)sinAt + angleRow * d * size, bf16, s, (int)d);
-                        for (int i = 0; i < half; i++)
+                        if (angleRow != loadedAngles)
                         {
-                            float a = v[i], bb = v[i + half];
-                            // Each product rounded to the dtype, then the sum (as x·cos + rotated·sin rounds).
-                            float p1 = R(a * c[i], bf16), q1 = R((inverse ? bb * s[i + half] : -bb * s[i]), bf16);
-                            float p2 = R(bb * c[i + half], bf16), q2 = R((inverse ? -a * s[i] : a * s[i + half]), bf16);
-                            o[i] = p1 + q1;
-                            o[i + half] = p2 + q2;
+                            // Consecutive rows are the heads of one position: its angles are loaded once.
+                            CpuKernels.Load((byte*)cosAt + angleRow * d * size, bf16, c, (int)d);
+                            CpuKernels.Load((byte*)sinAt + angleRow * d * size, bf16, s, (int)d);
+                            loadedAngles = angleRow;
                         }
+                        // Each product rounded to the dtype, then the sum (as x·cos + rotated·sin rounds).
+                        float* a = v, bh = v + half, c1 = c, c2 = c + half, s1 = s, s2 = s + half;
+                        Products(o, a, c1, bh, inverse ? s2 : s1, inverse ? 1f : -1f, half, bf16);          // first half
+                        Products(o + half, bh, c2, a, inverse ? s1 : s2, inverse ? -1f : 1f, half, bf16);    // second half
                         CpuKernels.Store(o, (byte*)outAt + r * d * size, bf16, (int)d);
                     }
                 }
             });
         }
+    }
+
+    /// <summary>o = round(x·c) + round(sign·y·s), products rounded to bf16 when the tensors are bf16.</summary>
+    static void Products(float* o, float* x, float* c, float* y, float* s, float sign, int n, bool bf16)
+    {
+        int i = 0;
+        var signs = Vector256.Create(sign);
+        for (; i + 8 <= n; i += 8)
+        {
+            var p = Vector256.Load(x + i) * Vector256.Load(c + i);
+            var q = signs * Vector256.Load(y + i) * Vector256.Load(s + i);
+            if (bf16) { p = (CpuKernels.RoundBits(p) << 16).AsSingle(); q = (CpuKernels.RoundBits(q) << 16).AsSingle(); }
+            (p + q).Store(o + i);
+        }
+        for (; i < n; i++) o[i] = R(x[i] * c[i], bf16) + R(sign * y[i] * s[i], bf16);
     }
 
     static float R(float v, bool bf16) => bf16 ? BitConverter.UInt32BitsToSingle(CpuKernels.RoundBits(v) >> 16 << 16) : v;
