@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's speed figures, side by side with Hugging Face on this machine, in one go (about 25 minutes on 2 quiet
+# The README's speed figures, side by side with Hugging Face on this machine, in one go (estimated 30 minutes on 2 quiet
 # cores; see README "Speed, side by side"). Needs the HF reference set up as shared/hfref/README.md says, in $HFREF
 # (default /work/hfref). Run on a quiet machine: every figure is labelled with the load average it was taken under.
 #   bench/side-by-side.sh [results-dir]
@@ -23,7 +23,7 @@ $BENCH bench/configs/full-58m.yml --hf-ref "$HFREF" --rounds 3 --steps 10 --warm
 $BENCH bench/configs/lora-1b.yml --hf-ref "$HFREF" --rounds 3 --steps 4 --warmup 1 --out "$OUT/side-by-side.jsonl"
 
 # 2. QLoRA has no CPU counterpart in HF: against our own LoRA at the same shape, alternating.
-# 3. The fused CPU kernels off (AXOLOTL_CPU_KERNELS=0) and on, alternating, at the 58M shape.
+# 3. The fused CPU kernels off (AXOLOTL_CPU_KERNELS=0), all on (1) and one at a time, alternating, at the 58M shape.
 round() { # label env config steps warmup
   local line
   line=$(env $2 $BENCH train-round "$3" --steps "$4" --warmup "$5" | grep '^{')
@@ -33,10 +33,13 @@ for i in 1 2; do
   round qlora-1b AXOLOTL_CPU_KERNELS=1 bench/configs/qlora-1b.yml 4 1
   round lora-1b AXOLOTL_CPU_KERNELS=1 bench/configs/lora-1b.yml 4 1
 done
+# Each kernel alone too (LoRA), so one that does not pay off can be dropped on the evidence.
 for i in 1 2 3; do
-  for config in lora-58m full-58m; do
-    round "$config kernels off" AXOLOTL_CPU_KERNELS=0 bench/configs/$config.yml 10 2
-    round "$config kernels on" AXOLOTL_CPU_KERNELS=1 bench/configs/$config.yml 10 2
+  for kernels in 0 1 rmsnorm swiglu rope; do
+    round "lora-58m kernels $kernels" AXOLOTL_CPU_KERNELS=$kernels bench/configs/lora-58m.yml 10 2
+  done
+  for kernels in 0 1; do
+    round "full-58m kernels $kernels" AXOLOTL_CPU_KERNELS=$kernels bench/configs/full-58m.yml 10 2
   done
 done
 

@@ -11,7 +11,7 @@ namespace Axolotl.Bench;
 /// <c>axolotl-bench kernels [--reps N] [--rows R] [--hidden H] [--intermediate I]</c>: each fused CPU kernel against the
 /// TorchSharp composition it replaces, forward + backward on one layer's activations (default the 58M bench shape:
 /// 4 × 256 rows, hidden 512, intermediate 1376, bf16), alternating the two N times; min and median milliseconds.
-/// The step-level effect is what side-by-side.sh measures with AXOLOTL_CPU_KERNELS=0 and 1.
+/// The step-level effect is what side-by-side.sh measures with AXOLOTL_CPU_KERNELS (0, 1, or one kernel by name).
 /// </summary>
 public static class KernelBench
 {

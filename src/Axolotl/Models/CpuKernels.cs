@@ -10,8 +10,18 @@ namespace Axolotl.Models;
 /// </summary>
 static unsafe class CpuKernels
 {
-    /// <summary>Whether fused CPU kernels are used where they apply: environment AXOLOTL_CPU_KERNELS, default on (0 turns them off, for A/B measurement).</summary>
-    public static readonly bool Enabled = Environment.GetEnvironmentVariable("AXOLOTL_CPU_KERNELS") != "0";
+    static readonly string? Setting = Environment.GetEnvironmentVariable("AXOLOTL_CPU_KERNELS")?.Trim().ToLowerInvariant();
+
+    /// <summary>
+    /// Whether the fused CPU kernel <paramref name="name"/> (rmsnorm, swiglu, rope) is used where it applies, from the
+    /// environment AXOLOTL_CPU_KERNELS, for A/B measurement: unset or 1 all of them, 0 none, or a comma-separated list.
+    /// </summary>
+    public static bool Uses(string name) => Setting switch
+    {
+        null or "" or "1" => true,
+        "0" => false,
+        var list => list.Split(',').Any(k => k.Trim() == name),
+    };
 
     /// <summary>Chunks of work, one per torch thread, each at least <paramref name="minimum"/> items so small inputs stay on one thread.</summary>
     public static int ChunkCount(long items, long minimum) => (int)Math.Max(1, Math.Min(get_num_threads(), items / minimum));

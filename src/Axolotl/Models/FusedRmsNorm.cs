@@ -15,7 +15,7 @@ namespace Axolotl.Models;
 /// </summary>
 /// <remarks>
 /// Used for contiguous CPU tensors in bf16 or fp32 whose weight has the input's dtype; anything else (CUDA, a strided
-/// view, mixed dtypes) keeps the TorchSharp composition. <c>AXOLOTL_CPU_KERNELS=0</c> turns the fused kernels off, for
+/// view, mixed dtypes) keeps the TorchSharp composition. <c>AXOLOTL_CPU_KERNELS</c> (see <see cref="CpuKernels.Uses"/>) selects the fused kernels, for
 /// A/B measurement.
 /// </remarks>
 public sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
@@ -23,7 +23,7 @@ public sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
     public override string Name => nameof(FusedRmsNorm);
 
     public static bool Applies(Tensor x, Tensor weight) =>
-        CpuKernels.Enabled && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
+        CpuKernels.Uses("rmsnorm") && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
         && x.dtype is ScalarType.BFloat16 or ScalarType.Float32 && weight.dtype == x.dtype
         && x.is_contiguous() && weight.is_contiguous() && x.dim() >= 1 && x.shape[^1] == weight.shape[0] && weight.dim() == 1
         && x.numel() > 0;

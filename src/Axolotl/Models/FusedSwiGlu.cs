@@ -8,14 +8,14 @@ namespace Axolotl.Models;
 /// The gated MLP's silu(gate) · up as one CPU pass forward and one backward, in place of torch's silu, multiply and
 /// their three backward kernels. Rounds where the composition rounds: s = silu(g) = g / (1 + e^−g) rounded to the input
 /// dtype, y = s·u rounded; backward gu = gy·s rounded, gs = gy·u rounded, gg = gs·σ(g)·(1 + g·(1 − σ(g))) rounded.
-/// Contiguous CPU bf16 or fp32 inputs of one shape; anything else keeps the composition (AXOLOTL_CPU_KERNELS=0 too).
+/// Contiguous CPU bf16 or fp32 inputs of one shape; anything else keeps the composition, as does AXOLOTL_CPU_KERNELS without swiglu.
 /// </summary>
 public sealed class FusedSwiGlu : autograd.SingleTensorFunction<FusedSwiGlu>
 {
     public override string Name => nameof(FusedSwiGlu);
 
     public static bool Applies(Tensor gate, Tensor up) =>
-        CpuKernels.Enabled && gate.device_type == DeviceType.CPU && up.device_type == DeviceType.CPU
+        CpuKernels.Uses("swiglu") && gate.device_type == DeviceType.CPU && up.device_type == DeviceType.CPU
         && gate.dtype is ScalarType.BFloat16 or ScalarType.Float32 && up.dtype == gate.dtype
         && gate.is_contiguous() && up.is_contiguous() && gate.shape.SequenceEqual(up.shape) && gate.numel() > 0;
 
