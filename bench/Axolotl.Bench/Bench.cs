@@ -24,12 +24,13 @@ public static class Bench
     const int MatmulSize = 2048;
     const int MatmulRepetitions = 5;
 
-    const string Usage = "usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--device auto|cpu|cuda|cuda:N] [--out results.jsonl]";
+    const string Usage = "usage: axolotl-bench config.yml [--steps N] [--warmup W] [--gradient-checkpointing on|off] [--compare-packing] [--device auto|cpu|cuda|cuda:N] [--hf-ref DIR [--rounds R] [--hf-prec bf16|bf16-autocast|fp32]] [--out results.jsonl]";
 
     public static int Run(string[] args)
     {
-        string? configPath = null, outPath = null, deviceSetting = null;
-        int steps = 10, warmup = 2;
+        string? configPath = null, outPath = null, deviceSetting = null, hfRef = null;
+        string hfPrecision = "bf16";
+        int steps = 10, warmup = 2, rounds = 3;
         bool? checkpointing = null;
         bool comparePacking = false;
         for (int i = 0; i < args.Length; i++)
@@ -48,6 +49,12 @@ public static class Bench
                     break;
                 case "--compare-packing": comparePacking = true; break;
                 case "--device": deviceSetting = Next(); break;
+                // Side by side with the Hugging Face reference (SideBySideBench): alternating rounds, ratio printed.
+                case "--hf-ref": hfRef = Next(); break;
+                case "--rounds": rounds = NextInt(1); break;
+                case "--hf-prec":
+                    hfPrecision = Next() is "bf16" or "bf16-autocast" or "fp32" ? args[i] : throw new UserError($"--hf-prec needs bf16, bf16-autocast or fp32, not '{args[i]}'.");
+                    break;
                 case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; {Usage}");
                 default:
                     if (configPath != null) throw new UserError("give one config file.");
@@ -55,6 +62,7 @@ public static class Bench
             }
         }
         if (configPath == null) throw new UserError(Usage);
+        if (hfRef != null) return SideBySideBench.Run(configPath, hfRef, rounds, steps, warmup, hfPrecision, outPath);
 
         TorchRuntime.EnsureLoaded();
         var config = ConfigLoader.Load(configPath, deviceSetting is null ? null : ["--device", deviceSetting]);
@@ -286,7 +294,7 @@ public static class Bench
     sealed class QuietReporter : IRecipeReporter;
 
     /// <summary>Times each optimizer step from the trainer's own clock.</summary>
-    sealed class StepRecorder : IRecipeReporter
+    internal sealed class StepRecorder : IRecipeReporter
     {
         public TrainingPlan? Plan;
         public readonly List<(int Step, double Seconds, double TokensPerSecond)> Steps = [];

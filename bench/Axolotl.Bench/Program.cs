@@ -9,6 +9,8 @@ try
         : args.Length > 0 && args[0] == "data" ? DataBench.Run(args[1..])
         : args.Length > 0 && args[0] == "collectives" ? CollectivesBench.Run(args[1..])
         : args.Length > 0 && args[0] == "moe" ? MoeBench.Run(args[1..])
+        : args.Length > 0 && args[0] == "kernels" ? KernelBench.Run(args[1..])
+        : args.Length > 0 && args[0] == "train-round" ? SideBySideBench.TrainRound(args[1..])
         : Bench.Run(args);
 }
 catch (UserError e)

@@ -80,11 +80,18 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
+        if (Offset == 0 && FusedRmsNorm.Applies(x, weight)) return FusedRmsNorm.Run(x, weight, _eps);
+        return Composition(x, weight, _eps, Offset);
+    }
+
+    /// <summary>The norm in torch ops (any device, dtype or layout): what <see cref="FusedRmsNorm"/> computes in one pass.</summary>
+    public static Tensor Composition(Tensor x, Tensor weight, double eps, double offset)
+    {
         var inputType = x.dtype;
         var h = x.to(ScalarType.Float32);
-        h = h * rsqrt(h.pow(2).mean([-1], keepdim: true) + _eps);
-        if (Offset == 0) return Cast.To(weight, inputType) * h.to(inputType);
-        return (h * (weight.to(ScalarType.Float32) + Offset)).to(inputType);
+        h = h * rsqrt(h.pow(2).mean([-1], keepdim: true) + eps);
+        if (offset == 0) return Cast.To(weight, inputType) * h.to(inputType);
+        return (h * (weight.to(ScalarType.Float32) + offset)).to(inputType);
     }
 }
 
@@ -262,12 +269,18 @@ internal sealed class Attention : nn.Module<Tensor, Positions, Tensor>
         q = q.view(batch, seq, _heads, _headDim);
         k = k.view(batch, seq, _kvHeads, _headDim);
         if (q_norm is not null) { q = q_norm.forward(q); k = k_norm!.forward(k); }
+        var (cos, sin) = _sliding && positions.SlidingAngles is { } local ? local : (positions.Cos, positions.Sin);
+        // The fused CPU kernel rotates in the projection's own [batch, seq, heads, head_dim] layout, before the transpose.
+        bool fused = FusedRope.Applies(q, cos, sin) && FusedRope.Applies(k, cos, sin);
+        if (fused) { q = FusedRope.Run(q, cos, sin); k = FusedRope.Run(k, cos, sin); }
         q = q.transpose(1, 2);
         k = k.transpose(1, 2);
         v = v.view(batch, seq, _kvHeads, _headDim).transpose(1, 2);
-        var (cos, sin) = _sliding && positions.SlidingAngles is { } local ? local : (positions.Cos, positions.Sin);
-        q = Rope.Apply(q, cos, sin);
-        k = Rope.Apply(k, cos, sin);
+        if (!fused)
+        {
+            q = Rope.Apply(q, cos, sin);
+            k = Rope.Apply(k, cos, sin);
+        }
         if (positions.Cache is { } cache) (k, v) = cache.Append(_layer, k, v);
         if (_kvHeads != _heads)
         {
@@ -347,9 +360,10 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
             var gateUp = gate_up_proj.forward(x);
             return down_proj.forward(gateUp.narrow(-1, _intermediate, _intermediate) * Parts.Activate(_activation, gateUp.narrow(-1, 0, _intermediate)));
         }
-        return down_proj.forward(gate_proj is null
-            ? Parts.Activate(_activation, up_proj!.forward(x))
-            : Parts.Activate(_activation, gate_proj.forward(x)) * up_proj!.forward(x));
+        if (gate_proj is null) return down_proj.forward(Parts.Activate(_activation, up_proj!.forward(x)));
+        var gate = gate_proj.forward(x);
+        var up = up_proj!.forward(x);
+        return down_proj.forward(_activation == "silu" && FusedSwiGlu.Applies(gate, up) ? FusedSwiGlu.Run(gate, up) : Parts.Activate(_activation, gate) * up);
     }
 }
 
