@@ -62,7 +62,7 @@ public static class SideBySideBench
         long total = (long)first["parameters_total"]!, trainable = (long)first["parameters_trainable"]!;
         double flopsPerToken = Flops.PerToken(architecture, total, trainable, config.SequenceLen);
         long hfTrainable = (long)theirs[0]["params_trainable"]!;
-        if (hfMode == "lora" && config.Adapter == "lora" && hfTrainable != trainable)
+        if (hfMode == "lora" && config.Adapter == AdapterKind.Lora && hfTrainable != trainable)
             AnsiConsole.MarkupLine($"[yellow]trainable parameters differ: {trainable:N0} here, {hfTrainable:N0} in HF[/]");
 
         double Tps(JsonObject run, string key) => tokensPerStep / Stats.Median(((JsonArray)run[key]!).Select(v => (double)v!).ToList());
@@ -114,7 +114,7 @@ public static class SideBySideBench
             throw new UserError($"--hf-ref: the reference's LoRA is r 8, alpha 16, dropout 0; this config has lora_r {config.LoraR}, lora_alpha {config.LoraAlpha}, lora_dropout {config.LoraDropout}.");
         bool allLinears = config.LoraTargetLinear || (config.LoraTargetModules is { } targets && HfLoraTargets.All(targets.Contains) && targets.Count == HfLoraTargets.Length);
         if (!allLinears) throw new UserError("--hf-ref: the reference's LoRA targets q, k, v, o, gate, up and down projections; set lora_target_linear: true.");
-        return config.Adapter == "lora" ? ("lora", "")
+        return config.Adapter == AdapterKind.Lora ? ("lora", "")
             : ("lora", $"HF has no CPU {config.Adapter}: its column is LoRA; compare with this config's LoRA twin for the {config.Adapter} / LoRA ratio.");
     }
 
