@@ -115,7 +115,7 @@ public static class SideBySideBench
         bool allLinears = config.LoraTargetLinear || (config.LoraTargetModules is { } targets && HfLoraTargets.All(targets.Contains) && targets.Count == HfLoraTargets.Length);
         if (!allLinears) throw new UserError("--hf-ref: the reference's LoRA targets q, k, v, o, gate, up and down projections; set lora_target_linear: true.");
         return config.Adapter == AdapterKind.Lora ? ("lora", "")
-            : ("lora", $"HF has no CPU {config.Adapter}: its column is LoRA; compare with this config's LoRA twin for the {config.Adapter} / LoRA ratio.");
+            : ("lora", $"HF has no CPU {ConfigLoader.Spelling(config.Adapter.Value)}: its column is LoRA; compare with this config's LoRA twin for the {ConfigLoader.Spelling(config.Adapter.Value)} / LoRA ratio.");
     }
 
     /// <summary>One of our rounds: this executable again (<c>train-round</c>), so its peak RSS is the run's alone.</summary>

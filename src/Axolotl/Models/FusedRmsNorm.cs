@@ -18,7 +18,7 @@ namespace Axolotl.Models;
 /// view, mixed dtypes) keeps the TorchSharp composition. <c>AXOLOTL_CPU_KERNELS</c> (see <see cref="CpuKernels.Uses"/>) selects the fused kernels, for
 /// A/B measurement.
 /// </remarks>
-public sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
+internal sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
 {
     public override string Name => nameof(FusedRmsNorm);
 
@@ -35,7 +35,7 @@ public sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
         var (x, weight, eps) = ((Tensor)vars[0], (Tensor)vars[1], (double)vars[2]);
         long hidden = x.shape[^1], rows = x.numel() / hidden;
         var y = empty_like(x);
-        var rstd = empty(rows, ScalarType.Float32);
+        var rstd = empty(rows, ScalarType.Float32, device: x.device);
         RmsNormKernels.Forward(x, weight, (float)eps, y, rstd);
         ctx.save_for_backward([x, weight, rstd]);
         ctx.save_data("inputNeedsGrad", x.requires_grad);

@@ -12,7 +12,7 @@ namespace Axolotl.Models;
 /// x: contiguous [batch, seq, heads, head_dim], the projection's own layout, before attention transposes it; cos/sin
 /// contiguous [seq, dim] or, packed, [batch, 1, seq, dim], in x's dtype. Anything else keeps the composition.
 /// </summary>
-public sealed class FusedRope : autograd.SingleTensorFunction<FusedRope>
+internal sealed class FusedRope : autograd.SingleTensorFunction<FusedRope>
 {
     public override string Name => nameof(FusedRope);
 
@@ -45,7 +45,7 @@ public sealed class FusedRope : autograd.SingleTensorFunction<FusedRope>
         var (cos, sin) = (saved[0], saved[1]);
         var shape = (long[])ctx.get_data("shape");
         using var gy = Cast.To(gradOutput, cos.dtype).contiguous();
-        var gx = empty(shape, cos.dtype);
+        var gx = empty(shape, cos.dtype, device: cos.device);
         RopeKernels.Rotate(gy, cos, sin, gx, inverse: true);
         return [gx, null!, null!];
     }

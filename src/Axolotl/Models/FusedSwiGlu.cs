@@ -10,7 +10,7 @@ namespace Axolotl.Models;
 /// dtype, y = s·u rounded; backward gu = gy·s rounded, gs = gy·u rounded, gg = gs·σ(g)·(1 + g·(1 − σ(g))) rounded.
 /// Contiguous CPU bf16 or fp32 inputs of one shape; anything else keeps the composition, as does AXOLOTL_CPU_KERNELS without swiglu.
 /// </summary>
-public sealed class FusedSwiGlu : autograd.SingleTensorFunction<FusedSwiGlu>
+internal sealed class FusedSwiGlu : autograd.SingleTensorFunction<FusedSwiGlu>
 {
     public override string Name => nameof(FusedSwiGlu);
 

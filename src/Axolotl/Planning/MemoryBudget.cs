@@ -9,7 +9,7 @@ namespace Axolotl.Planning;
 /// the machine has available now. Axolotl passes max_memory ({0: "20GiB", cpu: "60GiB"}) to transformers' device_map
 /// loading; here everything lives in this process's memory, so its cpu budget is what the plan refuses against.
 /// </summary>
-public static class MemoryBudget
+internal static class MemoryBudget
 {
     /// <summary>The bytes a run may use and how the refusal names them.</summary>
     public static (long Bytes, string Source) For(AxolotlConfig config) =>
