@@ -36,7 +36,7 @@ internal sealed class OpenTelemetryCallback : ITrainerCallback, IDisposable
         {
             _provider = Sdk.CreateMeterProviderBuilder()
                 .AddMeter(MeterName)
-                .AddPrometheusHttpListener(o => { o.Host = host; o.Port = port; })
+                .AddPrometheusHttpListener(o => { o.Host = host; o.Port = port; o.ScrapeResponseCacheDurationMilliseconds = 0; })
                 .Build()!;
         }
         catch (Exception e) when (e is System.Net.HttpListenerException or InvalidOperationException)
