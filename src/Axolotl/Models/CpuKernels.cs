@@ -14,12 +14,15 @@ static unsafe class CpuKernels
 
     /// <summary>
     /// Whether the fused CPU kernel <paramref name="name"/> (rmsnorm, swiglu, rope) is used where it applies, from the
-    /// environment AXOLOTL_CPU_KERNELS, for A/B measurement: unset or 1 all of them, 0 none, or a comma-separated list.
+    /// environment AXOLOTL_CPU_KERNELS: 1 all of them, unset or 0 none, or a comma-separated list. Off by default because
+    /// the side-by-side benchmark on a quiet machine showed no step-level gain (58M LoRA 1654-1661 tok/s without, 1623-1625
+    /// with; full fine-tune 1098 without, 993 with: README "Speed"); kept, tested against the compositions, as the base for
+    /// fusing the residual add and the LoRA path, where the barriers they remove would add up.
     /// </summary>
     public static bool Uses(string name) => Setting switch
     {
-        null or "" or "1" => true,
-        "0" => false,
+        "1" => true,
+        null or "" or "0" => false,
         var list => list.Split(',').Any(k => k.Trim() == name),
     };
 

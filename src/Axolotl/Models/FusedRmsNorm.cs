@@ -23,7 +23,7 @@ internal sealed class FusedRmsNorm : autograd.SingleTensorFunction<FusedRmsNorm>
     public override string Name => nameof(FusedRmsNorm);
 
     public static bool Applies(Tensor x, Tensor weight) =>
-        CpuKernels.Uses("rmsnorm") && x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
+        x.device_type == DeviceType.CPU && weight.device_type == DeviceType.CPU
         && x.dtype is ScalarType.BFloat16 or ScalarType.Float32 && weight.dtype == x.dtype
         && x.is_contiguous() && weight.is_contiguous() && x.dim() >= 1 && x.shape[^1] == weight.shape[0] && weight.dim() == 1
         && x.numel() > 0;

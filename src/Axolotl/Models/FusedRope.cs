@@ -18,7 +18,7 @@ internal sealed class FusedRope : autograd.SingleTensorFunction<FusedRope>
 
     public static bool Applies(Tensor x, Tensor cos, Tensor sin)
     {
-        if (!CpuKernels.Uses("rope") || x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || x.dim() != 4 || !x.is_contiguous()
+        if (x.device_type != DeviceType.CPU || cos.device_type != DeviceType.CPU || x.dim() != 4 || !x.is_contiguous()
             || x.dtype is not (ScalarType.BFloat16 or ScalarType.Float32)) return false;
         if (cos.dtype != x.dtype || sin.dtype != x.dtype || !cos.is_contiguous() || !sin.is_contiguous() || !cos.shape.SequenceEqual(sin.shape)) return false;
         long d = x.shape[3];

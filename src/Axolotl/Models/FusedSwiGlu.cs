@@ -15,7 +15,7 @@ internal sealed class FusedSwiGlu : autograd.SingleTensorFunction<FusedSwiGlu>
     public override string Name => nameof(FusedSwiGlu);
 
     public static bool Applies(Tensor gate, Tensor up) =>
-        CpuKernels.Uses("swiglu") && gate.device_type == DeviceType.CPU && up.device_type == DeviceType.CPU
+        gate.device_type == DeviceType.CPU && up.device_type == DeviceType.CPU
         && gate.dtype is ScalarType.BFloat16 or ScalarType.Float32 && up.dtype == gate.dtype
         && gate.is_contiguous() && up.is_contiguous() && gate.shape.SequenceEqual(up.shape) && gate.numel() > 0;
 

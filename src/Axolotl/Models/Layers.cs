@@ -80,7 +80,7 @@ internal sealed class RmsNorm : nn.Module<Tensor, Tensor>
 
     public override Tensor forward(Tensor x)
     {
-        if (Offset == 0 && FusedRmsNorm.Applies(x, weight)) return FusedRmsNorm.Run(x, weight, _eps);
+        if (Offset == 0 && CpuKernels.Uses("rmsnorm") && FusedRmsNorm.Applies(x, weight)) return FusedRmsNorm.Run(x, weight, _eps);
         return Composition(x, weight, _eps, Offset);
     }
 
@@ -271,7 +271,7 @@ internal sealed class Attention : nn.Module<Tensor, Positions, Tensor>
         if (q_norm is not null) { q = q_norm.forward(q); k = k_norm!.forward(k); }
         var (cos, sin) = _sliding && positions.SlidingAngles is { } local ? local : (positions.Cos, positions.Sin);
         // The fused CPU kernel rotates in the projection's own [batch, seq, heads, head_dim] layout, before the transpose.
-        bool fused = FusedRope.Applies(q, cos, sin) && FusedRope.Applies(k, cos, sin);
+        bool fused = CpuKernels.Uses("rope") && FusedRope.Applies(q, cos, sin) && FusedRope.Applies(k, cos, sin);
         if (fused) { q = FusedRope.Run(q, cos, sin); k = FusedRope.Run(k, cos, sin); }
         q = q.transpose(1, 2);
         k = k.transpose(1, 2);
@@ -363,7 +363,7 @@ internal sealed class Mlp : nn.Module<Tensor, Tensor>
         if (gate_proj is null) return down_proj.forward(Parts.Activate(_activation, up_proj!.forward(x)));
         var gate = gate_proj.forward(x);
         var up = up_proj!.forward(x);
-        return down_proj.forward(_activation == "silu" && FusedSwiGlu.Applies(gate, up) ? FusedSwiGlu.Run(gate, up) : Parts.Activate(_activation, gate) * up);
+        return down_proj.forward(_activation == "silu" && CpuKernels.Uses("swiglu") && FusedSwiGlu.Applies(gate, up) ? FusedSwiGlu.Run(gate, up) : Parts.Activate(_activation, gate) * up);
     }
 }
 
