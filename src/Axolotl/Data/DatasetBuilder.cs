@@ -42,6 +42,19 @@ internal sealed record PreparedDataset(IReadOnlyList<Example> Examples, int Rows
 /// </summary>
 internal static class DatasetBuilder
 {
+    /// <summary>The validation pairs of a pairwise dataset (preference, reward model): test_datasets' when given, else the
+    /// last val_set_size (a fraction or a count) of <paramref name="pairs"/>, which are removed from it.</summary>
+    public static List<T> HoldOutPairs<T>(List<T> pairs, AxolotlConfig config, Func<List<T>> readTestDatasets)
+    {
+        if (config.TestDatasets.Count > 0) return readTestDatasets();
+        int count = config.ValSetSize <= 0 ? 0 : config.ValSetSize < 1 ? (int)Math.Ceiling(config.ValSetSize * pairs.Count) : (int)config.ValSetSize;
+        if (count >= pairs.Count && count > 0)
+            throw new UserError($"val_set_size {config.ValSetSize} takes {count} of the {pairs.Count} pairs, leaving none to train on.");
+        var eval = pairs.GetRange(pairs.Count - count, count);
+        pairs.RemoveRange(pairs.Count - count, count);
+        return eval;
+    }
+
     public static PreparedDataset Build(AxolotlConfig config, Func<Tokenizer> tokenizer, Action<int>? progress = null,
         Func<DatasetConfig, IChatTemplate>? chatTemplate = null, Action<string>? warn = null)
     {

@@ -19,16 +19,7 @@ internal static class PreferenceDataset
         var bad = new BadRows(config.BadRows == "skip");
         var (pairs, rowsRead, dropped) = Read(config.Datasets, "train", config, tokenizer, bad, progress, warn);
         if (config.ShuffleMergedDatasets) pairs = DatasetBuilder.ShuffleAsDatasets(pairs, config.Seed);
-        List<PreferenceExample> eval;
-        if (config.TestDatasets.Count > 0) eval = Read(config.TestDatasets, "test", config, tokenizer, bad, null, warn).Pairs;
-        else
-        {
-            int count = config.ValSetSize <= 0 ? 0 : config.ValSetSize < 1 ? (int)Math.Ceiling(config.ValSetSize * pairs.Count) : (int)config.ValSetSize;
-            if (count >= pairs.Count && count > 0)
-                throw new UserError($"val_set_size {config.ValSetSize} takes {count} of the {pairs.Count} pairs, leaving none to train on.");
-            eval = pairs.GetRange(pairs.Count - count, count);
-            pairs.RemoveRange(pairs.Count - count, count);
-        }
+        var eval = DatasetBuilder.HoldOutPairs(pairs, config, () => Read(config.TestDatasets, "test", config, tokenizer, bad, null, warn).Pairs);
         if (pairs.Count == 0)
             throw new UserError($"no preference pairs are left: {dropped} were longer than sequence_len {config.SequenceLen}" +
                                 (bad.Total > 0 ? $", {bad.Total} rows were skipped as bad ({bad.Summary()})" : "") + "; raise sequence_len or check the data.");
