@@ -78,6 +78,7 @@ public static class Bench
                 ["cpu_model"] = CpuModel(),
                 ["bf16"] = Hardware.CpuHasBf16(),
                 ["torch_threads"] = get_num_threads(),
+                ["allocator"] = Axolotl.Runtime.NativeAllocator.Current,
                 ["device"] = ComputeDevice.Describe(device),
             },
         };

@@ -41,6 +41,8 @@ public static class MemoryBench
         }
         if (configPath == null) throw new UserError(Usage);
         TorchRuntime.EnsureLoaded();
+        // glibc's figures (arena, in use, free) read zero under jemalloc: it serves the allocations instead.
+        Console.WriteLine($"allocator: {NativeAllocator.Current}");
         var config = ConfigLoader.Load(configPath, overrides.ToArray());
         if (packing is bool p)
         {
@@ -81,12 +83,14 @@ public static class MemoryBench
 
         public PeakSampler()
         {
+            // Allocation-free sampling: see QuietMemoryProbe for the TorchSharp race an allocating sampler triggers.
             _thread = new Thread(() =>
             {
+                using var probe = new QuietMemoryProbe();
                 while (!_stop)
                 {
-                    long rss = Hardware.RssKb();
-                    long live = Hardware.HeapStats() is { } h ? h.InUse + h.Mapped : 0;
+                    long rss = probe.ResidentBytes() / 1024;
+                    long live = Hardware.HeapLiveBytes();
                     lock (this)
                     {
                         _intervalRssKb = Math.Max(_intervalRssKb, rss);

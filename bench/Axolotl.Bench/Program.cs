@@ -1,6 +1,8 @@
 using Axolotl;
 using Axolotl.Bench;
 
+// AXOLOTL_MALLOC=jemalloc measures with jemalloc preloaded (Runtime/NativeAllocator.cs).
+Axolotl.Runtime.NativeAllocator.ApplyChoice();
 try
 {
     return args.Length > 0 && args[0] == "generate" ? GenerationBench.Run(args[1..])

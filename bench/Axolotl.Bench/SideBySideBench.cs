@@ -84,7 +84,7 @@ public static class SideBySideBench
         var line = new JsonObject
         {
             ["benchmark"] = "side_by_side", ["timestamp"] = DateTimeOffset.UtcNow.ToString("o", CultureInfo.InvariantCulture),
-            ["commit"] = Bench.GitCommit(), ["config"] = configPath, ["cpu_model"] = Bench.CpuModel(), ["cores"] = Environment.ProcessorCount,
+            ["commit"] = Bench.GitCommit(), ["config"] = configPath, ["cpu_model"] = Bench.CpuModel(), ["cores"] = Environment.ProcessorCount, ["allocator"] = Axolotl.Runtime.NativeAllocator.Current,
             ["torch_threads"] = threads, ["load_average"] = LoadAverage(), ["hf_mode"] = hfMode, ["hf_precision"] = hfPrecision, ["note"] = note,
             ["token_accounting"] = accounting, ["tokens_per_step"] = tokensPerStep, ["flops_per_token"] = Math.Round(flopsPerToken),
             ["parameters_total"] = total, ["parameters_trainable"] = trainable, ["hf_parameters_trainable"] = hfTrainable,

@@ -425,6 +425,7 @@ public static class Cli
         }
         AnsiConsole.Progress()
             .AutoClear(false)
+            .AutoRefresh(false) // no render thread during training: ProgressReporter redraws between steps
             .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn(), new RemainingTimeColumn())
             .Start(ctx => FinetuneRecipe.Run(config, new ProgressReporter(ctx), stop.Token));
         return 0;

@@ -34,6 +34,11 @@ sealed class StderrReporter : IRecipeReporter
 }
 
 /// <summary>A live progress bar with the latest loss, learning rate, throughput and ETA.</summary>
+/// <summary>
+/// The progress bar, redrawn by the training thread itself between steps (the display runs with AutoRefresh off):
+/// Spectre's refresh thread allocates while the training thread is inside libtorch, and a garbage collection there can
+/// free a temporary TorchSharp Scalar that a running native call still reads (see Runtime.QuietMemoryProbe).
+/// </summary>
 sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
 {
     ProgressTask? _tokenizing, _training;
@@ -47,6 +52,7 @@ sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
     {
         _tokenizing ??= context.AddTask("tokenizing", maxValue: double.MaxValue);
         _tokenizing.Description = $"tokenizing: {rowsDone} rows";
+        context.Refresh();
     }
 
     public void OnStart(TrainingPlan plan)
@@ -55,6 +61,7 @@ sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
         _plan = plan;
         AnsiConsole.MarkupLine(Markup.Escape(Format.Plan(plan)));
         _training = context.AddTask("training", maxValue: plan.TotalSteps);
+        context.Refresh();
     }
 
     public void OnStep(int step, double loss, double learningRate, double tokensPerSecond, TimeSpan elapsed)
@@ -63,6 +70,7 @@ sealed class ProgressReporter(ProgressContext context) : IRecipeReporter
         _training!.Value = step;
         _training.Description = Markup.Escape(
             $"step {step}/{_plan!.TotalSteps}  loss {loss:F4}  lr {learningRate.ToString("0.00e+0", CultureInfo.InvariantCulture)}  {Format.TokensPerSecond(tokensPerSecond)}");
+        context.Refresh();
     }
 
     public void OnLog(JsonObject entry) => AnsiConsole.MarkupLine(Markup.Escape(Format.LogLine(entry, _plan!, _elapsed)));

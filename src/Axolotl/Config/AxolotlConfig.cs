@@ -136,6 +136,13 @@ public sealed class AxolotlConfig
     public string? TokenizerType { get; set; }
     /// <summary>auto (bf16 where the CPU computes it natively, or on a GPU), true or false.</summary>
     public Bf16Mode Bf16 { get; set; } = Bf16Mode.Auto;
+    /// <summary>
+    /// Axolotl's <c>bfloat16: true</c> ("no AMP"): a full fine-tune keeps its weights, gradients and optimizer state
+    /// in bf16 alone, as transformers trains a model loaded in bf16, instead of the default fp32 master weights and
+    /// moments beside the bf16 weights. Less memory (8 instead of 16 bytes per parameter with AdamW); updates smaller
+    /// than bf16's resolution are lost, which the fp32 masters exist to prevent. Read from the YAML key by value.
+    /// </summary>
+    public bool PureBf16 { get; internal set; }
     public bool TokenizerUseFast { get; set; } = true;
     /// <summary>Start from config.json with fresh weights instead of the checkpoint (pretraining from scratch).</summary>
     [AxolotlKey("reinit_weights")]

@@ -451,8 +451,8 @@ internal static class ConfigLoader
             }
             if (set.TryGetValue("bfloat16", out var bfloat16))
             {
-                WarnKey(bfloat16, "bfloat16", "trains all weights in bf16; bf16 weights with fp32 master copies in the optimizer run instead (bf16: true)");
                 c.Bf16 = Bf16Mode.True;
+                c.PureBf16 = true;
                 c.Sources["bf16"] = "bfloat16";
             }
             if (set.TryGetValue("plugins", out var plugins))

@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Text.Json.Nodes;
 using Axolotl.IO;
 using Axolotl.Tokenization;
@@ -47,8 +46,6 @@ internal sealed record PretrainingOptions
     public string TextColumn { get; init; } = "text";
     /// <summary>Rows left out at the start of the data (the entry's skip), every pass.</summary>
     public int Skip { get; init; }
-    /// <summary>Micro-batches prepared ahead of training on a background thread.</summary>
-    public int Prefetch { get; init; } = 4;
 }
 
 /// <summary>
@@ -122,7 +119,10 @@ internal sealed class PretrainingStream : IBatchStream
     {
         var start = _resume is { } saved && saved.Batches == index ? saved : StreamPosition.Start;
         var batches = Batches(start).SkipWhile(b => b.After.Batches <= index);
-        return new Prefetched<(Batch Batch, StreamPosition After)>(batches, _o.Prefetch, after: b => Consumed = b.After).Select(b => b.Batch).GetEnumerator();
+        // Prepared on the training thread, not ahead on another one: a thread that allocates while the training thread is
+        // inside libtorch can trigger the garbage collection that frees a temporary TorchSharp Scalar mid-call
+        // (see Runtime.QuietMemoryProbe). Tokenizing a micro-batch costs milliseconds against a step's seconds.
+        return batches.Select(b => { Consumed = b.After; return b.Batch; }).GetEnumerator();
     }
 
     /// <summary>Micro-batches from a position, each with the position just after it; single-threaded and lazy.</summary>
@@ -384,42 +384,6 @@ internal sealed class PretrainingStream : IBatchStream
         return windows;
     }
 
-    /// <summary>
-    /// Runs a sequence ahead on a background thread, at most <paramref name="capacity"/> items ahead: the next batches
-    /// are tokenized while the current one trains. Errors surface where the item would have been; disposing stops it.
-    /// </summary>
-    sealed class Prefetched<T>(IEnumerable<T> source, int capacity, Action<T> after) : IEnumerable<T>
-    {
-        public IEnumerator<T> GetEnumerator()
-        {
-            using var queue = new BlockingCollection<T>(Math.Max(1, capacity));
-            using var cancel = new CancellationTokenSource();
-            Exception? failure = null;
-            var producer = Task.Factory.StartNew(() =>
-            {
-                try { foreach (var item in source) queue.Add(item, cancel.Token); }
-                catch (OperationCanceledException) when (cancel.IsCancellationRequested) { }
-                catch (Exception e) { failure = e; }
-                finally { queue.CompleteAdding(); }
-            }, TaskCreationOptions.LongRunning);
-            try
-            {
-                foreach (var item in queue.GetConsumingEnumerable())
-                {
-                    after(item);
-                    yield return item;
-                }
-                if (failure != null) System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(failure).Throw();
-            }
-            finally
-            {
-                cancel.Cancel();
-                try { producer.Wait(); } catch (AggregateException) { }
-            }
-        }
-
-        System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => GetEnumerator();
-    }
 }
 
 internal static class PretrainingStreams

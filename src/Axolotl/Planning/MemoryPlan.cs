@@ -76,8 +76,18 @@ internal sealed class MemoryPlan
         else
         {
             trainable = linearElements + other;
-            parts.Add(new("gradients, optimizer", trainable * (a == 2 ? 16L : 12L),
-                $"{trainable:N0} parameters × ({(a == 2 ? "fp32 master + " : "")}fp32 gradient + 2 AdamW moments)"));
+            // Per parameter: its gradient in its own dtype; with bf16 weights (unless bfloat16: true) an fp32 master, and
+            // an fp32 gradient sum when micro-batches are accumulated; the optimizer's moments in the master's dtype
+            // (8-bit AdamW: one byte each).
+            bool masters = a == 2 && !config.PureBf16;
+            bool eightBit = Training.TrainingOptimizer.EightBitAdamW.Contains(config.Optimizer);
+            int moments = config.Optimizer switch { "sgd" or "adafactor" => 0, "lion_32bit" => 1, _ => 2 };
+            double momentBytes = eightBit ? 1 : masters || a == 4 ? 4 : 2;
+            long gradientSum = masters && config.GradientAccumulationSteps > 1 ? 4 : 0;
+            double perParameter = a + (masters ? 4 : 0) + gradientSum + moments * momentBytes;
+            string momentText = moments == 0 ? "" : $" + {moments} {(eightBit ? "8-bit" : momentBytes == 4 ? "fp32" : "bf16")} moment{(moments > 1 ? "s" : "")}";
+            parts.Add(new("gradients, optimizer", (long)(trainable * perParameter),
+                $"{trainable:N0} parameters × ({(a == 2 ? "bf16" : "fp32")} gradient{(masters ? " + fp32 master" : "")}{(gradientSum > 0 ? " + fp32 gradient sum" : "")}{momentText})"));
         }
 
         long tokens = (long)microBatchSize * config.SequenceLen;
@@ -85,16 +95,22 @@ internal sealed class MemoryPlan
         // attention output, the MLP's gate, up, activation and product (intermediate each), and, with LoRA, each
         // adapted input again after dropout.
         long perTokenLayer = a * (4 * h + 2 * q + 2 * kv + 4 * im) + (adapter && config.LoraDropout > 0 ? a * (4 * h + q + im) : 0);
-        // Calibrated on the 1B shape (1 × 2048 tokens, LoRA, bf16; README): measured peaks held ~1.3× the saved tensors
-        // without checkpointing (what backward's transient gradients and glibc's retained free chunks add), and with it
-        // the layer inputs plus ~6 layers' worth (the recomputed layer, its backward's gradients, retained heap).
-        long allLayers = tokens * perTokenLayer * layers * 13 / 10;
-        long checkpointed = tokens * a * h * layers + 6 * tokens * perTokenLayer;
+        // Without checkpointing autograd keeps every layer's saved tensors; with it, the layer inputs plus ~6 layers'
+        // worth (the recomputed layer and its backward's gradients; calibrated on the 1B shape, README).
+        long allLayers = tokens * perTokenLayer * layers;
+        long checkpointed = tokens * a * h * layers + Math.Min(6, layers) * tokens * perTokenLayer;
         long activations = checkpointing ? checkpointed : allLayers;
         parts.Add(new("activations", activations,
             $"{microBatchSize} × {config.SequenceLen} tokens; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it"));
         long chunkRows = Math.Clamp(8_000_000 / vocab, 8, 1024);
-        parts.Add(new("loss chunk", chunkRows * vocab * 4 * 3 + tokens * h * 4, $"{chunkRows} rows × {vocab} fp32 logits, log-probabilities and gradient; the fp32 hidden-state gradient"));
+        long lossChunk = chunkRows * vocab * 4 * 3 + tokens * h * 4;
+        parts.Add(new("loss chunk", lossChunk, $"{chunkRows} rows × {vocab} fp32 logits, log-probabilities and gradient; the fp32 hidden-state gradient"));
+        // glibc keeps freed buffers in its heap (TorchRuntime raises its thresholds to spare the page faults) and cannot
+        // always reuse them for a differently sized request, so a run's peak RSS sits above what it has in use. Fitted to
+        // the measured peaks of the README's table (quickstart, 58M LoRA and full, 1B LoRA with and without
+        // checkpointing); jemalloc (AXOLOTL_MALLOC) hands unused memory back instead.
+        if (Runtime.NativeAllocator.Current == "glibc")
+            parts.Add(new("freed heap kept by glibc", (long)(1.5 * lossChunk + 0.3 * activations), "1.5 × the loss chunk + 0.3 × the activations (measured fragmentation)"));
         parts.Add(new("data", tokens * 8 * 4, "the micro-batch's ids, labels, positions and mask"));
         parts.Add(new("runtime", RuntimeBytes, ".NET, libtorch and their thread pools"));
 

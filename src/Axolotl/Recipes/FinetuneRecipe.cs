@@ -97,7 +97,7 @@ internal static class FinetuneRecipe
             partialTraining.Add(new LisaCallback(lisaLayers, lisaInterval, config.LisaLayersAttribute, unchecked((uint)config.Seed), reporter.Info));
         model.model.GradientCheckpointing = config.RecomputesLayers;
         ModelLoading.Place(model, device, reporter);
-        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : "bf16 weights and compute, fp32 master weights and optimizer state")} (bf16: {ConfigLoader.Spelling(config.Bf16)}).");
+        reporter.Info($"Precision: {(!bf16 ? "fp32" : lora != null ? "bf16 compute, fp32 adapter weights" : config.PureBf16 ? "bf16 weights, compute, gradients and optimizer state" : "bf16 weights and compute, fp32 master weights and optimizer state")} ({(config.PureBf16 ? "bfloat16: true" : $"bf16: {ConfigLoader.Spelling(config.Bf16)}")}).");
 
         var packing = PackingOptions.For(config);
         var options = new TrainingOptions
@@ -121,6 +121,7 @@ internal static class FinetuneRecipe
             Beta1 = config.AdamBeta1 ?? 0.9,
             Beta2 = config.AdamBeta2 ?? 0.999,
             Epsilon = config.AdamEpsilon ?? 1e-8,
+            Fp32Masters = !config.PureBf16,
             LoggingSteps = config.LoggingSteps,
             Seed = config.Seed,
             PadTokenId = tokenizer?.PadTokenId ?? tokenizer?.EosTokenId ?? 0,

@@ -36,11 +36,13 @@ internal abstract partial class TrainingOptimizer : IDisposable
             throw new UserError("deepspeed: Muon orthogonalises whole matrices, which ZeRO shards; Axolotl does not run Muon with DeepSpeed either. Drop the deepspeed key or use another optimizer.");
         if (parallel is { ZeroStage: > 0 } && name == "adafactor")
             throw new UserError("deepspeed: ZeRO stage 1 and 2 shard elementwise optimizers (adamw_torch, sgd, lion_32bit); adafactor's row and column statistics span whole matrices. Use another optimizer or drop the deepspeed key.");
+        if (parallel is { ZeroStage: > 0 } && !o.Fp32Masters && trainable.Any(p => p.Parameter.dtype != ScalarType.Float32))
+            throw new UserError("bfloat16: true (bf16 weights without fp32 master copies) is not implemented with deepspeed ZeRO, whose shards hold fp32 masters; use bf16: true, or drop the deepspeed key.");
         var shard = parallel is { ZeroStage: > 0 } ? new Shard(parallel, trainable.Select(p => p.Parameter).ToList()) : null;
         // With ZeRO a slot is the piece of a parameter this rank owns; otherwise the whole parameter.
         var slots = shard != null
             ? shard.Pieces.Select(piece => { var (wd, lrs) = Group(trainable[piece.Index]); return new Slot(trainable[piece.Index].Parameter, wd, lrs, piece.Start, piece.Length, piece.FlatStart); }).ToList()
-            : trainable.Select(p => { var (wd, lrs) = Group(p); return new Slot(p.Parameter, wd, lrs); }).ToList();
+            : trainable.Select(p => { var (wd, lrs) = Group(p); return new Slot(p.Parameter, wd, lrs, o.Fp32Masters); }).ToList();
         Manual optimizer = name switch
         {
             "adamw_torch" or "adamw_torch_fused" => new AdamW(slots, o.Beta1, o.Beta2, o.Epsilon),
@@ -130,10 +132,10 @@ internal abstract partial class TrainingOptimizer : IDisposable
         /// resumes its bias correction where it stopped rather than at the optimizer's step count.</summary>
         public long Steps;
 
-        public Slot(Parameter parameter, double weightDecay, double lrScale)
+        public Slot(Parameter parameter, double weightDecay, double lrScale, bool fp32Master = true)
         {
             (Parameter, WeightDecay, LrScale, Start, Length) = (parameter, weightDecay, lrScale, 0, parameter.numel());
-            HasSeparateMaster = parameter.dtype != ScalarType.Float32;
+            HasSeparateMaster = fp32Master && parameter.dtype != ScalarType.Float32;
             Master = HasSeparateMaster ? parameter.detach().to(ScalarType.Float32).DetachFromDisposeScope() : parameter;
         }
 

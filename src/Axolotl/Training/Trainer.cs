@@ -36,6 +36,9 @@ internal sealed record TrainingOptions
     public double Beta1 { get; init; } = 0.9;
     public double Beta2 { get; init; } = 0.999;
     public double Epsilon { get; init; } = 1e-8;
+    /// <summary>A low-precision (bf16) trained parameter gets an fp32 master copy and fp32 optimizer state; false
+    /// (Axolotl's <c>bfloat16: true</c>) updates it and keeps its state in its own dtype, as torch does.</summary>
+    public bool Fp32Masters { get; init; } = true;
     public int? LoggingSteps { get; init; }
     public int Seed { get; init; } = 42;
     public int PadTokenId { get; init; }

@@ -206,8 +206,9 @@ public class ConfigLoaderTests
         Assert.Equal(1.0, c.MaxGradNorm);
 
         c = Parse(Minimal + "\nbfloat16: true\nrandom_init_weights: true\n");
-        Assert.Equal((Bf16Mode.True, true), (c.Bf16, c.RandomInitWeights));
-        Assert.Contains("'random_init_weights' is Axolotl's older name for 'reinit_weights'", c.Warnings[1]);
+        Assert.Equal((Bf16Mode.True, true, true), (c.Bf16, c.PureBf16, c.RandomInitWeights));
+        Assert.Contains("'random_init_weights' is Axolotl's older name for 'reinit_weights'", c.Warnings.Single());
+        Assert.False(Parse(Minimal + "\nbf16: true\n").PureBf16);
         Assert.True(Parse(Minimal + "\nreinit_weights: true\n").RandomInitWeights);
     }
 

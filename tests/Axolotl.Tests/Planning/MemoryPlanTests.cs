@@ -48,6 +48,26 @@ public sealed class MemoryPlanTests : IDisposable
         Assert.Contains(lines, l => l.StartsWith("predicted time per step: "));
     }
 
+    [Fact]
+    public void A_full_fine_tune_plans_the_optimizer_state_its_precision_and_optimizer_hold()
+    {
+        var arch = Llama1B();
+        long parameters = MemoryPlan.For(Config("lora"), arch).Parts.Single(p => p.Name == "weights").Bytes / 2; // bf16
+        double PerParameter(Action<AxolotlConfig> change)
+        {
+            var config = Config("full");
+            change(config);
+            return (double)MemoryPlan.For(config, arch).Parts.Single(p => p.Name == "gradients, optimizer").Bytes / parameters;
+        }
+        // bf16 gradient + fp32 master + two fp32 moments; + an fp32 gradient sum when micro-batches are accumulated.
+        Assert.InRange(PerParameter(_ => { }), 13.9, 14.1);
+        Assert.InRange(PerParameter(c => c.GradientAccumulationSteps = 4), 17.9, 18.1);
+        // bfloat16: true: bf16 gradient and moments, no master; 8-bit AdamW: one byte a moment.
+        Assert.InRange(PerParameter(c => c.PureBf16 = true), 5.9, 6.1);
+        Assert.InRange(PerParameter(c => c.Optimizer = "adamw_8bit"), 7.9, 8.1);
+        Assert.InRange(PerParameter(c => { c.PureBf16 = true; c.Optimizer = "adamw_8bit"; }), 3.9, 4.1);
+    }
+
     [Theory]
     [InlineData("lora")]
     [InlineData("qlora")]

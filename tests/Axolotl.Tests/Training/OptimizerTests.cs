@@ -180,6 +180,51 @@ public class OptimizerTests
         Assert.All(p.to(ScalarType.Float32).data<float>().ToArray(), v => Assert.Equal(1.0078125f, v));
     }
 
+    [Fact]
+    public void Without_fp32_masters_a_bf16_parameter_keeps_its_adamw_state_in_bf16_and_loses_tiny_updates()
+    {
+        // Axolotl's bfloat16: true, as torch's AdamW treats a bf16 parameter: moments in bf16, no master copy.
+        using var scope = NewDisposeScope();
+        var options = new TrainingOptions { LearningRate = Lr, WeightDecay = Decay, Beta1 = 0.9, Beta2 = 0.99, Fp32Masters = false };
+        var w = new Parameter(tensor(W0.Select(v => (float)v).ToArray(), [2, 3]).to(ScalarType.BFloat16));
+        using var adamw = TrainingOptimizer.Create("adamw_torch", [("layer.weight", w)], options);
+        using var withMasters = TrainingOptimizer.Create("adamw_torch", [("layer.weight", new Parameter(w.detach().clone()))], options with { Fp32Masters = true });
+        Assert.Equal(6 * 2 * 2, adamw.StateBytes);          // two bf16 moments
+        Assert.Equal(6 * 2 * 4, withMasters.StateBytes);    // two fp32 moments (the fp32 master comes on top)
+        // Element by element in doubles, rounding to bf16 wherever torch stores a bf16 tensor.
+        static double Bf16(double x) => tensor(new[] { (float)x }).to(ScalarType.BFloat16).to(ScalarType.Float32).item<float>();
+        var weight = W0.Select(Bf16).ToArray();
+        var m = new double[6];
+        var v = new double[6];
+        for (int step = 1; step <= 3; step++)
+        {
+            var g = GradW[step - 1].Select(Bf16).ToArray();
+            w.grad = tensor(g.Select(x => (float)x).ToArray(), [2, 3]).to(ScalarType.BFloat16);
+            adamw.Step(Lr);
+            adamw.ZeroGrad();
+            for (int i = 0; i < 6; i++)
+            {
+                weight[i] = Bf16(weight[i] * (1 - Lr * Decay));
+                m[i] = Bf16(Bf16(m[i] * 0.9) + 0.1 * g[i]);
+                v[i] = Bf16(Bf16(v[i] * 0.99) + 0.01 * g[i] * g[i]);
+                double denominator = Bf16(Bf16(Bf16(Math.Sqrt(v[i])) / Math.Sqrt(1 - Math.Pow(0.99, step))) + 1e-8);
+                weight[i] = Bf16(weight[i] - Lr / (1 - Math.Pow(0.9, step)) * m[i] / denominator);
+            }
+            Assert.Equal(ScalarType.BFloat16, w.dtype);
+            var got = w.to(ScalarType.Float32).data<float>().ToArray();
+            for (int i = 0; i < 6; i++) Assert.True(Math.Abs(got[i] - weight[i]) <= Math.Abs(weight[i]) / 128, $"step {step}, element {i}: {got[i]} vs {weight[i]}");
+        }
+        // What the fp32 masters are for: steps below bf16's resolution vanish without them.
+        var p = new Parameter(ones(4, dtype: ScalarType.BFloat16));
+        using var sgd = TrainingOptimizer.Create("sgd", [("x.bias", p)], new TrainingOptions { LearningRate = 1e-3, Fp32Masters = false });
+        for (int i = 0; i < 10; i++)
+        {
+            p.grad = full(4, -1f, dtype: ScalarType.BFloat16);
+            sgd.Step(1e-3);
+        }
+        Assert.All(p.to(ScalarType.Float32).data<float>().ToArray(), x => Assert.Equal(1f, x));
+    }
+
     [Theory]
     [InlineData("adamw_torch")]
     [InlineData("sgd")]
