@@ -48,18 +48,54 @@ public static class GenerationBench
         // No eos: every run generates exactly the requested number of tokens.
         var options = new GenerationOptions { MaxNewTokens = tokens };
         Generation.Generate(model, prompt, options with { MaxNewTokens = 2 }); // warm-up
+        // Decoding reads every weight once per token, but of the input embedding only the token's row (the head reads
+        // the whole matrix when tied): against the copy bandwidth, that bounds tokens/s with the KV cache.
+        long weightBytes = model.named_parameters().Where(p => p.name != "model.embed_tokens.weight" || config.TieWordEmbeddings)
+            .Sum(p => p.parameter.numel() * p.parameter.element_size());
+        double copyBytesPerSecond = CopyBandwidth();
+        var firstToken = Stopwatch.StartNew();
+        Generation.Generate(model, prompt, options with { MaxNewTokens = 1 });
+        double promptSeconds = firstToken.Elapsed.TotalSeconds;
         foreach (bool cache in new[] { true, false })
         {
             var clock = Stopwatch.StartNew();
             var generated = Generation.Generate(model, prompt, options with { UseCache = cache });
             double seconds = clock.Elapsed.TotalSeconds;
-            Console.WriteLine(new JsonObject
+            var result = new JsonObject
             {
                 ["benchmark"] = "generate", ["kv_cache"] = cache, ["parameters"] = parameters, ["dtype"] = dtype.ToString(),
                 ["prompt_tokens"] = promptTokens, ["new_tokens"] = generated.Count, ["seconds"] = Math.Round(seconds, 3),
                 ["tokens_per_second"] = Math.Round(generated.Count / seconds, 2),
-            }.ToJsonString());
+            };
+            if (cache)
+            {
+                // After the first token (the prompt's pass), as llama.cpp's decode rate is counted.
+                result["decode_tokens_per_second"] = Math.Round((generated.Count - 1) / Math.Max(1e-9, seconds - promptSeconds), 2);
+                result["weight_bytes_per_token"] = weightBytes;
+                result["copy_gb_per_s"] = Math.Round(copyBytesPerSecond / 1e9, 2);
+                result["bandwidth_bound_tokens_per_second"] = Math.Round(copyBytesPerSecond / weightBytes, 2);
+            }
+            Console.WriteLine(result.ToJsonString());
         }
         return 0;
+    }
+
+    /// <summary>Bytes read plus bytes written per second by torch copying a 256 MiB tensor (median of 5), STREAM's
+    /// "copy" convention: far larger than the caches, so it is what main memory sustains for these threads.</summary>
+    static double CopyBandwidth()
+    {
+        using var scope = NewDisposeScope();
+        var source = ones(64L << 20);
+        var target = empty_like(source);
+        target.copy_(source);
+        var times = new List<double>();
+        for (int i = 0; i < 5; i++)
+        {
+            var clock = Stopwatch.StartNew();
+            target.copy_(source);
+            times.Add(clock.Elapsed.TotalSeconds);
+        }
+        times.Sort();
+        return 2.0 * source.numel() * source.element_size() / times[2];
     }
 }
