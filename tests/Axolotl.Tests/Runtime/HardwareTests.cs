@@ -36,4 +36,16 @@ public class HardwareTests
         Assert.InRange(available, 1, total);
         if (Hardware.HeapStats() is { } heap) Assert.True(heap.Arena >= heap.InUse && heap.InUse > 0, $"{heap}");
     }
+
+    [Fact]
+    public void The_allocation_free_probe_reads_what_proc_status_reads()
+    {
+        if (!File.Exists("/proc/self/statm")) return; // not Linux: nothing to compare
+        using var probe = new QuietMemoryProbe();
+        // statm and status count the same resident pages; the two reads are a moment apart.
+        long statusBytes = Hardware.RssKb() * 1024, probeBytes = probe.ResidentBytes();
+        Assert.InRange(probeBytes, statusBytes - (64L << 20), statusBytes + (64L << 20));
+        Assert.True(probe.ResidentBytes() > 0);
+        if (Hardware.HeapStats() is { } heap) Assert.InRange(Hardware.HeapLiveBytes(), 1, heap.InUse + heap.Mapped + (64L << 20));
+    }
 }
