@@ -33,7 +33,6 @@ sealed class StderrReporter : IRecipeReporter
     public void Warn(string message) => Console.Error.WriteLine($"warning: {message}");
 }
 
-/// <summary>A live progress bar with the latest loss, learning rate, throughput and ETA.</summary>
 /// <summary>
 /// The progress bar, redrawn by the training thread itself between steps (the display runs with AutoRefresh off):
 /// Spectre's refresh thread allocates while the training thread is inside libtorch, and a garbage collection there can

@@ -438,7 +438,12 @@ internal abstract partial class TrainingOptimizer : IDisposable
         {
             StepCount = stepCount;
             using var _ = no_grad();
-            foreach (var t in SavedTensors()) t.Load(reader);
+            try { foreach (var t in SavedTensors()) t.Load(reader); }
+            catch (ArgumentException e) when (e.Message.Contains("Mismatched", StringComparison.Ordinal))
+            {
+                throw new UserError("resume: the checkpoint's optimizer state does not fit this run: it holds other tensors or dtypes " +
+                    "(fp32 master copies with bf16: true, bf16 state with bfloat16: true, or other trainable parameters); resume with the settings it was trained with.");
+            }
             ReadSlotSteps(reader);
             foreach (var slot in Slots.Where(s => s.HasSeparateMaster))
             {

@@ -1,3 +1,4 @@
+using Axolotl;
 using Axolotl.Training;
 using TorchSharp.Modules;
 using static TorchSharp.torch;
@@ -223,6 +224,23 @@ public class OptimizerTests
             sgd.Step(1e-3);
         }
         Assert.All(p.to(ScalarType.Float32).data<float>().ToArray(), x => Assert.Equal(1f, x));
+    }
+
+    [Fact]
+    public void Resuming_fp32_master_state_without_masters_is_one_sentence()
+    {
+        using var scope = NewDisposeScope();
+        var w = new Parameter(ones(2, 3, dtype: ScalarType.BFloat16));
+        var options = new TrainingOptions { LearningRate = Lr };
+        using var withMasters = TrainingOptimizer.Create("adamw_torch", [("layer.weight", w)], options);
+        w.grad = full(2, 3, 0.5f, dtype: ScalarType.BFloat16);
+        withMasters.Step(Lr);
+        var stream = new MemoryStream();
+        withMasters.Save(new BinaryWriter(stream));
+        stream.Position = 0;
+        using var pure = TrainingOptimizer.Create("adamw_torch", [("layer.weight", w)], options with { Fp32Masters = false });
+        var error = Assert.Throws<UserError>(() => pure.Load(new BinaryReader(stream)));
+        Assert.Contains("resume with the settings it was trained with", error.Message);
     }
 
     [Theory]
