@@ -49,7 +49,17 @@ public static class KernelBench
             ("SwiGLU fwd+bwd", () => Time(() => Glu((a, b) => nn.functional.silu(a) * b, g, u, gyMlp)), () => Time(() => Glu(FusedSwiGlu.Run, g, u, gyMlp))),
             ("RoPE fwd+bwd (one projection)", () => Time(() => Rotate(t => Rope.Apply(t.transpose(1, 2), cos, sin), q, gyRope.transpose(1, 2))),
                                               () => Time(() => Rotate(t => FusedRope.Run(t, cos, sin), q, gyRope))),
-        };
+        }.ToList();
+        // Decoding's one-row products (the fused side is DecodeMatmul): the 58M shape's MLP, the 1B shape's MLP and a
+        // vocab-32000 head, each weight far larger than the caches at 1B, so these read at memory bandwidth.
+        foreach (var (inF, outF) in new[] { (512L, 1376L), (2048L, 8192L), (8192L, 2048L), (2048L, 32000L) })
+        {
+            var weight = (0.02 * randn(outF, inF)).to(dtype);
+            var row = randn(1, inF).to(dtype);
+            cases.Add(($"decode matmul 1×{inF} · {inF}×{outF} (MB/ms = GB/s of weights: {weight.numel() * 2 / 1e6:F1} MB)",
+                () => Time(() => { using var g = no_grad(); using var _ = nn.functional.linear(row, weight); }),
+                () => Time(() => { using var g = no_grad(); using var _ = DecodeMatmul.Linear(row, weight, null); })));
+        }
         var lines = new List<JsonObject>();
         foreach (var (name, composition, fused) in cases)
         {

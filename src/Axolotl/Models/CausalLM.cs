@@ -205,7 +205,7 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
     internal Tensor Head(Tensor hidden)
     {
         if (score is not null) return score.forward(hidden);
-        var logits = lm_head is null ? F.linear(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype)) : lm_head.forward(hidden);
+        var logits = lm_head is null ? DecodeMatmul.LinearOrTorch(hidden, Cast.To(model.embed_tokens.weight, hidden.dtype), null) : lm_head.forward(hidden);
         // Gemma 2 bounds the logits smoothly: cap · tanh(logits / cap), in the compute dtype.
         return Config.FinalLogitSoftcap is double cap ? (logits / cap).tanh() * cap : logits;
     }

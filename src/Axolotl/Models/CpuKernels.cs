@@ -29,15 +29,20 @@ static unsafe class CpuKernels
     /// <summary>Chunks of work, one per torch thread, each at least <paramref name="minimum"/> items so small inputs stay on one thread.</summary>
     public static int ChunkCount(long items, long minimum) => (int)Math.Max(1, Math.Min(get_num_threads(), items / minimum));
 
-    /// <summary>body(first, last) over [0, items) split in <see cref="ChunkCount"/> chunks run in parallel.</summary>
+    /// <summary>
+    /// body(first, last) over [0, items) split in <see cref="ChunkCount"/> chunks run in parallel, on torch's own
+    /// OpenMP threads where libtorch uses libgomp (<see cref="OpenMpPool"/>), else on .NET's pool.
+    /// </summary>
     public static void ForChunks(long items, long minimum, Action<long, long> body)
     {
         int chunks = ChunkCount(items, minimum);
         if (chunks == 1) { body(0, items); return; }
+        if (OpenMpPool.TryRun(chunks, c => body(items * c / chunks, items * (c + 1) / chunks))) return;
         Parallel.For(0, chunks, c => body(items * c / chunks, items * (c + 1) / chunks));
     }
 
     /// <summary>n values (bf16 or fp32) into fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Load(void* source, bool bf16, float* destination, int n)
     {
         if (!bf16) { new Span<float>(source, n).CopyTo(new Span<float>(destination, n)); return; }
@@ -53,6 +58,7 @@ static unsafe class CpuKernels
     }
 
     /// <summary>n fp32 values into bf16 (rounded) or fp32.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Store(float* source, void* destination, bool bf16, int n)
     {
         if (!bf16) { new Span<float>(source, n).CopyTo(new Span<float>(destination, n)); return; }
@@ -80,6 +86,7 @@ static unsafe class CpuKernels
         return bits + 0x7FFFu + ((bits >> 16) & 1);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void RoundToBf16(float* v, int n)
     {
         int i = 0;

@@ -149,6 +149,7 @@ static unsafe class RmsNormKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float SumOfSquares(float* v, int n)
     {
         var acc = Vector256<float>.Zero;
@@ -159,6 +160,7 @@ static unsafe class RmsNormKernels
         return sum;
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static float Dot(float* a, float* b, int n)
     {
         var acc = Vector256<float>.Zero;
@@ -170,6 +172,7 @@ static unsafe class RmsNormKernels
     }
 
     /// <summary>v = round(v·scale) in the input dtype.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void ScaleRound(float* v, float scale, int n, bool bf16)
     {
         int i = 0;
@@ -179,6 +182,7 @@ static unsafe class RmsNormKernels
         if (bf16) RoundToBf16(v, n);
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Multiply(float* v, float* w, int n)
     {
         int i = 0;
@@ -186,6 +190,7 @@ static unsafe class RmsNormKernels
         for (; i < n; i++) v[i] *= w[i];
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void MultiplyAdd(float* accumulator, float* a, float* b, int n)
     {
         int i = 0;
@@ -194,6 +199,7 @@ static unsafe class RmsNormKernels
     }
 
     /// <summary>g = a·g + b·x.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Combine(float* g, float* x, float a, float b, int n)
     {
         int i = 0;

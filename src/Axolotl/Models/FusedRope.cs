@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -97,6 +98,7 @@ static unsafe class RopeKernels
     }
 
     /// <summary>o = round(x·c) + round(sign·y·s), products rounded to bf16 when the tensors are bf16.</summary>
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Products(float* o, float* x, float* c, float* y, float* s, float sign, int n, bool bf16)
     {
         int i = 0;

@@ -1,3 +1,4 @@
+using System.Runtime.CompilerServices;
 using System.Runtime.Intrinsics;
 using TorchSharp;
 using static TorchSharp.torch;
@@ -145,6 +146,7 @@ static unsafe class SwiGluKernels
         }
     }
 
+    [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     static void Multiply(float* v, float* w, int n)
     {
         int i = 0;

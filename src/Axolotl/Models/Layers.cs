@@ -36,7 +36,7 @@ internal sealed class Linear : nn.Module<Tensor, Tensor>
     }
 
     public override Tensor forward(Tensor x) =>
-        F.linear(x, Cast.To(weight, x.dtype), bias is null ? null : Cast.To(bias, x.dtype));
+        DecodeMatmul.LinearOrTorch(x, Cast.To(weight, x.dtype), bias is null ? null : Cast.To(bias, x.dtype));
 }
 
 /// <summary>Token embeddings; the lookup is returned in the model's compute dtype.</summary>
