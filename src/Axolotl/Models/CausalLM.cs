@@ -339,18 +339,26 @@ internal sealed class CausalLM : nn.Module<Tensor, Tensor>
     /// HF's _init_weights: normal(0, initializer_range) for linear and embedding weights, zero biases; norms keep
     /// their identity (weight 1, or 0 where the norm scales by 1 + w; LayerNorm bias 0).
     /// </summary>
-    public void InitializeWeights(long seed)
+    /// <param name="takeWeight">Offered each linear weight (module path, a function drawing its values into a new tensor)
+    /// before it is drawn in place; returning true means the caller took it (the quantizing random init draws each weight
+    /// on its own and quantizes it, so the full-precision model never exists). Draws come from the same generator in the
+    /// same order either way, so the values are the same.</param>
+    public void InitializeWeights(long seed, Func<string, Func<Tensor>, bool>? takeWeight = null)
     {
         using var _ = no_grad();
         var generator = new Generator((ulong)seed);
         var modules = named_modules().ToDictionary(m => m.name, m => m.module);
-        foreach (var (name, p) in named_parameters())
+        foreach (var (name, p) in named_parameters().ToList())
         {
             bool isBias = name.EndsWith(".bias");
-            switch (modules[name[..name.LastIndexOf('.')]])
+            var path = name[..name.LastIndexOf('.')];
+            switch (modules[path])
             {
                 case RmsNorm norm: p.fill_(1 - norm.Offset); break;
                 case LayerNorm: p.fill_(isBias ? 0 : 1); break;
+                case Linear when !isBias && takeWeight is not null
+                                 && takeWeight(path, () => empty(p.shape, p.dtype).normal_(0, Config.InitializerRange, generator)):
+                    break;
                 default:
                     if (isBias) p.zero_();
                     else p.normal_(0, Config.InitializerRange, generator);

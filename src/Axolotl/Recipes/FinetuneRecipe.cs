@@ -296,9 +296,8 @@ internal static class FinetuneRecipe
     {
         if (config.RandomInitWeights)
         {
-            var model = CausalLM.Create(architecture, weightType, computeType);
-            model.InitializeWeights(config.Seed);
-            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (reinit_weights), {model.parameters().Sum(p => p.numel()):N0} parameters.");
+            var model = ModelLoading.RandomBase(config, architecture, weightType, computeType);
+            reporter.Info($"Model: {architecture.ModelType} architecture with random weights (reinit_weights), {model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model):N0} parameters.");
             return model;
         }
         var loaded = ModelLoading.LoadBase(config, architecture, weightType, computeType);

@@ -68,6 +68,34 @@ internal static class ModelLoading
         return lm;
     }
 
+    /// <summary>
+    /// reinit_weights: the architecture with HF's random init. With load_in_4bit / load_in_8bit each weight to quantize is
+    /// drawn on its own and quantized at once, as <see cref="LoadBase"/> does with a checkpoint's weights: the peak is
+    /// the quantized model plus one weight (at the 1B shape the bf16 model first had made it 3.3 GiB).
+    /// </summary>
+    public static CausalLM RandomBase(AxolotlConfig config, DecoderConfig architecture, ScalarType weightType, ScalarType computeType)
+    {
+        if (QuantizationSettings.FromConfig(config) is not { } quantization)
+        {
+            var model = CausalLM.Create(architecture, weightType, computeType);
+            model.InitializeWeights(config.Seed);
+            return model;
+        }
+        CausalLM lm;
+        Linear.LeaveWeightsUnwritten = true;
+        try { lm = CausalLM.Create(architecture, weightType, computeType); }
+        finally { Linear.LeaveWeightsUnwritten = false; }
+        var quantizable = Quantizer.QuantizableLinears(lm).ToHashSet();
+        lm.InitializeWeights(config.Seed, (path, draw) =>
+        {
+            if (!quantizable.Contains(path)) return false;
+            using var weight = draw();
+            Quantizer.Replace(lm, path, Quantizer.Quantize(weight, quantization), quantization);
+            return true;
+        });
+        return lm;
+    }
+
     /// <summary>Quantizes the base's Linear layers as load_in_4bit / load_in_8bit ask, as bitsandbytes would at load time
     /// (those <see cref="LoadBase"/> quantized as it read them stay as they are).</summary>
     public static void QuantizeAsConfigured(CausalLM model, AxolotlConfig config, IRecipeReporter reporter)

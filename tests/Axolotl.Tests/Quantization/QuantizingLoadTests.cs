@@ -36,4 +36,34 @@ public class QuantizingLoadTests
         using var _ = no_grad();
         Assert.True(loaded.forward(ids).equal(reference.forward(ids)).all().item<bool>());
     }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void Random_init_quantized_weight_by_weight_equals_the_full_random_model_quantized(bool fourBit)
+    {
+        using var scope = NewDisposeScope();
+        var dir = TestSetup.Data("reference", "models", "tiny-llama");
+        var config = new AxolotlConfig { BaseModel = dir, RandomInitWeights = true, Seed = 5, Adapter = fourBit ? AdapterKind.Qlora : AdapterKind.Lora, LoadIn4Bit = fourBit, LoadIn8Bit = !fourBit };
+        var settings = QuantizationSettings.FromConfig(config)!;
+        var architecture = DecoderConfig.FromFolder(dir);
+
+        // The old way: the whole model drawn in bf16, then quantized.
+        var reference = CausalLM.Create(architecture, ScalarType.BFloat16, ScalarType.BFloat16);
+        reference.InitializeWeights(5);
+        var quantizedPaths = Quantizer.QuantizeLinears(reference, settings);
+        var built = ModelLoading.RandomBase(config, architecture, ScalarType.BFloat16, ScalarType.BFloat16);
+
+        var expected = reference.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
+        var actual = built.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
+        Assert.Equal(quantizedPaths.Order(), actual.Keys.Order());
+        foreach (var (name, layer) in actual)
+            Assert.True(layer.Weight.Dequantize().equal(expected[name].Weight.Dequantize()).all().item<bool>(), $"{name} differs");
+        var unquantized = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, p) in built.named_parameters())
+            Assert.True(p.equal(unquantized[name]).all().item<bool>(), $"{name} differs");
+        // Random, not left empty: the quantized weights spread as normal(0, initializer_range) does.
+        double spread = actual.Values.First().Weight.Dequantize().to(ScalarType.Float32).std().item<float>();
+        Assert.InRange(spread, 0.5 * architecture.InitializerRange, 2 * architecture.InitializerRange);
+    }
 }
