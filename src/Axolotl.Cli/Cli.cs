@@ -388,13 +388,23 @@ public static class Cli
         return null;
     }
 
-    /// <summary>axolotl plan / train --dry-run: the predicted peak by part and the time per step, before anything is loaded.</summary>
+    /// <summary>
+    /// axolotl plan / train --dry-run: the predicted peak by part and the time per step, before the model is loaded.
+    /// Where the peak depends on the rows' lengths (<see cref="Planning.MemoryPlan.ReadsData"/>) the data is prepared
+    /// first, as preprocess does (and cached under dataset_prepared_path for the run); its messages go to stderr.
+    /// </summary>
     static int Plan(AxolotlConfig config)
     {
         TorchRuntime.EnsureLoaded();
         var arch = ModelLoading.Architecture(config);
+        Planning.RowLengths? rowLengths = null;
+        if (Planning.MemoryPlan.ReadsData(config))
+        {
+            using var data = PreprocessRecipe.Run(config, new StderrReporter()).Data;
+            rowLengths = Planning.RowLengths.Of(data.Examples);
+        }
         double gflops = Training.Flops.MeasureMatmulGflops(Recipes.ModelLoading.ComputeType(config), 1024, 3).Max();
-        Console.WriteLine(Planning.MemoryPlan.For(config, arch).Describe(gflops));
+        Console.WriteLine(Planning.MemoryPlan.For(config, arch, rowLengths).Describe(gflops));
         var (budget, source) = Planning.MemoryBudget.For(config);
         if (budget > 0) Console.Error.WriteLine($"{source} {budget / 1073741824.0:F1} GiB");
         return 0;
@@ -403,9 +413,6 @@ public static class Cli
     static int Train(AxolotlConfig config)
     {
         TorchRuntime.EnsureLoaded();
-        // Refused up front rather than killed for memory an hour in.
-        if (Planning.MemoryPlan.Refusal(config, ModelLoading.Architecture(config), Planning.MemoryBudget.For(config)) is { } refusal)
-            throw new UserError(refusal);
         // Ctrl-C or a scheduler's SIGTERM: finish the step in flight, checkpoint, exit, instead of dying mid-write.
         using var stop = new CancellationTokenSource();
         void Stop(System.Runtime.InteropServices.PosixSignalContext context)

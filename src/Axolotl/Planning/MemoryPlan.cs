@@ -11,12 +11,20 @@ namespace Axolotl.Planning;
 /// <summary>One line of the plan: a part of the peak and its bytes.</summary>
 internal sealed record PlanPart(string Name, long Bytes, string Detail);
 
+/// <summary>What the plan needs to know of prepared data: its longest row and the most trained tokens in one row.</summary>
+internal sealed record RowLengths(int Longest, int MostTrained)
+{
+    public static RowLengths? Of(IReadOnlyList<Data.Example> examples) =>
+        examples.Count == 0 ? null : new(examples.Max(e => e.InputIds.Length), examples.Max(e => e.TrainableTokens));
+}
+
 /// <summary>
 /// The memory a training run will peak at, predicted from config.json and the config alone (nothing is loaded): the
 /// weights in their stored precision, the adapter or full-model training state, the activations autograd keeps for one
 /// micro-batch (all layers', or with gradient checkpointing only each layer's input plus one layer recomputed), the loss
 /// chunk and a fixed runtime (the .NET runtime, libtorch and its thread pools). Rows are counted at sequence_len, the
-/// most a micro-batch can hold.
+/// most a micro-batch can hold, unless the run pads each micro-batch only to its longest row and that row is known
+/// (<see cref="ReadsData"/>): then at the longest row rounded up to the padding multiple.
 /// </summary>
 internal sealed class MemoryPlan
 {
@@ -33,10 +41,28 @@ internal sealed class MemoryPlan
     public required double FlopsPerStep { get; init; }
     public long PeakBytes => Parts.Sum(p => p.Bytes);
 
-    public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch) =>
-        For(config, arch, config.MicroBatchSize, config.RecomputesLayers, QuantizationSettings.FromConfig(config));
+    /// <summary>Micro-batches of unpacked SFT rows are padded to their longest row (to a multiple of 64), not to sequence_len.</summary>
+    public const int PadMultiple = 64;
 
-    public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch, int microBatchSize, bool checkpointing, QuantizationSettings? quantization)
+    /// <summary>
+    /// Whether the peak depends on the data's row lengths: unpacked supervised rows padded per micro-batch (packed rows,
+    /// pad_to_sequence_len and streamed data fill sequence_len; preference and reward pairs are not what this plan models).
+    /// </summary>
+    public static bool ReadsData(AxolotlConfig config) =>
+        !config.SamplePacking && config.PadToSequenceLen != true && !config.Streaming && config.PretrainingDataset.Count == 0
+        && config.Rl is null && !config.RewardModel;
+
+    /// <summary>Tokens per row the activations are planned for: sequence_len, or the longest row when that decides.</summary>
+    static long RowTokens(AxolotlConfig config, RowLengths? rows) =>
+        rows is not null && ReadsData(config)
+            ? Math.Min(config.SequenceLen, (Math.Max(1, rows.Longest) + PadMultiple - 1) / PadMultiple * PadMultiple)
+            : config.SequenceLen;
+
+    public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch, RowLengths? rowLengths = null) =>
+        For(config, arch, config.MicroBatchSize, config.RecomputesLayers, QuantizationSettings.FromConfig(config), rowLengths);
+
+    public static MemoryPlan For(AxolotlConfig config, DecoderConfig arch, int microBatchSize, bool checkpointing, QuantizationSettings? quantization,
+        RowLengths? rowLengths = null)
     {
         int a = ModelLoading.ComputeType(config) == TorchSharp.torch.ScalarType.BFloat16 ? 2 : 4;
         long h = arch.HiddenSize, im = arch.IntermediateSize, layers = arch.NumLayers, vocab = arch.VocabSize;
@@ -90,7 +116,10 @@ internal sealed class MemoryPlan
                 $"{trainable:N0} parameters × ({(a == 2 ? "bf16" : "fp32")} gradient{(masters ? " + fp32 master" : "")}{(gradientSum > 0 ? " + fp32 gradient sum" : "")}{momentText})"));
         }
 
-        long tokens = (long)microBatchSize * config.SequenceLen;
+        long rowTokens = RowTokens(config, rowLengths);
+        long tokens = microBatchSize * rowTokens;
+        string rows = rowTokens == config.SequenceLen ? $"{microBatchSize} × {config.SequenceLen} tokens"
+            : $"{microBatchSize} × {rowTokens} tokens (the data's longest row, {rowLengths!.Longest}, padded to a multiple of {PadMultiple})";
         // What autograd keeps per token and layer: the norm outputs and residual stream (h each), q, k, v and the
         // attention output, the MLP's gate, up, activation and product (intermediate each), and, with LoRA, each
         // adapted input again after dropout.
@@ -101,8 +130,10 @@ internal sealed class MemoryPlan
         long checkpointed = tokens * a * h * layers + Math.Min(6, layers) * tokens * perTokenLayer;
         long activations = checkpointing ? checkpointed : allLayers;
         parts.Add(new("activations", activations,
-            $"{microBatchSize} × {config.SequenceLen} tokens; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it"));
+            $"{rows}; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it"));
+        // Only positions whose next token is trained on go through the head, a chunk of rows at a time.
         long chunkRows = Math.Clamp(8_000_000 / vocab, 8, 1024);
+        if (rowLengths is not null && ReadsData(config)) chunkRows = Math.Max(1, Math.Min(chunkRows, (long)microBatchSize * rowLengths.MostTrained));
         long lossChunk = chunkRows * vocab * 4 * 3 + tokens * h * 4;
         parts.Add(new("loss chunk", lossChunk, $"{chunkRows} rows × {vocab} fp32 logits, log-probabilities and gradient; the fp32 hidden-state gradient"));
         // glibc keeps freed buffers in its heap (TorchRuntime raises its thresholds to spare the page faults) and cannot
@@ -146,10 +177,10 @@ internal sealed class MemoryPlan
         Refusal(config, arch, (availableBytes, "available memory is"));
 
     /// <summary>As above, against a budget and the words that name it (<see cref="MemoryBudget.For"/>).</summary>
-    public static string? Refusal(AxolotlConfig config, DecoderConfig arch, (long Bytes, string Source) budget)
+    public static string? Refusal(AxolotlConfig config, DecoderConfig arch, (long Bytes, string Source) budget, RowLengths? rowLengths = null)
     {
         long availableBytes = budget.Bytes;
-        var plan = For(config, arch);
+        var plan = For(config, arch, rowLengths);
         // Refused only when the run would not fit even if the plan overestimated by its tolerance: a run that might fit
         // is left to try.
         bool Fits(long bytes) => bytes * (1 - Tolerance) <= availableBytes;
@@ -157,13 +188,13 @@ internal sealed class MemoryPlan
         var quantization = QuantizationSettings.FromConfig(config);
         bool checkpointing = plan.Checkpointing;
         string? suggestion = null;
-        if (!checkpointing && Fits(For(config, arch, config.MicroBatchSize, true, quantization).PeakBytes))
+        if (!checkpointing && Fits(For(config, arch, config.MicroBatchSize, true, quantization, rowLengths).PeakBytes))
             suggestion = "gradient_checkpointing: true";
         for (int m = config.MicroBatchSize / 2; suggestion is null && m >= 1; m /= 2)
-            if (Fits(For(config, arch, m, true, quantization).PeakBytes))
+            if (Fits(For(config, arch, m, true, quantization, rowLengths).PeakBytes))
                 suggestion = $"micro_batch_size: {m} with gradient_checkpointing: true (and gradient_accumulation_steps × {config.MicroBatchSize / m} to keep the batch)";
         if (suggestion is null && quantization is null && config.Adapter is AdapterKind.Lora or null
-            && Fits(For(config, arch, 1, true, new QuantizationSettings(QuantKind.Nf4)).PeakBytes))
+            && Fits(For(config, arch, 1, true, new QuantizationSettings(QuantKind.Nf4), rowLengths).PeakBytes))
             suggestion = "adapter: qlora with load_in_4bit: true, micro_batch_size: 1 and gradient_checkpointing: true";
         if (suggestion is null) suggestion = "a shorter sequence_len or a machine with more memory";
         return string.Create(CultureInfo.InvariantCulture,

@@ -28,18 +28,24 @@ internal static class FinetuneRecipe
         // Several MPI ranks: all train, rank 0 alone speaks and writes (Distributed/DataParallelRun.cs).
         if (Distributed.MpiLaunch.World is { Rank: > 0 }) reporter = new QuietReporter();
         var parallel = Distributed.DataParallelRun.Start(config, reporter.Info);
+        // Read the architecture first: a wrong model path should fail before minutes of tokenization.
+        var architecture = ModelLoading.Architecture(config);
+        // A run that will not fit is refused up front rather than killed for memory an hour in; where the peak depends on
+        // the rows' lengths (unpacked rows, padded per micro-batch), once the data is read.
+        if (!Planning.MemoryPlan.ReadsData(config)) RefuseIfTooLarge(config, architecture, null, null);
+        bool outputDirExisted = Directory.Exists(config.OutputDir);
         var outputDir = PrepareOutputDir(config.OutputDir);
         manual_seed(config.Seed);
         // A GPU that is not there should fail before minutes of tokenization too.
         var device = ModelLoading.ResolveDevice(config);
-        // Read the architecture first: a wrong model path should fail before minutes of tokenization.
-        var architecture = ModelLoading.Architecture(config);
 
         // pretraining_dataset and streamed SFT datasets are read while training runs; nothing is prepared (or cached) before.
         bool streaming = config.Streaming || config.PretrainingDataset.Count > 0;
         var (data, tokenizer, tokenizerDir) = streaming
             ? (new PreparedDataset([], 0, 0, 0), ModelLoading.LoadTokenizer(config), config.TokenizerFolder())
             : Distributed.DataParallelRun.RankZeroFirst(parallel, () => PreprocessRecipe.Run(config, reporter));
+        if (Planning.MemoryPlan.ReadsData(config) && data.Examples.Count > 0)
+            RefuseIfTooLarge(config, architecture, Planning.RowLengths.Of(data.Examples), outputDirExisted ? null : outputDir);
         // A cache hit skips the tokenizer; training still wants it (pad id, embeddings for added tokens, saved files).
         tokenizer ??= ModelLoading.LoadTokenizerIfPresent(config);
 
@@ -269,6 +275,15 @@ internal static class FinetuneRecipe
             using var loaded = file.Read(key);
             parameter.copy_(loaded);
         }
+    }
+
+    /// <param name="createdOutputDir">output_dir when this run created it: removed again if still empty, so a refused run leaves nothing.</param>
+    static void RefuseIfTooLarge(AxolotlConfig config, DecoderConfig architecture, Planning.RowLengths? rowLengths, string? createdOutputDir)
+    {
+        if (Planning.MemoryPlan.Refusal(config, architecture, Planning.MemoryBudget.For(config), rowLengths) is not { } refusal) return;
+        if (createdOutputDir is not null && Directory.Exists(createdOutputDir) && !Directory.EnumerateFileSystemEntries(createdOutputDir).Any())
+            Directory.Delete(createdOutputDir);
+        throw new UserError(refusal);
     }
 
     /// <summary>resume_from_checkpoint, or with auto_resume_from_checkpoints the newest complete checkpoint in output_dir.</summary>

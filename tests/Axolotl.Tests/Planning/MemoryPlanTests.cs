@@ -99,6 +99,35 @@ public sealed class MemoryPlanTests : IDisposable
         var qlora = MemoryPlan.Refusal(config, arch, (long)(MemoryPlan.For(Config("qlora", "true"), arch).PeakBytes * (1 - MemoryPlan.Tolerance)) + 1);
         Assert.Contains("qlora", qlora);
     }
+
+    [Fact]
+    public void Unpacked_rows_are_planned_at_the_datas_longest_row_and_packed_rows_at_sequence_len()
+    {
+        var arch = Llama1B();
+        var unpacked = Config("lora", microBatch: 4, sequenceLen: 2048);
+        var shortRows = new RowLengths(Longest: 300, MostTrained: 5);
+        var planned = MemoryPlan.For(unpacked, arch, shortRows);
+        // Micro-batches are padded to their longest row rounded up to 64: 300 → 320 tokens a row.
+        var atThatLength = Config("lora", microBatch: 4, sequenceLen: 320);
+        long Part(MemoryPlan plan, string name) => plan.Parts.Single(p => p.Name == name).Bytes;
+        Assert.Equal(Part(MemoryPlan.For(atThatLength, arch), "activations"), Part(planned, "activations"));
+        Assert.Contains("the data's longest row, 300", planned.Parts.Single(p => p.Name == "activations").Detail);
+        // Only trained positions reach the head: 4 rows × 5 trained tokens, fewer than a full chunk.
+        Assert.StartsWith("20 rows × 128256", planned.Parts.Single(p => p.Name == "loss chunk").Detail);
+        Assert.True(planned.PeakBytes < MemoryPlan.For(unpacked, arch).PeakBytes);
+        // A row longer than sequence_len was truncated to it; packed and pad_to_sequence_len rows fill sequence_len whatever the data.
+        Assert.Equal(MemoryPlan.For(unpacked, arch).PeakBytes, MemoryPlan.For(unpacked, arch, new RowLengths(5000, 5000)).PeakBytes);
+        var packed = Config("lora", microBatch: 4, sequenceLen: 2048);
+        packed.SamplePacking = true;
+        Assert.Equal(MemoryPlan.For(packed, arch).PeakBytes, MemoryPlan.For(packed, arch, shortRows).PeakBytes);
+        var padded = Config("lora", microBatch: 4, sequenceLen: 2048);
+        padded.PadToSequenceLen = true;
+        Assert.Equal(MemoryPlan.For(padded, arch).PeakBytes, MemoryPlan.For(padded, arch, shortRows).PeakBytes);
+        // The refusal weighs the same rows: refused at sequence_len, accepted at the data's length.
+        long budget = (long)(planned.PeakBytes * (1 - MemoryPlan.Tolerance)) + 1;
+        Assert.NotNull(MemoryPlan.Refusal(unpacked, arch, (budget, "available memory is")));
+        Assert.Null(MemoryPlan.Refusal(unpacked, arch, (budget, "available memory is"), shortRows));
+    }
 }
 
 [Collection(CapturedConsole.Name)]
@@ -120,6 +149,7 @@ public class PlanCommandTests
             lora_alpha: 16
             lora_target_linear: true
             sequence_len: 8192
+            sample_packing: true
             micro_batch_size: 64
             learning_rate: 0.0001
             output_dir: {dir["out"]}
@@ -134,6 +164,44 @@ public class PlanCommandTests
         Assert.False(Directory.Exists(dir["out"]));
         // 64 × 8192 tokens through an 8B: hundreds of GiB, more than any machine that runs these tests.
         InProcessCli.AssertUserError(InProcessCli.Run("train", dir["config.yml"]), "predicted to peak at", "try ");
+    }
+
+    [Fact]
+    public void An_unpacked_run_is_planned_and_judged_at_its_datas_row_lengths()
+    {
+        using var dir = TestSetup.TempDir();
+        Directory.CreateDirectory(dir["model"]);
+        File.Copy(TestSetup.Data("model-configs", "meta-llama-3.2-1B-Instruct.json"), Path.Combine(dir["model"], "config.json"));
+        File.WriteAllText(dir["data.jsonl"], "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5, 6, 7]}\n");
+        File.WriteAllText(dir["config.yml"], $"""
+            base_model: {dir["model"]}
+            datasets:
+              - path: {dir["data.jsonl"]}
+            adapter: lora
+            lora_r: 8
+            lora_alpha: 16
+            lora_target_linear: true
+            sequence_len: 32768
+            micro_batch_size: 8
+            learning_rate: 0.0001
+            output_dir: {dir["out"]}
+            """);
+        var plan = InProcessCli.Run("plan", dir["config.yml"]);
+        Assert.True(plan.Code == 0, plan.Stderr);
+        Assert.Contains("8 × 64 tokens (the data's longest row, 7, padded to a multiple of 64)", plan.Stdout);
+        Assert.Contains("Data: 2 rows", plan.Stderr);
+        double peak = double.Parse(System.Text.RegularExpressions.Regex.Match(plan.Stdout, @"predicted peak RSS: (\d+\.\d) GiB").Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture);
+        // 8 × 32768 tokens through a 1B would need hundreds of GiB; 8 rows of 7 tokens need the weights and a little more.
+        Assert.InRange(peak, 2.5, 8);
+        // Train judges the same rows: not refused for memory (it stops at the missing weights instead), and a refusal
+        // after the data was read leaves no output_dir behind.
+        var train = InProcessCli.Run("train", dir["config.yml"]);
+        Assert.NotEqual(0, train.Code);
+        Assert.DoesNotContain("predicted to peak", train.Stderr + train.Stdout);
+        File.AppendAllText(dir["config.yml"], "\nmax_memory: {cpu: 1GiB}\n");
+        if (Directory.Exists(dir["out"])) Directory.Delete(dir["out"], recursive: true);
+        InProcessCli.AssertUserError(InProcessCli.Run("train", dir["config.yml"]), "predicted to peak at", "max_memory's budget is 1.0 GiB");
+        Assert.False(Directory.Exists(dir["out"]));
     }
 }
 
