@@ -31,6 +31,15 @@ internal sealed class MemoryPlan
     /// <summary>RSS of a training process before its model and data: .NET, libtorch and oneDNN's code and arenas.</summary>
     public const long RuntimeBytes = 400L << 20;
 
+    /// <summary>glibc's mmap threshold as <see cref="TorchRuntime"/> sets it: smaller tensors live in the heap.</summary>
+    const long MmapThreshold = 32L << 20;
+
+    /// <summary>
+    /// Freed heap glibc keeps per byte of activations held in heap-sized tensors, fitted to the README's table (58M,
+    /// 1B and 8B-wide shapes; 58M at 8 × 1,024 padded rows, where every activation is heap-sized, kept 1.25× them).
+    /// </summary>
+    const double HeapFragmentation = 1.0;
+
     /// <summary>How far a measured peak may sit below the prediction (README's table): the refusal's margin.</summary>
     public const double Tolerance = 0.15;
 
@@ -123,12 +132,23 @@ internal sealed class MemoryPlan
         // What autograd keeps per token and layer: the norm outputs and residual stream (h each), q, k, v and the
         // attention output, the MLP's gate, up, activation and product (intermediate each), and, with LoRA, each
         // adapted input again after dropout.
-        long perTokenLayer = a * (4 * h + 2 * q + 2 * kv + 4 * im) + (adapter && config.LoraDropout > 0 ? a * (4 * h + q + im) : 0);
+        (long Width, int Count)[] saved = adapter && config.LoraDropout > 0
+            ? [(h, 8), (q, 3), (kv, 2), (im, 5)]
+            : [(h, 4), (q, 2), (kv, 2), (im, 4)];
+        long perTokenLayer = a * saved.Sum(t => t.Width * t.Count);
+        // The part of it in tensors below glibc's mmap threshold: those come from the heap, where freed buffers of one
+        // size cannot always serve the next request of another; larger ones are mapped and unmapped whole.
+        long heapPerTokenLayer = a * saved.Where(t => tokensOf(t.Width) < MmapThreshold).Sum(t => t.Width * t.Count);
+        long tokensOf(long width) => (long)microBatchSize * RowTokens(config, rowLengths) * width * a;
         // Without checkpointing autograd keeps every layer's saved tensors; with it, the layer inputs plus ~6 layers'
         // worth (the recomputed layer and its backward's gradients; calibrated on the 1B shape, README).
         long allLayers = tokens * perTokenLayer * layers;
         long checkpointed = tokens * a * h * layers + Math.Min(6, layers) * tokens * perTokenLayer;
         long activations = checkpointing ? checkpointed : allLayers;
+        long layerInput = tokens * a * h;
+        long heapActivations = checkpointing
+            ? (layerInput < MmapThreshold ? layerInput * layers : 0) + Math.Min(6, layers) * tokens * heapPerTokenLayer
+            : tokens * heapPerTokenLayer * layers;
         parts.Add(new("activations", activations,
             $"{rows}; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it"));
         // Only positions whose next token is trained on go through the head, a chunk of rows at a time.
@@ -141,7 +161,8 @@ internal sealed class MemoryPlan
         // the measured peaks of the README's table (quickstart, 58M LoRA and full, 1B LoRA with and without
         // checkpointing); jemalloc (AXOLOTL_MALLOC) hands unused memory back instead.
         if (Runtime.NativeAllocator.Current == "glibc")
-            parts.Add(new("freed heap kept by glibc", (long)(1.5 * lossChunk + 0.3 * activations), "1.5 × the loss chunk + 0.3 × the activations (measured fragmentation)"));
+            parts.Add(new("freed heap kept by glibc", (long)(1.5 * lossChunk + HeapFragmentation * heapActivations),
+                string.Create(CultureInfo.InvariantCulture, $"1.5 × the loss chunk + {HeapFragmentation} × the activations held in tensors under 32 MiB, {Gib(heapActivations)} (measured fragmentation)")));
         parts.Add(new("data", tokens * 8 * 4, "the micro-batch's ids, labels, positions and mask"));
         parts.Add(new("runtime", RuntimeBytes, ".NET, libtorch and their thread pools"));
 

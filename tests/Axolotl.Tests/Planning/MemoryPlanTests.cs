@@ -101,6 +101,22 @@ public sealed class MemoryPlanTests : IDisposable
     }
 
     [Fact]
+    public void Glibc_keeps_freed_heap_for_the_activations_held_in_tensors_under_its_mmap_threshold()
+    {
+        if (Axolotl.Runtime.NativeAllocator.Current != "glibc") return; // jemalloc hands memory back: no such term
+        var arch = Llama1B();
+        long Part(MemoryPlan plan, string name) => plan.Parts.Single(p => p.Name == name).Bytes;
+        // 1 × 2,048 tokens: the intermediate-wide tensors ([2048, 8192] bf16) are 32 MiB, mapped whole; the hidden-,
+        // q- and kv-wide ones (4 h + 2 q + 2 kv per token and layer) are heap-sized.
+        var longRows = MemoryPlan.For(Config("lora", sequenceLen: 2048), arch);
+        long heapSized = 2048L * 2 * (4 * 2048 + 2 * 2048 + 2 * 512) * 16;
+        Assert.Equal((long)(1.5 * Part(longRows, "loss chunk")) + heapSized, Part(longRows, "freed heap kept by glibc"));
+        // 1 × 512 tokens: every saved tensor is heap-sized, so all activations count.
+        var shortRows = MemoryPlan.For(Config("lora", sequenceLen: 512), arch);
+        Assert.Equal((long)(1.5 * Part(shortRows, "loss chunk")) + Part(shortRows, "activations"), Part(shortRows, "freed heap kept by glibc"));
+    }
+
+    [Fact]
     public void Unpacked_rows_are_planned_at_the_datas_longest_row_and_packed_rows_at_sequence_len()
     {
         var arch = Llama1B();
