@@ -1,3 +1,7 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using Axolotl.Models;
+using TorchSharp;
 using Axolotl.Quantization;
 using static TorchSharp.torch;
 
@@ -60,6 +64,12 @@ internal abstract partial class TrainingOptimizer
 
         protected override void Update(Slot slot, Tensor p, Tensor g, Tensor[] state, double lr)
         {
+            if (state.Length == 4 && FusedAdamW8Bit.Enabled && !FusedAdamW8Bit.OffOnThisThread && p.device_type == DeviceType.CPU && p.is_contiguous() && g.is_contiguous()
+                && p.dtype is ScalarType.Float32 or ScalarType.BFloat16 && g.dtype == ScalarType.Float32)
+            {
+                FusedAdamW8Bit.Step(p, g, state, _beta1, _beta2, _eps, lr, slot.WeightDecay, slot.Steps);
+                return;
+            }
             using var flatP = p.view(-1);
             using var flatG = g.reshape(-1);
             long n = flatP.shape[0];
@@ -136,6 +146,142 @@ internal abstract partial class TrainingOptimizer
         {
             base.Dispose();
             foreach (var t in new[] { _signedCode, _unsignedCode, _signedBounds, _unsignedBounds }) t.Dispose();
+        }
+    }
+
+    /// <summary>
+    /// <see cref="AdamW8Bit"/>'s step on the CPU in one pass per block of 256, in place of some twenty torch ops over
+    /// the whole tensor (dequantize by index_select, the AdamW update, absmax, bucketize): each block's moments are
+    /// decoded from their codes, updated with the gradient, used for the parameter's update, and encoded again (new
+    /// absmax, the number of code midpoints below each scaled value: torch.bucketize's rule), parallel over blocks on
+    /// torch's threads. fp32 arithmetic in the composition's order; results may differ from it in the last bit.
+    /// </summary>
+    internal static unsafe class FusedAdamW8Bit
+    {
+        const int Block = AdamW8Bit.BlockSize;
+
+        /// <summary>Keeps the torch composition on this thread (tests compare the two); AXOLOTL_FUSED_ADAMW8BIT=0 everywhere.</summary>
+        [ThreadStatic] internal static bool OffOnThisThread;
+        internal static readonly bool Enabled = Environment.GetEnvironmentVariable("AXOLOTL_FUSED_ADAMW8BIT")?.Trim() != "0";
+
+        static readonly float[] SignedCode = Blockwise8Bit.DynamicMap, UnsignedCode = Blockwise8Bit.UnsignedDynamicMap;
+        internal static readonly float[] SignedBounds = Midpoints(SignedCode), UnsignedBounds = Midpoints(UnsignedCode);
+
+        static float[] Midpoints(float[] code) => Enumerable.Range(0, code.Length - 1).Select(k => (code[k] + code[k + 1]) / 2).ToArray();
+
+        /// <summary>
+        /// For each of the 65,536 leading-16-bit prefixes of an order-preserving key of a float (<see cref="Key"/>), how
+        /// many midpoints lie below every float with that prefix. A value's code is that count plus the midpoints within
+        /// its prefix's range (a relative width of 2⁻⁷, so at most a few) that are still below it: no binary search.
+        /// </summary>
+        static readonly byte[] SignedStart = Starts(SignedBounds), UnsignedStart = Starts(UnsignedBounds);
+
+        [MethodImpl(MethodImplOptions.AggressiveInlining)]
+        static uint Key(float x)
+        {
+            uint bits = BitConverter.SingleToUInt32Bits(x);
+            return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
+        }
+
+        static byte[] Starts(float[] bounds)
+        {
+            var starts = new byte[1 << 16];
+            int below = 0;
+            for (uint prefix = 0; prefix < 1u << 16; prefix++)
+            {
+                uint lowest = prefix << 16;
+                while (below < bounds.Length && Key(bounds[below]) < lowest) below++;
+                starts[prefix] = (byte)below;
+            }
+            return starts;
+        }
+
+        public static void Step(Tensor p, Tensor g, Tensor[] state, double beta1, double beta2, double eps, double lr, double weightDecay, long steps)
+        {
+            long n = p.numel();
+            bool bf16 = p.dtype == ScalarType.BFloat16;
+            float b1 = (float)beta1, b2 = (float)beta2, oneMinusB1 = (float)(1 - beta1), oneMinusB2 = (float)(1 - beta2), epsilon = (float)eps;
+            float c2 = (float)Math.Sqrt(1 - Math.Pow(beta2, steps));
+            float stepSize = (float)(-lr / (1 - Math.Pow(beta1, steps)));
+            float decay = weightDecay > 0 ? (float)(1 - lr * weightDecay) : 1f;
+            long blocks = (n + Block - 1) / Block;
+            fixed (byte* pStart = p.bytes) fixed (byte* gStart = g.bytes)
+            fixed (byte* c1Start = state[0].bytes) fixed (byte* a1Start = state[1].bytes) fixed (byte* c2Start = state[2].bytes) fixed (byte* a2Start = state[3].bytes)
+            fixed (float* signed = SignedCode) fixed (float* unsigned = UnsignedCode) fixed (float* signedBounds = SignedBounds) fixed (float* unsignedBounds = UnsignedBounds)
+            fixed (byte* signedStart = SignedStart) fixed (byte* unsignedStart = UnsignedStart)
+            {
+                nint pAt = (nint)pStart, gAt = (nint)gStart, c1At = (nint)c1Start, a1At = (nint)a1Start, c2At = (nint)c2Start, a2At = (nint)a2Start;
+                nint sAt = (nint)signed, uAt = (nint)unsigned, sbAt = (nint)signedBounds, ubAt = (nint)unsignedBounds, ssAt = (nint)signedStart, usAt = (nint)unsignedStart;
+                CpuKernels.ForChunks(blocks, 64, (first, last) =>
+                {
+                    float* m = stackalloc float[Block];
+                    float* v = stackalloc float[Block];
+                    float* w = stackalloc float[Block];
+                    for (long b = first; b < last; b++)
+                    {
+                        long at = b * Block;
+                        int len = (int)Math.Min(Block, n - at);
+                        var codes1 = (byte*)c1At + at;
+                        var codes2 = (byte*)c2At + at;
+                        ref float absmax1 = ref ((float*)a1At)[b];
+                        ref float absmax2 = ref ((float*)a2At)[b];
+                        CpuKernels.Load((byte*)pAt + at * (bf16 ? 2 : 4), bf16, w, len);
+                        float max1 = Moments(codes1, absmax1, codes2, absmax2, (float*)sAt, (float*)uAt, (float*)gAt + at, m, v, w, len,
+                            b1, oneMinusB1, b2, oneMinusB2, c2, epsilon, stepSize, decay, out float max2);
+                        CpuKernels.Store(w, (byte*)pAt + at * (bf16 ? 2 : 4), bf16, len);
+                        Encode(m, len, max1, (float*)sbAt, (byte*)ssAt, codes1);
+                        Encode(v, len, max2, (float*)ubAt, (byte*)usAt, codes2);
+                        absmax1 = max1;
+                        absmax2 = max2;
+                    }
+                });
+            }
+        }
+
+        /// <summary>Decodes a block's moments, applies the AdamW update to them and to the weights; returns max |m| (and max |v|).</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        static float Moments(byte* codes1, float absmax1, byte* codes2, float absmax2, float* signed, float* unsigned, float* g, float* m, float* v, float* w,
+            int len, float b1, float oneMinusB1, float b2, float oneMinusB2, float c2, float eps, float stepSize, float decay, out float max2)
+        {
+            float max1 = 0;
+            max2 = 0;
+            for (int i = 0; i < len; i++)
+            {
+                float gi = g[i];
+                // As the composition: m·β1 + (1 − β1)·g, v·β2 + (1 − β2)·g·g, then w·(1 − lr·wd) + step · m / (√v / c2 + ε).
+                float mi = signed[codes1[i]] * absmax1 * b1 + oneMinusB1 * gi;
+                float vi = unsigned[codes2[i]] * absmax2 * b2 + oneMinusB2 * gi * gi;
+                float denominator = MathF.Sqrt(vi) / c2 + eps;
+                w[i] = w[i] * decay + stepSize * (mi / denominator);
+                m[i] = mi;
+                v[i] = vi;
+                max1 = MathF.Max(max1, MathF.Abs(mi));
+                max2 = MathF.Max(max2, MathF.Abs(vi));
+            }
+            return max1;
+        }
+
+        /// <summary>The codes of <paramref name="values"/> (absmax 1) under the signed or unsigned map: for tests.</summary>
+        internal static byte[] Encode(float[] values, bool signed)
+        {
+            var codes = new byte[values.Length];
+            fixed (float* v = values) fixed (float* b = signed ? SignedBounds : UnsignedBounds) fixed (byte* s = signed ? SignedStart : UnsignedStart) fixed (byte* c = codes)
+                Encode(v, values.Length, 1f, b, s, c);
+            return codes;
+        }
+
+        /// <summary>Each value × (1 / absmax), clamped to [−1, 1], as the count of the 255 sorted midpoints below it.</summary>
+        [MethodImpl(MethodImplOptions.AggressiveOptimization)]
+        static void Encode(float* values, int len, float absmax, float* bounds, byte* starts, byte* codes)
+        {
+            float inverse = 1f / MathF.Max(absmax, 1e-38f);
+            for (int i = 0; i < len; i++)
+            {
+                float x = Math.Clamp(values[i] * inverse, -1f, 1f);
+                int index = starts[Key(x) >> 16];
+                while (index < 255 && bounds[index] < x) index++;
+                codes[i] = (byte)index;
+            }
         }
     }
 }

@@ -233,4 +233,61 @@ public class EightBitAdamWTests
         Assert.Equal("paged_adamw_8bit", paged.Optimizer);
         Assert.Equal("c.yml:5:1: 'optimizer: paged_adamw_8bit' also pages its 8-bit state through CUDA unified memory; the same 8-bit AdamW runs here without paging (same math).", Assert.Single(paged.Warnings));
     }
+
+    [Theory]
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)] // bfloat16: true, no fp32 master
+    public void The_fused_cpu_step_matches_the_torch_composition(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        // 300 blocks and a short last one: several chunks over the threads.
+        var generator = new Generator(3);
+        var w0 = (0.1 * randn([256 * 300 + 77], generator: generator)).to(dtype);
+        var grads = Enumerable.Range(0, 3).Select(_ => randn([256 * 300 + 77], generator: generator) * 0.01).ToList();
+        (Tensor W, Tensor[] State) Run(bool fused)
+        {
+            var w = new Parameter(w0.clone(), requires_grad: true);
+            var options = new TrainingOptions { LearningRate = Lr, WeightDecay = Decay, Beta1 = Beta1, Beta2 = Beta2, Epsilon = Eps, Fp32Masters = dtype != ScalarType.BFloat16 };
+            using var optimizer = TrainingOptimizer.Create("adamw_8bit", [("layer.weight", w)], options);
+            TrainingOptimizer.FusedAdamW8Bit.OffOnThisThread = !fused;
+            try
+            {
+                foreach (var g in grads)
+                {
+                    w.grad = g.to(dtype).clone(); // a copy: zero_grad clears the gradient in place
+                    optimizer.Step(Lr);
+                    optimizer.ZeroGrad();
+                }
+            }
+            finally { TrainingOptimizer.FusedAdamW8Bit.OffOnThisThread = false; }
+            return (w.detach().to(ScalarType.Float32).clone(), optimizer.StateTensors(0).Select(t => t.clone()).ToArray());
+        }
+        var (fw, fs) = Run(fused: true);
+        var (tw, ts) = Run(fused: false);
+        double worst = (fw - tw).abs().max().item<float>() / tw.abs().max().item<float>();
+        Assert.True(worst < (dtype == ScalarType.Float32 ? 1e-6 : 1e-2), $"weights differ by {worst} (relative to the largest)");
+        for (int k = 0; k < 4; k += 2)
+        {
+            double sameCodes = (fs[k] == ts[k]).to(ScalarType.Float32).mean().item<float>();
+            Assert.True(sameCodes > 0.999, $"only {sameCodes:P2} of state {k}'s codes equal");
+            Assert.True((fs[k].to(ScalarType.Int32) - ts[k].to(ScalarType.Int32)).abs().max().item<int>() <= 1);
+            Assert.True(fs[k + 1].allclose(ts[k + 1], rtol: 1e-5, atol: 0), $"absmax {k + 1} differs");
+        }
+    }
+
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void The_table_encoding_counts_the_midpoints_below_each_value_exactly(bool signed)
+    {
+        var bounds = signed ? TrainingOptimizer.FusedAdamW8Bit.SignedBounds : TrainingOptimizer.FusedAdamW8Bit.UnsignedBounds;
+        var r = new Random(5);
+        // Random values over the map's decades, each midpoint exactly and one float either side of it, zeros and the ends.
+        var values = Enumerable.Range(0, 20000).Select(_ => (float)((r.NextDouble() * 2 - 1) * Math.Pow(10, -r.Next(0, 8))))
+            .Concat(bounds).Concat(bounds.Select(b => MathF.BitIncrement(b))).Concat(bounds.Select(b => MathF.BitDecrement(b)))
+            .Concat([0f, -0f, 1f, -1f, 0.99999f, -0.99999f]).Where(v => signed || v >= 0).ToArray();
+        var codes = TrainingOptimizer.FusedAdamW8Bit.Encode(values, signed);
+        for (int i = 0; i < values.Length; i++)
+            Assert.True(codes[i] == bounds.Count(m => m < values[i]), $"{values[i]:R}: code {codes[i]}, midpoints below {bounds.Count(m => m < values[i])}");
+    }
 }
