@@ -149,13 +149,12 @@ public sealed class MemoryPlanTests : IDisposable
 [Collection(CapturedConsole.Name)]
 public class PlanCommandTests
 {
-    [Fact]
-    public void Plan_and_dry_run_print_the_parts_and_the_peak_and_train_refuses_what_cannot_fit()
+    /// <summary>A LoRA run of a config.json-only model over pre-tokenized rows, with the given batch lines, in dir["config.yml"].</summary>
+    static void WriteLoraRun(TempDir dir, string modelConfig, string rows, string batchLines)
     {
-        using var dir = TestSetup.TempDir();
         Directory.CreateDirectory(dir["model"]);
-        File.Copy(TestSetup.Data("model-configs", "meta-llama-3.1-8B-Instruct.json"), Path.Combine(dir["model"], "config.json"));
-        File.WriteAllText(dir["data.jsonl"], "{\"input_ids\": [1, 2, 3]}\n");
+        File.Copy(TestSetup.Data("model-configs", modelConfig), Path.Combine(dir["model"], "config.json"));
+        File.WriteAllText(dir["data.jsonl"], rows);
         File.WriteAllText(dir["config.yml"], $"""
             base_model: {dir["model"]}
             datasets:
@@ -164,11 +163,20 @@ public class PlanCommandTests
             lora_r: 8
             lora_alpha: 16
             lora_target_linear: true
+            learning_rate: 0.0001
+            output_dir: {dir["out"]}
+
+            """ + batchLines);
+    }
+
+    [Fact]
+    public void Plan_and_dry_run_print_the_parts_and_the_peak_and_train_refuses_what_cannot_fit()
+    {
+        using var dir = TestSetup.TempDir();
+        WriteLoraRun(dir, "meta-llama-3.1-8B-Instruct.json", "{\"input_ids\": [1, 2, 3]}\n", """
             sequence_len: 8192
             sample_packing: true
             micro_batch_size: 64
-            learning_rate: 0.0001
-            output_dir: {dir["out"]}
             """);
         var plan = InProcessCli.Run("plan", dir["config.yml"]);
         Assert.True(plan.Code == 0, plan.Stderr);
@@ -186,21 +194,9 @@ public class PlanCommandTests
     public void An_unpacked_run_is_planned_and_judged_at_its_datas_row_lengths()
     {
         using var dir = TestSetup.TempDir();
-        Directory.CreateDirectory(dir["model"]);
-        File.Copy(TestSetup.Data("model-configs", "meta-llama-3.2-1B-Instruct.json"), Path.Combine(dir["model"], "config.json"));
-        File.WriteAllText(dir["data.jsonl"], "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5, 6, 7]}\n");
-        File.WriteAllText(dir["config.yml"], $"""
-            base_model: {dir["model"]}
-            datasets:
-              - path: {dir["data.jsonl"]}
-            adapter: lora
-            lora_r: 8
-            lora_alpha: 16
-            lora_target_linear: true
+        WriteLoraRun(dir, "meta-llama-3.2-1B-Instruct.json", "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 2, 3, 4, 5, 6, 7]}\n", """
             sequence_len: 32768
             micro_batch_size: 8
-            learning_rate: 0.0001
-            output_dir: {dir["out"]}
             """);
         var plan = InProcessCli.Run("plan", dir["config.yml"]);
         Assert.True(plan.Code == 0, plan.Stderr);

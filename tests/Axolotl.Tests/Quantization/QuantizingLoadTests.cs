@@ -8,6 +8,20 @@ namespace Axolotl.Tests.Quantization;
 
 public class QuantizingLoadTests
 {
+    /// <summary>Same quantized layers with equal dequantized weights, and equal remaining parameters; returns the quantized layers of <paramref name="actual"/>.</summary>
+    static Dictionary<string, QuantizedLinear> AssertSameWeights(CausalLM reference, IEnumerable<string> quantizedPaths, CausalLM actual)
+    {
+        var expected = reference.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
+        var layers = actual.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
+        Assert.Equal(quantizedPaths.Order(), layers.Keys.Order());
+        foreach (var (name, layer) in layers)
+            Assert.True(layer.Weight.Dequantize().equal(expected[name].Weight.Dequantize()).all().item<bool>(), $"{name} differs");
+        var unquantized = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
+        foreach (var (name, p) in actual.named_parameters())
+            Assert.True(p.equal(unquantized[name]).all().item<bool>(), $"{name} differs");
+        return layers;
+    }
+
     [Theory]
     [InlineData(true)]
     [InlineData(false)]
@@ -24,14 +38,7 @@ public class QuantizingLoadTests
         var loaded = ModelLoading.LoadBase(config, architecture, ScalarType.BFloat16, ScalarType.BFloat16);
 
         Assert.Empty(loaded.modules().OfType<Linear>().Where(l => l != loaded.lm_head));
-        var expected = reference.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
-        var actual = loaded.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
-        Assert.Equal(quantizedPaths.Order(), actual.Keys.Order());
-        foreach (var (name, layer) in actual)
-            Assert.True(layer.Weight.Dequantize().equal(expected[name].Weight.Dequantize()).all().item<bool>(), $"{name} differs");
-        var unquantized = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (var (name, p) in loaded.named_parameters())
-            Assert.True(p.equal(unquantized[name]).all().item<bool>(), $"{name} differs");
+        AssertSameWeights(reference, quantizedPaths, loaded);
         var ids = tensor(new long[] { 1, 5, 9, 200, 17 }).unsqueeze(0);
         using var _ = no_grad();
         Assert.True(loaded.forward(ids).equal(reference.forward(ids)).all().item<bool>());
@@ -54,14 +61,7 @@ public class QuantizingLoadTests
         var quantizedPaths = Quantizer.QuantizeLinears(reference, settings);
         var built = ModelLoading.RandomBase(config, architecture, ScalarType.BFloat16, ScalarType.BFloat16);
 
-        var expected = reference.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
-        var actual = built.named_modules().Where(m => m.module is QuantizedLinear).ToDictionary(m => m.name, m => (QuantizedLinear)m.module);
-        Assert.Equal(quantizedPaths.Order(), actual.Keys.Order());
-        foreach (var (name, layer) in actual)
-            Assert.True(layer.Weight.Dequantize().equal(expected[name].Weight.Dequantize()).all().item<bool>(), $"{name} differs");
-        var unquantized = reference.named_parameters().ToDictionary(p => p.name, p => p.parameter);
-        foreach (var (name, p) in built.named_parameters())
-            Assert.True(p.equal(unquantized[name]).all().item<bool>(), $"{name} differs");
+        var actual = AssertSameWeights(reference, quantizedPaths, built);
         // Random, not left empty: the quantized weights spread as normal(0, initializer_range) does.
         double spread = actual.Values.First().Weight.Dequantize().to(ScalarType.Float32).std().item<float>();
         Assert.InRange(spread, 0.5 * architecture.InitializerRange, 2 * architecture.InitializerRange);
