@@ -8,7 +8,7 @@ using static TorchSharp.torch;
 namespace Axolotl.Bench;
 
 /// <summary>
-/// <c>axolotl-bench generate MODEL_DIR [--tokens N] [--prompt-tokens P] [--dtype fp32|bf16]</c>: greedy decoding
+/// <c>axolotl-bench generate MODEL_DIR [--tokens N] [--prompt-tokens P] [--dtype fp32|bf16] [--load-in-4bit]</c>: greedy decoding
 /// speed with and without the KV cache. A folder with only config.json gets random weights, so any size can be
 /// measured without a checkpoint (e.g. hidden 512, 8 layers, vocab 32000: about 60M parameters).
 /// </summary>
@@ -18,6 +18,7 @@ public static class GenerationBench
     {
         string? modelDir = null;
         int tokens = 64, promptTokens = 32;
+        bool nf4 = false;
         var dtype = ScalarType.Float32;
         for (int i = 0; i < args.Length; i++)
         {
@@ -28,12 +29,13 @@ public static class GenerationBench
             {
                 case "--tokens": tokens = NextInt(); break;
                 case "--prompt-tokens": promptTokens = NextInt(); break;
+                case "--load-in-4bit": nf4 = true; break;
                 case "--dtype": dtype = Next() switch { "fp32" => ScalarType.Float32, "bf16" => ScalarType.BFloat16, var v => throw new UserError($"--dtype needs fp32 or bf16, not '{v}'.") }; break;
-                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; usage: axolotl-bench generate MODEL_DIR [--tokens N] [--prompt-tokens P] [--dtype fp32|bf16]");
+                case var a when a.StartsWith('-'): throw new UserError($"unknown option {a}; usage: axolotl-bench generate MODEL_DIR [--tokens N] [--prompt-tokens P] [--dtype fp32|bf16] [--load-in-4bit]");
                 default: modelDir = args[i]; break;
             }
         }
-        if (modelDir == null) throw new UserError("usage: axolotl-bench generate MODEL_DIR [--tokens N] [--prompt-tokens P] [--dtype fp32|bf16]");
+        if (modelDir == null) throw new UserError("usage: axolotl-bench generate MODEL_DIR [--tokens N] [--prompt-tokens P] [--dtype fp32|bf16] [--load-in-4bit]");
 
         TorchRuntime.EnsureLoaded();
         var config = DecoderConfig.FromFolder(modelDir);
@@ -41,7 +43,9 @@ public static class GenerationBench
         bool random = !File.Exists(Path.Combine(modelDir, "model.safetensors")) && !File.Exists(Path.Combine(modelDir, "model.safetensors.index.json"));
         if (random) model.InitializeWeights(0);
         else model.LoadWeights(modelDir);
-        long parameters = model.parameters().Sum(p => p.numel());
+        // As inference of a QLoRA run sees the base: NF4 with double quantization, dequantized per product.
+        if (nf4) Quantization.Quantizer.QuantizeLinears(model, new Quantization.QuantizationSettings(Quantization.QuantKind.Nf4));
+        long parameters = model.parameters().Sum(p => p.numel()) + Quantization.Quantizer.QuantizedWeightCount(model);
         var prompt = Enumerable.Range(0, promptTokens).Select(i => 1 + i * 7 % (config.VocabSize - 1)).ToList();
         Console.WriteLine($"{modelDir}: {config.ModelType}, {parameters:N0} parameters{(random ? " (random weights)" : "")}, {dtype}, " +
                           $"{promptTokens} prompt tokens, {tokens} new tokens, {get_num_threads()} torch threads");
@@ -51,7 +55,7 @@ public static class GenerationBench
         // Decoding reads every weight once per token, but of the input embedding only the token's row (the head reads
         // the whole matrix when tied): against the copy bandwidth, that bounds tokens/s with the KV cache.
         long weightBytes = model.named_parameters().Where(p => p.name != "model.embed_tokens.weight" || config.TieWordEmbeddings)
-            .Sum(p => p.parameter.numel() * p.parameter.element_size());
+            .Sum(p => p.parameter.numel() * p.parameter.element_size()) + Quantization.Quantizer.QuantizedWeightBytes(model);
         double copyBytesPerSecond = CopyBandwidth();
         var firstToken = Stopwatch.StartNew();
         Generation.Generate(model, prompt, options with { MaxNewTokens = 1 });

@@ -18,7 +18,7 @@ namespace Axolotl.Models;
 internal static unsafe class DecodeMatmul
 {
     public const int MaxRows = 4;
-    static readonly bool Enabled = Environment.GetEnvironmentVariable("AXOLOTL_DECODE_MATMUL")?.Trim() != "0";
+    internal static readonly bool Enabled = Environment.GetEnvironmentVariable("AXOLOTL_DECODE_MATMUL")?.Trim() != "0";
 
     /// <summary>Keeps F.linear on this thread (tests compare the two paths).</summary>
     [ThreadStatic] internal static bool OffOnThisThread;
@@ -45,19 +45,7 @@ internal static unsafe class DecodeMatmul
         var shape = x.shape.ToArray();
         shape[^1] = n;
         var y = empty(shape, ScalarType.BFloat16);
-        // The input rows in fp32, each 16-element group reordered to its 8 even then 8 odd elements: a 32-bit load of
-        // the weights holds one even (low half) and one odd (high half) bf16, so both multiply without shuffling.
-        var xs = new float[rows * k];
-        fixed (byte* xStart = input.bytes) fixed (float* xsStart = xs)
-        {
-            var source = (ushort*)xStart;
-            for (long i = 0; i < rows * k; i += 16)
-                for (int j = 0; j < 8; j++)
-                {
-                    xsStart[i + j] = BitConverter.UInt32BitsToSingle((uint)source[i + 2 * j] << 16);
-                    xsStart[i + 8 + j] = BitConverter.UInt32BitsToSingle((uint)source[i + 2 * j + 1] << 16);
-                }
-        }
+        var xs = EvenOddRows(input);
         fixed (byte* wStart = weight.bytes) fixed (float* xsStart = xs) fixed (byte* yStart = y.bytes)
         fixed (byte* bStart = bias is null ? default : bias.bytes)
         {
@@ -73,6 +61,28 @@ internal static unsafe class DecodeMatmul
             });
         }
         return y;
+    }
+
+    /// <summary>
+    /// The input rows (contiguous bf16 or fp32, a multiple of 16 elements) in fp32, each 16-element group reordered to its
+    /// 8 even then 8 odd elements: a 32-bit load of bf16 weights (or a byte of NF4 codes) holds one even and one odd
+    /// element, so both multiply without shuffling.
+    /// </summary>
+    internal static float[] EvenOddRows(Tensor input)
+    {
+        long count = input.numel();
+        var xs = new float[count];
+        bool bf16 = input.dtype == ScalarType.BFloat16;
+        fixed (byte* xStart = input.bytes) fixed (float* xsStart = xs)
+        {
+            for (long i = 0; i < count; i += 16)
+                for (int j = 0; j < 8; j++)
+                {
+                    xsStart[i + j] = bf16 ? BitConverter.UInt32BitsToSingle((uint)((ushort*)xStart)[i + 2 * j] << 16) : ((float*)xStart)[i + 2 * j];
+                    xsStart[i + 8 + j] = bf16 ? BitConverter.UInt32BitsToSingle((uint)((ushort*)xStart)[i + 2 * j + 1] << 16) : ((float*)xStart)[i + 2 * j + 1];
+                }
+        }
+        return xs;
     }
 
     /// <summary>Output columns [from, to) of every input row, four weight rows at a time.</summary>

@@ -163,8 +163,11 @@ internal sealed class QuantizedLinear : nn.Module<Tensor, Tensor>
             var weight = (IQuantizedWeight)vars[2];
             ctx.save_data("weight", weight);
             ctx.save_data("type", x.dtype);
+            // Decoding's few-row products read NF4 codes as they are stored instead of dequantizing every weight per token.
+            if (weight is Nf4Quantized { Stored: var nf4 } && Nf4Gemv.Applies(x, nf4, vars[1] as Tensor))
+                return Nf4Gemv.Linear(x, nf4, vars[1] as Tensor);
             using var w = weight.DequantizeForMatmul(x.dtype);
-            return nn.functional.linear(x, w, vars[1] as Tensor);
+            return Models.DecodeMatmul.LinearOrTorch(x, w, vars[1] as Tensor);
         }
 
         public override List<Tensor> backward(autograd.AutogradContext ctx, Tensor gradOutput)
