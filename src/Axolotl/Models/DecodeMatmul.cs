@@ -44,7 +44,7 @@ internal static unsafe class DecodeMatmul
         using var input = x.contiguous();
         var shape = x.shape.ToArray();
         shape[^1] = n;
-        var y = empty(shape, ScalarType.BFloat16);
+        var y = empty(shape, ScalarType.BFloat16, device: x.device);
         var xs = EvenOddRows(input);
         fixed (byte* wStart = weight.bytes) fixed (float* xsStart = xs) fixed (byte* yStart = y.bytes)
         fixed (byte* bStart = bias is null ? default : bias.bytes)

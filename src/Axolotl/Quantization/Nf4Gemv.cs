@@ -24,6 +24,9 @@ internal static unsafe class Nf4Gemv
     public static bool Applies(Tensor x, Nf4Weight w, Tensor? bias) =>
         DecodeMatmul.Enabled && !DecodeMatmul.OffOnThisThread && Avx2.IsSupported && Fma.IsSupported
         && x.device_type == DeviceType.CPU && w.Packed.device_type == DeviceType.CPU && w.Packed.is_contiguous()
+        && (w.Absmax is null || w.Absmax.device_type == DeviceType.CPU && w.Absmax.is_contiguous())
+        && (w.NestedAbsmax is null || w.NestedAbsmax.Codes.device_type == DeviceType.CPU && w.NestedAbsmax.Absmax.device_type == DeviceType.CPU)
+        && (bias is null || bias.device_type == DeviceType.CPU)
         && x.dtype is ScalarType.BFloat16 or ScalarType.Float32 && (bias is null || bias.dtype == x.dtype && bias.is_contiguous())
         && w.Shape.Length == 2 && x.shape[^1] == w.Shape[1] && w.Shape[1] % Block == 0
         && x.numel() > 0 && x.numel() / x.shape[^1] <= DecodeMatmul.MaxRows;
@@ -34,7 +37,7 @@ internal static unsafe class Nf4Gemv
         using var input = x.contiguous();
         var shape = x.shape.ToArray();
         shape[^1] = n;
-        var y = empty(shape, x.dtype);
+        var y = empty(shape, x.dtype, device: x.device);
         bool outBf16 = x.dtype == ScalarType.BFloat16;
         var xs = DecodeMatmul.EvenOddRows(input);
         var nested = w.NestedAbsmax;
