@@ -41,6 +41,10 @@ static unsafe class CpuKernels
         Parallel.For(0, chunks, c => body(items * c / chunks, items * (c + 1) / chunks));
     }
 
+    /// <summary>body(0) … body(count − 1) spread over torch's threads as <see cref="ForChunks"/> spreads them.</summary>
+    public static void ForEach(long count, Action<long> body) =>
+        ForChunks(count, 1, (first, last) => { for (long c = first; c < last; c++) body(c); });
+
     /// <summary>n values (bf16 or fp32) into fp32.</summary>
     [MethodImpl(MethodImplOptions.AggressiveOptimization)]
     public static void Load(void* source, bool bf16, float* destination, int n)

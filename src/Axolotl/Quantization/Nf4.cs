@@ -108,7 +108,7 @@ internal sealed class Nf4Weight : IDisposable
         {
             nint sourceAt = (nint)sourceStart, packedAt = (nint)packedStart, absmaxAt = (nint)absmaxStart;
             const long blocksPerChunk = 2048;
-            Parallel.For(0, (blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
+            Models.CpuKernels.ForEach((blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
             {
                 float Value(long i) => i >= n ? 0f
                     : bf16 ? BitConverter.UInt32BitsToSingle((uint)((ushort*)sourceAt)[i] << 16) : ((float*)sourceAt)[i];
@@ -196,7 +196,7 @@ internal sealed class Nf4Weight : IDisposable
         {
             nint codesAt = (nint)packedStart, scalesAt = (nint)scaleStart, outAt = (nint)outStart;
             const long blocksPerChunk = 2048;
-            Parallel.For(0, (blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
+            Models.CpuKernels.ForEach((blocks + blocksPerChunk - 1) / blocksPerChunk, chunk =>
             {
                 var codes = (byte*)codesAt;
                 var scales = (float*)scalesAt;
