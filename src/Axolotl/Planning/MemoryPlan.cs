@@ -138,8 +138,7 @@ internal sealed class MemoryPlan
         long perTokenLayer = a * saved.Sum(t => t.Width * t.Count);
         // The part of it in tensors below glibc's mmap threshold: those come from the heap, where freed buffers of one
         // size cannot always serve the next request of another; larger ones are mapped and unmapped whole.
-        long heapPerTokenLayer = a * saved.Where(t => tokensOf(t.Width) < MmapThreshold).Sum(t => t.Width * t.Count);
-        long tokensOf(long width) => (long)microBatchSize * RowTokens(config, rowLengths) * width * a;
+        long heapPerTokenLayer = a * saved.Where(t => tokens * t.Width * a < MmapThreshold).Sum(t => t.Width * t.Count);
         // Without checkpointing autograd keeps every layer's saved tensors; with it, the layer inputs plus ~6 layers'
         // worth (the recomputed layer and its backward's gradients; calibrated on the 1B shape, README).
         long allLayers = tokens * perTokenLayer * layers;

@@ -23,6 +23,7 @@ internal static unsafe class Nf4Gemv
 
     public static bool Applies(Tensor x, Nf4Weight w, Tensor? bias) =>
         DecodeMatmul.Enabled && !DecodeMatmul.OffOnThisThread && Avx2.IsSupported && Fma.IsSupported
+        && w.DType is ScalarType.BFloat16 or ScalarType.Float32 // the stored dtypes whose rounding the kernel repeats
         && x.device_type == DeviceType.CPU && w.Packed.device_type == DeviceType.CPU && w.Packed.is_contiguous()
         && (w.Absmax is null || w.Absmax.device_type == DeviceType.CPU && w.Absmax.is_contiguous())
         && (w.NestedAbsmax is null || w.NestedAbsmax.Codes.device_type == DeviceType.CPU && w.NestedAbsmax.Absmax.device_type == DeviceType.CPU)
