@@ -28,9 +28,7 @@ public class InterruptTests
             auto_resume_from_checkpoints: true
             output_dir: {dir["out"]}
             """);
-        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "axolotl.dll"), "train", dir["c.yml"] }) start.ArgumentList.Add(a);
-        using var process = Process.Start(start)!;
+        using var process = Process.Start(TrainProcess(dir["c.yml"]))!;
         var stderr = process.StandardError.ReadToEndAsync();
         // Wait until training is under way, then ask it to stop as a scheduler would.
         while (await process.StandardOutput.ReadLineAsync() is { } line && !line.StartsWith("step 20/")) { }
@@ -46,9 +44,22 @@ public class InterruptTests
         int stoppedAt = int.Parse(Path.GetFileName(checkpoint)["checkpoint-".Length..]);
         Assert.InRange(stoppedAt, 20, 399);
 
-        Assert.Equal(0, Cli.Cli.Run(["train", dir["c.yml"]]));
+        // The resumed run in its own process too: what it prints is then part of a failure's message.
+        using var resumed = Process.Start(TrainProcess(dir["c.yml"]))!;
+        var resumedErr = resumed.StandardError.ReadToEndAsync();
+        var resumedOut = resumed.StandardOutput.ReadToEndAsync();
+        await resumed.WaitForExitAsync();
+        Assert.True(resumed.ExitCode == 0, $"the resumed run exited with {resumed.ExitCode}: {await resumedErr}\n{await resumedOut}\n"
+            + string.Join("\n", Directory.GetFiles(dir["out"], "axolotl-crash-*").Select(File.ReadAllText)));
         var history = JsonNode.Parse(File.ReadAllText(dir["out/trainer_state.json"]))!["log_history"]!.AsArray();
         Assert.Equal(Enumerable.Range(1, 400), history.Where(e => e!["loss"] != null).Select(e => (int)e!["step"]!));
+    }
+
+    static ProcessStartInfo TrainProcess(string config)
+    {
+        var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "axolotl.dll"), "train", config }) start.ArgumentList.Add(a);
+        return start;
     }
 
     [Fact]
