@@ -11,34 +11,27 @@ namespace Axolotl.Planning;
 /// <summary>One line of the plan: a part of the peak and its bytes.</summary>
 internal sealed record PlanPart(string Name, long Bytes, string Detail);
 
-/// <summary>What the plan needs to know of prepared data: its longest row and the most trained tokens in one row.</summary>
-internal sealed record RowLengths(int Longest, int MostTrained)
+/// <summary>What the plan needs to know of prepared data: its longest row, the most trained tokens in one row and their mean.</summary>
+internal sealed record RowLengths(int Longest, int MostTrained, double MeanTrained)
 {
     public static RowLengths? Of(IReadOnlyList<Data.Example> examples) =>
-        examples.Count == 0 ? null : new(examples.Max(e => e.InputIds.Length), examples.Max(e => e.TrainableTokens));
+        examples.Count == 0 ? null
+            : new(examples.Max(e => e.InputIds.Length), examples.Max(e => e.TrainableTokens), examples.Average(e => (double)e.TrainableTokens));
 }
 
 /// <summary>
 /// The memory a training run will peak at, predicted from config.json and the config alone (nothing is loaded): the
 /// weights in their stored precision, the adapter or full-model training state, the activations autograd keeps for one
-/// micro-batch (all layers', or with gradient checkpointing only each layer's input plus one layer recomputed), the loss
-/// chunk and a fixed runtime (the .NET runtime, libtorch and its thread pools). Rows are counted at sequence_len, the
+/// micro-batch (all layers', or with gradient checkpointing only each layer's input plus one layer recomputed) and
+/// backward's gradients beside them, the loss chunk, the freed heap glibc keeps and a fixed runtime. Rows are counted at sequence_len, the
 /// most a micro-batch can hold, unless the run pads each micro-batch only to its longest row and that row is known
 /// (<see cref="ReadsData"/>): then at the longest row rounded up to the padding multiple.
 /// </summary>
 internal sealed class MemoryPlan
 {
-    /// <summary>RSS of a training process before its model and data: .NET, libtorch and oneDNN's code and arenas.</summary>
-    public const long RuntimeBytes = 400L << 20;
-
-    /// <summary>glibc's mmap threshold as <see cref="TorchRuntime"/> sets it: smaller tensors live in the heap.</summary>
-    const long MmapThreshold = 32L << 20;
-
-    /// <summary>
-    /// Freed heap glibc keeps per byte of activations held in heap-sized tensors, fitted to the README's table (58M,
-    /// 1B and 8B-wide shapes; 58M at 8 × 1,024 padded rows, where every activation is heap-sized, kept 1.25× them).
-    /// </summary>
-    const double HeapFragmentation = 1.0;
+    /// <summary>RSS outside glibc's heap of a training process (.NET, libtorch's and oneDNN's code and data): RSS less
+    /// heap arena less mmapped chunks, 170-200 MiB in the README's runs.</summary>
+    public const long RuntimeBytes = 200L << 20;
 
     /// <summary>How far a measured peak may sit below the prediction (README's table): the refusal's margin.</summary>
     public const double Tolerance = 0.15;
@@ -47,6 +40,8 @@ internal sealed class MemoryPlan
     public required long ActivationsWithCheckpointing { get; init; }
     public required long ActivationsWithout { get; init; }
     public required bool Checkpointing { get; init; }
+    /// <summary>Bytes autograd keeps per token in each layer (ActivationMemoryTests measures them).</summary>
+    public required long SavedBytesPerTokenLayer { get; init; }
     public required double FlopsPerStep { get; init; }
     public long PeakBytes => Parts.Sum(p => p.Bytes);
 
@@ -99,9 +94,10 @@ internal sealed class MemoryPlan
 
         bool adapter = config.HasLora;
         long trainable;
+        HashSet<string>? targets = null;
         if (adapter)
         {
-            var targets = new HashSet<string>(config.LoraTargetModules ?? []);
+            targets = new HashSet<string>(config.LoraTargetModules ?? []);
             if (config.LoraTargetLinear) foreach (var l in linears) targets.Add(l.Name);
             long r = config.LoraR ?? 8;
             trainable = layers * linears.Where(l => targets.Contains(l.Name)).Sum(l => r * (l.In + l.Out));
@@ -129,48 +125,78 @@ internal sealed class MemoryPlan
         long tokens = microBatchSize * rowTokens;
         string rows = rowTokens == config.SequenceLen ? $"{microBatchSize} × {config.SequenceLen} tokens"
             : $"{microBatchSize} × {rowTokens} tokens (the data's longest row, {rowLengths!.Longest}, padded to a multiple of {PadMultiple})";
-        // What autograd keeps per token and layer: the norm outputs and residual stream (h each), q, k, v and the
-        // attention output, the MLP's gate, up, activation and product (intermediate each), and, with LoRA, each
-        // adapted input again after dropout.
-        (long Width, int Count)[] saved = adapter && config.LoraDropout > 0
-            ? [(h, 8), (q, 3), (kv, 2), (im, 5)]
-            : [(h, 4), (q, 2), (kv, 2), (im, 4)];
-        long perTokenLayer = a * saved.Sum(t => t.Width * t.Count);
-        // The part of it in tensors below glibc's mmap threshold: those come from the heap, where freed buffers of one
-        // size cannot always serve the next request of another; larger ones are mapped and unmapped whole.
-        long heapPerTokenLayer = a * saved.Where(t => tokens * t.Width * a < MmapThreshold).Sum(t => t.Width * t.Count);
-        // Without checkpointing autograd keeps every layer's saved tensors; with it, the layer inputs plus ~6 layers'
-        // worth (the recomputed layer and its backward's gradients; calibrated on the 1B shape, README).
-        long allLayers = tokens * perTokenLayer * layers;
-        long checkpointed = tokens * a * h * layers + Math.Min(6, layers) * tokens * perTokenLayer;
+        // What autograd keeps per token and layer, as bytes per token and how many such tensors (traced from the ops;
+        // ActivationMemoryTests measures them):
+        var saved = new List<(long BytesPerToken, int Count)>
+        {
+            // Each RMSNorm keeps its input in fp32 whatever the compute dtype (the cast's copy, or the fp32 residual
+            // itself), and, when its weight trains, the normalized value.
+            (4 * h, 2),
+            (adapter ? 0 : a * h, 2),
+            // Attention: the rotated q, the attention output, and k and v as attention got them: repeated to q's width
+            // when heads share them (grouped-query attention).
+            (a * q, 2), (a * (arch.NumKeyValueHeads == arch.NumHeads ? kv : q), 2),
+            // The MLP: gate (silu's input), silu's output and up.
+            (a * im, 3),
+        };
+        // A linear keeps its input when its weight or adapter trains: the norm output shared by q, k and v, the one
+        // shared by gate and up, the attention output reshaped for o_proj, the product for down_proj. With LoRA dropout,
+        // each adapter keeps its own dropped-out input and the noise it was multiplied by.
+        (string[] Linears, long Width)[] inputs = [(["q_proj", "k_proj", "v_proj"], h), (["gate_proj", "up_proj"], h), (["o_proj"], q), (["down_proj"], im)];
+        // Each adapter's rank-wide intermediate (A's output, scaled), kept by B.
+        if (adapter) saved.Add((a * (config.LoraR ?? 8), linears.Count(l => targets!.Contains(l.Name))));
+        foreach (var (names, width) in inputs)
+        {
+            int trained = names.Count(n => !adapter || targets!.Contains(n));
+            if (adapter && config.LoraDropout > 0) saved.Add((a * width, 2 * trained));
+            else if (trained > 0) saved.Add((a * width, 1));
+        }
+        // Packed rows attend through a [rows, 1, seq, seq] mask (same sample only); attention converts it to an additive
+        // mask in the compute dtype, a new one per layer, and keeps it for its backward: seq values per token and layer.
+        long maskPerTokenLayer = config.SamplePacking ? a * rowTokens : 0;
+        long perTokenLayer = saved.Sum(t => t.BytesPerToken * t.Count) + maskPerTokenLayer;
+        // Without checkpointing autograd keeps every layer's saved tensors, and while backward runs the gradients of
+        // about 1.5 layers' worth are alive beside them; with it, the layer inputs, plus the recomputed layer and about
+        // 2 layers' worth of gradients (both fitted on the measured in-use peaks of the README's table).
+        long AllLayers(long perToken) => tokens * perToken * layers + (long)(1.5 * tokens * perToken);
+        long Checkpointed(long perToken) => tokens * a * h * layers + 3 * tokens * perToken;
+        long allLayers = AllLayers(perTokenLayer), checkpointed = Checkpointed(perTokenLayer);
         long activations = checkpointing ? checkpointed : allLayers;
-        long layerInput = tokens * a * h;
-        long heapActivations = checkpointing
-            ? (layerInput < MmapThreshold ? layerInput * layers : 0) + Math.Min(6, layers) * tokens * heapPerTokenLayer
-            : tokens * heapPerTokenLayer * layers;
+        // The part glibc's heap holds: not the masks, large and of one size every layer and step, so reused as they are.
+        long heapActivations = checkpointing ? Checkpointed(perTokenLayer - maskPerTokenLayer) : AllLayers(perTokenLayer - maskPerTokenLayer);
         parts.Add(new("activations", activations,
-            $"{rows}; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it"));
+            $"{rows}; {Gib(allLayers)} without gradient checkpointing, {Gib(checkpointed)} with it (each includes backward's gradients)"));
         // Only positions whose next token is trained on go through the head, a chunk of rows at a time.
         long chunkRows = Math.Clamp(8_000_000 / vocab, 8, 1024);
-        if (rowLengths is not null && ReadsData(config)) chunkRows = Math.Max(1, Math.Min(chunkRows, (long)microBatchSize * rowLengths.MostTrained));
-        long lossChunk = chunkRows * vocab * 4 * 3 + tokens * h * 4;
+        long typicalChunkRows = chunkRows;
+        if (rowLengths is not null && ReadsData(config))
+        {
+            chunkRows = Math.Max(1, Math.Min(chunkRows, (long)microBatchSize * rowLengths.MostTrained));
+            typicalChunkRows = Math.Max(1, Math.Min(chunkRows, (long)Math.Ceiling(microBatchSize * rowLengths.MeanTrained)));
+        }
+        long LossChunk(long rows) => rows * vocab * 4 * 3 + tokens * h * 4;
+        long lossChunk = LossChunk(chunkRows);
         parts.Add(new("loss chunk", lossChunk, $"{chunkRows} rows × {vocab} fp32 logits, log-probabilities and gradient; the fp32 hidden-state gradient"));
         // glibc keeps freed buffers in its heap (TorchRuntime raises its thresholds to spare the page faults) and cannot
-        // always reuse them for a differently sized request, so a run's peak RSS sits above what it has in use. Fitted to
-        // the measured peaks of the README's table (quickstart, 58M LoRA and full, 1B LoRA with and without
-        // checkpointing); jemalloc (AXOLOTL_MALLOC) hands unused memory back instead.
+        // always reuse them for a differently sized request, so a run's peak RSS sits above what it has in use: fitted to
+        // the measured peaks of the README's table, 3 × the loss chunk a typical micro-batch allocates (its buffers are
+        // allocated and freed several times a step) + half the activations. jemalloc (AXOLOTL_MALLOC) hands unused
+        // memory back instead.
         if (Runtime.NativeAllocator.Current == "glibc")
-            parts.Add(new("freed heap kept by glibc", (long)(1.5 * lossChunk + HeapFragmentation * heapActivations),
-                string.Create(CultureInfo.InvariantCulture, $"1.5 × the loss chunk + {HeapFragmentation} × the activations held in tensors under 32 MiB, {Gib(heapActivations)} (measured fragmentation)")));
+        {
+            long typicalChunk = LossChunk(typicalChunkRows);
+            parts.Add(new("freed heap kept by glibc", 3 * typicalChunk + heapActivations / 2,
+                $"3 × the loss chunk{(typicalChunkRows < chunkRows ? $" of a typical micro-batch ({typicalChunkRows} rows)" : "")} + half the activations{(maskPerTokenLayer > 0 ? " but the attention masks" : "")} (measured fragmentation)"));
+        }
         parts.Add(new("data", tokens * 8 * 4, "the micro-batch's ids, labels, positions and mask"));
-        parts.Add(new("runtime", RuntimeBytes, ".NET, libtorch and their thread pools"));
+        parts.Add(new("runtime", RuntimeBytes, ".NET's and libtorch's code and data outside the C heap"));
 
         long total = linearElements + other + (adapter ? trainable : 0);
         double flopsPerToken = Training.Flops.PerToken(arch, total, trainable, config.SequenceLen);
         return new MemoryPlan
         {
             Parts = parts, ActivationsWithCheckpointing = checkpointed, ActivationsWithout = allLayers, Checkpointing = checkpointing,
-            FlopsPerStep = flopsPerToken * tokens * config.GradientAccumulationSteps,
+            SavedBytesPerTokenLayer = perTokenLayer, FlopsPerStep = flopsPerToken * tokens * config.GradientAccumulationSteps,
         };
     }
 
