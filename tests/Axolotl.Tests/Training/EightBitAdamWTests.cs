@@ -276,9 +276,46 @@ public class EightBitAdamWTests
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public void The_table_encoding_counts_the_midpoints_below_each_value_exactly(bool signed)
+    [InlineData(ScalarType.Float32)]
+    [InlineData(ScalarType.BFloat16)]
+    public void The_avx2_step_is_bit_identical_to_the_scalar_loops(ScalarType dtype)
+    {
+        if (!System.Runtime.Intrinsics.X86.Avx2.IsSupported) return; // the scalar loops are then the only path
+        using var scope = NewDisposeScope();
+        var generator = new Generator(4);
+        // Blocks of 256 and a last one of 77 (a vector part and a scalar tail); moments across many decades.
+        var w0 = (0.1 * randn([256 * 40 + 77], generator: generator)).to(dtype);
+        var grads = Enumerable.Range(0, 4).Select(k => randn([256 * 40 + 77], generator: generator) * Math.Pow(10, -k)).ToList();
+        (Tensor W, Tensor[] State) Run(bool scalar)
+        {
+            var w = new Parameter(w0.clone(), requires_grad: true);
+            var options = new TrainingOptions { LearningRate = Lr, WeightDecay = Decay, Beta1 = Beta1, Beta2 = Beta2, Epsilon = Eps, Fp32Masters = dtype != ScalarType.BFloat16 };
+            using var optimizer = TrainingOptimizer.Create("adamw_8bit", [("layer.weight", w)], options);
+            TrainingOptimizer.FusedAdamW8Bit.ScalarOnThisThread = scalar;
+            try
+            {
+                foreach (var g in grads)
+                {
+                    w.grad = g.to(dtype).clone();
+                    optimizer.Step(Lr);
+                    optimizer.ZeroGrad();
+                }
+            }
+            finally { TrainingOptimizer.FusedAdamW8Bit.ScalarOnThisThread = false; }
+            return (w.detach().clone(), optimizer.StateTensors(0).Select(t => t.clone()).ToArray());
+        }
+        var (vw, vs) = Run(scalar: false);
+        var (sw, ss) = Run(scalar: true);
+        Assert.True(vw.eq(sw).all().item<bool>(), "weights differ");
+        for (int k = 0; k < 4; k++) Assert.True(vs[k].eq(ss[k]).all().item<bool>(), $"state {k} differs");
+    }
+
+    [Theory]
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    [InlineData(true, true)] // the scalar loop (where AVX2 exists the vector one runs otherwise)
+    [InlineData(false, true)]
+    public void The_table_encoding_counts_the_midpoints_below_each_value_exactly(bool signed, bool scalar)
     {
         var bounds = signed ? TrainingOptimizer.FusedAdamW8Bit.SignedBounds : TrainingOptimizer.FusedAdamW8Bit.UnsignedBounds;
         var r = new Random(5);
@@ -286,7 +323,10 @@ public class EightBitAdamWTests
         var values = Enumerable.Range(0, 20000).Select(_ => (float)((r.NextDouble() * 2 - 1) * Math.Pow(10, -r.Next(0, 8))))
             .Concat(bounds).Concat(bounds.Select(b => MathF.BitIncrement(b))).Concat(bounds.Select(b => MathF.BitDecrement(b)))
             .Concat([0f, -0f, 1f, -1f, 0.99999f, -0.99999f]).Where(v => signed || v >= 0).ToArray();
-        var codes = TrainingOptimizer.FusedAdamW8Bit.Encode(values, signed);
+        TrainingOptimizer.FusedAdamW8Bit.ScalarOnThisThread = scalar;
+        byte[] codes;
+        try { codes = TrainingOptimizer.FusedAdamW8Bit.Encode(values, signed); }
+        finally { TrainingOptimizer.FusedAdamW8Bit.ScalarOnThisThread = false; }
         for (int i = 0; i < values.Length; i++)
             Assert.True(codes[i] == bounds.Count(m => m < values[i]), $"{values[i]:R}: code {codes[i]}, midpoints below {bounds.Count(m => m < values[i])}");
     }
