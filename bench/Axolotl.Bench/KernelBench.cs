@@ -60,6 +60,21 @@ public static class KernelBench
                 () => Time(() => { using var g = no_grad(); using var _ = nn.functional.linear(row, weight); }),
                 () => Time(() => { using var g = no_grad(); using var _ = DecodeMatmul.Linear(row, weight, null); })));
         }
+        // NF4 dequantization into bf16 (every QLoRA matmul, forward and backward; the 1B shape's MLP weight): the scalar
+        // loop against the AVX2 blocks.
+        var nf4 = Axolotl.Quantization.Nf4Weight.Quantize((0.02 * randn(8192, 2048)).to(dtype), doubleQuant: true);
+        var nf4Out = empty(8192, 2048, dtype);
+        cases.Add(("NF4 dequantize 8192×2048 to bf16 (composition: the scalar loop)",
+            () => Time(() => Scalar(() => nf4.DequantizeInto(nf4Out), on => Axolotl.Quantization.Nf4Weight.ScalarOnThisThread = on)),
+            () => Time(() => nf4.DequantizeInto(nf4Out))));
+        // 8-bit AdamW's fused step over 4M fp32 parameters: its scalar loops against the AVX2 ones.
+        long n = 4_000_000, blocks = (n + 255) / 256;
+        var p8 = randn(n); var g8 = 0.01 * randn(n);
+        Tensor[] state = [zeros(n, ScalarType.Byte), ones(blocks), zeros(n, ScalarType.Byte), ones(blocks)];
+        void AdamStep() => Axolotl.Training.TrainingOptimizer.FusedAdamW8Bit.Step(p8, g8, state, 0.9, 0.999, 1e-8, 1e-4, 0.01, 5);
+        cases.Add(("8-bit AdamW step, 4M fp32 parameters (composition: the scalar loops)",
+            () => Time(() => Scalar(AdamStep, on => Axolotl.Training.TrainingOptimizer.FusedAdamW8Bit.ScalarOnThisThread = on)),
+            () => Time(AdamStep)));
         var lines = new List<JsonObject>();
         foreach (var (name, composition, fused) in cases)
         {
@@ -74,6 +89,14 @@ public static class KernelBench
         AnsiConsole.Write(table);
         foreach (var l in lines) Console.WriteLine(l.ToJsonString());
         return 0;
+    }
+
+    /// <summary>Runs <paramref name="action"/> with a kernel's scalar-loop switch on, then off again.</summary>
+    static void Scalar(Action action, Action<bool> scalarSwitch)
+    {
+        scalarSwitch(true);
+        try { action(); }
+        finally { scalarSwitch(false); }
     }
 
     static double Time(Action action)

@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
 using TorchSharp;
 using static TorchSharp.torch;
 
@@ -190,6 +192,7 @@ internal sealed class Nf4Weight : IDisposable
         var packed = Packed.cpu().contiguous();
         long count = Count, blocks = (count + BlockSize - 1) / BlockSize;
         bool storedBf16 = DType == ScalarType.BFloat16, outBf16 = destination.dtype == ScalarType.BFloat16;
+        bool vector = Avx2.IsSupported && !ScalarOnThisThread;
         fixed (byte* packedStart = packed.bytes)
         fixed (byte* scaleStart = absmax.bytes)
         fixed (byte* outStart = destination.bytes)
@@ -205,12 +208,17 @@ internal sealed class Nf4Weight : IDisposable
                 for (long b = chunk * blocksPerChunk; b < end; b++)
                 {
                     float scale = scales[b];
+                    long first = b * BlockSize, last = Math.Min(count, first + BlockSize);
+                    if (outBf16 && vector && last - first == BlockSize && float.IsFinite(scale))
+                    {
+                        BlockToBf16(codes + (first >> 1), scale, (ushort*)outAt + first);
+                        continue;
+                    }
                     for (int c = 0; c < 16; c++)
                     {
                         float v = Codebook[c] * scale;
                         table[c] = storedBf16 ? Bf16Round(v) : v;
                     }
-                    long first = b * BlockSize, last = Math.Min(count, first + BlockSize);
                     if (outBf16)
                     {
                         var output = (ushort*)outAt;
@@ -225,6 +233,56 @@ internal sealed class Nf4Weight : IDisposable
                     }
                 }
             });
+        }
+    }
+
+    /// <summary>Takes the scalar loop on this thread's calls (tests compare it with the AVX2 one).</summary>
+    [ThreadStatic] internal static bool ScalarOnThisThread;
+
+    static readonly Vector256<float> CodebookLow = Vector256.Create<float>(Codebook.AsSpan(0, 8)), CodebookHigh = Vector256.Create<float>(Codebook.AsSpan(8, 8));
+
+    /// <summary>
+    /// One full block (64 values, 32 bytes of codes, a finite scale) to bf16 with AVX2: the block's 16 values
+    /// (codebook × scale, rounded to bf16 as <see cref="Bf16Bits"/> rounds; a weight stored in bf16 was rounded the same
+    /// way, and rounding twice is rounding once) split into a low-byte and a high-byte table, looked up 32 codes at a time
+    /// by byte shuffles, then interleaved back into 16-bit values: the scalar loop's bits.
+    /// </summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+    static unsafe void BlockToBf16(byte* codes, float scale, ushort* output)
+    {
+        var vScale = Vector256.Create(scale);
+        var bits0 = Avx.Multiply(CodebookLow, vScale).AsUInt32();
+        var bits1 = Avx.Multiply(CodebookHigh, vScale).AsUInt32();
+        var bias = Vector256.Create(0x7FFFu);
+        var one = Vector256.Create(1u);
+        // Round to nearest even: + 0x7FFF + the kept part's lowest bit, then the top 16 bits.
+        var rounded0 = Avx2.ShiftRightLogical(Avx2.Add(Avx2.Add(bits0, bias), Avx2.And(Avx2.ShiftRightLogical(bits0, 16), one)), 16);
+        var rounded1 = Avx2.ShiftRightLogical(Avx2.Add(Avx2.Add(bits1, bias), Avx2.And(Avx2.ShiftRightLogical(bits1, 16), one)), 16);
+        // 16 values in codebook order ([0-3, 8-11 | 4-7, 12-15] after packing, quadwords reordered), then per lane the
+        // low bytes before the high ones, then each table's two halves side by side in both lanes.
+        var values = Avx2.Permute4x64(Avx2.PackUnsignedSaturate(rounded0.AsInt32(), rounded1.AsInt32()).AsInt64(), 0b11_01_10_00).AsByte();
+        var split = Avx2.Shuffle(values, Vector256.Create((byte)0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15)).AsInt64();
+        var lowTable = Avx2.Permute4x64(split, 0b10_00_10_00).AsByte();
+        var highTable = Avx2.Permute4x64(split, 0b11_01_11_01).AsByte();
+        var packed = Avx.LoadVector256(codes);
+        var nibble = Vector256.Create((byte)0x0F);
+        // The even element of each pair is the high nibble.
+        var even = Avx2.And(Avx2.ShiftRightLogical(packed.AsUInt16(), 4).AsByte(), nibble);
+        var odd = Avx2.And(packed, nibble);
+        // Unpacking works within 128-bit lanes: lane 0 holds pairs 0-15, lane 1 pairs 16-31.
+        var pairsLow = Avx2.UnpackLow(even, odd);   // elements 0-15 | 32-47
+        var pairsHigh = Avx2.UnpackHigh(even, odd); // elements 16-31 | 48-63
+        Store(Avx2.Permute2x128(pairsLow, pairsHigh, 0x20), output);       // elements 0-31
+        Store(Avx2.Permute2x128(pairsLow, pairsHigh, 0x31), output + 32);  // elements 32-63
+
+        void Store(Vector256<byte> inOrder, ushort* destination)
+        {
+            var lo = Avx2.Shuffle(lowTable, inOrder);
+            var hi = Avx2.Shuffle(highTable, inOrder);
+            var first = Avx2.UnpackLow(lo, hi);   // values 0-7 | 16-23
+            var second = Avx2.UnpackHigh(lo, hi); // values 8-15 | 24-31
+            Avx.Store((byte*)destination, Avx2.Permute2x128(first, second, 0x20));
+            Avx.Store((byte*)(destination + 16), Avx2.Permute2x128(first, second, 0x31));
         }
     }
 

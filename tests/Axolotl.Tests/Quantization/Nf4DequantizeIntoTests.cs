@@ -26,6 +26,24 @@ public class Nf4DequantizeIntoTests
         Assert.True(expected.to(ScalarType.Float32).equal(buffer.to(ScalarType.Float32)).all().item<bool>(), "DequantizeInto differs from Dequantize");
     }
 
+    [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float32)]
+    public void The_avx2_blocks_and_the_scalar_loop_write_the_same_bf16_bits(ScalarType stored)
+    {
+        using var scope = NewDisposeScope();
+        var weight = (randn(130, 64 * 5 + 6, generator: new Generator(9)) * 0.05).to(stored);
+        weight.view(-1).narrow(0, 128, 64).zero_();
+        using var q = Nf4Weight.Quantize(weight, doubleQuant: true);
+        var vector = empty(weight.shape, ScalarType.BFloat16);
+        var scalar = empty(weight.shape, ScalarType.BFloat16);
+        q.DequantizeInto(vector);
+        Nf4Weight.ScalarOnThisThread = true;
+        try { q.DequantizeInto(scalar); }
+        finally { Nf4Weight.ScalarOnThisThread = false; }
+        Assert.True(vector.bytes.SequenceEqual(scalar.bytes), "the bf16 bits differ");
+    }
+
     [Fact]
     public void The_matmul_buffer_is_reused_and_its_values_follow_each_weight()
     {
