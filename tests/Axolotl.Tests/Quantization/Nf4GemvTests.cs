@@ -12,6 +12,7 @@ public class Nf4GemvTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData(4, 512, 130, true, true, ScalarType.BFloat16)]   // several rows, bias, a tail of weight rows
     [InlineData(2, 2048, 1024, false, false, ScalarType.BFloat16)] // plain fp32 absmax
     [InlineData(1, 256, 70, true, true, ScalarType.Float32)]
+    [InlineData(1, 2048, 300, true, false, ScalarType.BFloat16)] // decoding: one row, the register-accumulator loop over many blocks
     public void Matches_the_product_with_the_dequantized_weight(int rows, int inFeatures, int outFeatures, bool doubleQuant, bool withBias, ScalarType dtype)
     {
         using var scope = NewDisposeScope();
