@@ -62,6 +62,34 @@ public class Nf4DequantizeIntoTests
 public class Nf4HostQuantizationTests
 {
     [Theory]
+    [InlineData(ScalarType.BFloat16)]
+    [InlineData(ScalarType.Float32)]
+    public void The_avx2_blocks_quantize_exactly_as_the_scalar_loop(ScalarType dtype)
+    {
+        using var scope = NewDisposeScope();
+        var weight = (randn(64, 64 * 6 + 10, generator: new Generator(11)) * 0.02).to(dtype);
+        var flat = weight.view(-1);
+        flat.narrow(0, 64, 64).zero_();                       // absmax 0: every scaled value NaN, code 0
+        flat[200] = tensor(float.NaN).to(dtype);              // a NaN block: the scalar loop decides it
+        flat[300] = tensor(1.0f).to(dtype);                   // values exactly on thresholds of their block's absmax 1
+        for (int k = 0; k < 15; k++) flat[301 + k] = tensor(Nf4Weight.Thresholds[k]).to(dtype);
+        (byte[] Packed, float[] Absmax) Run(bool scalar)
+        {
+            Nf4Weight.ScalarOnThisThread = scalar;
+            try
+            {
+                using var q = Nf4Weight.Quantize(weight, doubleQuant: false);
+                return (q.Packed.data<byte>().ToArray(), q.Absmax!.data<float>().ToArray());
+            }
+            finally { Nf4Weight.ScalarOnThisThread = false; }
+        }
+        var (vectorCodes, vectorAbsmax) = Run(scalar: false);
+        var (scalarCodes, scalarAbsmax) = Run(scalar: true);
+        Assert.Equal(scalarCodes, vectorCodes);
+        Assert.Equal(scalarAbsmax.Select(BitConverter.SingleToInt32Bits), vectorAbsmax.Select(BitConverter.SingleToInt32Bits));
+    }
+
+    [Theory]
     [InlineData(ScalarType.BFloat16, 7, 45)]
     [InlineData(ScalarType.Float32, 7, 45)]
     [InlineData(ScalarType.BFloat16, 300, 1000)]
