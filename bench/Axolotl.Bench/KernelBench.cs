@@ -67,6 +67,10 @@ public static class KernelBench
         cases.Add(("NF4 dequantize 8192×2048 to bf16 (composition: the scalar loop)",
             () => Time(() => Scalar(() => nf4.DequantizeInto(nf4Out), on => Axolotl.Quantization.Nf4Weight.ScalarOnThisThread = on)),
             () => Time(() => nf4.DequantizeInto(nf4Out))));
+        var bf16Weight = (0.02 * randn(8192, 2048)).to(dtype);
+        cases.Add(("NF4 quantize 8192×2048 bf16, double quantization (composition: the scalar loop)",
+            () => Time(() => Scalar(() => Axolotl.Quantization.Nf4Weight.Quantize(bf16Weight, true).Dispose(), on => Axolotl.Quantization.Nf4Weight.ScalarOnThisThread = on)),
+            () => Time(() => Axolotl.Quantization.Nf4Weight.Quantize(bf16Weight, true).Dispose())));
         // 8-bit AdamW's fused step over 4M fp32 parameters: its scalar loops against the AVX2 ones.
         long n = 4_000_000, blocks = (n + 255) / 256;
         var p8 = randn(n); var g8 = 0.01 * randn(n);
