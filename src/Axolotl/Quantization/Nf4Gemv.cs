@@ -78,6 +78,18 @@ internal static unsafe class Nf4Gemv
     static Vector256<float> Round(Vector256<float> v, bool bf16) => bf16 ? (CpuKernels.RoundBits(v) << 16).AsSingle() : v;
 
     /// <summary>
+    /// Block <paramref name="b"/>'s 16 values, codebook × absmax rounded to the stored dtype, computed once and then
+    /// looked up per code. The absmax as BlockAbsmax() gives it: plain fp32, or the nested 8-bit code × its absmax + offset.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    static (Vector256<float> Low, Vector256<float> High) BlockValues(in Job j, long b, Vector256<float> codebookLow, Vector256<float> codebookHigh)
+    {
+        float scale = j.Plain != null ? j.Plain[b] : j.Map[j.NestedCodes[b]] * j.NestedAbsmax[b / j.NestedBlock] + j.Offset;
+        var s = Vector256.Create(scale);
+        return (Round(codebookLow * s, j.StoredBf16), Round(codebookHigh * s, j.StoredBf16));
+    }
+
+    /// <summary>
     /// One input row (decoding a token): four accumulators in registers, so the fused multiply-adds of consecutive code
     /// groups do not wait on each other (one accumulator in memory held the loop to its latency chain: ~5.7 tokens/s at
     /// the 1B shape).
@@ -96,10 +108,7 @@ internal static unsafe class Nf4Gemv
             for (long blk = 0; blk < blocksPerRow; blk++)
             {
                 long b = row * blocksPerRow + blk;
-                float scale = j.Plain != null ? j.Plain[b] : j.Map[j.NestedCodes[b]] * j.NestedAbsmax[b / j.NestedBlock] + j.Offset;
-                var s = Vector256.Create(scale);
-                var blockLow = Round(low * s, j.StoredBf16);
-                var blockHigh = Round(high * s, j.StoredBf16);
+                var (blockLow, blockHigh) = BlockValues(j, b, low, high);
                 byte* codes = j.Packed + b * (Block / 2);
                 float* x = j.Xs + blk * Block;
                 for (int g = 0; g < Block / 16; g += 2)
@@ -142,12 +151,7 @@ internal static unsafe class Nf4Gemv
             for (long blk = 0; blk < blocksPerRow; blk++)
             {
                 long b = row * blocksPerRow + blk;
-                // The block's absmax as BlockAbsmax() gives it: plain fp32, or the nested 8-bit code × its absmax + offset.
-                float scale = j.Plain != null ? j.Plain[b] : j.Map[j.NestedCodes[b]] * j.NestedAbsmax[b / j.NestedBlock] + j.Offset;
-                // The block's 16 values (codebook × absmax, rounded to the stored dtype) once, then looked up per code.
-                var s = Vector256.Create(scale);
-                var blockLow = Round(low * s, j.StoredBf16);
-                var blockHigh = Round(high * s, j.StoredBf16);
+                var (blockLow, blockHigh) = BlockValues(j, b, low, high);
                 byte* codes = j.Packed + b * (Block / 2);
                 for (int g = 0; g < Block / 16; g++)
                 {

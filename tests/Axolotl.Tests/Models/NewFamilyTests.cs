@@ -142,10 +142,14 @@ public class NewFamilyTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Contains("model.layers.0.self_attn.qkv_proj", wrapped);
         Assert.Contains("model.layers.1.mlp.gate_up_proj", wrapped);
         using var _ = no_grad();
-        foreach (var (_, layer) in Lora.Layers(model)) layer.lora_B.weight.normal_(0, 0.1);
+        // A seeded generator: the global one is shared with tests running beside this one, and the merge's rounding
+        // error follows the drawn values.
+        var generator = new Generator(12);
+        foreach (var (_, layer) in Lora.Layers(model)) layer.lora_B.weight.normal_(0, 0.1, generator);
         var before = model.forward(tensor(Ids).unsqueeze(0));
         Lora.MergeAndUnload(model);
-        Assert.True((model.forward(tensor(Ids).unsqueeze(0)) - before).abs().max().item<float>() < 1e-5);
+        float difference = (model.forward(tensor(Ids).unsqueeze(0)) - before).abs().max().item<float>();
+        Assert.True(difference < 1e-5, $"merged and unmerged logits differ by {difference}");
     }
 
     public static TheoryData<string> Scalings => new() { "linear", "dynamic", "llama3", "yarn" };
