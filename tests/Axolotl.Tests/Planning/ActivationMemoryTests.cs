@@ -16,7 +16,7 @@ namespace Axolotl.Tests.Planning;
 [Collection(GlobalTorchRng.Name)]
 public sealed class ActivationMemoryTests
 {
-    const int Rows = 4, RowTokens = 512, Vocab = 512;
+    const int Rows = 8, RowTokens = 512, Vocab = 512;
     static readonly string[] Linears = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
 
     /// <summary>A small grouped-query Llama: hidden 256, intermediate 704, 4 heads, 2 KV heads.</summary>
@@ -57,17 +57,19 @@ public sealed class ActivationMemoryTests
     {
         if (Hardware.HeapStats() is null) return; // no mallinfo2 (not glibc): nothing to read the bytes in use from
         KeptByForward(1, adapter, dropout); // warm-up: libtorch's one-time allocations
-        // The least of three passes: what else the process allocates meanwhile (the JIT's background recompilation,
-        // another thread) only ever adds to a reading.
-        long Kept(int layers) => Enumerable.Range(0, 3).Min(_ => KeptByForward(layers, adapter, dropout));
         // Two layers more: what each further layer keeps (the first layer differs under LoRA: its input needs no gradient).
-        long perLayer = (Kept(3) - Kept(1)) / 2;
+        // The median of five pairs: the reading is process-wide, and a thread left behind by an earlier test (a server,
+        // a timer, the JIT recompiling in the background) may allocate or free a few MiB inside one window.
+        var perLayerReadings = Enumerable.Range(0, 5)
+            .Select(_ => (KeptByForward(3, adapter, dropout) - KeptByForward(1, adapter, dropout)) / 2).Order().ToList();
+        long perLayer = perLayerReadings[2];
         var config = new AxolotlConfig
         {
             BaseModel = "m", Adapter = adapter == "lora" ? AdapterKind.Lora : null, LoraR = 8, LoraAlpha = 16, LoraDropout = dropout,
             LoraTargetModules = [.. Linears], MicroBatchSize = Rows, SequenceLen = RowTokens, PadToSequenceLen = true, Bf16 = Bf16Mode.True,
         };
         long planned = MemoryPlan.For(config, Architecture(3)).SavedBytesPerTokenLayer * Rows * RowTokens;
-        Assert.InRange(perLayer, 0.95 * planned, 1.05 * planned);
+        Assert.True(perLayer > 0.95 * planned && perLayer < 1.05 * planned,
+            $"a layer kept {perLayer:N0} bytes, the plan says {planned:N0}; readings {string.Join(", ", perLayerReadings.Select(r => r.ToString("N0")))}");
     }
 }
