@@ -141,18 +141,20 @@ public class KillResumeTests
         await RunToEnd(dir["ref.yml"]);
 
         var trace = new List<string>();
-        int kills = 0;
-        // Alternate: kill a few steps into the run (at steps the log reports), then while it writes a checkpoint.
+        int killsAfterSteps = 0, killsDuringSave = 0;
+        // Alternate: kill a few steps into the run (at steps the log reports), then while it writes a checkpoint. On a
+        // loaded machine a kill can land late (the file watcher reports a save late, e.g. the last one), and the run
+        // then ends before a later attempt's kill point: each kind of kill must have happened at least once.
         int[] stepsPast = [2, 0, 3, 0];
         for (int attempt = 0; attempt < stepsPast.Length; attempt++)
         {
             bool duringSave = attempt % 2 == 1;
             if (!await RunAndKill(dir["killed.yml"], dir["killed"], duringSave, stepsPast[attempt], trace)) break;
-            kills++;
+            if (duringSave) killsDuringSave++; else killsAfterSteps++;
         }
         await RunToEnd(dir["killed.yml"]);
         var why = string.Join("; ", trace);
-        Assert.True(kills == 4, why);
+        Assert.True(killsAfterSteps >= 1 && killsDuringSave >= 1, why);
         Assert.Equal(StepLog(dir["ref"]), StepLog(dir["killed"]));
         Assert.Equal(File.ReadAllBytes(dir["ref/adapter_model.safetensors"]), File.ReadAllBytes(dir["killed/adapter_model.safetensors"]));
         Assert.Equal(Directory.GetDirectories(dir["ref"], "checkpoint-*").Select(Path.GetFileName).Order(),
