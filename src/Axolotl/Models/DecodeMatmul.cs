@@ -41,11 +41,7 @@ internal static unsafe class DecodeMatmul
     public static Tensor Linear(Tensor x, Tensor weight, Tensor? bias)
     {
         long k = weight.shape[1], n = weight.shape[0], rows = x.numel() / k;
-        using var input = x.contiguous();
-        var shape = x.shape.ToArray();
-        shape[^1] = n;
-        var y = empty(shape, ScalarType.BFloat16, device: x.device);
-        var xs = EvenOddRows(input);
+        var (y, xs) = OutputAndRows(x, n, ScalarType.BFloat16);
         fixed (byte* wStart = weight.bytes) fixed (float* xsStart = xs) fixed (byte* yStart = y.bytes)
         fixed (byte* bStart = bias is null ? default : bias.bytes)
         {
@@ -64,11 +60,23 @@ internal static unsafe class DecodeMatmul
     }
 
     /// <summary>
+    /// A decode kernel's output, x's shape with <paramref name="n"/> last, of <paramref name="type"/> on x's device, and
+    /// x's rows as <see cref="EvenOddRows"/> lays them out.
+    /// </summary>
+    internal static (Tensor Output, float[] Rows) OutputAndRows(Tensor x, long n, ScalarType type)
+    {
+        using var input = x.contiguous();
+        var shape = x.shape.ToArray();
+        shape[^1] = n;
+        return (empty(shape, type, device: x.device), EvenOddRows(input));
+    }
+
+    /// <summary>
     /// The input rows (contiguous bf16 or fp32, a multiple of 16 elements) in fp32, each 16-element group reordered to its
     /// 8 even then 8 odd elements: a 32-bit load of bf16 weights (or a byte of NF4 codes) holds one even and one odd
     /// element, so both multiply without shuffling.
     /// </summary>
-    internal static float[] EvenOddRows(Tensor input)
+    static float[] EvenOddRows(Tensor input)
     {
         long count = input.numel();
         var xs = new float[count];

@@ -22,7 +22,7 @@ internal sealed record RowLengths(int Longest, int MostTrained, double MeanTrain
 /// <summary>
 /// The memory a training run will peak at, predicted from config.json and the config alone (nothing is loaded): the
 /// weights in their stored precision, the adapter or full-model training state, the activations autograd keeps for one
-/// micro-batch (all layers', or with gradient checkpointing only each layer's input plus one layer recomputed) and
+/// micro-batch (all layers', or with gradient checkpointing each layer's input plus the recomputed layer) and
 /// backward's gradients beside them, the loss chunk, the freed heap glibc keeps and a fixed runtime. Rows are counted at sequence_len, the
 /// most a micro-batch can hold, unless the run pads each micro-batch only to its longest row and that row is known
 /// (<see cref="ReadsData"/>): then at the longest row rounded up to the padding multiple.
@@ -93,14 +93,14 @@ internal sealed class MemoryPlan
             parts.Add(new("dequantization buffer", linears.Max(l => l.In * l.Out) * a, "the largest linear weight, reused by every matmul"));
 
         bool adapter = config.HasLora;
+        long rank = config.LoraR ?? 8;
         long trainable;
         HashSet<string>? targets = null;
         if (adapter)
         {
             targets = new HashSet<string>(config.LoraTargetModules ?? []);
             if (config.LoraTargetLinear) foreach (var l in linears) targets.Add(l.Name);
-            long r = config.LoraR ?? 8;
-            trainable = layers * linears.Where(l => targets.Contains(l.Name)).Sum(l => r * (l.In + l.Out));
+            trainable = layers * linears.Where(l => targets.Contains(l.Name)).Sum(l => rank * (l.In + l.Out));
             // fp32 weights, gradients and two AdamW moments.
             parts.Add(new("adapter, gradients, optimizer", trainable * 16, $"{trainable:N0} trainable fp32 parameters × (weight + gradient + 2 AdamW moments)"));
         }
@@ -144,7 +144,7 @@ internal sealed class MemoryPlan
         // each adapter keeps its own dropped-out input and the noise it was multiplied by.
         (string[] Linears, long Width)[] inputs = [(["q_proj", "k_proj", "v_proj"], h), (["gate_proj", "up_proj"], h), (["o_proj"], q), (["down_proj"], im)];
         // Each adapter's rank-wide intermediate (A's output, scaled), kept by B.
-        if (adapter) saved.Add((a * (config.LoraR ?? 8), linears.Count(l => targets!.Contains(l.Name))));
+        if (adapter) saved.Add((a * rank, linears.Count(l => targets!.Contains(l.Name))));
         foreach (var (names, width) in inputs)
         {
             int trained = names.Count(n => !adapter || targets!.Contains(n));

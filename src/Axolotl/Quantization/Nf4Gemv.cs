@@ -35,12 +35,8 @@ internal static unsafe class Nf4Gemv
     public static Tensor Linear(Tensor x, Nf4Weight w, Tensor? bias)
     {
         long k = w.Shape[1], n = w.Shape[0], rows = x.numel() / k;
-        using var input = x.contiguous();
-        var shape = x.shape.ToArray();
-        shape[^1] = n;
-        var y = empty(shape, x.dtype, device: x.device);
+        var (y, xs) = DecodeMatmul.OutputAndRows(x, n, x.dtype);
         bool outBf16 = x.dtype == ScalarType.BFloat16;
-        var xs = DecodeMatmul.EvenOddRows(input);
         var nested = w.NestedAbsmax;
         using var biasF = bias?.to(ScalarType.Float32).contiguous();
         fixed (byte* packed = w.Packed.bytes) fixed (float* xsStart = xs) fixed (byte* yStart = y.bytes)
